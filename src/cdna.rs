@@ -1,0 +1,680 @@
+//! CDNA — the constitution every token, link and tick is held to.
+//!
+//! A [`Cdna`] is a resource made of parameter blocks. It is chosen from a
+//! [`Profile`] or loaded from a human-editable TOML file ([`Cdna::load`]), validated
+//! as a whole ([`Cdna::validate`]: every error names the field, the value and the
+//! limit), and identified by a [`checksum`](Cdna::checksum) of its canonical
+//! MessagePack encoding. At run time an update is a command applied atomically at a
+//! tick boundary; the previous version is kept in [`CdnaHistory`] and can be restored.
+//!
+//! The file format (see `examples/cdna.toml`):
+//!
+//! ```toml
+//! checksum = "9f0c…"        # optional; when present it must match the content
+//! [cdna]
+//! profile = "default"
+//! version = 1
+//! [cdna.physics]
+//! k_field = 1.0
+//! …
+//! ```
+
+use crate::math::{DIM, Vec8};
+use bevy_ecs::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
+
+/// A named set of CDNA defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Balanced defaults.
+    Default,
+    /// Fast, loosely damped motion, eager learning.
+    Explorer,
+    /// Slow, heavily damped motion, conservative learning.
+    Analyst,
+    /// Wide bounds and fields, strong attraction.
+    Creative,
+    /// Anything else (what an edited file should say).
+    Custom,
+}
+
+impl Profile {
+    /// Every profile, in documentation order.
+    pub const ALL: [Profile; 5] =
+        [Profile::Default, Profile::Explorer, Profile::Analyst, Profile::Creative, Profile::Custom];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Default => "default",
+            Profile::Explorer => "explorer",
+            Profile::Analyst => "analyst",
+            Profile::Creative => "creative",
+            Profile::Custom => "custom",
+        }
+    }
+}
+
+impl std::str::FromStr for Profile {
+    type Err = CdnaError;
+    fn from_str(s: &str) -> Result<Self, CdnaError> {
+        Profile::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| CdnaError::UnknownProfile(s.to_string()))
+    }
+}
+
+/// Per-axis mobility scales and position bounds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DimensionLimits {
+    /// Mobility per axis in `[0, 10]`: the force on axis k is multiplied by `scales[k]`
+    /// (0 freezes the axis).
+    pub scales: [f32; DIM],
+    /// Lower position bound per axis.
+    pub min: [f32; DIM],
+    /// Upper position bound per axis.
+    pub max: [f32; DIM],
+}
+
+/// Limits on a token's field and charge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldLimits {
+    /// Smallest field radius (> core radius).
+    pub min_radius: f32,
+    /// Largest field radius.
+    pub max_radius: f32,
+    /// Smallest field strength (>= 0).
+    pub min_strength: f32,
+    /// Largest field strength (<= 1).
+    pub max_strength: f32,
+    /// Smallest charge (>= -1).
+    pub min_charge: f32,
+    /// Largest charge (<= 1).
+    pub max_charge: f32,
+}
+
+/// Physical constants of DESIGN §4.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Physics {
+    /// Field coupling `k_field`.
+    pub k_field: f32,
+    /// Core repulsion `k_core`.
+    pub k_core: f32,
+    /// Core radius `σ` (below every field radius).
+    pub core_radius: f32,
+    /// Link spring constant `k_link`.
+    pub k_link: f32,
+    /// Velocity damping `γ` per simulated second.
+    pub damping: f32,
+    /// Speed limit `v_max`.
+    pub max_speed: f32,
+}
+
+/// Limits on links and learning.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphLimits {
+    /// Most links one token may have.
+    pub max_degree: u32,
+    /// Smallest link weight.
+    pub min_weight: f32,
+    /// Largest link weight.
+    pub max_weight: f32,
+    /// Smallest rigidity.
+    pub min_rigidity: f32,
+    /// Largest rigidity.
+    pub max_rigidity: f32,
+    /// Longest rest length.
+    pub max_rest_length: f32,
+    /// Link weight decay per tick, in `[0, 1]`.
+    pub decay_rate: f32,
+    /// Hebbian learning rate per tick, in `[0, 1]`.
+    pub learning_rate: f32,
+}
+
+/// Limits on token mass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLimits {
+    /// Smallest mass (> 0).
+    pub min_mass: f32,
+    /// Largest mass.
+    pub max_mass: f32,
+}
+
+/// Rates of slow change and of observation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evolution {
+    /// How fast the constitution may drift under evolution, in `[0, 1]`.
+    pub evolution_rate: f32,
+    /// Fraction of ticks traced, in `[0, 1]`.
+    pub trace_sample_rate: f32,
+}
+
+/// The constitution: every block, a profile and a version.
+#[derive(Resource, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cdna {
+    /// Which profile these values came from.
+    pub profile: Profile,
+    /// Version, incremented by every applied update.
+    pub version: u32,
+    /// Per-axis scales and bounds.
+    pub dimensions: DimensionLimits,
+    /// Field, strength and charge limits.
+    pub field: FieldLimits,
+    /// Physical constants.
+    pub physics: Physics,
+    /// Link and learning limits.
+    pub graph: GraphLimits,
+    /// Token mass limits.
+    pub tokens: TokenLimits,
+    /// Evolution and trace sampling.
+    pub evolution: Evolution,
+}
+
+impl Default for Cdna {
+    fn default() -> Self {
+        Cdna::profile(Profile::Default)
+    }
+}
+
+/// One invalid field: its dotted path, the value found and the limit it broke.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldError {
+    /// Dotted path, e.g. `physics.damping`.
+    pub field: String,
+    /// The value found.
+    pub value: String,
+    /// The limit, e.g. `must be in [0, 1000]`.
+    pub limit: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = {}: {}", self.field, self.value, self.limit)
+    }
+}
+
+/// Why a CDNA was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CdnaError {
+    /// One or more fields are out of their limits.
+    #[error("invalid CDNA: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+    /// The file's checksum does not match its content.
+    #[error(
+        "CDNA checksum mismatch: the file says {expected} but its content hashes to {actual} \
+         (remove the checksum line after editing by hand)"
+    )]
+    ChecksumMismatch {
+        /// Checksum written in the file.
+        expected: String,
+        /// Checksum of the content.
+        actual: String,
+    },
+    /// The file could not be read or written.
+    #[error("CDNA file {path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid CDNA TOML.
+    #[error("CDNA file {path}: {message}")]
+    Parse {
+        /// The path.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A profile name nobody knows.
+    #[error("unknown CDNA profile '{0}' (known: default, explorer, analyst, creative, custom)")]
+    UnknownProfile(String),
+    /// The physics would be unstable with the run's time step.
+    #[error("CDNA physics.damping = {damping} with dt = {dt}: damping × dt must be at most 1")]
+    UnstableDamping {
+        /// Damping.
+        damping: f32,
+        /// Time step.
+        dt: f32,
+    },
+}
+
+/// The on-disk form: an optional checksum beside the constitution.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CdnaFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum: Option<String>,
+    cdna: Cdna,
+}
+
+struct Checker(Vec<FieldError>);
+
+impl Checker {
+    fn range(&mut self, field: impl Into<String>, v: f32, min: f32, max: f32) {
+        if !v.is_finite() || v < min || v > max {
+            self.0.push(FieldError {
+                field: field.into(),
+                value: v.to_string(),
+                limit: format!("must be a finite number in [{min}, {max}]"),
+            });
+        }
+    }
+
+    fn positive(&mut self, field: impl Into<String>, v: f32, max: f32) {
+        if !v.is_finite() || v <= 0.0 || v > max {
+            self.0.push(FieldError {
+                field: field.into(),
+                value: v.to_string(),
+                limit: format!("must be a finite number in (0, {max}]"),
+            });
+        }
+    }
+
+    fn ordered(&mut self, lo_name: &str, lo: f32, hi_name: &str, hi: f32) {
+        if lo.is_finite() && hi.is_finite() && lo > hi {
+            self.0.push(FieldError {
+                field: lo_name.to_string(),
+                value: lo.to_string(),
+                limit: format!("must not exceed {hi_name} = {hi}"),
+            });
+        }
+    }
+}
+
+impl Cdna {
+    /// The values of a profile (`Custom` starts from the defaults).
+    pub fn profile(profile: Profile) -> Self {
+        let mut c = Cdna {
+            profile,
+            version: 1,
+            dimensions: DimensionLimits {
+                scales: [1.0; DIM],
+                min: [-1000.0; DIM],
+                max: [1000.0; DIM],
+            },
+            field: FieldLimits {
+                min_radius: 0.5,
+                max_radius: 10.0,
+                min_strength: 0.0,
+                max_strength: 1.0,
+                min_charge: -1.0,
+                max_charge: 1.0,
+            },
+            physics: Physics {
+                k_field: 1.0,
+                k_core: 10.0,
+                core_radius: 0.4,
+                k_link: 0.5,
+                damping: 2.0,
+                max_speed: 1.0,
+            },
+            graph: GraphLimits {
+                max_degree: 64,
+                min_weight: 0.0,
+                max_weight: 10.0,
+                min_rigidity: 0.0,
+                max_rigidity: 1.0,
+                max_rest_length: 100.0,
+                decay_rate: 0.01,
+                learning_rate: 0.05,
+            },
+            tokens: TokenLimits { min_mass: 0.01, max_mass: 1000.0 },
+            evolution: Evolution { evolution_rate: 0.01, trace_sample_rate: 0.01 },
+        };
+        match profile {
+            Profile::Default | Profile::Custom => {}
+            Profile::Explorer => {
+                c.physics.damping = 1.0;
+                c.physics.max_speed = 2.0;
+                c.graph.learning_rate = 0.1;
+                c.graph.decay_rate = 0.02;
+                c.evolution.evolution_rate = 0.05;
+            }
+            Profile::Analyst => {
+                c.physics.damping = 4.0;
+                c.physics.max_speed = 0.5;
+                c.graph.learning_rate = 0.02;
+                c.graph.decay_rate = 0.005;
+                c.graph.max_degree = 32;
+                c.evolution.evolution_rate = 0.0;
+            }
+            Profile::Creative => {
+                c.dimensions.min = [-10000.0; DIM];
+                c.dimensions.max = [10000.0; DIM];
+                c.field.max_radius = 20.0;
+                c.physics.k_field = 1.5;
+                c.graph.max_degree = 128;
+                c.evolution.evolution_rate = 0.1;
+            }
+        }
+        c
+    }
+
+    /// Checks every field against its limit; reports all that fail.
+    pub fn validate(&self) -> Result<(), CdnaError> {
+        let mut c = Checker(Vec::new());
+        for (k, axis) in crate::math::Axis::ALL.iter().enumerate() {
+            let n = axis.name();
+            c.range(format!("dimensions.scales[{k}] ({n})"), self.dimensions.scales[k], 0.0, 10.0);
+            c.range(format!("dimensions.min[{k}] ({n})"), self.dimensions.min[k], -1e6, 1e6);
+            c.range(format!("dimensions.max[{k}] ({n})"), self.dimensions.max[k], -1e6, 1e6);
+            if self.dimensions.min[k] >= self.dimensions.max[k] {
+                c.0.push(FieldError {
+                    field: format!("dimensions.min[{k}] ({n})"),
+                    value: self.dimensions.min[k].to_string(),
+                    limit: format!("must be below dimensions.max[{k}] = {}", self.dimensions.max[k]),
+                });
+            }
+        }
+        let f = &self.field;
+        c.positive("field.min_radius", f.min_radius, 1000.0);
+        c.positive("field.max_radius", f.max_radius, 1000.0);
+        c.ordered("field.min_radius", f.min_radius, "field.max_radius", f.max_radius);
+        c.range("field.min_strength", f.min_strength, 0.0, 1.0);
+        c.range("field.max_strength", f.max_strength, 0.0, 1.0);
+        c.ordered("field.min_strength", f.min_strength, "field.max_strength", f.max_strength);
+        c.range("field.min_charge", f.min_charge, -1.0, 1.0);
+        c.range("field.max_charge", f.max_charge, -1.0, 1.0);
+        c.ordered("field.min_charge", f.min_charge, "field.max_charge", f.max_charge);
+        let p = &self.physics;
+        c.range("physics.k_field", p.k_field, 0.0, 1000.0);
+        c.range("physics.k_core", p.k_core, 0.0, 10000.0);
+        c.positive("physics.core_radius", p.core_radius, 1000.0);
+        if p.core_radius.is_finite() && f.min_radius.is_finite() && p.core_radius >= f.min_radius {
+            c.0.push(FieldError {
+                field: "physics.core_radius".into(),
+                value: p.core_radius.to_string(),
+                limit: format!("must be below field.min_radius = {}", f.min_radius),
+            });
+        }
+        c.range("physics.k_link", p.k_link, 0.0, 1000.0);
+        c.range("physics.damping", p.damping, 0.0, 1000.0);
+        c.positive("physics.max_speed", p.max_speed, 10000.0);
+        let g = &self.graph;
+        if g.max_degree > 65_535 {
+            c.0.push(FieldError {
+                field: "graph.max_degree".into(),
+                value: g.max_degree.to_string(),
+                limit: "must be in [0, 65535]".into(),
+            });
+        }
+        c.range("graph.min_weight", g.min_weight, 0.0, 1000.0);
+        c.range("graph.max_weight", g.max_weight, 0.0, 1000.0);
+        c.ordered("graph.min_weight", g.min_weight, "graph.max_weight", g.max_weight);
+        c.range("graph.min_rigidity", g.min_rigidity, 0.0, 1.0);
+        c.range("graph.max_rigidity", g.max_rigidity, 0.0, 1.0);
+        c.ordered("graph.min_rigidity", g.min_rigidity, "graph.max_rigidity", g.max_rigidity);
+        c.range("graph.max_rest_length", g.max_rest_length, 0.0, 1e6);
+        c.range("graph.decay_rate", g.decay_rate, 0.0, 1.0);
+        c.range("graph.learning_rate", g.learning_rate, 0.0, 1.0);
+        c.positive("tokens.min_mass", self.tokens.min_mass, 1e9);
+        c.positive("tokens.max_mass", self.tokens.max_mass, 1e9);
+        c.ordered("tokens.min_mass", self.tokens.min_mass, "tokens.max_mass", self.tokens.max_mass);
+        c.range("evolution.evolution_rate", self.evolution.evolution_rate, 0.0, 1.0);
+        c.range("evolution.trace_sample_rate", self.evolution.trace_sample_rate, 0.0, 1.0);
+        if c.0.is_empty() { Ok(()) } else { Err(CdnaError::Invalid(c.0)) }
+    }
+
+    /// [`validate`](Self::validate), plus the checks that need the run's time step.
+    pub fn validate_for(&self, dt: f32) -> Result<(), CdnaError> {
+        self.validate()?;
+        if self.physics.damping * dt > 1.0 {
+            return Err(CdnaError::UnstableDamping { damping: self.physics.damping, dt });
+        }
+        Ok(())
+    }
+
+    /// xxh3-64 of the canonical MessagePack encoding of every field.
+    pub fn checksum(&self) -> u64 {
+        let bytes = rmp_serde::to_vec(self).expect("CDNA is plain data and always encodes");
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
+
+    /// The checksum as 16 hex digits.
+    pub fn checksum_hex(&self) -> String {
+        format!("{:016x}", self.checksum())
+    }
+
+    /// Lower position bounds as a vector.
+    pub fn min_bounds(&self) -> Vec8 {
+        Vec8::from_array(self.dimensions.min)
+    }
+
+    /// Upper position bounds as a vector.
+    pub fn max_bounds(&self) -> Vec8 {
+        Vec8::from_array(self.dimensions.max)
+    }
+
+    /// Mobility scales as a vector.
+    pub fn scales(&self) -> Vec8 {
+        Vec8::from_array(self.dimensions.scales)
+    }
+
+    /// The TOML text of this CDNA, with its checksum.
+    pub fn to_toml(&self) -> String {
+        let file = CdnaFile { checksum: Some(self.checksum_hex()), cdna: self.clone() };
+        toml::to_string_pretty(&file).expect("CDNA is plain data and always encodes")
+    }
+
+    /// Parses TOML text; `origin` names the source in errors. Verifies the checksum
+    /// when one is given, then validates.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, CdnaError> {
+        let file: CdnaFile = toml::from_str(text)
+            .map_err(|e| CdnaError::Parse { path: origin.to_string(), message: e.to_string() })?;
+        if let Some(expected) = file.checksum {
+            let actual = file.cdna.checksum_hex();
+            if !expected.trim().eq_ignore_ascii_case(&actual) {
+                return Err(CdnaError::ChecksumMismatch { expected, actual });
+            }
+        }
+        file.cdna.validate()?;
+        Ok(file.cdna)
+    }
+
+    /// Loads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, CdnaError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| CdnaError::Io { path: path.display().to_string(), source })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Writes the TOML form (with checksum) to `path`.
+    pub fn save(&self, path: &Path) -> Result<(), CdnaError> {
+        std::fs::write(path, self.to_toml())
+            .map_err(|source| CdnaError::Io { path: path.display().to_string(), source })
+    }
+}
+
+/// Earlier CDNA versions, newest last, for [`SimCommand::RevertCdna`](crate::commands::SimCommand::RevertCdna).
+#[derive(Resource, Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CdnaHistory {
+    /// Previous versions, oldest first (at most [`CdnaHistory::LIMIT`]).
+    pub previous: Vec<Cdna>,
+}
+
+impl CdnaHistory {
+    /// How many previous versions are kept.
+    pub const LIMIT: usize = 32;
+
+    /// Remembers `old` as the version before the current one.
+    pub fn push(&mut self, old: Cdna) {
+        if self.previous.len() == Self::LIMIT {
+            self.previous.remove(0);
+        }
+        self.previous.push(old);
+    }
+}
+
+/// The kinds of CDNA violation that `Constrain` corrects and counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum ViolationKind {
+    /// A position outside the per-axis bounds (clamped).
+    PositionBounds,
+    /// A speed above `physics.max_speed` (clamped).
+    Speed,
+    /// A charge outside the field limits (clamped).
+    Charge,
+    /// A mass outside the token limits (clamped).
+    Mass,
+    /// A field radius outside the limits (clamped).
+    Radius,
+    /// A field strength outside the limits (clamped).
+    Strength,
+    /// A NaN or infinite position or velocity (velocity zeroed, position clamped or reset).
+    NonFinite,
+    /// A link weight outside the limits (clamped).
+    LinkWeight,
+    /// A link rigidity outside the limits (clamped).
+    LinkRigidity,
+    /// A token above the degree limit (its weakest links removed).
+    Degree,
+}
+
+impl ViolationKind {
+    /// Every kind, in counter order.
+    pub const ALL: [ViolationKind; 10] = [
+        ViolationKind::PositionBounds,
+        ViolationKind::Speed,
+        ViolationKind::Charge,
+        ViolationKind::Mass,
+        ViolationKind::Radius,
+        ViolationKind::Strength,
+        ViolationKind::NonFinite,
+        ViolationKind::LinkWeight,
+        ViolationKind::LinkRigidity,
+        ViolationKind::Degree,
+    ];
+
+    /// Snake-case name, as used in JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ViolationKind::PositionBounds => "position_bounds",
+            ViolationKind::Speed => "speed",
+            ViolationKind::Charge => "charge",
+            ViolationKind::Mass => "mass",
+            ViolationKind::Radius => "radius",
+            ViolationKind::Strength => "strength",
+            ViolationKind::NonFinite => "non_finite",
+            ViolationKind::LinkWeight => "link_weight",
+            ViolationKind::LinkRigidity => "link_rigidity",
+            ViolationKind::Degree => "degree",
+        }
+    }
+}
+
+/// Violation counters by kind: since the start, and in the last tick.
+#[derive(Resource, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CdnaViolations {
+    /// Totals since the simulation started.
+    pub total: [u64; ViolationKind::ALL.len()],
+    /// Counts of the last tick.
+    pub last_tick: [u64; ViolationKind::ALL.len()],
+}
+
+impl CdnaViolations {
+    /// Total of one kind.
+    pub fn get(&self, kind: ViolationKind) -> u64 {
+        self.total[kind as usize]
+    }
+
+    /// Sum over all kinds.
+    pub fn sum(&self) -> u64 {
+        self.total.iter().sum()
+    }
+
+    /// Adds `n` violations of `kind` to this tick and the total.
+    pub fn add(&mut self, kind: ViolationKind, n: u64) {
+        self.total[kind as usize] += n;
+        self.last_tick[kind as usize] += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_profile_is_valid_and_distinct() {
+        let mut sums = std::collections::HashSet::new();
+        for p in Profile::ALL {
+            let c = Cdna::profile(p);
+            c.validate().unwrap_or_else(|e| panic!("{p:?}: {e}"));
+            c.validate_for(0.05).unwrap();
+            assert!(sums.insert(c.checksum()), "{p:?} has the same checksum as another profile");
+        }
+    }
+
+    #[test]
+    fn toml_round_trip_is_exact() {
+        for p in Profile::ALL {
+            let c = Cdna::profile(p);
+            let text = c.to_toml();
+            let back = Cdna::from_toml(&text, "test").unwrap();
+            assert_eq!(back, c);
+            assert_eq!(back.checksum(), c.checksum());
+        }
+    }
+
+    #[test]
+    fn errors_name_field_value_and_limit() {
+        let mut c = Cdna::default();
+        c.physics.damping = -1.0;
+        c.field.max_charge = 2.0;
+        c.dimensions.scales[3] = f32::NAN;
+        let err = c.validate().unwrap_err();
+        let CdnaError::Invalid(list) = &err else { panic!("{err}") };
+        assert_eq!(list.len(), 3, "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("physics.damping = -1: must be a finite number in [0, 1000]"), "{msg}");
+        assert!(msg.contains("field.max_charge = 2"), "{msg}");
+        assert!(msg.contains("dimensions.scales[3] (emotional) = NaN"), "{msg}");
+    }
+
+    #[test]
+    fn core_radius_must_stay_below_field_radius() {
+        let mut c = Cdna::default();
+        c.physics.core_radius = c.field.min_radius;
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("physics.core_radius") && msg.contains("field.min_radius"), "{msg}");
+    }
+
+    #[test]
+    fn edited_file_with_stale_checksum_is_refused() {
+        let text = Cdna::default().to_toml().replace("k_field = 1.0", "k_field = 2.0");
+        let err = Cdna::from_toml(&text, "t").unwrap_err();
+        assert!(matches!(err, CdnaError::ChecksumMismatch { .. }), "{err}");
+        // Without the checksum line the edit is accepted.
+        let unsigned: String =
+            text.lines().filter(|l| !l.starts_with("checksum")).collect::<Vec<_>>().join("\n");
+        let c = Cdna::from_toml(&unsigned, "t").unwrap();
+        assert_eq!(c.physics.k_field, 2.0);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_syntax_are_parse_errors() {
+        let text = Cdna::default().to_toml().replace("k_field", "k_feild");
+        let err = Cdna::from_toml(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("x.toml") && err.contains("k_feild"), "{err}");
+        assert!(Cdna::from_toml("[cdna", "y").is_err());
+    }
+
+    #[test]
+    fn damping_times_dt_bounded() {
+        let mut c = Cdna::default();
+        c.physics.damping = 30.0;
+        assert!(matches!(c.validate_for(0.05), Err(CdnaError::UnstableDamping { .. })));
+    }
+}

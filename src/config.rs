@@ -1,0 +1,192 @@
+//! Run configuration: the time step, the spatial index, threads and quotas.
+
+use bevy_ecs::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Simulation settings that are not part of the constitution.
+#[derive(Resource, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    /// Time step `dt` in simulated seconds; simulated time is `tick × dt`.
+    pub dt: f32,
+    /// Verlet skin: neighbour lists hold pairs closer than cutoff + skin and are rebuilt
+    /// only when tokens may have moved more than skin / 2. Larger = rarer rebuilds,
+    /// longer lists.
+    pub neighbor_skin: f32,
+    /// Worker threads for the force computation; 0 = one per core.
+    pub threads: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self { dt: 0.05, neighbor_skin: 0.15, threads: 0 }
+    }
+}
+
+impl SimConfig {
+    /// Checks the values; the error names the field, the value and the limit.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.dt.is_finite() && self.dt > 0.0 && self.dt <= 1.0) {
+            return Err(format!("sim.dt = {}: must be a finite number in (0, 1]", self.dt));
+        }
+        if !(self.neighbor_skin.is_finite()
+            && self.neighbor_skin >= 0.0
+            && self.neighbor_skin <= 100.0)
+        {
+            return Err(format!(
+                "sim.neighbor_skin = {}: must be a finite number in [0, 100]",
+                self.neighbor_skin
+            ));
+        }
+        if self.threads > 1024 {
+            return Err(format!("sim.threads = {}: must be at most 1024", self.threads));
+        }
+        Ok(())
+    }
+
+    /// The number of worker threads this config asks for (resolving 0).
+    pub fn resolved_threads(&self) -> usize {
+        if self.threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            self.threads
+        }
+    }
+}
+
+/// Guardian quotas: hard limits checked before any command changes the world.
+#[derive(Resource, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Most live tokens.
+    pub max_tokens: u64,
+    /// Most links.
+    pub max_links: u64,
+    /// Memory budget for tokens and links, in bytes, estimated with
+    /// [`Quotas::BYTES_PER_TOKEN`] and [`Quotas::BYTES_PER_LINK`].
+    pub memory_budget_bytes: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self { max_tokens: 10_000_000, max_links: 100_000_000, memory_budget_bytes: 1 << 30 }
+    }
+}
+
+/// A command that would exceed a quota.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    /// Too many tokens.
+    #[error("token quota exceeded: {current} live + {requested} requested > max_tokens = {limit}")]
+    Tokens {
+        /// Live tokens.
+        current: u64,
+        /// Tokens the command adds.
+        requested: u64,
+        /// The quota.
+        limit: u64,
+    },
+    /// Too many links.
+    #[error("link quota exceeded: {current} links + {requested} requested > max_links = {limit}")]
+    Links {
+        /// Existing links.
+        current: u64,
+        /// Links the command adds.
+        requested: u64,
+        /// The quota.
+        limit: u64,
+    },
+    /// The memory estimate would exceed the budget.
+    #[error(
+        "memory budget exceeded: {tokens} tokens and {links} links need about {needed} bytes \
+         > memory_budget_bytes = {limit}"
+    )]
+    Memory {
+        /// Tokens after the command.
+        tokens: u64,
+        /// Links after the command.
+        links: u64,
+        /// Estimated bytes.
+        needed: u64,
+        /// The budget.
+        limit: u64,
+    },
+}
+
+impl Quotas {
+    /// Estimated resident bytes per token: ECS columns and change ticks, entity
+    /// metadata, the id table, the gathered force arrays and the neighbour list at
+    /// ~30 neighbours (measured: see the README's memory figures).
+    pub const BYTES_PER_TOKEN: u64 = 320;
+    /// Estimated bytes per link (map entry, adjacency, force table).
+    pub const BYTES_PER_LINK: u64 = 96;
+
+    /// Checks that the world may grow from (`tokens`, `links`) by (`add_tokens`, `add_links`).
+    pub fn check(
+        &self,
+        tokens: u64,
+        links: u64,
+        add_tokens: u64,
+        add_links: u64,
+    ) -> Result<(), QuotaError> {
+        if tokens.saturating_add(add_tokens) > self.max_tokens {
+            return Err(QuotaError::Tokens {
+                current: tokens,
+                requested: add_tokens,
+                limit: self.max_tokens,
+            });
+        }
+        if links.saturating_add(add_links) > self.max_links {
+            return Err(QuotaError::Links {
+                current: links,
+                requested: add_links,
+                limit: self.max_links,
+            });
+        }
+        let t = tokens.saturating_add(add_tokens);
+        let l = links.saturating_add(add_links);
+        let needed = t
+            .saturating_mul(Self::BYTES_PER_TOKEN)
+            .saturating_add(l.saturating_mul(Self::BYTES_PER_LINK));
+        if needed > self.memory_budget_bytes {
+            return Err(QuotaError::Memory {
+                tokens: t,
+                links: l,
+                needed,
+                limit: self.memory_budget_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_name_the_limit() {
+        let q = Quotas { max_tokens: 10, max_links: 5, memory_budget_bytes: 1 << 20 };
+        assert!(q.check(5, 0, 5, 0).is_ok());
+        let e = q.check(5, 0, 6, 0).unwrap_err();
+        assert_eq!(e, QuotaError::Tokens { current: 5, requested: 6, limit: 10 });
+        assert!(e.to_string().contains("max_tokens = 10"));
+        assert!(matches!(q.check(0, 5, 0, 1), Err(QuotaError::Links { .. })));
+        let q = Quotas { max_tokens: u64::MAX, max_links: u64::MAX, memory_budget_bytes: 1000 };
+        assert!(matches!(q.check(0, 0, 100, 0), Err(QuotaError::Memory { .. })));
+    }
+
+    #[test]
+    fn default_budget_is_one_gib() {
+        let q = Quotas::default();
+        assert_eq!(q.memory_budget_bytes, 1 << 30);
+        assert_eq!(q.max_tokens, 10_000_000);
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(SimConfig::default().validate().is_ok());
+        let c = SimConfig { dt: f32::NAN, ..Default::default() };
+        assert!(c.validate().unwrap_err().contains("sim.dt = NaN"));
+    }
+}

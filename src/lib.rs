@@ -1,0 +1,32 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod cdna;
+pub mod commands;
+pub mod components;
+pub mod config;
+pub mod digest;
+pub mod input;
+pub mod math;
+pub mod physics;
+pub mod plugin;
+pub mod registry;
+pub mod runner;
+pub mod scenario;
+pub mod sim;
+pub mod spatial;
+
+#[path = "../systems/mod.rs"]
+pub mod systems;
+
+/// The names most users need.
+pub mod prelude {
+    pub use crate::cdna::{Cdna, CdnaError, CdnaViolations, Profile, ViolationKind};
+    pub use crate::commands::{CommandError, CommandOutcome, SetValue, SimCommand};
+    pub use crate::components::*;
+    pub use crate::config::{QuotaError, Quotas, SimConfig};
+    pub use crate::digest::StateDigest;
+    pub use crate::math::{Axis, Vec8};
+    pub use crate::plugin::{NeuroGraphPlugin, NeuroGraphPlugins, SimSystems, SimTick, TickDriver};
+    pub use crate::sim::{SimSettings, Simulation};
+}

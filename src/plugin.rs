@@ -1,0 +1,206 @@
+//! The plugins: [`NeuroGraphPlugins`] (a group) and the schedule they share.
+//!
+//! [`SimCorePlugin`] owns the [`SimTick`] schedule: a single-threaded executor (the
+//! parallelism lives inside the systems, on the [`ComputePool`]) with ambiguity
+//! detection as an error, and the strictly chained [`SimSystems`] sets of the tick.
+//! Every other plugin only adds systems to one set. Users order their own systems
+//! around ours with the same sets, and swap a stage with
+//! `NeuroGraphPlugins::default().build().disable::<CpuForcesPlugin>().add(Mine)`.
+
+use crate::cdna::{Cdna, CdnaHistory};
+use crate::commands::{CommandLog, CommandQueue};
+use crate::config::{Quotas, SimConfig};
+use crate::registry::{LinkGraph, SimClock, SpatialDirty, TokenRegistry};
+use crate::systems::{ConstrainPlugin, CpuForcesPlugin, IngestPlugin, IntegratePlugin};
+use bevy_app::{App, FixedUpdate, Plugin, PluginGroup, PluginGroupBuilder};
+use bevy_ecs::prelude::*;
+use bevy_ecs::schedule::{
+    LogLevel, ScheduleBuildSettings, ScheduleLabel, SingleThreadedExecutor,
+};
+use std::sync::Arc;
+
+/// The schedule that runs one simulation tick.
+#[derive(ScheduleLabel, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SimTick;
+
+/// The stages of a tick, run in this order (DESIGN §3).
+#[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SimSystems {
+    /// Apply queued commands.
+    Ingest,
+    /// Compute forces.
+    Forces,
+    /// Advance velocities and positions.
+    Integrate,
+    /// Enforce the CDNA.
+    Constrain,
+    /// Learn link weights.
+    Learn,
+    /// Detect the emergent hierarchy.
+    Organize,
+    /// Journal the tick.
+    Journal,
+    /// Metrics, tracing, the end of the tick.
+    Observe,
+}
+
+impl SimSystems {
+    /// Every set, in tick order.
+    pub const ALL: [SimSystems; 8] = [
+        SimSystems::Ingest,
+        SimSystems::Forces,
+        SimSystems::Integrate,
+        SimSystems::Constrain,
+        SimSystems::Learn,
+        SimSystems::Organize,
+        SimSystems::Journal,
+        SimSystems::Observe,
+    ];
+}
+
+/// Who runs [`SimTick`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TickDriver {
+    /// The owner calls `world.run_schedule(SimTick)` (headless runs, tests).
+    #[default]
+    Manual,
+    /// One tick per `FixedUpdate` of the host app (the host needs bevy_time's
+    /// `TimePlugin`, which drives `FixedUpdate`).
+    FixedUpdate,
+}
+
+/// The rayon pool the systems compute on, sized by [`SimConfig::threads`].
+#[derive(Resource, Clone)]
+pub struct ComputePool(pub Arc<rayon::ThreadPool>);
+
+impl ComputePool {
+    /// A pool of `threads` named worker threads.
+    pub fn new(threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("neurograph-compute-{i}"))
+            .build()?;
+        Ok(Self(Arc::new(pool)))
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.0.current_num_threads()
+    }
+}
+
+/// Everything NeuroGraph adds to an app, in tick order.
+#[derive(Clone, Debug, Default)]
+pub struct NeuroGraphPlugins {
+    /// Run settings.
+    pub config: SimConfig,
+    /// The initial constitution.
+    pub cdna: Cdna,
+    /// Guardian quotas.
+    pub quotas: Quotas,
+    /// Who runs the tick.
+    pub driver: TickDriver,
+}
+
+impl PluginGroup for NeuroGraphPlugins {
+    fn build(self) -> PluginGroupBuilder {
+        PluginGroupBuilder::start::<Self>()
+            .add(SimCorePlugin {
+                config: self.config,
+                cdna: self.cdna,
+                quotas: self.quotas,
+                driver: self.driver,
+            })
+            .add(IngestPlugin)
+            .add(CpuForcesPlugin)
+            .add(IntegratePlugin)
+            .add(ConstrainPlugin)
+    }
+}
+
+/// A single plugin that adds [`NeuroGraphPlugins`].
+#[derive(Clone, Debug, Default)]
+pub struct NeuroGraphPlugin(pub NeuroGraphPlugins);
+
+impl NeuroGraphPlugin {
+    /// Defaults, ticking once per `FixedUpdate`.
+    pub fn fixed_update() -> Self {
+        Self(NeuroGraphPlugins { driver: TickDriver::FixedUpdate, ..Default::default() })
+    }
+}
+
+impl Plugin for NeuroGraphPlugin {
+    fn build(&self, app: &mut App) {
+        app.add_plugins(self.0.clone());
+    }
+}
+
+/// Owns the schedule, the sets, the clock and the core resources.
+#[derive(Clone, Debug, Default)]
+pub struct SimCorePlugin {
+    /// Run settings.
+    pub config: SimConfig,
+    /// The initial constitution.
+    pub cdna: Cdna,
+    /// Guardian quotas.
+    pub quotas: Quotas,
+    /// Who runs the tick.
+    pub driver: TickDriver,
+}
+
+impl Plugin for SimCorePlugin {
+    fn build(&self, app: &mut App) {
+        let mut schedule = Schedule::new(SimTick);
+        schedule.set_executor(SingleThreadedExecutor::new());
+        schedule.set_build_settings(ScheduleBuildSettings {
+            ambiguity_detection: LogLevel::Error,
+            ..Default::default()
+        });
+        schedule.configure_sets(
+            (
+                SimSystems::Ingest,
+                SimSystems::Forces,
+                SimSystems::Integrate,
+                SimSystems::Constrain,
+                SimSystems::Learn,
+                SimSystems::Organize,
+                SimSystems::Journal,
+                SimSystems::Observe,
+            )
+                .chain(),
+        );
+        app.add_schedule(schedule);
+        let pool = ComputePool::new(self.config.resolved_threads())
+            .expect("the OS refused to start the compute threads");
+        app.insert_resource(self.config.clone())
+            .insert_resource(self.cdna.clone())
+            .insert_resource(self.quotas.clone())
+            .insert_resource(pool)
+            .init_resource::<CdnaHistory>()
+            .init_resource::<TokenRegistry>()
+            .init_resource::<LinkGraph>()
+            .init_resource::<SimClock>()
+            .init_resource::<SpatialDirty>()
+            .init_resource::<CommandQueue>()
+            .init_resource::<CommandLog>()
+            .add_systems(SimTick, end_tick.in_set(SimSystems::Observe));
+        if self.driver == TickDriver::FixedUpdate {
+            app.add_systems(FixedUpdate, run_sim_tick);
+        }
+    }
+}
+
+/// Runs one [`SimTick`]; the system behind [`TickDriver::FixedUpdate`].
+pub fn run_sim_tick(world: &mut World) {
+    world.run_schedule(SimTick);
+}
+
+/// Closes the tick: applied commands nobody journaled are dropped, and puffin
+/// starts a new frame.
+pub fn end_tick(mut log: ResMut<CommandLog>) {
+    puffin::profile_function!();
+    if !log.applied.is_empty() && !log.record {
+        log.applied.clear();
+    }
+    puffin::GlobalProfiler::lock().new_frame();
+}

@@ -1,0 +1,306 @@
+//! Built-in scenarios, in one registry used by the CLI, the tests and the benches.
+//!
+//! | name | what |
+//! |------|------|
+//! | `clusters` | a planted hierarchical Gaussian mixture: 4 groups × 5 subgroups, with ground-truth labels |
+//! | `uniform` | tokens uniform in a cube sized for ~30 neighbours within the cutoff (boundary included) |
+//!
+//! Scenarios generate lazily ([`Scenario::stream`]) so that large worlds are spawned
+//! in batches without holding every spec in memory at once.
+
+use crate::commands::CommandError;
+use crate::components::TokenSpec;
+use crate::math::{DIM, Vec8};
+use crate::sim::Simulation;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+/// What a scenario is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScenarioParams {
+    /// Number of tokens.
+    pub tokens: usize,
+    /// RNG seed.
+    pub seed: u64,
+}
+
+/// One generated token with its ground truth, if the scenario plants any.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Generated {
+    /// The token.
+    pub spec: TokenSpec,
+    /// Fine label (e.g. subgroup).
+    pub label: Option<u32>,
+    /// Coarse label (e.g. group).
+    pub group: Option<u32>,
+}
+
+/// Ground-truth labels, in spawn order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroundTruth {
+    /// Fine labels.
+    pub labels: Vec<u32>,
+    /// Coarse labels.
+    pub groups: Vec<u32>,
+}
+
+/// A whole scenario in memory (tests, small inputs).
+#[derive(Clone, Debug, Default)]
+pub struct ScenarioData {
+    /// The tokens.
+    pub tokens: Vec<TokenSpec>,
+    /// Ground truth, when planted or given.
+    pub truth: Option<GroundTruth>,
+}
+
+type Stream = Box<dyn Iterator<Item = Generated> + Send>;
+
+/// A registered scenario.
+pub struct Scenario {
+    /// Name used by `--scenario`.
+    pub name: &'static str,
+    /// One line for `neurograph scenarios`.
+    pub description: &'static str,
+    /// Token count when none is given.
+    pub default_tokens: usize,
+    make: fn(&ScenarioParams) -> Stream,
+}
+
+/// Every scenario. The first is the default.
+pub static SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "clusters",
+        description: "planted hierarchical Gaussian mixture in 8D: 4 groups x 5 subgroups, labelled",
+        default_tokens: 10_000,
+        make: clusters,
+    },
+    Scenario {
+        name: "uniform",
+        description: "uniform in a cube sized for ~30 neighbours within the cutoff",
+        default_tokens: 100_000,
+        make: uniform,
+    },
+];
+
+/// The scenario `neurograph run` uses when none is named.
+pub fn default_scenario() -> &'static Scenario {
+    &SCENARIOS[0]
+}
+
+/// Looks a scenario up by name.
+pub fn find(name: &str) -> Result<&'static Scenario, String> {
+    SCENARIOS.iter().find(|s| s.name == name).ok_or_else(|| {
+        let known: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+        format!("unknown scenario '{name}' (known: {})", known.join(", "))
+    })
+}
+
+impl Scenario {
+    /// The tokens, lazily, in spawn order.
+    pub fn stream(&self, params: &ScenarioParams) -> impl Iterator<Item = Generated> + Send {
+        (self.make)(params)
+    }
+
+    /// The whole scenario in memory.
+    pub fn generate(&self, params: &ScenarioParams) -> ScenarioData {
+        let mut data = ScenarioData::default();
+        let mut truth = GroundTruth::default();
+        for g in self.stream(params) {
+            data.tokens.push(g.spec);
+            if let (Some(l), Some(gr)) = (g.label, g.group) {
+                truth.labels.push(l);
+                truth.groups.push(gr);
+            }
+        }
+        if !truth.labels.is_empty() {
+            data.truth = Some(truth);
+        }
+        data
+    }
+
+    /// Spawns the scenario into `sim` in batches of `batch` tokens; returns the
+    /// ground truth (empty when the scenario plants none).
+    pub fn spawn_into(
+        &self,
+        sim: &mut Simulation,
+        params: &ScenarioParams,
+        batch: usize,
+    ) -> Result<GroundTruth, CommandError> {
+        spawn_stream(sim, self.stream(params), batch)
+    }
+}
+
+/// Spawns generated tokens in batches; returns their ground truth.
+pub fn spawn_stream(
+    sim: &mut Simulation,
+    stream: impl Iterator<Item = Generated>,
+    batch: usize,
+) -> Result<GroundTruth, CommandError> {
+    let mut truth = GroundTruth::default();
+    let mut specs = Vec::with_capacity(batch);
+    let mut done = 0usize;
+    let flush = |sim: &mut Simulation, specs: &mut Vec<TokenSpec>, done: &mut usize| {
+        let n = specs.len();
+        let r = sim.spawn_batch(std::mem::take(specs)).map_err(|e| match e {
+            CommandError::BatchItem { index, source } => {
+                CommandError::BatchItem { index: *done + index, source }
+            }
+            e => e,
+        });
+        *done += n;
+        r.map(|_| ())
+    };
+    for g in stream {
+        specs.push(g.spec);
+        if let (Some(l), Some(gr)) = (g.label, g.group) {
+            truth.labels.push(l);
+            truth.groups.push(gr);
+        }
+        if specs.len() == batch {
+            flush(sim, &mut specs, &mut done)?;
+            specs.reserve(batch);
+        }
+    }
+    if !specs.is_empty() {
+        flush(sim, &mut specs, &mut done)?;
+    }
+    Ok(truth)
+}
+
+fn gaussian(rng: &mut ChaCha8Rng) -> Vec8 {
+    Vec8::from_array(std::array::from_fn(|_| StandardNormal.sample(rng)))
+}
+
+fn unit(rng: &mut ChaCha8Rng) -> Vec8 {
+    loop {
+        let g = gaussian(rng);
+        let l = g.length();
+        if l > 1e-3 {
+            return g * (1.0 / l);
+        }
+    }
+}
+
+/// Groups, subgroups per group, and the geometry of `clusters` (field radius 1).
+pub const CLUSTER_GROUPS: u32 = 4;
+/// Subgroups per group.
+pub const CLUSTER_SUBGROUPS: u32 = 5;
+const GROUP_DISTANCE: f32 = 12.0;
+const SUBGROUP_DISTANCE: f32 = 2.5;
+const MEMBER_SIGMA: f32 = 0.35;
+
+fn clusters(p: &ScenarioParams) -> Stream {
+    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+    let groups: Vec<Vec8> = (0..CLUSTER_GROUPS).map(|_| unit(&mut rng) * GROUP_DISTANCE).collect();
+    let subs: Vec<Vec8> = groups
+        .iter()
+        .flat_map(|g| {
+            (0..CLUSTER_SUBGROUPS).map(|_| *g + unit(&mut rng) * SUBGROUP_DISTANCE).collect::<Vec<_>>()
+        })
+        .collect();
+    let k = subs.len();
+    let n = p.tokens;
+    Box::new((0..n).map(move |i| {
+        // Round-robin keeps subgroup sizes within one of each other.
+        let s = i % k;
+        let spec = TokenSpec::at(subs[s] + gaussian(&mut rng) * MEMBER_SIGMA)
+            .with_charge(rng.random_range(0.5..1.0));
+        Generated {
+            spec,
+            label: Some(s as u32),
+            group: Some(s as u32 / CLUSTER_SUBGROUPS),
+        }
+    }))
+}
+
+/// Mean neighbours within the cutoff the `uniform` scenario aims for.
+pub const UNIFORM_TARGET_NEIGHBORS: f64 = 30.0;
+
+/// Volume of the unit ball in 8D: π⁴ / 24.
+const UNIT_BALL_8: f64 = std::f64::consts::PI
+    * std::f64::consts::PI
+    * std::f64::consts::PI
+    * std::f64::consts::PI
+    / 24.0;
+
+/// The side of the cube in which `n` uniform tokens with cutoff `r` have `target`
+/// neighbours on average, tokens near the faces included. The boundary factor is a
+/// fixed Monte Carlo estimate of E[Π_k (1 − |d_k| / L)] over `d` uniform in the ball,
+/// and L is found by bisection.
+pub fn uniform_side(n: usize, r: f64, target: f64) -> f64 {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x5eed);
+    let samples: Vec<[f64; DIM]> = (0..4096)
+        .map(|_| {
+            let u = unit(&mut rng);
+            let rad = r * rng.random_range(0.0f64..1.0).powf(1.0 / DIM as f64);
+            std::array::from_fn(|k| u[k] as f64 * rad)
+        })
+        .collect();
+    let expected = |l: f64| {
+        let boundary: f64 = samples
+            .iter()
+            .map(|d| d.iter().map(|x| (1.0 - x.abs() / l).max(0.0)).product::<f64>())
+            .sum::<f64>()
+            / samples.len() as f64;
+        (n.saturating_sub(1)) as f64 * UNIT_BALL_8 * r.powi(8) / l.powi(8) * boundary
+    };
+    let (mut lo, mut hi) = (r * 1e-3, r * 1e3);
+    for _ in 0..100 {
+        let mid = (lo * hi).sqrt();
+        if expected(mid) > target { lo = mid } else { hi = mid }
+    }
+    hi
+}
+
+fn uniform(p: &ScenarioParams) -> Stream {
+    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+    let side = uniform_side(p.tokens, 1.0, UNIFORM_TARGET_NEIGHBORS) as f32;
+    let half = side / 2.0;
+    Box::new((0..p.tokens).map(move |_| {
+        let x = Vec8::from_array(std::array::from_fn(|_| rng.random_range(-half..half)));
+        Generated {
+            spec: TokenSpec::at(x).with_charge(rng.random_range(-1.0..1.0)),
+            label: None,
+            group: None,
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_lookup() {
+        assert_eq!(find("clusters").unwrap().name, "clusters");
+        let e = find("nope").err().unwrap();
+        assert!(e.contains("known: clusters, uniform"), "{e}");
+        assert_eq!(default_scenario().name, "clusters");
+    }
+
+    #[test]
+    fn clusters_are_labelled_and_deterministic() {
+        let s = find("clusters").unwrap();
+        let p = ScenarioParams { tokens: 1000, seed: 7 };
+        let a = s.generate(&p);
+        let b = s.generate(&p);
+        assert_eq!(a.tokens, b.tokens);
+        let t = a.truth.unwrap();
+        assert_eq!(t.labels.len(), 1000);
+        assert_eq!(*t.labels.iter().max().unwrap(), 19);
+        assert_eq!(*t.groups.iter().max().unwrap(), 3);
+        for (l, g) in t.labels.iter().zip(&t.groups) {
+            assert_eq!(l / 5, *g);
+        }
+        let c = s.generate(&ScenarioParams { tokens: 1000, seed: 8 });
+        assert_ne!(a.tokens, c.tokens);
+    }
+
+    #[test]
+    fn uniform_side_grows_with_n() {
+        let a = uniform_side(10_000, 1.0, 30.0);
+        let b = uniform_side(1_000_000, 1.0, 30.0);
+        assert!(a < b && a > 1.0, "{a} {b}");
+    }
+}

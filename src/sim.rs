@@ -1,0 +1,218 @@
+//! [`Simulation`]: the headless way to own and step a world.
+//!
+//! It is a `bevy_app::App` with [`NeuroGraphPlugins`] whose [`SimTick`] schedule is
+//! run on demand, plus a small typed API over the command set.
+
+use crate::cdna::{Cdna, CdnaError, CdnaViolations};
+use crate::commands::{CommandError, CommandLog, CommandOutcome, CommandQueue, SimCommand, apply_command};
+use crate::components::*;
+use crate::config::{Quotas, SimConfig};
+use crate::digest::{StateDigest, state_digest};
+use crate::plugin::{ComputePool, NeuroGraphPlugins, SimTick, TickDriver};
+use crate::registry::{LinkGraph, SimClock, TokenRegistry};
+use crate::systems::{ForceBuffers, IntegrateStats};
+use bevy_app::{App, PluginsState};
+use bevy_ecs::prelude::*;
+
+/// Why a simulation could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// Bad run settings.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// Bad constitution.
+    #[error(transparent)]
+    Cdna(#[from] CdnaError),
+}
+
+/// Everything a simulation starts from.
+#[derive(Clone, Debug, Default)]
+pub struct SimSettings {
+    /// Run settings.
+    pub config: SimConfig,
+    /// The constitution.
+    pub cdna: Cdna,
+    /// Guardian quotas.
+    pub quotas: Quotas,
+}
+
+/// A token's components, read back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenState {
+    /// Id.
+    pub id: TokenId,
+    /// Position.
+    pub position: crate::math::Vec8,
+    /// Velocity.
+    pub velocity: crate::math::Vec8,
+    /// Charge.
+    pub charge: f32,
+    /// Mass.
+    pub mass: f32,
+    /// Field.
+    pub field: Field,
+    /// Kind.
+    pub kind: TokenKind,
+    /// Level.
+    pub level: u8,
+}
+
+/// A headless simulation.
+pub struct Simulation {
+    app: App,
+}
+
+impl Simulation {
+    /// Builds a simulation after validating the settings.
+    pub fn new(settings: SimSettings) -> Result<Self, SimError> {
+        settings.config.validate().map_err(SimError::Config)?;
+        settings.cdna.validate_for(settings.config.dt)?;
+        let mut app = App::new();
+        app.add_plugins(NeuroGraphPlugins {
+            config: settings.config,
+            cdna: settings.cdna,
+            quotas: settings.quotas,
+            driver: TickDriver::Manual,
+        });
+        if app.plugins_state() == PluginsState::Ready {
+            app.finish();
+            app.cleanup();
+        }
+        Ok(Self { app })
+    }
+
+    /// Default settings.
+    pub fn with_defaults() -> Self {
+        Self::new(SimSettings::default()).expect("the default settings are valid")
+    }
+
+    /// Validates and applies a command now, at the tick boundary; on error nothing changed.
+    pub fn apply(&mut self, cmd: SimCommand) -> Result<CommandOutcome, CommandError> {
+        let world = self.app.world_mut();
+        let out = apply_command(world, &cmd)?;
+        let mut log = world.resource_mut::<CommandLog>();
+        if log.record {
+            log.applied.push(cmd);
+        }
+        Ok(out)
+    }
+
+    /// Queues a command for the next tick's `Ingest`; see [`CommandLog`] for refusals.
+    pub fn submit(&mut self, cmd: SimCommand) {
+        self.app.world_mut().resource_mut::<CommandQueue>().push(cmd);
+    }
+
+    /// Spawns one token; returns its id.
+    pub fn spawn(&mut self, spec: TokenSpec) -> Result<TokenId, CommandError> {
+        match self.apply(SimCommand::Spawn(spec))? {
+            CommandOutcome::Spawned { first, .. } => Ok(first),
+            other => unreachable!("spawn produced {other:?}"),
+        }
+    }
+
+    /// Spawns a batch, all or nothing; returns the first id (ids are consecutive).
+    pub fn spawn_batch(&mut self, specs: Vec<TokenSpec>) -> Result<TokenId, CommandError> {
+        match self.apply(SimCommand::SpawnBatch(specs))? {
+            CommandOutcome::Spawned { first, .. } => Ok(first),
+            other => unreachable!("spawn produced {other:?}"),
+        }
+    }
+
+    /// Runs one tick.
+    pub fn step(&mut self) {
+        self.app.world_mut().run_schedule(SimTick);
+    }
+
+    /// Runs `n` ticks.
+    pub fn run(&mut self, n: u64) {
+        for _ in 0..n {
+            self.step();
+        }
+    }
+
+    /// Ticks completed.
+    pub fn tick(&self) -> u64 {
+        self.world().resource::<SimClock>().tick
+    }
+
+    /// Live tokens.
+    pub fn token_count(&self) -> u64 {
+        self.world().resource::<TokenRegistry>().len()
+    }
+
+    /// Links.
+    pub fn link_count(&self) -> u64 {
+        self.world().resource::<LinkGraph>().len()
+    }
+
+    /// The digest of the current state.
+    pub fn digest(&mut self) -> StateDigest {
+        state_digest(self.app.world_mut())
+    }
+
+    /// Reads one token back.
+    pub fn token(&self, id: TokenId) -> Option<TokenState> {
+        let e = self.world().resource::<TokenRegistry>().get(id)?;
+        let r = self.world().entity(e);
+        Some(TokenState {
+            id,
+            position: r.get::<Position>()?.0,
+            velocity: r.get::<Velocity>()?.0,
+            charge: r.get::<Charge>()?.0,
+            mass: r.get::<Mass>()?.0,
+            field: *r.get::<Field>()?,
+            kind: *r.get::<TokenKind>()?,
+            level: r.get::<Level>()?.0,
+        })
+    }
+
+    /// The current constitution.
+    pub fn cdna(&self) -> &Cdna {
+        self.world().resource::<Cdna>()
+    }
+
+    /// CDNA violation counters.
+    pub fn violations(&self) -> &CdnaViolations {
+        self.world().resource::<CdnaViolations>()
+    }
+
+    /// Command counters and the last tick's refusals.
+    pub fn command_log(&self) -> &CommandLog {
+        self.world().resource::<CommandLog>()
+    }
+
+    /// Ordered pairs within cutoff in the last tick (each pair counted twice).
+    pub fn last_pair_count(&self) -> u64 {
+        self.world().resource::<ForceBuffers>().stats.pairs
+    }
+
+    /// Force-stage counters.
+    pub fn force_stats(&self) -> crate::systems::ForceStats {
+        self.world().resource::<ForceBuffers>().stats
+    }
+
+    /// Integrator counters.
+    pub fn integrate_stats(&self) -> IntegrateStats {
+        *self.world().resource::<IntegrateStats>()
+    }
+
+    /// Worker threads of the compute pool.
+    pub fn threads(&self) -> usize {
+        self.world().resource::<ComputePool>().threads()
+    }
+
+    /// The world.
+    pub fn world(&self) -> &World {
+        self.app.world()
+    }
+
+    /// The world, mutable (for embedders who know what they do).
+    pub fn world_mut(&mut self) -> &mut World {
+        self.app.world_mut()
+    }
+
+    /// The app.
+    pub fn app_mut(&mut self) -> &mut App {
+        &mut self.app
+    }
+}

@@ -1,0 +1,96 @@
+//! `Integrate`: semi-implicit Euler with damping and a speed limit (DESIGN §4):
+//! `v += (s ⊙ F / m)·dt; v *= (1 − γ·dt); |v| ≤ v_max; x += v·dt`, where `s` is the
+//! CDNA per-axis mobility.
+
+use super::forces::ForceBuffers;
+use crate::cdna::Cdna;
+use crate::components::*;
+use crate::config::SimConfig;
+use crate::math::Vec8;
+use crate::plugin::{SimSystems, SimTick};
+use bevy_app::{App, Plugin};
+use bevy_ecs::prelude::*;
+use std::collections::HashMap;
+
+/// Adds [`integrate`] to `Integrate`.
+pub struct IntegratePlugin;
+
+impl Plugin for IntegratePlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<IntegrateStats>()
+            .add_systems(SimTick, integrate.in_set(SimSystems::Integrate));
+    }
+}
+
+/// Counters of the integrator.
+#[derive(Resource, Clone, Copy, Debug, Default, PartialEq)]
+pub struct IntegrateStats {
+    /// Token-steps whose speed was capped at `physics.max_speed`, since the start.
+    pub speed_limited: u64,
+    /// Largest distance any token moved in the last tick.
+    pub max_step: f32,
+}
+
+#[inline]
+fn step(
+    f: Vec8,
+    m: f32,
+    v: &mut Vec8,
+    x: &mut Vec8,
+    scales: Vec8,
+    dt: f32,
+    keep: f32,
+    vmax: f32,
+) -> (bool, f32) {
+    let mut nv = (*v + f.mul_elem(scales) * (dt / m)) * keep;
+    let speed2 = nv.length_squared();
+    let limited = speed2 > vmax * vmax;
+    if limited {
+        nv *= vmax / speed2.sqrt();
+    }
+    *v = nv;
+    *x += nv * dt;
+    (limited, nv.length() * dt)
+}
+
+/// The integrator. Reads the forces of [`ForceBuffers`] (whichever backend wrote them).
+pub fn integrate(
+    mut tokens: Query<(&TokenId, &mut Position, &mut Velocity, &Mass)>,
+    mut buf: ResMut<ForceBuffers>,
+    mut stats: ResMut<IntegrateStats>,
+    cdna: Res<Cdna>,
+    config: Res<SimConfig>,
+) {
+    puffin::profile_function!();
+    let dt = config.dt;
+    let keep = 1.0 - cdna.physics.damping * dt;
+    let vmax = cdna.physics.max_speed;
+    let scales = cdna.scales();
+    let mut limited = 0u64;
+    let mut max_step = 0.0f32;
+    let mut fallback: Option<HashMap<TokenId, usize>> = None;
+    for (i, (id, mut x, mut v, m)) in tokens.iter_mut().enumerate() {
+        // The query order is the one Forces gathered in, unless a user system changed
+        // archetypes in between; then look the force up by id.
+        let k = if buf.ids.get(i) == Some(id) {
+            i
+        } else {
+            let map = fallback
+                .get_or_insert_with(|| buf.ids.iter().enumerate().map(|(k, id)| (*id, k)).collect());
+            match map.get(id) {
+                Some(&k) => k,
+                None => continue,
+            }
+        };
+        let (l, s) = step(buf.forces[k], m.0, &mut v.0, &mut x.0, scales, dt, keep, vmax);
+        limited += l as u64;
+        max_step = max_step.max(s);
+    }
+    if fallback.is_some() {
+        // Entities moved between tables: the lists index the old order.
+        buf.neighbors.note_displacement(f32::INFINITY);
+    }
+    buf.neighbors.note_displacement(max_step);
+    stats.speed_limited += limited;
+    stats.max_step = max_step;
+}

@@ -1,0 +1,19 @@
+//! The ECS systems of the tick, one file per family, each with its plugin.
+//!
+//! | set | plugin | what it does |
+//! |-----|--------|--------------|
+//! | `Ingest` | [`IngestPlugin`] | applies queued commands ([`ingest`]) |
+//! | `Forces` | [`CpuForcesPlugin`] | gathers tokens, refreshes neighbour lists, computes forces ([`ForceBuffers`]) |
+//! | `Integrate` | [`IntegratePlugin`] | semi-implicit Euler with damping and a speed limit |
+//! | `Constrain` | [`ConstrainPlugin`] | enforces the CDNA, counts violations |
+//! | `Observe` | core | closes the tick |
+
+pub mod constrain;
+pub mod forces;
+pub mod ingest;
+pub mod integrate;
+
+pub use constrain::{ConstrainPlugin, constrain_links, constrain_tokens};
+pub use forces::{CpuForcesPlugin, ForceBuffers, ForceStats, compute_forces, cpu_forces};
+pub use ingest::{IngestPlugin, ingest};
+pub use integrate::{IntegratePlugin, IntegrateStats, integrate};
