@@ -43,8 +43,13 @@ pub enum Profile {
 
 impl Profile {
     /// Every profile, in documentation order.
-    pub const ALL: [Profile; 5] =
-        [Profile::Default, Profile::Explorer, Profile::Analyst, Profile::Creative, Profile::Custom];
+    pub const ALL: [Profile; 5] = [
+        Profile::Default,
+        Profile::Explorer,
+        Profile::Analyst,
+        Profile::Creative,
+        Profile::Custom,
+    ];
 
     /// Lower-case name.
     pub fn name(self) -> &'static str {
@@ -330,8 +335,14 @@ impl Cdna {
                 decay_rate: 0.01,
                 learning_rate: 0.05,
             },
-            tokens: TokenLimits { min_mass: 0.01, max_mass: 1000.0 },
-            evolution: Evolution { evolution_rate: 0.01, trace_sample_rate: 0.01 },
+            tokens: TokenLimits {
+                min_mass: 0.01,
+                max_mass: 1000.0,
+            },
+            evolution: Evolution {
+                evolution_rate: 0.01,
+                trace_sample_rate: 0.01,
+            },
         };
         match profile {
             Profile::Default | Profile::Custom => {}
@@ -367,27 +378,60 @@ impl Cdna {
         let mut c = Checker(Vec::new());
         for (k, axis) in crate::math::Axis::ALL.iter().enumerate() {
             let n = axis.name();
-            c.range(format!("dimensions.scales[{k}] ({n})"), self.dimensions.scales[k], 0.0, 10.0);
-            c.range(format!("dimensions.min[{k}] ({n})"), self.dimensions.min[k], -1e6, 1e6);
-            c.range(format!("dimensions.max[{k}] ({n})"), self.dimensions.max[k], -1e6, 1e6);
+            c.range(
+                format!("dimensions.scales[{k}] ({n})"),
+                self.dimensions.scales[k],
+                0.0,
+                10.0,
+            );
+            c.range(
+                format!("dimensions.min[{k}] ({n})"),
+                self.dimensions.min[k],
+                -1e6,
+                1e6,
+            );
+            c.range(
+                format!("dimensions.max[{k}] ({n})"),
+                self.dimensions.max[k],
+                -1e6,
+                1e6,
+            );
             if self.dimensions.min[k] >= self.dimensions.max[k] {
                 c.0.push(FieldError {
                     field: format!("dimensions.min[{k}] ({n})"),
                     value: self.dimensions.min[k].to_string(),
-                    limit: format!("must be below dimensions.max[{k}] = {}", self.dimensions.max[k]),
+                    limit: format!(
+                        "must be below dimensions.max[{k}] = {}",
+                        self.dimensions.max[k]
+                    ),
                 });
             }
         }
         let f = &self.field;
         c.positive("field.min_radius", f.min_radius, 1000.0);
         c.positive("field.max_radius", f.max_radius, 1000.0);
-        c.ordered("field.min_radius", f.min_radius, "field.max_radius", f.max_radius);
+        c.ordered(
+            "field.min_radius",
+            f.min_radius,
+            "field.max_radius",
+            f.max_radius,
+        );
         c.range("field.min_strength", f.min_strength, 0.0, 1.0);
         c.range("field.max_strength", f.max_strength, 0.0, 1.0);
-        c.ordered("field.min_strength", f.min_strength, "field.max_strength", f.max_strength);
+        c.ordered(
+            "field.min_strength",
+            f.min_strength,
+            "field.max_strength",
+            f.max_strength,
+        );
         c.range("field.min_charge", f.min_charge, -1.0, 1.0);
         c.range("field.max_charge", f.max_charge, -1.0, 1.0);
-        c.ordered("field.min_charge", f.min_charge, "field.max_charge", f.max_charge);
+        c.ordered(
+            "field.min_charge",
+            f.min_charge,
+            "field.max_charge",
+            f.max_charge,
+        );
         let p = &self.physics;
         c.range("physics.k_field", p.k_field, 0.0, 1000.0);
         c.range("physics.k_core", p.k_core, 0.0, 10000.0);
@@ -412,26 +456,58 @@ impl Cdna {
         }
         c.range("graph.min_weight", g.min_weight, 0.0, 1000.0);
         c.range("graph.max_weight", g.max_weight, 0.0, 1000.0);
-        c.ordered("graph.min_weight", g.min_weight, "graph.max_weight", g.max_weight);
+        c.ordered(
+            "graph.min_weight",
+            g.min_weight,
+            "graph.max_weight",
+            g.max_weight,
+        );
         c.range("graph.min_rigidity", g.min_rigidity, 0.0, 1.0);
         c.range("graph.max_rigidity", g.max_rigidity, 0.0, 1.0);
-        c.ordered("graph.min_rigidity", g.min_rigidity, "graph.max_rigidity", g.max_rigidity);
+        c.ordered(
+            "graph.min_rigidity",
+            g.min_rigidity,
+            "graph.max_rigidity",
+            g.max_rigidity,
+        );
         c.range("graph.max_rest_length", g.max_rest_length, 0.0, 1e6);
         c.range("graph.decay_rate", g.decay_rate, 0.0, 1.0);
         c.range("graph.learning_rate", g.learning_rate, 0.0, 1.0);
         c.positive("tokens.min_mass", self.tokens.min_mass, 1e9);
         c.positive("tokens.max_mass", self.tokens.max_mass, 1e9);
-        c.ordered("tokens.min_mass", self.tokens.min_mass, "tokens.max_mass", self.tokens.max_mass);
-        c.range("evolution.evolution_rate", self.evolution.evolution_rate, 0.0, 1.0);
-        c.range("evolution.trace_sample_rate", self.evolution.trace_sample_rate, 0.0, 1.0);
-        if c.0.is_empty() { Ok(()) } else { Err(CdnaError::Invalid(c.0)) }
+        c.ordered(
+            "tokens.min_mass",
+            self.tokens.min_mass,
+            "tokens.max_mass",
+            self.tokens.max_mass,
+        );
+        c.range(
+            "evolution.evolution_rate",
+            self.evolution.evolution_rate,
+            0.0,
+            1.0,
+        );
+        c.range(
+            "evolution.trace_sample_rate",
+            self.evolution.trace_sample_rate,
+            0.0,
+            1.0,
+        );
+        if c.0.is_empty() {
+            Ok(())
+        } else {
+            Err(CdnaError::Invalid(c.0))
+        }
     }
 
     /// [`validate`](Self::validate), plus the checks that need the run's time step.
     pub fn validate_for(&self, dt: f32) -> Result<(), CdnaError> {
         self.validate()?;
         if self.physics.damping * dt > 1.0 {
-            return Err(CdnaError::UnstableDamping { damping: self.physics.damping, dt });
+            return Err(CdnaError::UnstableDamping {
+                damping: self.physics.damping,
+                dt,
+            });
         }
         Ok(())
     }
@@ -464,15 +540,20 @@ impl Cdna {
 
     /// The TOML text of this CDNA, with its checksum.
     pub fn to_toml(&self) -> String {
-        let file = CdnaFile { checksum: Some(self.checksum_hex()), cdna: self.clone() };
-        toml::to_string_pretty(&file).expect("CDNA is plain data and always encodes")
+        let file = CdnaFile {
+            checksum: Some(self.checksum_hex()),
+            cdna: self.clone(),
+        };
+        toml::to_string(&file).expect("CDNA is plain data and always encodes")
     }
 
     /// Parses TOML text; `origin` names the source in errors. Verifies the checksum
     /// when one is given, then validates.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, CdnaError> {
-        let file: CdnaFile = toml::from_str(text)
-            .map_err(|e| CdnaError::Parse { path: origin.to_string(), message: e.to_string() })?;
+        let file: CdnaFile = toml::from_str(text).map_err(|e| CdnaError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
         if let Some(expected) = file.checksum {
             let actual = file.cdna.checksum_hex();
             if !expected.trim().eq_ignore_ascii_case(&actual) {
@@ -485,15 +566,19 @@ impl Cdna {
 
     /// Loads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, CdnaError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| CdnaError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CdnaError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
     /// Writes the TOML form (with checksum) to `path`.
     pub fn save(&self, path: &Path) -> Result<(), CdnaError> {
-        std::fs::write(path, self.to_toml())
-            .map_err(|source| CdnaError::Io { path: path.display().to_string(), source })
+        std::fs::write(path, self.to_toml()).map_err(|source| CdnaError::Io {
+            path: path.display().to_string(),
+            source,
+        })
     }
 }
 
@@ -613,7 +698,10 @@ mod tests {
             let c = Cdna::profile(p);
             c.validate().unwrap_or_else(|e| panic!("{p:?}: {e}"));
             c.validate_for(0.05).unwrap();
-            assert!(sums.insert(c.checksum()), "{p:?} has the same checksum as another profile");
+            assert!(
+                sums.insert(c.checksum()),
+                "{p:?} has the same checksum as another profile"
+            );
         }
     }
 
@@ -635,12 +723,20 @@ mod tests {
         c.field.max_charge = 2.0;
         c.dimensions.scales[3] = f32::NAN;
         let err = c.validate().unwrap_err();
-        let CdnaError::Invalid(list) = &err else { panic!("{err}") };
+        let CdnaError::Invalid(list) = &err else {
+            panic!("{err}")
+        };
         assert_eq!(list.len(), 3, "{err}");
         let msg = err.to_string();
-        assert!(msg.contains("physics.damping = -1: must be a finite number in [0, 1000]"), "{msg}");
+        assert!(
+            msg.contains("physics.damping = -1: must be a finite number in [0, 1000]"),
+            "{msg}"
+        );
         assert!(msg.contains("field.max_charge = 2"), "{msg}");
-        assert!(msg.contains("dimensions.scales[3] (emotional) = NaN"), "{msg}");
+        assert!(
+            msg.contains("dimensions.scales[3] (emotional) = NaN"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -648,17 +744,25 @@ mod tests {
         let mut c = Cdna::default();
         c.physics.core_radius = c.field.min_radius;
         let msg = c.validate().unwrap_err().to_string();
-        assert!(msg.contains("physics.core_radius") && msg.contains("field.min_radius"), "{msg}");
+        assert!(
+            msg.contains("physics.core_radius") && msg.contains("field.min_radius"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn edited_file_with_stale_checksum_is_refused() {
-        let text = Cdna::default().to_toml().replace("k_field = 1.0", "k_field = 2.0");
+        let text = Cdna::default()
+            .to_toml()
+            .replace("k_field = 1.0", "k_field = 2.0");
         let err = Cdna::from_toml(&text, "t").unwrap_err();
         assert!(matches!(err, CdnaError::ChecksumMismatch { .. }), "{err}");
         // Without the checksum line the edit is accepted.
-        let unsigned: String =
-            text.lines().filter(|l| !l.starts_with("checksum")).collect::<Vec<_>>().join("\n");
+        let unsigned: String = text
+            .lines()
+            .filter(|l| !l.starts_with("checksum"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let c = Cdna::from_toml(&unsigned, "t").unwrap();
         assert_eq!(c.physics.k_field, 2.0);
     }
@@ -675,6 +779,9 @@ mod tests {
     fn damping_times_dt_bounded() {
         let mut c = Cdna::default();
         c.physics.damping = 30.0;
-        assert!(matches!(c.validate_for(0.05), Err(CdnaError::UnstableDamping { .. })));
+        assert!(matches!(
+            c.validate_for(0.05),
+            Err(CdnaError::UnstableDamping { .. })
+        ));
     }
 }

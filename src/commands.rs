@@ -208,15 +208,27 @@ pub struct CommandLog {
     pub quota_rejections: u64,
 }
 
-fn invalid(field: impl Into<String>, value: impl ToString, limit: impl Into<String>) -> CommandError {
-    CommandError::InvalidValue { field: field.into(), value: value.to_string(), limit: limit.into() }
+fn invalid(
+    field: impl Into<String>,
+    value: impl ToString,
+    limit: impl Into<String>,
+) -> CommandError {
+    CommandError::InvalidValue {
+        field: field.into(),
+        value: value.to_string(),
+        limit: limit.into(),
+    }
 }
 
 fn check_range(field: &str, v: f32, min: f32, max: f32) -> Result<(), CommandError> {
     if v.is_finite() && v >= min && v <= max {
         Ok(())
     } else {
-        Err(invalid(field, v, format!("must be a finite number in [{min}, {max}] (CDNA)")))
+        Err(invalid(
+            field,
+            v,
+            format!("must be a finite number in [{min}, {max}] (CDNA)"),
+        ))
     }
 }
 
@@ -238,14 +250,21 @@ fn check_position(field: &str, p: Vec8, cdna: &Cdna) -> Result<(), CommandError>
 
 fn check_velocity(field: &str, v: Vec8, cdna: &Cdna) -> Result<(), CommandError> {
     if !v.is_finite() {
-        return Err(invalid(field, format!("{:?}", v.to_array()), "must be finite"));
+        return Err(invalid(
+            field,
+            format!("{:?}", v.to_array()),
+            "must be finite",
+        ));
     }
     let speed = v.length();
     if speed > cdna.physics.max_speed {
         return Err(invalid(
             format!("|{field}|"),
             speed,
-            format!("must not exceed physics.max_speed = {}", cdna.physics.max_speed),
+            format!(
+                "must not exceed physics.max_speed = {}",
+                cdna.physics.max_speed
+            ),
         ));
     }
     Ok(())
@@ -257,7 +276,12 @@ pub fn validate_token(spec: &TokenSpec, cdna: &Cdna) -> Result<(), CommandError>
     check_velocity("velocity", spec.velocity, cdna)?;
     let f = &cdna.field;
     check_range("charge", spec.charge, f.min_charge, f.max_charge)?;
-    check_range("mass", spec.mass, cdna.tokens.min_mass, cdna.tokens.max_mass)?;
+    check_range(
+        "mass",
+        spec.mass,
+        cdna.tokens.min_mass,
+        cdna.tokens.max_mass,
+    )?;
     check_range("radius", spec.radius, f.min_radius, f.max_radius)?;
     check_range("strength", spec.strength, f.min_strength, f.max_strength)?;
     Ok(())
@@ -267,32 +291,48 @@ pub fn validate_token(spec: &TokenSpec, cdna: &Cdna) -> Result<(), CommandError>
 pub fn validate_link(spec: &LinkSpec, cdna: &Cdna) -> Result<(), CommandError> {
     let g = &cdna.graph;
     check_range("link.weight", spec.weight, g.min_weight, g.max_weight)?;
-    check_range("link.rigidity", spec.rigidity, g.min_rigidity, g.max_rigidity)?;
+    check_range(
+        "link.rigidity",
+        spec.rigidity,
+        g.min_rigidity,
+        g.max_rigidity,
+    )?;
     check_range("link.rest_length", spec.rest_length, 0.0, g.max_rest_length)?;
     Ok(())
 }
 
 fn entity_of(world: &World, id: TokenId) -> Result<Entity, CommandError> {
-    world.resource::<TokenRegistry>().get(id).ok_or(CommandError::UnknownToken(id))
+    world
+        .resource::<TokenRegistry>()
+        .get(id)
+        .ok_or(CommandError::UnknownToken(id))
 }
 
 fn check_quota(world: &World, add_tokens: u64, add_links: u64) -> Result<(), CommandError> {
     let tokens = world.resource::<TokenRegistry>().len();
     let links = world.resource::<LinkGraph>().len();
-    world.resource::<Quotas>().check(tokens, links, add_tokens, add_links)?;
+    world
+        .resource::<Quotas>()
+        .check(tokens, links, add_tokens, add_links)?;
     Ok(())
 }
 
 fn spawn_all(world: &mut World, specs: &[TokenSpec]) -> CommandOutcome {
     let first = world.resource::<TokenRegistry>().next_id();
-    let bundles = specs.iter().enumerate().map(|(i, s)| s.bundle(TokenId(first.0 + i as u64)));
+    let bundles = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.bundle(TokenId(first.0 + i as u64)));
     let entities: Vec<Entity> = world.spawn_batch(bundles).collect();
     let mut reg = world.resource_mut::<TokenRegistry>();
     reg.reserve(entities.len());
     for e in entities {
         reg.push(e);
     }
-    CommandOutcome::Spawned { first, count: specs.len() as u64 }
+    CommandOutcome::Spawned {
+        first,
+        count: specs.len() as u64,
+    }
 }
 
 /// Validates `cmd` and, if it is valid, applies it to `world`. On error nothing changed.
@@ -321,8 +361,10 @@ fn apply_inner(world: &mut World, cmd: &SimCommand) -> Result<CommandOutcome, Co
         SimCommand::SpawnBatch(specs) => {
             let cdna = world.resource::<Cdna>();
             for (index, spec) in specs.iter().enumerate() {
-                validate_token(spec, cdna)
-                    .map_err(|e| CommandError::BatchItem { index, source: Box::new(e) })?;
+                validate_token(spec, cdna).map_err(|e| CommandError::BatchItem {
+                    index,
+                    source: Box::new(e),
+                })?;
             }
             check_quota(world, specs.len() as u64, 0)?;
             Ok(spawn_all(world, specs))
@@ -350,7 +392,11 @@ fn apply_inner(world: &mut World, cmd: &SimCommand) -> Result<CommandOutcome, Co
             for t in [*a, *b] {
                 let degree = graph.degree(t);
                 if degree >= limit as usize {
-                    return Err(CommandError::DegreeLimit { token: t, degree, limit });
+                    return Err(CommandError::DegreeLimit {
+                        token: t,
+                        degree,
+                        limit,
+                    });
                 }
             }
             check_quota(world, 0, 1)?;
@@ -360,23 +406,33 @@ fn apply_inner(world: &mut World, cmd: &SimCommand) -> Result<CommandOutcome, Co
         SimCommand::SetLink { a, b, spec } => {
             validate_link(spec, world.resource::<Cdna>())?;
             let mut graph = world.resource_mut::<LinkGraph>();
-            let link = graph.get_mut(*a, *b).ok_or(CommandError::NotLinked(*a, *b))?;
+            let link = graph
+                .get_mut(*a, *b)
+                .ok_or(CommandError::NotLinked(*a, *b))?;
             *link = *spec;
             Ok(CommandOutcome::Done)
         }
         SimCommand::Unlink { a, b } => {
             let mut graph = world.resource_mut::<LinkGraph>();
-            graph.remove(*a, *b).ok_or(CommandError::NotLinked(*a, *b))?;
+            graph
+                .remove(*a, *b)
+                .ok_or(CommandError::NotLinked(*a, *b))?;
             Ok(CommandOutcome::Done)
         }
         SimCommand::Set { id, value } => apply_set(world, *id, *value),
         SimCommand::Impulse { id, impulse } => {
             let e = entity_of(world, *id)?;
             if !impulse.is_finite() {
-                return Err(invalid("impulse", format!("{:?}", impulse.to_array()), "must be finite"));
+                return Err(invalid(
+                    "impulse",
+                    format!("{:?}", impulse.to_array()),
+                    "must be finite",
+                ));
             }
             let mass = world.get::<Mass>(e).map_or(1.0, |m| m.0);
-            let mut v = world.get_mut::<Velocity>(e).ok_or(CommandError::UnknownToken(*id))?;
+            let mut v = world
+                .get_mut::<Velocity>(e)
+                .ok_or(CommandError::UnknownToken(*id))?;
             v.0 += *impulse * (1.0 / mass);
             Ok(CommandOutcome::Done)
         }
@@ -404,7 +460,11 @@ fn apply_inner(world: &mut World, cmd: &SimCommand) -> Result<CommandOutcome, Co
     }
 }
 
-fn apply_set(world: &mut World, id: TokenId, value: SetValue) -> Result<CommandOutcome, CommandError> {
+fn apply_set(
+    world: &mut World,
+    id: TokenId,
+    value: SetValue,
+) -> Result<CommandOutcome, CommandError> {
     let e = entity_of(world, id)?;
     let cdna = world.resource::<Cdna>();
     let f = &cdna.field;

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 /// The stable identity of a token: assigned by the engine at spawn, in increasing
 /// order, never reused. Entities may change across a snapshot restore; ids do not.
-#[derive(Component, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Component, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct TokenId(pub u64);
 
 impl std::fmt::Display for TokenId {
@@ -157,7 +159,10 @@ impl TokenSpec {
             velocity: Velocity(self.velocity),
             charge: Charge(self.charge),
             mass: Mass(self.mass),
-            field: Field { radius: self.radius, strength: self.strength },
+            field: Field {
+                radius: self.radius,
+                strength: self.strength,
+            },
             kind: self.kind,
             level: Level(0),
         }
@@ -196,6 +201,11 @@ pub struct LinkSpec {
 impl LinkSpec {
     /// A semantic link of the given weight and rest length, rigidity 0.5.
     pub fn new(weight: f32, rest_length: f32) -> Self {
-        Self { weight, rigidity: 0.5, rest_length, kind: LinkKind::Semantic }
+        Self {
+            weight,
+            rigidity: 0.5,
+            rest_length,
+            kind: LinkKind::Semantic,
+        }
     }
 }

@@ -19,7 +19,11 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        Self { dt: 0.05, neighbor_skin: 0.15, threads: 0 }
+        Self {
+            dt: 0.05,
+            neighbor_skin: 0.15,
+            threads: 0,
+        }
     }
 }
 
@@ -27,7 +31,10 @@ impl SimConfig {
     /// Checks the values; the error names the field, the value and the limit.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.dt.is_finite() && self.dt > 0.0 && self.dt <= 1.0) {
-            return Err(format!("sim.dt = {}: must be a finite number in (0, 1]", self.dt));
+            return Err(format!(
+                "sim.dt = {}: must be a finite number in (0, 1]",
+                self.dt
+            ));
         }
         if !(self.neighbor_skin.is_finite()
             && self.neighbor_skin >= 0.0
@@ -39,7 +46,10 @@ impl SimConfig {
             ));
         }
         if self.threads > 1024 {
-            return Err(format!("sim.threads = {}: must be at most 1024", self.threads));
+            return Err(format!(
+                "sim.threads = {}: must be at most 1024",
+                self.threads
+            ));
         }
         Ok(())
     }
@@ -47,7 +57,9 @@ impl SimConfig {
     /// The number of worker threads this config asks for (resolving 0).
     pub fn resolved_threads(&self) -> usize {
         if self.threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             self.threads
         }
@@ -69,7 +81,11 @@ pub struct Quotas {
 
 impl Default for Quotas {
     fn default() -> Self {
-        Self { max_tokens: 10_000_000, max_links: 100_000_000, memory_budget_bytes: 1 << 30 }
+        Self {
+            max_tokens: 10_000_000,
+            max_links: 100_000_000,
+            memory_budget_bytes: 1 << 30,
+        }
     }
 }
 
@@ -166,14 +182,32 @@ mod tests {
 
     #[test]
     fn quotas_name_the_limit() {
-        let q = Quotas { max_tokens: 10, max_links: 5, memory_budget_bytes: 1 << 20 };
+        let q = Quotas {
+            max_tokens: 10,
+            max_links: 5,
+            memory_budget_bytes: 1 << 20,
+        };
         assert!(q.check(5, 0, 5, 0).is_ok());
         let e = q.check(5, 0, 6, 0).unwrap_err();
-        assert_eq!(e, QuotaError::Tokens { current: 5, requested: 6, limit: 10 });
+        assert_eq!(
+            e,
+            QuotaError::Tokens {
+                current: 5,
+                requested: 6,
+                limit: 10
+            }
+        );
         assert!(e.to_string().contains("max_tokens = 10"));
         assert!(matches!(q.check(0, 5, 0, 1), Err(QuotaError::Links { .. })));
-        let q = Quotas { max_tokens: u64::MAX, max_links: u64::MAX, memory_budget_bytes: 1000 };
-        assert!(matches!(q.check(0, 0, 100, 0), Err(QuotaError::Memory { .. })));
+        let q = Quotas {
+            max_tokens: u64::MAX,
+            max_links: u64::MAX,
+            memory_budget_bytes: 1000,
+        };
+        assert!(matches!(
+            q.check(0, 0, 100, 0),
+            Err(QuotaError::Memory { .. })
+        ));
     }
 
     #[test]
@@ -186,7 +220,10 @@ mod tests {
     #[test]
     fn config_validation() {
         assert!(SimConfig::default().validate().is_ok());
-        let c = SimConfig { dt: f32::NAN, ..Default::default() };
+        let c = SimConfig {
+            dt: f32::NAN,
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().contains("sim.dt = NaN"));
     }
 }

@@ -70,18 +70,29 @@ const OPTIONAL: [&str; 6] = ["charge", "mass", "radius", "strength", "label", "g
 /// Loads tokens (and ground truth, if the file has `label`/`group`) from a CSV file.
 pub fn load_csv(path: &Path, cdna: &Cdna) -> Result<ScenarioData, InputError> {
     let p = path.display().to_string();
-    let file = std::fs::File::open(path)
-        .map_err(|e| InputError::Io { path: p.clone(), message: e.to_string() })?;
+    let file = std::fs::File::open(path).map_err(|e| InputError::Io {
+        path: p.clone(),
+        message: e.to_string(),
+    })?;
     read_csv(file, &p, cdna)
 }
 
 /// [`load_csv`] over any reader; `origin` names it in errors.
-pub fn read_csv(reader: impl std::io::Read, origin: &str, cdna: &Cdna) -> Result<ScenarioData, InputError> {
+pub fn read_csv(
+    reader: impl std::io::Read,
+    origin: &str,
+    cdna: &Cdna,
+) -> Result<ScenarioData, InputError> {
     let path = origin.to_string();
-    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(reader);
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(reader);
     let headers = rdr
         .headers()
-        .map_err(|e| InputError::Header { path: path.clone(), message: e.to_string() })?
+        .map_err(|e| InputError::Header {
+            path: path.clone(),
+            message: e.to_string(),
+        })?
         .clone();
     let mut cols: HashMap<String, usize> = HashMap::new();
     for (i, h) in headers.iter().enumerate() {
@@ -97,15 +108,20 @@ pub fn read_csv(reader: impl std::io::Read, origin: &str, cdna: &Cdna) -> Result
             });
         }
         if cols.insert(h.to_string(), i).is_some() {
-            return Err(InputError::Header { path, message: format!("column '{h}' appears twice") });
+            return Err(InputError::Header {
+                path,
+                message: format!("column '{h}' appears twice"),
+            });
         }
     }
     let xs: Vec<usize> = (0..8)
         .map(|k| {
-            cols.get(&format!("x{k}")).copied().ok_or_else(|| InputError::Header {
-                path: path.clone(),
-                message: format!("missing required column 'x{k}' (need x0..x7)"),
-            })
+            cols.get(&format!("x{k}"))
+                .copied()
+                .ok_or_else(|| InputError::Header {
+                    path: path.clone(),
+                    message: format!("missing required column 'x{k}' (need x0..x7)"),
+                })
         })
         .collect::<Result<_, _>>()?;
     let has_truth = cols.contains_key("label") || cols.contains_key("group");
@@ -115,7 +131,11 @@ pub fn read_csv(reader: impl std::io::Read, origin: &str, cdna: &Cdna) -> Result
     for rec in rdr.records() {
         let rec = rec.map_err(|e| {
             let line = e.position().map_or(0, |p| p.line());
-            InputError::Row { path: path.clone(), line, message: e.to_string() }
+            InputError::Row {
+                path: path.clone(),
+                line,
+                message: e.to_string(),
+            }
         })?;
         let line = rec.position().map_or(0, |p| p.line());
         let cell_err = |col: usize, message: String| InputError::Cell {
@@ -127,7 +147,8 @@ pub fn read_csv(reader: impl std::io::Read, origin: &str, cdna: &Cdna) -> Result
         };
         let num = |col: usize| -> Result<f32, InputError> {
             let s = rec.get(col).unwrap_or("");
-            s.parse::<f32>().map_err(|_| cell_err(col, format!("'{s}' is not a number")))
+            s.parse::<f32>()
+                .map_err(|_| cell_err(col, format!("'{s}' is not a number")))
         };
         let mut pos = [0.0f32; 8];
         for (k, &c) in xs.iter().enumerate() {
@@ -156,7 +177,11 @@ pub fn read_csv(reader: impl std::io::Read, origin: &str, cdna: &Cdna) -> Result
                 let v = opt(name).map_or("", |c| rec.get(c).unwrap_or(""));
                 let next = names[slot].len() as u32;
                 let id = *names[slot].entry(v.to_string()).or_insert(next);
-                if slot == 0 { truth.labels.push(id) } else { truth.groups.push(id) }
+                if slot == 0 {
+                    truth.labels.push(id)
+                } else {
+                    truth.groups.push(id)
+                }
             }
         }
         data.tokens.push(spec);
@@ -171,7 +196,9 @@ pub fn read_csv(reader: impl std::io::Read, origin: &str, cdna: &Cdna) -> Result
 }
 
 fn column_of(e: &CommandError, cols: &HashMap<String, usize>) -> Option<usize> {
-    let CommandError::InvalidValue { field, .. } = e else { return None };
+    let CommandError::InvalidValue { field, .. } = e else {
+        return None;
+    };
     if let Some(rest) = field.strip_prefix("position[") {
         let k = rest.chars().next()?.to_digit(10)?;
         return cols.get(&format!("x{k}")).copied();
@@ -189,11 +216,13 @@ mod tests {
 
     #[test]
     fn reads_tokens_and_truth() {
-        let d = read("x0,x1,x2,x3,x4,x5,x6,x7,charge,label,group\n\
+        let d = read(
+            "x0,x1,x2,x3,x4,x5,x6,x7,charge,label,group\n\
                       1,2,3,4,5,6,7,8,0.5,cat,animal\n\
                       0,0,0,0,0,0,0,0,-0.5,dog,animal\n\
-                      0,0,0,0,0,0,0,1,1,car,thing\n")
-            .unwrap();
+                      0,0,0,0,0,0,0,1,1,car,thing\n",
+        )
+        .unwrap();
         assert_eq!(d.tokens.len(), 3);
         assert_eq!(d.tokens[0].position[7], 8.0);
         assert_eq!(d.tokens[1].charge, -0.5);
@@ -206,10 +235,16 @@ mod tests {
     #[test]
     fn errors_name_line_and_column() {
         let e = read("x0,x1,x2,x3,x4,x5,x6,x7\n0,0,0,0,0,0,0,0\n0,0,0,abc,0,0,0,0\n").unwrap_err();
-        assert_eq!(e.to_string(), "in.csv: line 3, column 4 (x3): 'abc' is not a number");
+        assert_eq!(
+            e.to_string(),
+            "in.csv: line 3, column 4 (x3): 'abc' is not a number"
+        );
         let e = read("x0,x1,x2,x3,x4,x5,x6,x7,charge\n0,0,0,0,0,0,0,0,7\n").unwrap_err();
         let s = e.to_string();
-        assert!(s.starts_with("in.csv: line 2, column 9 (charge): charge = 7"), "{s}");
+        assert!(
+            s.starts_with("in.csv: line 2, column 9 (charge): charge = 7"),
+            "{s}"
+        );
         let e = read("x0,x1,x2,x3,x4,x5,x6,x7\n0,0,0,0,0,0,NaN,0\n").unwrap_err();
         assert!(e.to_string().contains("column 7 (x6)"), "{e}");
         let e = read("x0,x1,x2,x3,x4,x5,x6,x7\n0,0,0\n").unwrap_err();
@@ -218,8 +253,21 @@ mod tests {
 
     #[test]
     fn header_problems() {
-        assert!(read("x0,x1\n1,2\n").unwrap_err().to_string().contains("missing required column 'x2'"));
-        assert!(read("x0,x1,x2,x3,x4,x5,x6,x7,color\n").unwrap_err().to_string().contains("unknown column 'color'"));
-        assert!(matches!(read("x0,x1,x2,x3,x4,x5,x6,x7\n"), Err(InputError::Empty { .. })));
+        assert!(
+            read("x0,x1\n1,2\n")
+                .unwrap_err()
+                .to_string()
+                .contains("missing required column 'x2'")
+        );
+        assert!(
+            read("x0,x1,x2,x3,x4,x5,x6,x7,color\n")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown column 'color'")
+        );
+        assert!(matches!(
+            read("x0,x1,x2,x3,x4,x5,x6,x7\n"),
+            Err(InputError::Empty { .. })
+        ));
     }
 }

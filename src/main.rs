@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "neurograph", version, about = "NeuroGraph: tokens in an 8D semantic space, simulated")]
+#[command(
+    name = "neurograph",
+    version,
+    about = "NeuroGraph: tokens in an 8D semantic space, simulated"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,10 +88,16 @@ fn run(args: RunArgs) -> Result<(), String> {
     if let Some(t) = args.threads {
         config.sim.threads = t;
     }
-    let summary = runner::run(&RunOptions { config, progress: !args.quiet })
-        .map_err(|e| e.to_string())?;
+    let summary = runner::run(&RunOptions {
+        config,
+        progress: !args.quiet,
+    })
+    .map_err(|e| e.to_string())?;
     if args.json {
-        println!("{}", serde_json::to_string(&summary).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string(&summary).map_err(|e| e.to_string())?
+        );
     } else {
         println!("{}", summary.to_text());
     }
@@ -97,10 +107,19 @@ fn run(args: RunArgs) -> Result<(), String> {
 fn cdna(args: CdnaArgs) -> Result<(), String> {
     if let Some(path) = args.check {
         let c = Cdna::load(&path).map_err(|e| e.to_string())?;
-        println!("{}: valid ({} profile, version {}, checksum {})", path.display(), c.profile.name(), c.version, c.checksum_hex());
+        println!(
+            "{}: valid ({} profile, version {}, checksum {})",
+            path.display(),
+            c.profile.name(),
+            c.version,
+            c.checksum_hex()
+        );
         return Ok(());
     }
-    let p: Profile = args.profile.parse().map_err(|e: neurograph::cdna::CdnaError| e.to_string())?;
+    let p: Profile = args
+        .profile
+        .parse()
+        .map_err(|e: neurograph::cdna::CdnaError| e.to_string())?;
     print!("{}", Cdna::profile(p).to_toml());
     Ok(())
 }
@@ -118,7 +137,10 @@ fn main() -> ExitCode {
         Command::Run(a) => run(a),
         Command::Scenarios => {
             for s in SCENARIOS {
-                println!("{:<10} {:>9} tokens  {}", s.name, s.default_tokens, s.description);
+                println!(
+                    "{:<10} {:>9} tokens  {}",
+                    s.name, s.default_tokens, s.description
+                );
             }
             Ok(())
         }

@@ -90,7 +90,10 @@ impl Vec8 {
     /// Every component set to `v`.
     #[inline]
     pub const fn splat(v: f32) -> Self {
-        Self { lo: Vec4::splat(v), hi: Vec4::splat(v) }
+        Self {
+            lo: Vec4::splat(v),
+            hi: Vec4::splat(v),
+        }
     }
 
     /// A vector from an array, axis order.
@@ -138,19 +141,28 @@ impl Vec8 {
     /// Component-wise product.
     #[inline]
     pub fn mul_elem(self, o: Self) -> Self {
-        Self { lo: self.lo * o.lo, hi: self.hi * o.hi }
+        Self {
+            lo: self.lo * o.lo,
+            hi: self.hi * o.hi,
+        }
     }
 
     /// Component-wise minimum.
     #[inline]
     pub fn min(self, o: Self) -> Self {
-        Self { lo: self.lo.min(o.lo), hi: self.hi.min(o.hi) }
+        Self {
+            lo: self.lo.min(o.lo),
+            hi: self.hi.min(o.hi),
+        }
     }
 
     /// Component-wise maximum.
     #[inline]
     pub fn max(self, o: Self) -> Self {
-        Self { lo: self.lo.max(o.lo), hi: self.hi.max(o.hi) }
+        Self {
+            lo: self.lo.max(o.lo),
+            hi: self.hi.max(o.hi),
+        }
     }
 
     /// Component-wise clamp to `[min, max]`.
@@ -201,7 +213,11 @@ impl Index<usize> for Vec8 {
 impl IndexMut<usize> for Vec8 {
     #[inline]
     fn index_mut(&mut self, i: usize) -> &mut f32 {
-        if i < 4 { &mut self.lo[i] } else { &mut self.hi[i - 4] }
+        if i < 4 {
+            &mut self.lo[i]
+        } else {
+            &mut self.hi[i - 4]
+        }
     }
 }
 
@@ -209,7 +225,10 @@ impl Add for Vec8 {
     type Output = Vec8;
     #[inline]
     fn add(self, o: Vec8) -> Vec8 {
-        Vec8 { lo: self.lo + o.lo, hi: self.hi + o.hi }
+        Vec8 {
+            lo: self.lo + o.lo,
+            hi: self.hi + o.hi,
+        }
     }
 }
 
@@ -217,7 +236,10 @@ impl Sub for Vec8 {
     type Output = Vec8;
     #[inline]
     fn sub(self, o: Vec8) -> Vec8 {
-        Vec8 { lo: self.lo - o.lo, hi: self.hi - o.hi }
+        Vec8 {
+            lo: self.lo - o.lo,
+            hi: self.hi - o.hi,
+        }
     }
 }
 
@@ -225,7 +247,10 @@ impl Mul<f32> for Vec8 {
     type Output = Vec8;
     #[inline]
     fn mul(self, s: f32) -> Vec8 {
-        Vec8 { lo: self.lo * s, hi: self.hi * s }
+        Vec8 {
+            lo: self.lo * s,
+            hi: self.hi * s,
+        }
     }
 }
 
@@ -233,7 +258,10 @@ impl Neg for Vec8 {
     type Output = Vec8;
     #[inline]
     fn neg(self) -> Vec8 {
-        Vec8 { lo: -self.lo, hi: -self.hi }
+        Vec8 {
+            lo: -self.lo,
+            hi: -self.hi,
+        }
     }
 }
 
@@ -280,7 +308,12 @@ mod tests {
     fn dot_and_length_match_scalar_code() {
         let a = Vec8::from_array([1.0, -2.0, 3.0, 0.5, 0.0, 4.0, -1.0, 2.0]);
         let b = Vec8::from_array([0.5, 1.0, -1.0, 2.0, 3.0, 0.0, 1.0, 1.0]);
-        let scalar: f32 = a.to_array().iter().zip(b.to_array()).map(|(x, y)| x * y).sum();
+        let scalar: f32 = a
+            .to_array()
+            .iter()
+            .zip(b.to_array())
+            .map(|(x, y)| x * y)
+            .sum();
         assert!((a.dot(b) - scalar).abs() < 1e-6);
         assert!((Vec8::axis(Axis::Motor).length() - 1.0).abs() < 1e-7);
         assert_eq!((a - a).length_squared(), 0.0);

@@ -89,7 +89,11 @@ pub fn pair_force(
 pub fn link_force(xi: Vec8, xj: Vec8, k_w: f32, rest: f32) -> Vec8 {
     let d = xj - xi;
     let r = d.length();
-    if r == 0.0 { Vec8::ZERO } else { d * (k_w * (r - rest) / r) }
+    if r == 0.0 {
+        Vec8::ZERO
+    } else {
+        d * (k_w * (r - rest) / r)
+    }
 }
 
 /// One link end as the force loop sees it: the other end's index, weight, rest length.
@@ -112,15 +116,37 @@ pub struct LinkTable {
 
 impl LinkTable {
     /// Builds the table for tokens `ids` (gathered order) from `(a, b, weight, rest)` links.
-    pub fn build(ids: &[TokenId], links: impl Iterator<Item = (TokenId, TokenId, f32, f32)>) -> Self {
-        let index: std::collections::HashMap<TokenId, u32> =
-            ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect();
+    pub fn build(
+        ids: &[TokenId],
+        links: impl Iterator<Item = (TokenId, TokenId, f32, f32)>,
+    ) -> Self {
+        let index: std::collections::HashMap<TokenId, u32> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, i as u32))
+            .collect();
         let mut per: Vec<Vec<(TokenId, LinkEnd)>> = vec![Vec::new(); ids.len()];
         let mut any = false;
         for (a, b, weight, rest) in links {
-            let (Some(&ia), Some(&ib)) = (index.get(&a), index.get(&b)) else { continue };
-            per[ia as usize].push((b, LinkEnd { other: ib, weight, rest }));
-            per[ib as usize].push((a, LinkEnd { other: ia, weight, rest }));
+            let (Some(&ia), Some(&ib)) = (index.get(&a), index.get(&b)) else {
+                continue;
+            };
+            per[ia as usize].push((
+                b,
+                LinkEnd {
+                    other: ib,
+                    weight,
+                    rest,
+                },
+            ));
+            per[ib as usize].push((
+                a,
+                LinkEnd {
+                    other: ia,
+                    weight,
+                    rest,
+                },
+            ));
             any = true;
         }
         if !any {
@@ -184,7 +210,12 @@ pub fn reference_forces(
             }
         }
         for l in links.row(i) {
-            f += link_force(positions[i], positions[l.other as usize], fp.k_link * l.weight, l.rest);
+            f += link_force(
+                positions[i],
+                positions[l.other as usize],
+                fp.k_link * l.weight,
+                l.rest,
+            );
         }
         forces[i] = f;
     }
@@ -196,10 +227,20 @@ mod tests {
     use super::*;
 
     fn p(charge: f32, mass: f32, radius: f32, strength: f32) -> TokenParams {
-        TokenParams { charge, mass, radius, strength }
+        TokenParams {
+            charge,
+            mass,
+            radius,
+            strength,
+        }
     }
 
-    const FP: ForceParams = ForceParams { k_field: 2.0, k_core: 10.0, core_radius: 0.4, k_link: 0.5 };
+    const FP: ForceParams = ForceParams {
+        k_field: 2.0,
+        k_core: 10.0,
+        core_radius: 0.4,
+        k_link: 0.5,
+    };
 
     #[test]
     fn field_term_matches_the_formula_in_f64() {
@@ -232,7 +273,10 @@ mod tests {
         let one = p(1.0, 1.0, 1.0, 1.0);
         let at_cutoff = Vec8::from_array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         assert!(pair_force(Vec8::ZERO, &one, at_cutoff, &one, &FP).is_none());
-        assert_eq!(pair_force(Vec8::ONE, &one, Vec8::ONE, &one, &FP), Some(Vec8::ZERO));
+        assert_eq!(
+            pair_force(Vec8::ONE, &one, Vec8::ONE, &one, &FP),
+            Some(Vec8::ZERO)
+        );
     }
 
     #[test]

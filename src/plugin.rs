@@ -14,9 +14,7 @@ use crate::registry::{LinkGraph, SimClock, SpatialDirty, TokenRegistry};
 use crate::systems::{ConstrainPlugin, CpuForcesPlugin, IngestPlugin, IntegratePlugin};
 use bevy_app::{App, FixedUpdate, Plugin, PluginGroup, PluginGroupBuilder};
 use bevy_ecs::prelude::*;
-use bevy_ecs::schedule::{
-    LogLevel, ScheduleBuildSettings, ScheduleLabel, SingleThreadedExecutor,
-};
+use bevy_ecs::schedule::{LogLevel, ScheduleBuildSettings, ScheduleLabel, SingleThreadedExecutor};
 use std::sync::Arc;
 
 /// The schedule that runs one simulation tick.
@@ -125,7 +123,10 @@ pub struct NeuroGraphPlugin(pub NeuroGraphPlugins);
 impl NeuroGraphPlugin {
     /// Defaults, ticking once per `FixedUpdate`.
     pub fn fixed_update() -> Self {
-        Self(NeuroGraphPlugins { driver: TickDriver::FixedUpdate, ..Default::default() })
+        Self(NeuroGraphPlugins {
+            driver: TickDriver::FixedUpdate,
+            ..Default::default()
+        })
     }
 }
 

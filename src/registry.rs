@@ -30,7 +30,10 @@ impl TokenRegistry {
 
     /// The entity of a live token.
     pub fn get(&self, id: TokenId) -> Option<Entity> {
-        self.slots.get(usize::try_from(id.0).ok()?).copied().flatten()
+        self.slots
+            .get(usize::try_from(id.0).ok()?)
+            .copied()
+            .flatten()
     }
 
     /// Whether `id` is alive.
@@ -63,7 +66,10 @@ impl TokenRegistry {
 
     /// Live (id, entity) pairs in id order.
     pub fn iter(&self) -> impl Iterator<Item = (TokenId, Entity)> + '_ {
-        self.slots.iter().enumerate().filter_map(|(i, e)| e.map(|e| (TokenId(i as u64), e)))
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.map(|e| (TokenId(i as u64), e)))
     }
 }
 

@@ -157,10 +157,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     let spawn_start = Instant::now();
     let scenario_name = if let Some(path) = &c.input {
         if c.scenario.is_some() {
-            return Err(RunError::Config("give either --input or --scenario, not both".into()));
+            return Err(RunError::Config(
+                "give either --input or --scenario, not both".into(),
+            ));
         }
         let data = load_csv(path, &cdna)?;
-        let stream = data.tokens.into_iter().map(|spec| Generated { spec, label: None, group: None });
+        let stream = data.tokens.into_iter().map(|spec| Generated {
+            spec,
+            label: None,
+            group: None,
+        });
         spawn_stream(&mut sim, stream, SPAWN_BATCH)?;
         "input".to_string()
     } else {
@@ -236,7 +242,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         speed_limited: sim.integrate_stats().speed_limited,
         spawn_seconds,
         peak_rss_bytes: peak,
-        bytes_per_token: if tokens > 0 { peak as f64 / tokens as f64 } else { 0.0 },
+        bytes_per_token: if tokens > 0 {
+            peak as f64 / tokens as f64
+        } else {
+            0.0
+        },
         cdna_profile: sim.cdna().profile.name().to_string(),
         cdna_checksum: sim.cdna().checksum_hex(),
     })
@@ -247,21 +257,38 @@ impl RunSummary {
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         use std::fmt::Write;
-        let _ = writeln!(s, "NeuroGraph run — scenario {} (seed {})", self.scenario, self.seed);
+        let _ = writeln!(
+            s,
+            "NeuroGraph run — scenario {} (seed {})",
+            self.scenario, self.seed
+        );
         let _ = writeln!(s, "  tokens           {:>14}", self.tokens);
         let _ = writeln!(s, "  links            {:>14}", self.links);
         let _ = writeln!(s, "  ticks            {:>14}", self.ticks);
-        let _ = writeln!(s, "  wall time        {:>14.3} s  (spawn {:.3} s)", self.seconds, self.spawn_seconds);
+        let _ = writeln!(
+            s,
+            "  wall time        {:>14.3} s  (spawn {:.3} s)",
+            self.seconds, self.spawn_seconds
+        );
         let _ = writeln!(s, "  ticks/s          {:>14.1}", self.ticks_per_s);
         let _ = writeln!(s, "  token-steps/s    {:>14.0}", self.token_steps_per_s);
         let _ = writeln!(s, "  threads          {:>14}", self.threads);
         let _ = writeln!(s, "  avg neighbours   {:>14.2}", self.avg_neighbors);
         let _ = writeln!(s, "  list rebuilds    {:>14}", self.neighbor_rebuilds);
-        let _ = writeln!(s, "  CDNA violations  {:>14}  ({} profile)", self.cdna_violations, self.cdna_profile);
+        let _ = writeln!(
+            s,
+            "  CDNA violations  {:>14}  ({} profile)",
+            self.cdna_violations, self.cdna_profile
+        );
         for (k, v) in self.cdna_violations_by_kind.iter().filter(|(_, v)| **v > 0) {
             let _ = writeln!(s, "    {k:<16}{v:>12}");
         }
-        let _ = writeln!(s, "  peak memory      {:>14.1} MiB ({:.0} B/token)", self.peak_rss_bytes as f64 / 1048576.0, self.bytes_per_token);
+        let _ = writeln!(
+            s,
+            "  peak memory      {:>14.1} MiB ({:.0} B/token)",
+            self.peak_rss_bytes as f64 / 1048576.0,
+            self.bytes_per_token
+        );
         let _ = write!(s, "  digest           {:>14}", self.digest);
         s
     }

@@ -143,9 +143,10 @@ pub fn spawn_stream(
     let flush = |sim: &mut Simulation, specs: &mut Vec<TokenSpec>, done: &mut usize| {
         let n = specs.len();
         let r = sim.spawn_batch(std::mem::take(specs)).map_err(|e| match e {
-            CommandError::BatchItem { index, source } => {
-                CommandError::BatchItem { index: *done + index, source }
-            }
+            CommandError::BatchItem { index, source } => CommandError::BatchItem {
+                index: *done + index,
+                source,
+            },
             e => e,
         });
         *done += n;
@@ -192,11 +193,15 @@ const MEMBER_SIGMA: f32 = 0.35;
 
 fn clusters(p: &ScenarioParams) -> Stream {
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
-    let groups: Vec<Vec8> = (0..CLUSTER_GROUPS).map(|_| unit(&mut rng) * GROUP_DISTANCE).collect();
+    let groups: Vec<Vec8> = (0..CLUSTER_GROUPS)
+        .map(|_| unit(&mut rng) * GROUP_DISTANCE)
+        .collect();
     let subs: Vec<Vec8> = groups
         .iter()
         .flat_map(|g| {
-            (0..CLUSTER_SUBGROUPS).map(|_| *g + unit(&mut rng) * SUBGROUP_DISTANCE).collect::<Vec<_>>()
+            (0..CLUSTER_SUBGROUPS)
+                .map(|_| *g + unit(&mut rng) * SUBGROUP_DISTANCE)
+                .collect::<Vec<_>>()
         })
         .collect();
     let k = subs.len();
@@ -218,11 +223,9 @@ fn clusters(p: &ScenarioParams) -> Stream {
 pub const UNIFORM_TARGET_NEIGHBORS: f64 = 30.0;
 
 /// Volume of the unit ball in 8D: π⁴ / 24.
-const UNIT_BALL_8: f64 = std::f64::consts::PI
-    * std::f64::consts::PI
-    * std::f64::consts::PI
-    * std::f64::consts::PI
-    / 24.0;
+const UNIT_BALL_8: f64 =
+    std::f64::consts::PI * std::f64::consts::PI * std::f64::consts::PI * std::f64::consts::PI
+        / 24.0;
 
 /// The side of the cube in which `n` uniform tokens with cutoff `r` have `target`
 /// neighbours on average, tokens near the faces included. The boundary factor is a
@@ -240,7 +243,11 @@ pub fn uniform_side(n: usize, r: f64, target: f64) -> f64 {
     let expected = |l: f64| {
         let boundary: f64 = samples
             .iter()
-            .map(|d| d.iter().map(|x| (1.0 - x.abs() / l).max(0.0)).product::<f64>())
+            .map(|d| {
+                d.iter()
+                    .map(|x| (1.0 - x.abs() / l).max(0.0))
+                    .product::<f64>()
+            })
             .sum::<f64>()
             / samples.len() as f64;
         (n.saturating_sub(1)) as f64 * UNIT_BALL_8 * r.powi(8) / l.powi(8) * boundary
@@ -248,7 +255,11 @@ pub fn uniform_side(n: usize, r: f64, target: f64) -> f64 {
     let (mut lo, mut hi) = (r * 1e-3, r * 1e3);
     for _ in 0..100 {
         let mid = (lo * hi).sqrt();
-        if expected(mid) > target { lo = mid } else { hi = mid }
+        if expected(mid) > target {
+            lo = mid
+        } else {
+            hi = mid
+        }
     }
     hi
 }
@@ -282,7 +293,10 @@ mod tests {
     #[test]
     fn clusters_are_labelled_and_deterministic() {
         let s = find("clusters").unwrap();
-        let p = ScenarioParams { tokens: 1000, seed: 7 };
+        let p = ScenarioParams {
+            tokens: 1000,
+            seed: 7,
+        };
         let a = s.generate(&p);
         let b = s.generate(&p);
         assert_eq!(a.tokens, b.tokens);
@@ -293,7 +307,10 @@ mod tests {
         for (l, g) in t.labels.iter().zip(&t.groups) {
             assert_eq!(l / 5, *g);
         }
-        let c = s.generate(&ScenarioParams { tokens: 1000, seed: 8 });
+        let c = s.generate(&ScenarioParams {
+            tokens: 1000,
+            seed: 8,
+        });
         assert_ne!(a.tokens, c.tokens);
     }
 

@@ -4,7 +4,9 @@
 //! run on demand, plus a small typed API over the command set.
 
 use crate::cdna::{Cdna, CdnaError, CdnaViolations};
-use crate::commands::{CommandError, CommandLog, CommandOutcome, CommandQueue, SimCommand, apply_command};
+use crate::commands::{
+    CommandError, CommandLog, CommandOutcome, CommandQueue, SimCommand, apply_command,
+};
 use crate::components::*;
 use crate::config::{Quotas, SimConfig};
 use crate::digest::{StateDigest, state_digest};
@@ -99,7 +101,10 @@ impl Simulation {
 
     /// Queues a command for the next tick's `Ingest`; see [`CommandLog`] for refusals.
     pub fn submit(&mut self, cmd: SimCommand) {
-        self.app.world_mut().resource_mut::<CommandQueue>().push(cmd);
+        self.app
+            .world_mut()
+            .resource_mut::<CommandQueue>()
+            .push(cmd);
     }
 
     /// Spawns one token; returns its id.

@@ -8,10 +8,9 @@
 //!
 //! Why Verlet lists: even a good tree visits many more candidates than the ~30 true
 //! neighbours in 8D. So the tree runs rarely: it builds, for each token, the list of
-//! tokens closer than `max(R_i, R_j) + skin`. While no token has moved more than
-//! `skin / 2` since the build (tracked as a bound on the displacement, see
-//! [`NeighborList::needs_rebuild`]), every pair closer than its cutoff is in the
-//! lists, and a tick only scans the lists. Lists are sorted by neighbour id, which
+//! tokens closer than `max(R_i, R_j) + skin`. While no two tokens can have closed in
+//! by more than the skin since the build (tracked by [`Travel`]), every pair closer
+//! than its cutoff is in the lists, and a tick only scans the lists. Lists are sorted by neighbour id, which
 //! fixes the summation order of every force.
 
 use crate::components::TokenId;
@@ -20,6 +19,8 @@ use rayon::prelude::*;
 
 /// Leaf size of the k-d tree.
 pub const LEAF_SIZE: usize = 16;
+/// Ranges larger than this are split on two threads while building the tree.
+const PARALLEL_BUILD: usize = 32_768;
 
 #[derive(Clone, Copy, Debug)]
 struct Node {
@@ -27,8 +28,9 @@ struct Node {
     hi: Vec8,
     start: u32,
     end: u32,
-    /// Index of the left child; the right child is `left + 1`. 0 for leaves.
+    /// Children; both 0 for a leaf.
     left: u32,
+    right: u32,
 }
 
 /// A k-d tree over a slice of points (median splits on the widest axis, tight
@@ -39,51 +41,127 @@ pub struct KdTree {
     perm: Vec<u32>,
 }
 
-impl KdTree {
-    /// Builds a tree over `points`.
-    pub fn build(points: &[Vec8]) -> Self {
-        let n = points.len();
-        let mut perm: Vec<u32> = (0..n as u32).collect();
-        let mut nodes = Vec::with_capacity(2 * n / LEAF_SIZE + 1);
-        if n == 0 {
-            return Self { nodes, perm };
+fn bbox(points: &[Vec8], perm: &[u32]) -> (Vec8, Vec8) {
+    let mut lo = points[perm[0] as usize];
+    let mut hi = lo;
+    for &k in &perm[1..] {
+        let p = points[k as usize];
+        lo = lo.min(p);
+        hi = hi.max(p);
+    }
+    (lo, hi)
+}
+
+/// Splits `perm` at its median along the widest axis of `[lo, hi]`; returns the
+/// split position, or `None` when the range should be a leaf.
+fn split(points: &[Vec8], perm: &mut [u32], lo: Vec8, hi: Vec8) -> Option<usize> {
+    let extent = hi - lo;
+    let mut dim = 0;
+    for k in 1..8 {
+        if extent[k] > extent[dim] {
+            dim = k;
         }
-        let placeholder =
-            Node { lo: Vec8::ZERO, hi: Vec8::ZERO, start: 0, end: 0, left: 0 };
-        nodes.push(placeholder);
-        let mut stack = vec![(0usize, 0usize, n)];
-        while let Some((ni, s, e)) = stack.pop() {
-            let slice = &mut perm[s..e];
-            let mut lo = points[slice[0] as usize];
-            let mut hi = lo;
-            for &k in slice.iter() {
-                let p = points[k as usize];
-                lo = lo.min(p);
-                hi = hi.max(p);
-            }
-            let extent = hi - lo;
-            let mut dim = 0;
-            for k in 1..8 {
-                if extent[k] > extent[dim] {
-                    dim = k;
+    }
+    // NaN extents fail `> 0.0` too.
+    let splittable = extent[dim] > 0.0 && extent[dim].is_finite();
+    if perm.len() <= LEAF_SIZE || !splittable {
+        return None;
+    }
+    let mid = perm.len() / 2;
+    perm.select_nth_unstable_by(mid, |&a, &b| {
+        points[a as usize][dim].total_cmp(&points[b as usize][dim])
+    });
+    Some(mid)
+}
+
+/// Builds the subtree of `perm` (whose first element sits at `offset` in the full
+/// permutation); node indices are local to the returned vector, root first.
+fn build_range(points: &[Vec8], perm: &mut [u32], offset: usize) -> Vec<Node> {
+    let (lo, hi) = bbox(points, perm);
+    let leaf = Node {
+        lo,
+        hi,
+        start: offset as u32,
+        end: (offset + perm.len()) as u32,
+        left: 0,
+        right: 0,
+    };
+    if perm.len() > PARALLEL_BUILD {
+        let Some(mid) = split(points, perm, lo, hi) else {
+            return vec![leaf];
+        };
+        let (a, b) = perm.split_at_mut(mid);
+        let (left, right) = rayon::join(
+            || build_range(points, a, offset),
+            || build_range(points, b, offset + mid),
+        );
+        let mut nodes = Vec::with_capacity(1 + left.len() + right.len());
+        let l0 = 1u32;
+        let r0 = 1 + left.len() as u32;
+        nodes.push(Node {
+            left: l0,
+            right: r0,
+            ..leaf
+        });
+        for (base, part) in [(l0, left), (r0, right)] {
+            nodes.extend(part.into_iter().map(|mut n| {
+                if n.left != 0 {
+                    n.left += base;
+                    n.right += base;
                 }
-            }
-            let node = Node { lo, hi, start: s as u32, end: e as u32, left: 0 };
-            if e - s <= LEAF_SIZE || extent[dim] <= 0.0 || !extent[dim].is_finite() {
-                nodes[ni] = node;
-                continue;
-            }
-            let mid = (e - s) / 2;
-            slice.select_nth_unstable_by(mid, |&a, &b| {
-                points[a as usize][dim].total_cmp(&points[b as usize][dim])
-            });
-            let left = nodes.len();
-            nodes.push(placeholder);
-            nodes.push(placeholder);
-            nodes[ni] = Node { left: left as u32, ..node };
-            stack.push((left, s, s + mid));
-            stack.push((left + 1, s + mid, e));
+                n
+            }));
         }
+        return nodes;
+    }
+    // Small ranges: iterative, children appended as found.
+    let mut nodes = vec![leaf];
+    let mut stack = vec![(0usize, 0usize, perm.len())];
+    while let Some((ni, s, e)) = stack.pop() {
+        let slice = &mut perm[s..e];
+        let (lo, hi) = if ni == 0 {
+            (lo, hi)
+        } else {
+            bbox(points, slice)
+        };
+        let node = Node {
+            lo,
+            hi,
+            start: (offset + s) as u32,
+            end: (offset + e) as u32,
+            left: 0,
+            right: 0,
+        };
+        let Some(mid) = split(points, slice, lo, hi) else {
+            nodes[ni] = node;
+            continue;
+        };
+        let left = nodes.len();
+        nodes.push(node);
+        nodes.push(node);
+        nodes[ni] = Node {
+            left: left as u32,
+            right: left as u32 + 1,
+            ..node
+        };
+        stack.push((left, s, s + mid));
+        stack.push((left + 1, s + mid, e));
+    }
+    nodes
+}
+
+impl KdTree {
+    /// Builds a tree over `points` (on the current rayon pool; the tree does not
+    /// depend on its size).
+    pub fn build(points: &[Vec8]) -> Self {
+        let mut perm: Vec<u32> = (0..points.len() as u32).collect();
+        if points.is_empty() {
+            return Self {
+                nodes: Vec::new(),
+                perm,
+            };
+        }
+        let nodes = build_range(points, &mut perm, 0);
         Self { nodes, perm }
     }
 
@@ -93,7 +171,7 @@ impl KdTree {
         if self.nodes.is_empty() {
             return;
         }
-        let mut stack = [0u32; 96];
+        let mut stack = [0u32; 128];
         let mut top = 1;
         while top > 0 {
             top -= 1;
@@ -111,10 +189,24 @@ impl KdTree {
                 }
             } else {
                 stack[top] = node.left;
-                stack[top + 1] = node.left + 1;
+                stack[top + 1] = node.right;
                 top += 2;
             }
         }
+    }
+
+    /// The same tree for the points permuted into tree order (`points'[m] =
+    /// points[order()[m]]`): leaves become contiguous ranges.
+    pub fn into_sorted(mut self) -> Self {
+        for (m, p) in self.perm.iter_mut().enumerate() {
+            *p = m as u32;
+        }
+        self
+    }
+
+    /// Point indices in tree order (leaf by leaf).
+    pub fn order(&self) -> &[u32] {
+        &self.perm
     }
 
     /// Number of nodes (for memory accounting).
@@ -123,103 +215,262 @@ impl KdTree {
     }
 }
 
-/// Verlet neighbour lists in compressed-row form.
+/// Tokens per parallel work item of the force pass.
+pub const CHUNK: usize = 512;
+
+/// The inputs of a neighbour search, in gathered order.
+#[derive(Clone, Copy)]
+pub struct SearchInput<'a> {
+    /// Positions.
+    pub points: &'a [Vec8],
+    /// Field radii.
+    pub radii: &'a [f32],
+    /// Token ids (the sort key of every row).
+    pub ids: &'a [TokenId],
+    /// Verlet skin.
+    pub skin: f32,
+}
+
+impl SearchInput<'_> {
+    /// The exact row of `i`: every `j ≠ i` with `|x_j − x_i| < max(R_i, R_j) + skin`,
+    /// sorted by id, into `row` (cleared first).
+    fn row(&self, tree: &KdTree, q2: f32, i: usize, row: &mut Vec<(TokenId, u32)>) {
+        row.clear();
+        let (xi, ri) = (self.points[i], self.radii[i]);
+        tree.for_each_within(self.points, xi, q2, |j, d2| {
+            let c = ri.max(self.radii[j as usize]) + self.skin;
+            // A hair of slack so that rounding never drops a pair at the edge.
+            if j as usize != i && d2 <= c * c * (1.0 + 1e-5) {
+                row.push((self.ids[j as usize], j));
+            }
+        });
+        row.sort_unstable_by_key(|(id, _)| *id);
+    }
+
+    fn query_radius2(&self) -> f32 {
+        let rmax = self.radii.iter().copied().fold(0.0f32, f32::max);
+        let q = rmax + self.skin;
+        q * q * (1.0 + 1e-5)
+    }
+}
+
+/// Verlet neighbour lists: one row per token, each sorted by neighbour id, stored
+/// in one arena with spare room per row so single rows can be refreshed in place.
 #[derive(Clone, Debug, Default)]
 pub struct NeighborList {
-    offsets: Vec<u32>,
-    neighbors: Vec<u32>,
-    /// Upper bound on how far any token moved since the build.
-    displacement_bound: f32,
+    start: Vec<u32>,
+    len: Vec<u32>,
+    cap: Vec<u32>,
+    slots: Vec<u32>,
+    waste: usize,
     skin: f32,
 }
 
-/// Tokens per parallel work item.
-pub const CHUNK: usize = 512;
+fn spare(len: usize) -> usize {
+    len + len / 4 + 4
+}
 
 impl NeighborList {
-    /// Builds the lists: for each token `i`, every `j ≠ i` with
-    /// `|x_j − x_i| < max(R_i, R_j) + skin`, sorted by `ids[j]`.
-    ///
-    /// Runs on the current rayon pool; the result does not depend on its size.
-    pub fn build(points: &[Vec8], radii: &[f32], ids: &[TokenId], skin: f32) -> Self {
-        let n = points.len();
-        let tree = KdTree::build(points);
-        let rmax = radii.iter().copied().fold(0.0f32, f32::max);
-        // A hair above (rmax + skin)² so that rounding never drops a pair at the edge.
-        let q = rmax + skin;
-        let q2 = q * q * (1.0 + 1e-5);
-        let chunks: Vec<(Vec<u32>, Vec<u32>)> = (0..n.div_ceil(CHUNK))
-            .into_par_iter()
-            .map(|c| {
-                let range = c * CHUNK..((c + 1) * CHUNK).min(n);
-                let mut counts = Vec::with_capacity(range.len());
-                let mut list = Vec::with_capacity(range.len() * 48);
-                let mut row: Vec<(TokenId, u32)> = Vec::with_capacity(128);
-                for i in range {
-                    row.clear();
-                    let (xi, ri) = (points[i], radii[i]);
-                    tree.for_each_within(points, xi, q2, |j, d2| {
-                        let c = ri.max(radii[j as usize]) + skin;
-                        if j as usize != i && d2 <= c * c * (1.0 + 1e-5) {
-                            row.push((ids[j as usize], j));
-                        }
-                    });
-                    row.sort_unstable_by_key(|(id, _)| *id);
-                    counts.push(row.len() as u32);
+    /// Builds every row from scratch. Runs on the current rayon pool; the result does
+    /// not depend on its size.
+    pub fn build(input: SearchInput<'_>) -> Self {
+        Self::build_with(input, &KdTree::build(input.points))
+    }
+
+    /// [`build`](Self::build) with a tree already built over `input.points`.
+    pub fn build_with(input: SearchInput<'_>, tree: &KdTree) -> Self {
+        let n = input.points.len();
+        let q2 = input.query_radius2();
+        // Query in tree order: consecutive queries touch the same leaves.
+        let parts: Vec<(Vec<u32>, Vec<u32>)> = tree
+            .order()
+            .par_chunks(256)
+            .map(|chunk| {
+                let mut row = Vec::with_capacity(128);
+                let mut lens = Vec::with_capacity(chunk.len());
+                let mut list = Vec::with_capacity(chunk.len() * 48);
+                for &i in chunk {
+                    input.row(tree, q2, i as usize, &mut row);
+                    lens.push(row.len() as u32);
                     list.extend(row.iter().map(|(_, j)| *j));
                 }
-                (counts, list)
+                (lens, list)
             })
             .collect();
-        let total: usize = chunks.iter().map(|(_, l)| l.len()).sum();
-        let mut offsets = Vec::with_capacity(n + 1);
-        let mut neighbors = Vec::with_capacity(total);
-        offsets.push(0u32);
-        for (counts, list) in chunks {
-            for c in counts {
-                let last = *offsets.last().expect("offsets starts non-empty");
-                offsets.push(last + c);
-            }
-            neighbors.extend_from_slice(&list);
+        let mut len = vec![0u32; n];
+        for (&i, &l) in tree
+            .order()
+            .iter()
+            .zip(parts.iter().flat_map(|(lens, _)| lens))
+        {
+            len[i as usize] = l;
         }
-        Self { offsets, neighbors, displacement_bound: 0.0, skin }
+        let mut start = Vec::with_capacity(n);
+        let mut cap = Vec::with_capacity(n);
+        let mut total = 0usize;
+        for &l in &len {
+            start.push(total as u32);
+            let c = spare(l as usize);
+            cap.push(c as u32);
+            total += c;
+        }
+        let mut slots = vec![0u32; total];
+        let mut queries = tree.order().iter();
+        for (lens, list) in &parts {
+            let mut at = 0;
+            for &l in lens {
+                let i = *queries.next().expect("one query per token") as usize;
+                let s = start[i] as usize;
+                slots[s..s + l as usize].copy_from_slice(&list[at..at + l as usize]);
+                at += l as usize;
+            }
+        }
+        Self {
+            start,
+            len,
+            cap,
+            slots,
+            waste: 0,
+            skin: input.skin,
+        }
+    }
+
+    /// Recomputes the rows of `tokens` exactly, and adds each of them to the rows of
+    /// its new neighbours, so every pair is again checked from both sides.
+    pub fn refresh(&mut self, input: SearchInput<'_>, tokens: &[u32]) {
+        let tree = KdTree::build(input.points);
+        let q2 = input.query_radius2();
+        let rows: Vec<(u32, Vec<u32>)> = tokens
+            .par_iter()
+            .map_init(
+                || Vec::with_capacity(128),
+                |row, &i| {
+                    input.row(&tree, q2, i as usize, row);
+                    (i, row.iter().map(|(_, j)| *j).collect())
+                },
+            )
+            .collect();
+        for (i, row) in rows {
+            self.set_row(i as usize, &row);
+            for &j in &row {
+                self.insert_sorted(j as usize, i, input.ids);
+            }
+        }
+    }
+
+    fn relocate(&mut self, i: usize, need: usize) {
+        let (s, l) = (self.start[i] as usize, self.len[i] as usize);
+        let c = spare(need);
+        let new_start = self.slots.len();
+        self.slots.extend_from_within(s..s + l);
+        self.slots.resize(new_start + c, 0);
+        self.waste += self.cap[i] as usize;
+        self.start[i] = new_start as u32;
+        self.cap[i] = c as u32;
+    }
+
+    fn set_row(&mut self, i: usize, row: &[u32]) {
+        if row.len() > self.cap[i] as usize {
+            self.len[i] = 0;
+            self.relocate(i, row.len());
+        }
+        let s = self.start[i] as usize;
+        self.slots[s..s + row.len()].copy_from_slice(row);
+        self.len[i] = row.len() as u32;
+    }
+
+    fn insert_sorted(&mut self, j: usize, i: u32, ids: &[TokenId]) {
+        let key = ids[i as usize];
+        let pos = match self.row(j).binary_search_by_key(&key, |&k| ids[k as usize]) {
+            Ok(_) => return,
+            Err(p) => p,
+        };
+        if self.len[j] == self.cap[j] {
+            self.relocate(j, self.len[j] as usize + 1);
+        }
+        let s = self.start[j] as usize;
+        let l = self.len[j] as usize;
+        self.slots.copy_within(s + pos..s + l, s + pos + 1);
+        self.slots[s + pos] = i;
+        self.len[j] += 1;
     }
 
     /// The candidate neighbours of token `i`, ascending by id.
     #[inline]
     pub fn row(&self, i: usize) -> &[u32] {
-        &self.neighbors[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+        let s = self.start[i] as usize;
+        &self.slots[s..s + self.len[i] as usize]
     }
 
     /// Number of tokens covered.
     pub fn len(&self) -> usize {
-        self.offsets.len().saturating_sub(1)
+        self.start.len()
     }
 
     /// Whether the list covers no token.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.start.is_empty()
     }
 
     /// Total candidates stored (sum of row lengths).
     pub fn candidates(&self) -> usize {
-        self.neighbors.len()
+        self.len.iter().map(|&l| l as usize).sum()
     }
 
-    /// Records that no token moved farther than `step` in the last tick.
-    pub fn note_displacement(&mut self, step: f32) {
-        self.displacement_bound += step;
+    /// Whether relocated rows left more than half the arena unused.
+    pub fn fragmented(&self) -> bool {
+        self.waste > self.slots.len() / 2
     }
 
-    /// True when some token may have moved more than `skin / 2` since the build,
-    /// so a pair could be missing from the lists.
-    pub fn needs_rebuild(&self) -> bool {
-        !(2.0 * self.displacement_bound <= self.skin)
+    /// The skin the lists were built with.
+    pub fn skin(&self) -> f32 {
+        self.skin
     }
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        (self.offsets.capacity() + self.neighbors.capacity()) * 4
+        (self.start.capacity() + self.len.capacity() + self.cap.capacity() + self.slots.capacity())
+            * 4
+    }
+}
+
+/// How far each token has travelled since its row was last computed. A pair absent
+/// from the lists was at least `cutoff + skin` apart when last checked, so it is
+/// still beyond its cutoff while the two tokens' paths sum to at most the skin:
+/// keeping every path within `skin / 2` (by refreshing the rows of the tokens past
+/// it) keeps the lists complete. Path length bounds displacement; 4 bytes a token.
+#[derive(Clone, Debug, Default)]
+pub struct Travel {
+    /// Path length per token (gathered order) since its row was computed.
+    pub path: Vec<f32>,
+    /// Set when the bound is void (tokens teleported, order changed).
+    pub invalid: bool,
+}
+
+impl Travel {
+    /// Starts over for `n` tokens.
+    pub fn reset(&mut self, n: usize) {
+        self.path.clear();
+        self.path.resize(n, 0.0);
+        self.invalid = false;
+    }
+
+    /// Tokens whose path exceeds `skin / 2` (NaN counts as exceeding).
+    pub fn past_half_skin(&self, skin: f32) -> Vec<u32> {
+        let h = skin / 2.0;
+        (0..self.path.len() as u32)
+            .filter(|&i| {
+                let p = self.path[i as usize];
+                p.is_nan() || p > h
+            })
+            .collect()
+    }
+
+    /// Forgets the paths of `tokens` (their rows were just recomputed).
+    pub fn clear(&mut self, tokens: &[u32]) {
+        for &i in tokens {
+            self.path[i as usize] = 0.0;
+        }
     }
 }
 
@@ -264,13 +515,25 @@ mod tests {
     #[test]
     fn lists_are_sorted_by_id_and_complete() {
         let pts = random_points(800, 2.5, 2);
-        let radii: Vec<f32> = (0..pts.len()).map(|i| if i % 3 == 0 { 1.0 } else { 0.7 }).collect();
+        let radii: Vec<f32> = (0..pts.len())
+            .map(|i| if i % 3 == 0 { 1.0 } else { 0.7 })
+            .collect();
         // Ids deliberately not in index order.
-        let ids: Vec<TokenId> = (0..pts.len() as u64).map(|i| TokenId((i * 7919) % 800)).collect();
-        let nl = NeighborList::build(&pts, &radii, &ids, 0.1);
+        let ids: Vec<TokenId> = (0..pts.len() as u64)
+            .map(|i| TokenId((i * 7919) % 800))
+            .collect();
+        let nl = NeighborList::build(SearchInput {
+            points: &pts,
+            radii: &radii,
+            ids: &ids,
+            skin: 0.1,
+        });
         for i in 0..pts.len() {
             let row = nl.row(i);
-            assert!(row.windows(2).all(|w| ids[w[0] as usize] < ids[w[1] as usize]));
+            assert!(
+                row.windows(2)
+                    .all(|w| ids[w[0] as usize] < ids[w[1] as usize])
+            );
             for j in 0..pts.len() {
                 let c = radii[i].max(radii[j]);
                 if j != i && (pts[j] - pts[i]).length_squared() < c * c {
@@ -281,14 +544,56 @@ mod tests {
     }
 
     #[test]
-    fn rebuild_needed_after_half_the_skin() {
-        let mut nl = NeighborList::build(&[Vec8::ZERO], &[1.0], &[TokenId(0)], 0.2);
-        assert!(!nl.needs_rebuild());
-        nl.note_displacement(0.06);
-        assert!(!nl.needs_rebuild());
-        nl.note_displacement(0.06);
-        assert!(nl.needs_rebuild());
-        nl.note_displacement(f32::NAN);
-        assert!(nl.needs_rebuild());
+    fn travel_reports_tokens_past_half_the_skin() {
+        let mut t = Travel::default();
+        t.reset(4);
+        assert!(t.past_half_skin(0.2).is_empty());
+        t.path = vec![0.05, 0.12, f32::NAN, 0.07];
+        assert_eq!(t.past_half_skin(0.2), vec![1, 2]);
+        t.clear(&[1, 2]);
+        assert!(t.past_half_skin(0.2).is_empty());
+    }
+
+    #[test]
+    fn refreshed_rows_match_a_fresh_build() {
+        let mut pts = random_points(1500, 2.8, 3);
+        let radii = vec![1.0f32; pts.len()];
+        let ids: Vec<TokenId> = (0..pts.len() as u64).map(TokenId).collect();
+        let mut nl = NeighborList::build(SearchInput {
+            points: &pts,
+            radii: &radii,
+            ids: &ids,
+            skin: 0.1,
+        });
+        // Move a few tokens far, refresh only them, and check every true pair is listed.
+        let moved: Vec<u32> = (0..pts.len() as u32).step_by(37).collect();
+        for &i in &moved {
+            pts[i as usize] += Vec8::splat(0.3);
+        }
+        nl.refresh(
+            SearchInput {
+                points: &pts,
+                radii: &radii,
+                ids: &ids,
+                skin: 0.1,
+            },
+            &moved,
+        );
+        for i in 0..pts.len() {
+            let row = nl.row(i);
+            assert!(
+                row.windows(2)
+                    .all(|w| ids[w[0] as usize] < ids[w[1] as usize]),
+                "row {i} unsorted"
+            );
+            for j in 0..pts.len() {
+                if j != i && (pts[j] - pts[i]).length_squared() < 1.0 {
+                    assert!(
+                        row.contains(&(j as u32)),
+                        "pair ({i},{j}) missing after refresh"
+                    );
+                }
+            }
+        }
     }
 }

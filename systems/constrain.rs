@@ -16,7 +16,9 @@ impl Plugin for ConstrainPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<CdnaViolations>().add_systems(
             SimTick,
-            (constrain_tokens, constrain_links).chain().in_set(SimSystems::Constrain),
+            (constrain_tokens, constrain_links)
+                .chain()
+                .in_set(SimSystems::Constrain),
         );
     }
 }
@@ -34,7 +36,13 @@ fn clamp_scalar(v: &mut f32, lo: f32, hi: f32) -> bool {
 /// `max_speed`, and charge, mass, radius and strength to their ranges; replaces
 /// non-finite positions and velocities.
 pub fn constrain_tokens(
-    mut tokens: Query<(&mut Position, &mut Velocity, &mut Charge, &mut Mass, &mut Field)>,
+    mut tokens: Query<(
+        &mut Position,
+        &mut Velocity,
+        &mut Charge,
+        &mut Mass,
+        &mut Field,
+    )>,
     mut violations: ResMut<CdnaViolations>,
     mut dirty: ResMut<SpatialDirty>,
     cdna: Res<Cdna>,
@@ -79,7 +87,8 @@ pub fn constrain_tokens(
             v.0 *= vmax / speed2.sqrt();
         }
         if !(q.0 >= f.min_charge && q.0 <= f.max_charge) {
-            counts[ViolationKind::Charge as usize] += clamp_scalar(&mut q.0, f.min_charge, f.max_charge) as u64;
+            counts[ViolationKind::Charge as usize] +=
+                clamp_scalar(&mut q.0, f.min_charge, f.max_charge) as u64;
         }
         if !(m.0 >= cdna.tokens.min_mass && m.0 <= cdna.tokens.max_mass) {
             counts[ViolationKind::Mass as usize] +=
@@ -116,9 +125,10 @@ pub fn constrain_links(
 ) {
     puffin::profile_function!();
     let g = &cdna.graph;
+    let within = |v: f32, lo: f32, hi: f32| v >= lo && v <= hi;
     let bad = graph.iter().any(|(_, l)| {
-        !(l.weight >= g.min_weight && l.weight <= g.max_weight)
-            || !(l.rigidity >= g.min_rigidity && l.rigidity <= g.max_rigidity)
+        !within(l.weight, g.min_weight, g.max_weight)
+            || !within(l.rigidity, g.min_rigidity, g.max_rigidity)
     });
     if bad {
         let (mut w, mut r) = (0, 0);

@@ -8,7 +8,7 @@ use crate::math::Vec8;
 use crate::physics::{ForceParams, LinkTable, TokenParams, link_force, pair_force};
 use crate::plugin::{ComputePool, SimSystems, SimTick};
 use crate::registry::{LinkGraph, SpatialDirty};
-use crate::spatial::{CHUNK, NeighborList};
+use crate::spatial::{CHUNK, KdTree, NeighborList, SearchInput, Travel};
 use bevy_app::{App, Plugin};
 use bevy_ecs::prelude::*;
 use rayon::prelude::*;
@@ -26,21 +26,26 @@ impl Plugin for CpuForcesPlugin {
 /// Counters of the force stage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ForceStats {
-    /// Neighbour-list rebuilds since the start.
+    /// Full neighbour-list rebuilds since the start.
     pub rebuilds: u64,
+    /// Rows recomputed one by one (tokens that travelled past half the skin).
+    pub refreshed_rows: u64,
     /// Ordered pairs within their cutoff in the last tick (each pair counts twice).
     pub pairs: u64,
     /// Candidates in the current neighbour lists.
     pub candidates: u64,
 }
 
-/// The gathered, contiguous view of the tokens the force stage works on. `forces[i]`
-/// is the force on the token `ids[i]`; the order is the ECS query order of this tick.
+/// The gathered, contiguous view of the tokens the force stage works on. `forces[s]`
+/// is the force on the token `ids[s]`; slots are in spatial order (see `slot`).
 /// Integrators (CPU or GPU) read `forces` from here.
 #[derive(Resource, Default)]
 pub struct ForceBuffers {
-    /// Token ids, gathered order.
+    /// Token ids, slot order.
     pub ids: Vec<TokenId>,
+    /// Slot of the k-th token of the ECS query: the arrays are kept in k-d tree
+    /// order, so neighbours sit close in memory.
+    pub slot: Vec<u32>,
     /// Positions, gathered order.
     pub positions: Vec<Vec8>,
     /// Charge, mass, radius, strength, gathered order.
@@ -49,10 +54,41 @@ pub struct ForceBuffers {
     pub forces: Vec<Vec8>,
     /// Verlet lists over the gathered order.
     pub neighbors: NeighborList,
+    /// Distance travelled since the lists were built (the integrator adds to it).
+    pub travel: Travel,
     links: LinkTable,
     links_version: Option<u64>,
     /// Counters.
     pub stats: ForceStats,
+}
+
+impl ForceBuffers {
+    /// Puts the slots in k-d tree order and rebuilds every neighbour row.
+    fn rebuild_spatial(&mut self, skin: f32) {
+        let n = self.ids.len();
+        let tree = KdTree::build(&self.positions);
+        let order = tree.order();
+        self.ids = order.iter().map(|&o| self.ids[o as usize]).collect();
+        self.positions = order.iter().map(|&o| self.positions[o as usize]).collect();
+        self.params = order.iter().map(|&o| self.params[o as usize]).collect();
+        let mut inv = vec![0u32; n];
+        for (m, &o) in order.iter().enumerate() {
+            inv[o as usize] = m as u32;
+        }
+        for s in self.slot.iter_mut() {
+            *s = inv[*s as usize];
+        }
+        let tree = tree.into_sorted();
+        let radii: Vec<f32> = self.params.iter().map(|p| p.radius).collect();
+        let input = SearchInput {
+            points: &self.positions,
+            radii: &radii,
+            ids: &self.ids,
+            skin,
+        };
+        self.neighbors = NeighborList::build_with(input, &tree);
+        self.travel.reset(n);
+    }
 }
 
 /// Computes `forces[i]` for every token from the neighbour lists and the link table,
@@ -83,7 +119,12 @@ pub fn compute_forces(
                     }
                 }
                 for l in links.row(i) {
-                    acc += link_force(xi, positions[l.other as usize], fp.k_link * l.weight, l.rest);
+                    acc += link_force(
+                        xi,
+                        positions[l.other as usize],
+                        fp.k_link * l.weight,
+                        l.rest,
+                    );
                 }
                 *f = acc;
             }
@@ -105,49 +146,84 @@ pub fn cpu_forces(
 ) {
     puffin::profile_function!();
     let buf = &mut *buf;
-    let mut order_changed = false;
-    let mut n = 0;
+    let n = tokens.iter().len();
+    let mut order_changed = n != buf.ids.len() || n != buf.slot.len();
     {
         puffin::profile_scope!("gather");
-        for (i, (id, pos, q, m, field)) in tokens.iter().enumerate() {
-            let p = TokenParams { charge: q.0, mass: m.0, radius: field.radius, strength: field.strength };
-            if i < buf.ids.len() {
-                if buf.ids[i] != *id {
-                    buf.ids[i] = *id;
+        if !order_changed {
+            for (k, (id, pos, q, m, field)) in tokens.iter().enumerate() {
+                let s = buf.slot[k] as usize;
+                if buf.ids[s] != *id {
                     order_changed = true;
+                    break;
                 }
-                buf.positions[i] = pos.0;
-                buf.params[i] = p;
-            } else {
+                buf.positions[s] = pos.0;
+                buf.params[s] = TokenParams {
+                    charge: q.0,
+                    mass: m.0,
+                    radius: field.radius,
+                    strength: field.strength,
+                };
+            }
+        }
+        if order_changed {
+            buf.ids.clear();
+            buf.positions.clear();
+            buf.params.clear();
+            for (id, pos, q, m, field) in tokens.iter() {
                 buf.ids.push(*id);
                 buf.positions.push(pos.0);
-                buf.params.push(p);
-                order_changed = true;
+                buf.params.push(TokenParams {
+                    charge: q.0,
+                    mass: m.0,
+                    radius: field.radius,
+                    strength: field.strength,
+                });
             }
-            n = i + 1;
+            buf.slot = (0..n as u32).collect();
         }
-    }
-    if n < buf.ids.len() {
-        buf.ids.truncate(n);
-        buf.positions.truncate(n);
-        buf.params.truncate(n);
-        order_changed = true;
     }
     buf.forces.resize(n, Vec8::ZERO);
     let fp = ForceParams::from_cdna(&cdna);
     pool.0.install(|| {
-        if order_changed || dirty.0 || buf.neighbors.len() != n || buf.neighbors.needs_rebuild() {
+        let skin = config.neighbor_skin;
+        let full = order_changed
+            || dirty.0
+            || buf.neighbors.len() != n
+            || buf.neighbors.skin() != skin
+            || buf.travel.path.len() != n
+            || buf.travel.invalid
+            || buf.neighbors.fragmented();
+        let stale = if full {
+            Vec::new()
+        } else {
+            buf.travel.past_half_skin(skin)
+        };
+        if full || stale.len() > n / 8 {
             puffin::profile_scope!("rebuild_neighbors");
-            let radii: Vec<f32> = buf.params.iter().map(|p| p.radius).collect();
-            buf.neighbors = NeighborList::build(&buf.positions, &radii, &buf.ids, config.neighbor_skin);
+            buf.rebuild_spatial(skin);
             buf.stats.rebuilds += 1;
-            buf.stats.candidates = buf.neighbors.candidates() as u64;
             dirty.0 = false;
+        } else if !stale.is_empty() {
+            puffin::profile_scope!("refresh_neighbors");
+            let radii: Vec<f32> = buf.params.iter().map(|p| p.radius).collect();
+            let input = SearchInput {
+                points: &buf.positions,
+                radii: &radii,
+                ids: &buf.ids,
+                skin,
+            };
+            buf.neighbors.refresh(input, &stale);
+            buf.travel.clear(&stale);
+            buf.stats.refreshed_rows += stale.len() as u64;
         }
+        buf.stats.candidates = buf.neighbors.candidates() as u64;
         if order_changed || buf.links_version != Some(graph.version()) {
             buf.links = LinkTable::build(
                 &buf.ids,
-                graph.iter().map(|(&(a, b), l)| (a, b, l.weight, l.rest_length)),
+                graph
+                    .iter()
+                    .map(|(&(a, b), l)| (a, b, l.weight, l.rest_length)),
             );
             buf.links_version = Some(graph.version());
         }

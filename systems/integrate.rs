@@ -31,17 +31,23 @@ pub struct IntegrateStats {
     pub max_step: f32,
 }
 
-#[inline]
-fn step(
-    f: Vec8,
-    m: f32,
-    v: &mut Vec8,
-    x: &mut Vec8,
+/// The per-tick constants of the integrator.
+#[derive(Clone, Copy)]
+struct Step {
     scales: Vec8,
     dt: f32,
     keep: f32,
     vmax: f32,
-) -> (bool, f32) {
+}
+
+#[inline]
+fn step(k: Step, f: Vec8, m: f32, v: &mut Vec8, x: &mut Vec8) -> (bool, f32) {
+    let Step {
+        scales,
+        dt,
+        keep,
+        vmax,
+    } = k;
     let mut nv = (*v + f.mul_elem(scales) * (dt / m)) * keep;
     let speed2 = nv.length_squared();
     let limited = speed2 > vmax * vmax;
@@ -63,34 +69,41 @@ pub fn integrate(
 ) {
     puffin::profile_function!();
     let dt = config.dt;
-    let keep = 1.0 - cdna.physics.damping * dt;
-    let vmax = cdna.physics.max_speed;
-    let scales = cdna.scales();
+    let k = Step {
+        scales: cdna.scales(),
+        dt,
+        keep: 1.0 - cdna.physics.damping * dt,
+        vmax: cdna.physics.max_speed,
+    };
     let mut limited = 0u64;
     let mut max_step = 0.0f32;
     let mut fallback: Option<HashMap<TokenId, usize>> = None;
     for (i, (id, mut x, mut v, m)) in tokens.iter_mut().enumerate() {
         // The query order is the one Forces gathered in, unless a user system changed
         // archetypes in between; then look the force up by id.
-        let k = if buf.ids.get(i) == Some(id) {
-            i
-        } else {
-            let map = fallback
-                .get_or_insert_with(|| buf.ids.iter().enumerate().map(|(k, id)| (*id, k)).collect());
-            match map.get(id) {
-                Some(&k) => k,
-                None => continue,
+        let slot = match buf.slot.get(i) {
+            Some(&s) if buf.ids.get(s as usize) == Some(id) => s as usize,
+            _ => {
+                let map = fallback.get_or_insert_with(|| {
+                    buf.ids.iter().enumerate().map(|(k, id)| (*id, k)).collect()
+                });
+                match map.get(id) {
+                    Some(&k) => k,
+                    None => continue,
+                }
             }
         };
-        let (l, s) = step(buf.forces[k], m.0, &mut v.0, &mut x.0, scales, dt, keep, vmax);
+        let (l, s) = step(k, buf.forces[slot], m.0, &mut v.0, &mut x.0);
         limited += l as u64;
         max_step = max_step.max(s);
+        if let Some(p) = buf.travel.path.get_mut(slot) {
+            *p += s;
+        }
     }
     if fallback.is_some() {
         // Entities moved between tables: the lists index the old order.
-        buf.neighbors.note_displacement(f32::INFINITY);
+        buf.travel.invalid = true;
     }
-    buf.neighbors.note_displacement(max_step);
     stats.speed_limited += limited;
     stats.max_step = max_step;
 }
