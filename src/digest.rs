@@ -37,10 +37,25 @@ type TokenRow<'a> = (
     &'a Level,
 );
 
-fn put_vec(h: &mut Xxh3, v: crate::math::Vec8) {
-    for c in v.to_array() {
-        h.update(&c.to_bits().to_le_bytes());
+/// Bytes of one token in the digest: id, position, velocity, 4 scalars, kind, level.
+const TOKEN_BYTES: usize = 8 + 32 + 32 + 16 + 2;
+
+fn token_bytes(row: &TokenRow) -> [u8; TOKEN_BYTES] {
+    let (id, x, v, q, m, f, kind, level) = *row;
+    let mut b = [0u8; TOKEN_BYTES];
+    b[..8].copy_from_slice(&id.0.to_le_bytes());
+    let scalars = [q.0, m.0, f.radius, f.strength];
+    let floats =
+        x.0.to_array()
+            .into_iter()
+            .chain(v.0.to_array())
+            .chain(scalars);
+    for (k, c) in floats.enumerate() {
+        b[8 + 4 * k..12 + 4 * k].copy_from_slice(&c.to_bits().to_le_bytes());
     }
+    b[TOKEN_BYTES - 2] = *kind as u8;
+    b[TOKEN_BYTES - 1] = level.0;
+    b
 }
 
 /// Computes the digest of `world`.
@@ -54,14 +69,8 @@ pub fn state_digest(world: &mut World) -> StateDigest {
     h.update(&world.resource::<TokenRegistry>().next_id().0.to_le_bytes());
     h.update(&world.resource::<Cdna>().checksum().to_le_bytes());
     h.update(&(rows.len() as u64).to_le_bytes());
-    for (id, x, v, q, m, f, kind, level) in rows {
-        h.update(&id.0.to_le_bytes());
-        put_vec(&mut h, x.0);
-        put_vec(&mut h, v.0);
-        for s in [q.0, m.0, f.radius, f.strength] {
-            h.update(&s.to_bits().to_le_bytes());
-        }
-        h.update(&[*kind as u8, level.0]);
+    for row in &rows {
+        h.update(&token_bytes(row));
     }
     let graph = world.resource::<LinkGraph>();
     h.update(&graph.len().to_le_bytes());

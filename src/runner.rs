@@ -124,6 +124,9 @@ pub struct RunSummary {
     pub cdna_profile: String,
     /// CDNA checksum.
     pub cdna_checksum: String,
+    /// Tokens that carry ground-truth labels (planted by the scenario or given in
+    /// the input's `label`/`group` columns), for the hierarchy quality figures.
+    pub labelled_tokens: u64,
 }
 
 /// Peak resident set size of this process (VmHWM), if the OS tells.
@@ -155,6 +158,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         quotas: c.quotas.clone(),
     })?;
     let spawn_start = Instant::now();
+    let ground_truth;
     let scenario_name = if let Some(path) = &c.input {
         if c.scenario.is_some() {
             return Err(RunError::Config(
@@ -162,12 +166,17 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
             ));
         }
         let data = load_csv(path, &cdna)?;
-        let stream = data.tokens.into_iter().map(|spec| Generated {
-            spec,
-            label: None,
-            group: None,
-        });
-        spawn_stream(&mut sim, stream, SPAWN_BATCH)?;
+        let truth = data.truth.unwrap_or_default();
+        let stream = data
+            .tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| Generated {
+                spec,
+                label: truth.labels.get(i).copied(),
+                group: truth.groups.get(i).copied(),
+            });
+        ground_truth = spawn_stream(&mut sim, stream, SPAWN_BATCH)?;
         "input".to_string()
     } else {
         let s = match &c.scenario {
@@ -178,7 +187,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         if tokens == 0 {
             return Err(RunError::Config("--tokens must be at least 1".into()));
         }
-        s.spawn_into(&mut sim, &ScenarioParams { tokens, seed }, SPAWN_BATCH)?;
+        ground_truth = s.spawn_into(&mut sim, &ScenarioParams { tokens, seed }, SPAWN_BATCH)?;
         s.name.to_string()
     };
     let spawn_seconds = spawn_start.elapsed().as_secs_f64();
@@ -249,6 +258,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         },
         cdna_profile: sim.cdna().profile.name().to_string(),
         cdna_checksum: sim.cdna().checksum_hex(),
+        labelled_tokens: ground_truth.labels.len() as u64,
     })
 }
 
