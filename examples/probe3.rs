@@ -24,7 +24,7 @@ fn main() {
     let ids: Vec<TokenId> = (0..n as u64).map(TokenId).collect();
     let fp = ForceParams::from_cdna(&Cdna::default());
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
+        .num_threads(2)
         .build()
         .unwrap();
     for skin in [0.05f32, 0.15] {

@@ -98,6 +98,10 @@ pub struct RunSummary {
     pub seconds: f64,
     /// Ticks per wall second.
     pub ticks_per_s: f64,
+    /// Wall seconds of the first tick, which builds every neighbour row.
+    pub first_tick_seconds: f64,
+    /// Ticks per wall second after the first.
+    pub steady_ticks_per_s: f64,
     /// Tokens × ticks per wall second.
     pub token_steps_per_s: f64,
     /// Final state digest (16 hex digits).
@@ -209,8 +213,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         None
     };
     let start = Instant::now();
+    let mut first_tick_seconds = 0.0;
     for t in 0..ticks {
         sim.step();
+        if t == 0 {
+            first_tick_seconds = start.elapsed().as_secs_f64();
+        }
         if let Some(bar) = &bar {
             bar.inc(1);
             if t % 16 == 0 {
@@ -234,6 +242,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         ticks,
         seconds,
         ticks_per_s: per_s(ticks as f64),
+        first_tick_seconds,
+        steady_ticks_per_s: if ticks > 1 && seconds > first_tick_seconds {
+            (ticks - 1) as f64 / (seconds - first_tick_seconds)
+        } else {
+            0.0
+        },
         token_steps_per_s: per_s(ticks as f64 * tokens as f64),
         digest: sim.digest().to_string(),
         cdna_violations: violations.sum(),
@@ -280,7 +294,11 @@ impl RunSummary {
             "  wall time        {:>14.3} s  (spawn {:.3} s)",
             self.seconds, self.spawn_seconds
         );
-        let _ = writeln!(s, "  ticks/s          {:>14.1}", self.ticks_per_s);
+        let _ = writeln!(
+            s,
+            "  ticks/s          {:>14.1}  (after the first: {:.1}; first tick {:.3} s)",
+            self.ticks_per_s, self.steady_ticks_per_s, self.first_tick_seconds
+        );
         let _ = writeln!(s, "  token-steps/s    {:>14.0}", self.token_steps_per_s);
         let _ = writeln!(s, "  threads          {:>14}", self.threads);
         let _ = writeln!(s, "  avg neighbours   {:>14.2}", self.avg_neighbors);

@@ -204,6 +204,37 @@ impl KdTree {
         self
     }
 
+    /// Recomputes every bounding box from the current `points`, keeping the tree's
+    /// structure: O(N), and queries stay exact (boxes are tight again), though a
+    /// tree refitted after much motion prunes less well than a fresh one.
+    pub fn refit(&mut self, points: &[Vec8]) {
+        // Children always come after their parent, so a reverse pass sees them first.
+        for k in (0..self.nodes.len()).rev() {
+            let node = self.nodes[k];
+            let (lo, hi) = if node.left == 0 {
+                bbox(points, &self.perm[node.start as usize..node.end as usize])
+            } else {
+                let (l, r) = (
+                    self.nodes[node.left as usize],
+                    self.nodes[node.right as usize],
+                );
+                (l.lo.min(r.lo), l.hi.max(r.hi))
+            };
+            self.nodes[k].lo = lo;
+            self.nodes[k].hi = hi;
+        }
+    }
+
+    /// Number of points the tree was built over.
+    pub fn len(&self) -> usize {
+        self.perm.len()
+    }
+
+    /// Whether the tree is empty.
+    pub fn is_empty(&self) -> bool {
+        self.perm.is_empty()
+    }
+
     /// Point indices in tree order (leaf by leaf).
     pub fn order(&self) -> &[u32] {
         &self.perm
@@ -254,20 +285,25 @@ impl SearchInput<'_> {
     }
 }
 
-/// Verlet neighbour lists: one row per token, each sorted by neighbour id, stored
-/// in one arena with spare room per row so single rows can be refreshed in place.
+/// Verlet neighbour lists: one row per token, each sorted by neighbour id. Rows of
+/// each block of [`BLOCK`] consecutive tokens live in one arena with spare room per
+/// row, so single rows can be refreshed in place and a full build needs no second
+/// copy of the lists.
 #[derive(Clone, Debug, Default)]
 pub struct NeighborList {
+    blocks: Vec<Vec<u32>>,
     start: Vec<u32>,
     len: Vec<u32>,
     cap: Vec<u32>,
-    slots: Vec<u32>,
     waste: usize,
     skin: f32,
 }
 
+/// Tokens per arena block (and per parallel work item of a full build).
+pub const BLOCK: usize = 256;
+
 fn spare(len: usize) -> usize {
-    len + len / 4 + 4
+    len + len / 8 + 4
 }
 
 impl NeighborList {
@@ -278,74 +314,61 @@ impl NeighborList {
     }
 
     /// [`build`](Self::build) with a tree already built over `input.points`.
+    /// Queries run in token order, which is tree order when the caller sorted the
+    /// tokens with [`KdTree::into_sorted`]: consecutive queries then touch the same
+    /// leaves.
     pub fn build_with(input: SearchInput<'_>, tree: &KdTree) -> Self {
         let n = input.points.len();
         let q2 = input.query_radius2();
-        // Query in tree order: consecutive queries touch the same leaves.
-        let parts: Vec<(Vec<u32>, Vec<u32>)> = tree
-            .order()
-            .par_chunks(256)
-            .map(|chunk| {
+        type Block = (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>);
+        let blocks: Vec<Block> = (0..n.div_ceil(BLOCK))
+            .into_par_iter()
+            .map(|b| {
+                let range = b * BLOCK..((b + 1) * BLOCK).min(n);
                 let mut row = Vec::with_capacity(128);
-                let mut lens = Vec::with_capacity(chunk.len());
-                let mut list = Vec::with_capacity(chunk.len() * 48);
-                for &i in chunk {
-                    input.row(tree, q2, i as usize, &mut row);
-                    lens.push(row.len() as u32);
-                    list.extend(row.iter().map(|(_, j)| *j));
+                let (mut start, mut len, mut cap) = (Vec::new(), Vec::new(), Vec::new());
+                let mut arena = Vec::with_capacity(range.len() * 48);
+                for i in range {
+                    input.row(tree, q2, i, &mut row);
+                    start.push(arena.len() as u32);
+                    len.push(row.len() as u32);
+                    let c = spare(row.len());
+                    cap.push(c as u32);
+                    arena.extend(row.iter().map(|(_, j)| *j));
+                    arena.resize(arena.len() + c - row.len(), 0);
                 }
-                (lens, list)
+                arena.shrink_to_fit();
+                (arena, start, len, cap)
             })
             .collect();
-        let mut len = vec![0u32; n];
-        for (&i, &l) in tree
-            .order()
-            .iter()
-            .zip(parts.iter().flat_map(|(lens, _)| lens))
-        {
-            len[i as usize] = l;
-        }
-        let mut start = Vec::with_capacity(n);
-        let mut cap = Vec::with_capacity(n);
-        let mut total = 0usize;
-        for &l in &len {
-            start.push(total as u32);
-            let c = spare(l as usize);
-            cap.push(c as u32);
-            total += c;
-        }
-        let mut slots = vec![0u32; total];
-        let mut queries = tree.order().iter();
-        for (lens, list) in &parts {
-            let mut at = 0;
-            for &l in lens {
-                let i = *queries.next().expect("one query per token") as usize;
-                let s = start[i] as usize;
-                slots[s..s + l as usize].copy_from_slice(&list[at..at + l as usize]);
-                at += l as usize;
-            }
-        }
-        Self {
-            start,
-            len,
-            cap,
-            slots,
-            waste: 0,
+        let mut out = Self {
             skin: input.skin,
+            ..Default::default()
+        };
+        out.start.reserve_exact(n);
+        out.len.reserve_exact(n);
+        out.cap.reserve_exact(n);
+        for (arena, start, len, cap) in blocks {
+            out.blocks.push(arena);
+            out.start.extend(start);
+            out.len.extend(len);
+            out.cap.extend(cap);
         }
+        out
     }
 
     /// Recomputes the rows of `tokens` exactly, and adds each of them to the rows of
     /// its new neighbours, so every pair is again checked from both sides.
-    pub fn refresh(&mut self, input: SearchInput<'_>, tokens: &[u32]) {
-        let tree = KdTree::build(input.points);
+    /// `tree` must cover `input.points` with boxes that are current (see
+    /// [`KdTree::refit`]).
+    pub fn refresh(&mut self, input: SearchInput<'_>, tree: &KdTree, tokens: &[u32]) {
         let q2 = input.query_radius2();
         let rows: Vec<(u32, Vec<u32>)> = tokens
             .par_iter()
             .map_init(
                 || Vec::with_capacity(128),
                 |row, &i| {
-                    input.row(&tree, q2, i as usize, row);
+                    input.row(tree, q2, i as usize, row);
                     (i, row.iter().map(|(_, j)| *j).collect())
                 },
             )
@@ -358,12 +381,14 @@ impl NeighborList {
         }
     }
 
+    /// Moves row `i` to the end of its block's arena with room for `need` entries.
     fn relocate(&mut self, i: usize, need: usize) {
+        let arena = &mut self.blocks[i / BLOCK];
         let (s, l) = (self.start[i] as usize, self.len[i] as usize);
         let c = spare(need);
-        let new_start = self.slots.len();
-        self.slots.extend_from_within(s..s + l);
-        self.slots.resize(new_start + c, 0);
+        let new_start = arena.len();
+        arena.extend_from_within(s..s + l);
+        arena.resize(new_start + c, 0);
         self.waste += self.cap[i] as usize;
         self.start[i] = new_start as u32;
         self.cap[i] = c as u32;
@@ -375,7 +400,7 @@ impl NeighborList {
             self.relocate(i, row.len());
         }
         let s = self.start[i] as usize;
-        self.slots[s..s + row.len()].copy_from_slice(row);
+        self.blocks[i / BLOCK][s..s + row.len()].copy_from_slice(row);
         self.len[i] = row.len() as u32;
     }
 
@@ -390,8 +415,9 @@ impl NeighborList {
         }
         let s = self.start[j] as usize;
         let l = self.len[j] as usize;
-        self.slots.copy_within(s + pos..s + l, s + pos + 1);
-        self.slots[s + pos] = i;
+        let arena = &mut self.blocks[j / BLOCK];
+        arena.copy_within(s + pos..s + l, s + pos + 1);
+        arena[s + pos] = i;
         self.len[j] += 1;
     }
 
@@ -399,7 +425,7 @@ impl NeighborList {
     #[inline]
     pub fn row(&self, i: usize) -> &[u32] {
         let s = self.start[i] as usize;
-        &self.slots[s..s + self.len[i] as usize]
+        &self.blocks[i / BLOCK][s..s + self.len[i] as usize]
     }
 
     /// Number of tokens covered.
@@ -417,9 +443,9 @@ impl NeighborList {
         self.len.iter().map(|&l| l as usize).sum()
     }
 
-    /// Whether relocated rows left more than half the arena unused.
+    /// Whether relocated rows left more than half the arenas unused.
     pub fn fragmented(&self) -> bool {
-        self.waste > self.slots.len() / 2
+        self.waste > self.blocks.iter().map(Vec::len).sum::<usize>() / 2
     }
 
     /// The skin the lists were built with.
@@ -429,8 +455,8 @@ impl NeighborList {
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        (self.start.capacity() + self.len.capacity() + self.cap.capacity() + self.slots.capacity())
-            * 4
+        let arenas: usize = self.blocks.iter().map(Vec::capacity).sum();
+        (self.start.capacity() + self.len.capacity() + self.cap.capacity() + arenas) * 4
     }
 }
 
@@ -502,6 +528,26 @@ mod tests {
     }
 
     #[test]
+    fn refitted_tree_answers_exactly_after_points_move() {
+        let mut pts = random_points(2000, 3.0, 4);
+        let mut tree = KdTree::build(&pts);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for p in pts.iter_mut() {
+            *p += Vec8::from_array(std::array::from_fn(|_| rng.random_range(-0.4..0.4)));
+        }
+        tree.refit(&pts);
+        for q in pts.iter().step_by(101) {
+            let mut got = Vec::new();
+            tree.for_each_within(&pts, *q, 1.0, |j, _| got.push(j));
+            got.sort();
+            let want: Vec<u32> = (0..pts.len() as u32)
+                .filter(|&j| (pts[j as usize] - *q).length_squared() <= 1.0)
+                .collect();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
     fn tree_handles_duplicates_and_empty() {
         let pts = vec![Vec8::ONE; 100];
         let tree = KdTree::build(&pts);
@@ -565,11 +611,14 @@ mod tests {
             ids: &ids,
             skin: 0.1,
         });
+        let mut tree = KdTree::build(&pts);
         // Move a few tokens far, refresh only them, and check every true pair is listed.
         let moved: Vec<u32> = (0..pts.len() as u32).step_by(37).collect();
         for &i in &moved {
             pts[i as usize] += Vec8::splat(0.3);
         }
+        // The tree from before the move, refitted, serves the refresh.
+        tree.refit(&pts);
         nl.refresh(
             SearchInput {
                 points: &pts,
@@ -577,6 +626,7 @@ mod tests {
                 ids: &ids,
                 skin: 0.1,
             },
+            &tree,
             &moved,
         );
         for i in 0..pts.len() {

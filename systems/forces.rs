@@ -54,10 +54,14 @@ pub struct ForceBuffers {
     pub forces: Vec<Vec8>,
     /// Verlet lists over the gathered order.
     pub neighbors: NeighborList,
+    /// The k-d tree of the last full rebuild, refitted for row refreshes.
+    tree: KdTree,
     /// Distance travelled since the lists were built (the integrator adds to it).
     pub travel: Travel,
     links: LinkTable,
-    links_version: Option<u64>,
+    /// Bumped whenever slots are reassigned; cached tables keyed on it.
+    layout: u64,
+    links_key: Option<(u64, u64)>,
     /// Counters.
     pub stats: ForceStats,
 }
@@ -78,7 +82,8 @@ impl ForceBuffers {
         for s in self.slot.iter_mut() {
             *s = inv[*s as usize];
         }
-        let tree = tree.into_sorted();
+        self.layout += 1;
+        self.tree = tree.into_sorted();
         let radii: Vec<f32> = self.params.iter().map(|p| p.radius).collect();
         let input = SearchInput {
             points: &self.positions,
@@ -86,7 +91,7 @@ impl ForceBuffers {
             ids: &self.ids,
             skin,
         };
-        self.neighbors = NeighborList::build_with(input, &tree);
+        self.neighbors = NeighborList::build_with(input, &self.tree);
         self.travel.reset(n);
     }
 }
@@ -181,6 +186,7 @@ pub fn cpu_forces(
                 });
             }
             buf.slot = (0..n as u32).collect();
+            buf.layout += 1;
         }
     }
     buf.forces.resize(n, Vec8::ZERO);
@@ -207,25 +213,27 @@ pub fn cpu_forces(
         } else if !stale.is_empty() {
             puffin::profile_scope!("refresh_neighbors");
             let radii: Vec<f32> = buf.params.iter().map(|p| p.radius).collect();
+            buf.tree.refit(&buf.positions);
             let input = SearchInput {
                 points: &buf.positions,
                 radii: &radii,
                 ids: &buf.ids,
                 skin,
             };
-            buf.neighbors.refresh(input, &stale);
+            buf.neighbors.refresh(input, &buf.tree, &stale);
             buf.travel.clear(&stale);
             buf.stats.refreshed_rows += stale.len() as u64;
         }
         buf.stats.candidates = buf.neighbors.candidates() as u64;
-        if order_changed || buf.links_version != Some(graph.version()) {
+        let links_key = (buf.layout, graph.version());
+        if buf.links_key != Some(links_key) {
             buf.links = LinkTable::build(
                 &buf.ids,
                 graph
                     .iter()
                     .map(|(&(a, b), l)| (a, b, l.weight, l.rest_length)),
             );
-            buf.links_version = Some(graph.version());
+            buf.links_key = Some(links_key);
         }
         puffin::profile_scope!("pair_forces");
         buf.stats.pairs = compute_forces(

@@ -63,6 +63,36 @@ fn links_are_included_and_match_reference() {
 }
 
 #[test]
+fn links_follow_tokens_through_full_rebuilds() {
+    // A teleport forces a full rebuild, which reorders the slots; the link table must
+    // follow.
+    let mut sim = sim_with_threads(2);
+    let first = sim.spawn_batch(specs(400, 2.5, 6)).unwrap();
+    for k in 0..100u64 {
+        let (a, b) = (TokenId(first.0 + k), TokenId(first.0 + 399 - k));
+        sim.apply(SimCommand::Link {
+            a,
+            b,
+            spec: LinkSpec::new(2.0, 0.2),
+        })
+        .unwrap();
+    }
+    sim.run(2);
+    assert_last_tick_matches_reference(&sim);
+    for round in 0..3 {
+        let id = TokenId(first.0 + 50 + round);
+        sim.apply(SimCommand::Set {
+            id,
+            value: SetValue::Position(Vec8::splat(1.0 + round as f32 * 0.1)),
+        })
+        .unwrap();
+        sim.step();
+        assert_last_tick_matches_reference(&sim);
+    }
+    assert!(sim.force_stats().rebuilds >= 4, "{:?}", sim.force_stats());
+}
+
+#[test]
 fn many_ticks_of_refreshed_lists_never_miss_a_pair() {
     // Fast, lightly damped motion so that rows are refreshed and rebuilt often.
     let mut cdna = Cdna::profile(Profile::Explorer);
