@@ -138,6 +138,15 @@ pub fn compute_forces(
         .sum()
 }
 
+fn params_of(q: &Charge, m: &Mass, field: &Field) -> TokenParams {
+    TokenParams {
+        charge: q.0,
+        mass: m.0,
+        radius: field.radius,
+        strength: field.strength,
+    }
+}
+
 /// The CPU force system.
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_forces(
@@ -163,12 +172,7 @@ pub fn cpu_forces(
                     break;
                 }
                 buf.positions[s] = pos.0;
-                buf.params[s] = TokenParams {
-                    charge: q.0,
-                    mass: m.0,
-                    radius: field.radius,
-                    strength: field.strength,
-                };
+                buf.params[s] = params_of(q, m, field);
             }
         }
         if order_changed {
@@ -178,12 +182,7 @@ pub fn cpu_forces(
             for (id, pos, q, m, field) in tokens.iter() {
                 buf.ids.push(*id);
                 buf.positions.push(pos.0);
-                buf.params.push(TokenParams {
-                    charge: q.0,
-                    mass: m.0,
-                    radius: field.radius,
-                    strength: field.strength,
-                });
+                buf.params.push(params_of(q, m, field));
             }
             buf.slot = (0..n as u32).collect();
             buf.layout += 1;
