@@ -22,7 +22,7 @@ pub mod systems;
 /// The names most users need.
 pub mod prelude {
     pub use crate::cdna::{Cdna, CdnaError, CdnaViolations, Profile, ViolationKind};
-    pub use crate::commands::{CommandError, CommandOutcome, SetValue, SimCommand};
+    pub use crate::commands::{CommandError, CommandOutcome, CommandQueue, SetValue, SimCommand};
     pub use crate::components::*;
     pub use crate::config::{QuotaError, Quotas, SimConfig};
     pub use crate::digest::StateDigest;
