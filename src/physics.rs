@@ -67,7 +67,9 @@ pub fn pair_force(
     let d = xj - xi;
     let r2 = d.length_squared();
     let cutoff = pi.radius.max(pj.radius);
-    if r2 >= cutoff * cutoff {
+    // Written so that NaN is "not a pair", like the force pass's branch-free filter.
+    let within = r2 < cutoff * cutoff;
+    if !within {
         return None;
     }
     if r2 == 0.0 {

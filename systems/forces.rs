@@ -112,17 +112,34 @@ pub fn compute_forces(
         .map(|(c, out)| {
             puffin::profile_scope!("force_chunk");
             let mut pairs = 0u64;
+            let mut within: Vec<u32> = Vec::new();
             for (k, f) in out.iter_mut().enumerate() {
                 let i = c * CHUNK + k;
                 let (xi, pi) = (positions[i], &params[i]);
+                // Pass 1, branch-free: keep the candidates within their cutoff (the
+                // same test `pair_force` makes), in row order. An unpredictable
+                // branch per candidate costs more than the arithmetic.
+                let row = neighbors.row(i);
+                if within.len() < row.len() {
+                    within.resize(row.len(), 0);
+                }
+                let mut n = 0;
+                for &j in row {
+                    let pj = &params[j as usize];
+                    let r2 = (positions[j as usize] - xi).length_squared();
+                    let cutoff = pi.radius.max(pj.radius);
+                    within[n] = j;
+                    n += (r2 < cutoff * cutoff) as usize;
+                }
+                // Pass 2: the forces of the pairs, in the same (id) order.
                 let mut acc = Vec8::ZERO;
-                for &j in neighbors.row(i) {
+                for &j in &within[..n] {
                     let j = j as usize;
                     if let Some(fij) = pair_force(xi, pi, positions[j], &params[j], fp) {
                         acc += fij;
-                        pairs += 1;
                     }
                 }
+                pairs += n as u64;
                 for l in links.row(i) {
                     acc += link_force(
                         xi,
