@@ -6,12 +6,13 @@
 //! one token each and the grid spends its time on empty cells. A k-d tree adapts to
 //! the data and prunes by the exact distance to each node's bounding box.
 //!
-//! Why Verlet lists: even a good tree visits many more candidates than the ~30 true
-//! neighbours in 8D. So the tree runs rarely: it builds, for each token, the list of
-//! tokens closer than `max(R_i, R_j) + skin`. While no two tokens can have closed in
-//! by more than the skin since the build (tracked by [`Travel`]), every pair closer
-//! than its cutoff is in the lists, and a tick only scans the lists. Lists are sorted by neighbour id, which
-//! fixes the summation order of every force.
+//! Why Verlet lists: even a good tree visits ~4,000 points per query in 8D to find
+//! ~80, so the tree runs rarely. [`NeighborList`] keeps, for each token, the tokens
+//! closer than `max(R_i, R_j) + skin`, sorted by id (which fixes the summation order
+//! of every force). [`Travel`] tracks how far each token has moved since its row was
+//! computed; only the rows of tokens past half the skin are recomputed
+//! ([`NeighborList::refresh`], on the tree [`KdTree::refit`] to current positions), and
+//! a tick otherwise only scans the rows.
 
 use crate::components::TokenId;
 use crate::math::Vec8;
