@@ -2,7 +2,7 @@
 //!
 //! | set | plugin | what it does |
 //! |-----|--------|--------------|
-//! | `Ingest` | [`IngestPlugin`] | applies queued commands ([`ingest`]) |
+//! | `Ingest` | [`IngestPlugin`] | applies queued commands ([`ingest()`](fn@ingest)) |
 //! | `Forces` | [`CpuForcesPlugin`] | gathers tokens, refreshes neighbour lists, computes forces ([`ForceBuffers`]) |
 //! | `Integrate` | [`IntegratePlugin`] | semi-implicit Euler with damping and a speed limit |
 //! | `Constrain` | [`ConstrainPlugin`] | enforces the CDNA, counts violations |
