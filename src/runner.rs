@@ -191,6 +191,10 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         if tokens == 0 {
             return Err(RunError::Config("--tokens must be at least 1".into()));
         }
+        // Refuse an impossible size before generating anything.
+        c.quotas
+            .check(0, 0, tokens as u64, 0)
+            .map_err(CommandError::Quota)?;
         ground_truth = s.spawn_into(&mut sim, &ScenarioParams { tokens, seed }, SPAWN_BATCH)?;
         s.name.to_string()
     };

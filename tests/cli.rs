@@ -140,6 +140,14 @@ fn bad_arguments_and_files_fail_cleanly() {
             "--tokens must be at least 1",
         ),
         (
+            vec!["run".into(), "--tokens".into(), "50000000".into()],
+            "token quota exceeded: 0 live + 50000000 requested > max_tokens = 10000000",
+        ),
+        (
+            vec!["run".into(), "--tokens".into(), "2000000".into()],
+            "memory budget exceeded",
+        ),
+        (
             vec!["run".into(), "--cdna".into(), "/nonexistent/c.toml".into()],
             "/nonexistent/c.toml",
         ),
