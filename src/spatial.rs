@@ -196,6 +196,50 @@ impl KdTree {
         }
     }
 
+    /// [`for_each_within`](Self::for_each_within) restricted to the points stored
+    /// after tree position `after` (see [`order`](Self::order)): whole subtrees at or
+    /// before it are skipped. A full neighbour build queries each pair from one side
+    /// only this way.
+    #[inline]
+    pub fn for_each_within_after(
+        &self,
+        points: &[Vec8],
+        q: Vec8,
+        r2: f32,
+        after: usize,
+        mut f: impl FnMut(u32, f32),
+    ) {
+        if self.nodes.is_empty() {
+            return;
+        }
+        let mut stack = [0u32; 128];
+        let mut top = 1;
+        while top > 0 {
+            top -= 1;
+            let node = &self.nodes[stack[top] as usize];
+            if node.end as usize <= after + 1 {
+                continue;
+            }
+            let gap = (node.lo - q).max(q - node.hi).max(Vec8::ZERO);
+            if gap.length_squared() > r2 {
+                continue;
+            }
+            if node.left == 0 {
+                let from = (node.start as usize).max(after + 1);
+                for &j in &self.perm[from..node.end as usize] {
+                    let d2 = (points[j as usize] - q).length_squared();
+                    if d2 <= r2 {
+                        f(j, d2);
+                    }
+                }
+            } else {
+                stack[top] = node.left;
+                stack[top + 1] = node.right;
+                top += 2;
+            }
+        }
+    }
+
     /// The same tree for the points permuted into tree order (`points'[m] =
     /// points[order()[m]]`): leaves become contiguous ranges.
     pub fn into_sorted(mut self) -> Self {
@@ -279,6 +323,19 @@ impl SearchInput<'_> {
         row.sort_unstable_by_key(|(id, _)| *id);
     }
 
+    /// The neighbours of `i` stored after it in the tree (`pos` is the inverse of
+    /// the tree order), unsorted, into `out` (cleared first).
+    fn half_row(&self, tree: &KdTree, pos: &[u32], q2: f32, i: usize, out: &mut Vec<u32>) {
+        out.clear();
+        let (xi, ri) = (self.points[i], self.radii[i]);
+        tree.for_each_within_after(self.points, xi, q2, pos[i] as usize, |j, d2| {
+            let c = ri.max(self.radii[j as usize]) + self.skin;
+            if d2 <= c * c * (1.0 + 1e-5) {
+                out.push(j);
+            }
+        });
+    }
+
     fn query_radius2(&self) -> f32 {
         let rmax = self.radii.iter().copied().fold(0.0f32, f32::max);
         let q = rmax + self.skin;
@@ -321,41 +378,89 @@ impl NeighborList {
     pub fn build_with(input: SearchInput<'_>, tree: &KdTree) -> Self {
         let n = input.points.len();
         let q2 = input.query_radius2();
-        type Block = (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>);
-        let blocks: Vec<Block> = (0..n.div_ceil(BLOCK))
+        let blocks = n.div_ceil(BLOCK);
+        let mut pos = vec![0u32; n];
+        for (k, &i) in tree.order().iter().enumerate() {
+            pos[i as usize] = k as u32;
+        }
+        // 1. Each pair once: token i keeps the neighbours stored after it in the tree.
+        let halves: Vec<(Vec<u32>, Vec<u32>)> = (0..blocks)
             .into_par_iter()
             .map(|b| {
                 let range = b * BLOCK..((b + 1) * BLOCK).min(n);
+                let mut lens = Vec::with_capacity(range.len());
+                let mut list = Vec::with_capacity(range.len() * 32);
                 let mut row = Vec::with_capacity(128);
-                let (mut start, mut len, mut cap) = (Vec::new(), Vec::new(), Vec::new());
-                let mut arena = Vec::with_capacity(range.len() * 48);
                 for i in range {
-                    input.row(tree, q2, i, &mut row);
-                    start.push(arena.len() as u32);
-                    len.push(row.len() as u32);
-                    let c = spare(row.len());
-                    cap.push(c as u32);
-                    arena.extend(row.iter().map(|(_, j)| *j));
-                    arena.resize(arena.len() + c - row.len(), 0);
+                    input.half_row(tree, &pos, q2, i, &mut row);
+                    lens.push(row.len() as u32);
+                    list.extend_from_slice(&row);
                 }
-                arena.shrink_to_fit();
-                (arena, start, len, cap)
+                (lens, list)
             })
             .collect();
+        drop(pos);
+        // 2. Full row lengths: each half-row entry counts for both ends.
+        let mut len = vec![0u32; n];
+        for (b, (lens, list)) in halves.iter().enumerate() {
+            let mut at = 0;
+            for (k, &l) in lens.iter().enumerate() {
+                len[b * BLOCK + k] += l;
+                for &j in &list[at..at + l as usize] {
+                    len[j as usize] += 1;
+                }
+                at += l as usize;
+            }
+        }
+        // 3. Arenas with spare room, filled from both ends of every pair.
         let mut out = Self {
             skin: input.skin,
             ..Default::default()
         };
         out.start.reserve_exact(n);
-        out.len.reserve_exact(n);
         out.cap.reserve_exact(n);
-        for (arena, start, len, cap) in blocks {
-            out.blocks.push(arena);
-            out.start.extend(start);
-            out.len.extend(len);
-            out.cap.extend(cap);
+        for b in 0..blocks {
+            let mut total = 0u32;
+            for &l in &len[b * BLOCK..((b + 1) * BLOCK).min(n)] {
+                out.start.push(total);
+                let c = spare(l as usize) as u32;
+                out.cap.push(c);
+                total += c;
+            }
+            out.blocks.push(vec![0u32; total as usize]);
         }
+        out.len = vec![0u32; n];
+        for (b, (lens, list)) in halves.into_iter().enumerate() {
+            let mut at = 0;
+            for (k, &l) in lens.iter().enumerate() {
+                let i = b * BLOCK + k;
+                for &j in &list[at..at + l as usize] {
+                    out.push_unsorted(i, j);
+                    out.push_unsorted(j as usize, i as u32);
+                }
+                at += l as usize;
+            }
+        }
+        debug_assert_eq!(out.len, len);
+        // 4. Every row in id order.
+        let ids = input.ids;
+        let (start, lens) = (&out.start, &out.len);
+        out.blocks
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(b, arena)| {
+                for i in b * BLOCK..((b + 1) * BLOCK).min(n) {
+                    let s = start[i] as usize;
+                    arena[s..s + lens[i] as usize].sort_unstable_by_key(|&j| ids[j as usize]);
+                }
+            });
         out
+    }
+
+    fn push_unsorted(&mut self, i: usize, j: u32) {
+        let at = (self.start[i] + self.len[i]) as usize;
+        self.blocks[i / BLOCK][at] = j;
+        self.len[i] += 1;
     }
 
     /// Recomputes the rows of `tokens` exactly, and adds each of them to the rows of
@@ -587,6 +692,30 @@ mod tests {
                     assert!(row.contains(&(j as u32)), "pair ({i},{j}) missing");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn half_query_build_equals_full_queries() {
+        let pts = random_points(2500, 2.7, 8);
+        let radii: Vec<f32> = (0..pts.len()).map(|i| 0.7 + (i % 5) as f32 * 0.1).collect();
+        let ids: Vec<TokenId> = (0..pts.len() as u64)
+            .map(|i| TokenId((i * 31) % 2500))
+            .collect();
+        let input = SearchInput {
+            points: &pts,
+            radii: &radii,
+            ids: &ids,
+            skin: 0.1,
+        };
+        let tree = KdTree::build(&pts);
+        let nl = NeighborList::build_with(input, &tree);
+        let q2 = input.query_radius2();
+        let mut scratch = Vec::new();
+        for i in 0..pts.len() {
+            input.row(&tree, q2, i, &mut scratch);
+            let want: Vec<u32> = scratch.iter().map(|(_, j)| *j).collect();
+            assert_eq!(nl.row(i), want.as_slice(), "row {i}");
         }
     }
 
