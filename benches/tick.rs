@@ -145,6 +145,24 @@ fn batch_spawn(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // The same bundles straight into a bare bevy World: what the ECS itself costs.
+    g.bench_function("bare_bevy_spawn_batch_100k", |b| {
+        b.iter_batched(
+            bevy_ecs::world::World::new,
+            |mut world| {
+                let n = world
+                    .spawn_batch(
+                        specs
+                            .iter()
+                            .enumerate()
+                            .map(|(i, s)| s.bundle(TokenId(i as u64))),
+                    )
+                    .count();
+                (world, n)
+            },
+            BatchSize::PerIteration,
+        )
+    });
     g.finish();
 }
 

@@ -270,6 +270,68 @@ fn check_velocity(field: &str, v: Vec8, cdna: &Cdna) -> Result<(), CommandError>
     Ok(())
 }
 
+/// The CDNA limits of a token, gathered once so that a batch is checked with a few
+/// SIMD comparisons per token; a failing token is re-checked by [`validate_token`]
+/// for the detailed error.
+struct TokenBounds {
+    lo: Vec8,
+    hi: Vec8,
+    max_speed: f32,
+    scalar_lo: glam::Vec4,
+    scalar_hi: glam::Vec4,
+}
+
+impl TokenBounds {
+    fn new(cdna: &Cdna) -> Self {
+        let f = &cdna.field;
+        Self {
+            lo: cdna.min_bounds(),
+            hi: cdna.max_bounds(),
+            max_speed: cdna.physics.max_speed,
+            scalar_lo: glam::Vec4::new(
+                f.min_charge,
+                cdna.tokens.min_mass,
+                f.min_radius,
+                f.min_strength,
+            ),
+            scalar_hi: glam::Vec4::new(
+                f.max_charge,
+                cdna.tokens.max_mass,
+                f.max_radius,
+                f.max_strength,
+            ),
+        }
+    }
+
+    /// The same verdict as [`validate_token`], without the error.
+    #[inline]
+    fn admits(&self, s: &TokenSpec) -> bool {
+        let scalars = glam::Vec4::new(s.charge, s.mass, s.radius, s.strength);
+        s.position.is_finite()
+            && s.position.clamp(self.lo, self.hi) == s.position
+            && s.velocity.is_finite()
+            && s.velocity.length() <= self.max_speed
+            && scalars.is_finite()
+            && scalars.cmpge(self.scalar_lo).all()
+            && scalars.cmple(self.scalar_hi).all()
+    }
+}
+
+/// Checks a batch of token descriptions against the CDNA; the error names the first
+/// bad item.
+pub fn validate_tokens(specs: &[TokenSpec], cdna: &Cdna) -> Result<(), CommandError> {
+    let bounds = TokenBounds::new(cdna);
+    for (index, spec) in specs.iter().enumerate() {
+        if !bounds.admits(spec) {
+            validate_token(spec, cdna).map_err(|e| CommandError::BatchItem {
+                index,
+                source: Box::new(e),
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks a token description against the CDNA.
 pub fn validate_token(spec: &TokenSpec, cdna: &Cdna) -> Result<(), CommandError> {
     check_position("position", spec.position, cdna)?;
@@ -359,13 +421,7 @@ fn apply_inner(world: &mut World, cmd: &SimCommand) -> Result<CommandOutcome, Co
             Ok(spawn_all(world, std::slice::from_ref(spec)))
         }
         SimCommand::SpawnBatch(specs) => {
-            let cdna = world.resource::<Cdna>();
-            for (index, spec) in specs.iter().enumerate() {
-                validate_token(spec, cdna).map_err(|e| CommandError::BatchItem {
-                    index,
-                    source: Box::new(e),
-                })?;
-            }
+            validate_tokens(specs, world.resource::<Cdna>())?;
             check_quota(world, specs.len() as u64, 0)?;
             Ok(spawn_all(world, specs))
         }
@@ -519,4 +575,60 @@ fn apply_set(
         world.resource_mut::<SpatialDirty>().0 = true;
     }
     Ok(CommandOutcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    #[test]
+    fn batch_fast_check_agrees_with_the_detailed_one() {
+        let cdna = Cdna::default();
+        let bounds = TokenBounds::new(&cdna);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            -0.0,
+            0.0,
+            1.0,
+            -1.0,
+            1000.0,
+            1000.5,
+            0.01,
+            0.5,
+            10.0,
+            1e-3,
+            2.0,
+        ];
+        let (mut good, mut bad) = (0, 0);
+        for _ in 0..20_000 {
+            // A valid token, then (half the time) one field replaced by a special value.
+            let mut fields: Vec<f32> = (0..8).map(|_| rng.random_range(-900.0..900.0)).collect();
+            fields.extend((0..8).map(|_| rng.random_range(-0.3f32..0.3)));
+            fields.extend([rng.random_range(-1.0..1.0), rng.random_range(0.01..1000.0)]);
+            fields.extend([rng.random_range(0.5..10.0), rng.random_range(0.0..1.0)]);
+            if rng.random_range(0..2) == 0 {
+                let k = rng.random_range(0..fields.len());
+                fields[k] = specials[rng.random_range(0..specials.len())];
+            }
+            let spec = TokenSpec {
+                position: Vec8::from_array(std::array::from_fn(|k| fields[k])),
+                velocity: Vec8::from_array(std::array::from_fn(|k| fields[8 + k])),
+                charge: fields[16],
+                mass: fields[17],
+                radius: fields[18],
+                strength: fields[19],
+                kind: TokenKind::Concept,
+            };
+            let ok = validate_token(&spec, &cdna).is_ok();
+            assert_eq!(bounds.admits(&spec), ok, "{spec:?}");
+            if ok { good += 1 } else { bad += 1 }
+        }
+        assert!(
+            good > 100 && bad > 100,
+            "both verdicts exercised: {good} {bad}"
+        );
+    }
 }
