@@ -225,6 +225,7 @@ pub fn cpu_forces(
             puffin::profile_scope!("rebuild_neighbors");
             buf.rebuild_spatial(skin);
             buf.stats.rebuilds += 1;
+            buf.stats.candidates = buf.neighbors.candidates() as u64;
             dirty.0 = false;
         } else if !stale.is_empty() {
             puffin::profile_scope!("refresh_neighbors");
@@ -239,8 +240,8 @@ pub fn cpu_forces(
             buf.neighbors.refresh(input, &buf.tree, &stale);
             buf.travel.clear(&stale);
             buf.stats.refreshed_rows += stale.len() as u64;
+            buf.stats.candidates = buf.neighbors.candidates() as u64;
         }
-        buf.stats.candidates = buf.neighbors.candidates() as u64;
         let links_key = (buf.layout, graph.version());
         if buf.links_key != Some(links_key) {
             buf.links = LinkTable::build(
