@@ -720,6 +720,74 @@ mod tests {
     }
 
     #[test]
+    fn rows_stay_complete_through_many_partial_refreshes() {
+        // The engine's rule on a random walk with a few fast tokens: refresh the rows
+        // of tokens whose path passed half the skin, then every pair within its
+        // cutoff must be in both rows. Tokens drop out of rows and come back.
+        let n = 1000;
+        let skin = 0.1;
+        let mut pts = random_points(n, 2.4, 11);
+        let radii: Vec<f32> = (0..n).map(|i| if i % 4 == 0 { 1.0 } else { 0.8 }).collect();
+        let ids: Vec<TokenId> = (0..n as u64).map(|i| TokenId((i * 7) % n as u64)).collect();
+        let mut nl = NeighborList::build(SearchInput {
+            points: &pts,
+            radii: &radii,
+            ids: &ids,
+            skin,
+        });
+        let mut tree = KdTree::build(&pts);
+        let mut path = vec![0.0f32; n];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        let mut refreshed = 0;
+        for _ in 0..60 {
+            for i in 0..n {
+                let speed = if i % 10 == 0 { 0.03 } else { 0.003 };
+                let dir = Vec8::from_array(std::array::from_fn(|_| rng.random_range(-1.0f32..1.0)));
+                let step = dir * (speed / dir.length().max(1e-6));
+                pts[i] += step;
+                path[i] += step.length();
+            }
+            let stale: Vec<u32> = (0..n as u32)
+                .filter(|&i| path[i as usize] > skin / 2.0)
+                .collect();
+            tree.refit(&pts);
+            nl.refresh(
+                SearchInput {
+                    points: &pts,
+                    radii: &radii,
+                    ids: &ids,
+                    skin,
+                },
+                &tree,
+                &stale,
+            );
+            for &i in &stale {
+                path[i as usize] = 0.0;
+            }
+            refreshed += stale.len();
+            for i in 0..n {
+                for j in i + 1..n {
+                    let c = radii[i].max(radii[j]);
+                    if (pts[j] - pts[i]).length_squared() < c * c {
+                        assert!(
+                            nl.row(i).contains(&(j as u32)),
+                            "pair ({i},{j}) missing from row {i}"
+                        );
+                        assert!(
+                            nl.row(j).contains(&(i as u32)),
+                            "pair ({i},{j}) missing from row {j}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            refreshed > 2 * n,
+            "the walk should refresh many rows: {refreshed}"
+        );
+    }
+
+    #[test]
     fn travel_reports_tokens_past_half_the_skin() {
         let mut t = Travel::default();
         t.reset(4);
