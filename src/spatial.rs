@@ -168,32 +168,8 @@ impl KdTree {
 
     /// Calls `f(j, |x_j − q|²)` for every point `j` with `|x_j − q|² <= r2`.
     #[inline]
-    pub fn for_each_within(&self, points: &[Vec8], q: Vec8, r2: f32, mut f: impl FnMut(u32, f32)) {
-        if self.nodes.is_empty() {
-            return;
-        }
-        let mut stack = [0u32; 128];
-        let mut top = 1;
-        while top > 0 {
-            top -= 1;
-            let node = &self.nodes[stack[top] as usize];
-            let gap = (node.lo - q).max(q - node.hi).max(Vec8::ZERO);
-            if gap.length_squared() > r2 {
-                continue;
-            }
-            if node.left == 0 {
-                for &j in &self.perm[node.start as usize..node.end as usize] {
-                    let d2 = (points[j as usize] - q).length_squared();
-                    if d2 <= r2 {
-                        f(j, d2);
-                    }
-                }
-            } else {
-                stack[top] = node.left;
-                stack[top + 1] = node.right;
-                top += 2;
-            }
-        }
+    pub fn for_each_within(&self, points: &[Vec8], q: Vec8, r2: f32, f: impl FnMut(u32, f32)) {
+        self.walk(points, q, r2, 0, f);
     }
 
     /// [`for_each_within`](Self::for_each_within) restricted to the points stored
@@ -207,8 +183,14 @@ impl KdTree {
         q: Vec8,
         r2: f32,
         after: usize,
-        mut f: impl FnMut(u32, f32),
+        f: impl FnMut(u32, f32),
     ) {
+        self.walk(points, q, r2, after + 1, f);
+    }
+
+    /// The range query over the points at tree positions `first..`.
+    #[inline]
+    fn walk(&self, points: &[Vec8], q: Vec8, r2: f32, first: usize, mut f: impl FnMut(u32, f32)) {
         if self.nodes.is_empty() {
             return;
         }
@@ -217,7 +199,7 @@ impl KdTree {
         while top > 0 {
             top -= 1;
             let node = &self.nodes[stack[top] as usize];
-            if node.end as usize <= after + 1 {
+            if node.end as usize <= first {
                 continue;
             }
             let gap = (node.lo - q).max(q - node.hi).max(Vec8::ZERO);
@@ -225,7 +207,7 @@ impl KdTree {
                 continue;
             }
             if node.left == 0 {
-                let from = (node.start as usize).max(after + 1);
+                let from = (node.start as usize).max(first);
                 for &j in &self.perm[from..node.end as usize] {
                     let d2 = (points[j as usize] - q).length_squared();
                     if d2 <= r2 {
