@@ -194,7 +194,8 @@ impl CommandQueue {
 /// applied commands themselves, for the journal.
 #[derive(Resource, Debug, Default)]
 pub struct CommandLog {
-    /// Keep applied commands in `applied` (the WAL turns this on).
+    /// Keep applied commands in `applied` (the WAL turns this on and drains them
+    /// every tick; nothing else clears them).
     pub record: bool,
     /// Commands applied since the journal last took them.
     pub applied: Vec<SimCommand>,

@@ -196,13 +196,9 @@ pub fn run_sim_tick(world: &mut World) {
     world.run_schedule(SimTick);
 }
 
-/// Closes the tick: applied commands nobody journaled are dropped, and puffin (when
-/// profiling is on) starts a new frame.
-pub fn end_tick(mut log: ResMut<CommandLog>) {
+/// Closes the tick: puffin (when profiling is on) starts a new frame.
+pub fn end_tick() {
     puffin::profile_function!();
-    if !log.applied.is_empty() && !log.record {
-        log.applied.clear();
-    }
     if puffin::are_scopes_on() {
         puffin::GlobalProfiler::lock().new_frame();
     }

@@ -718,20 +718,20 @@ mod tests {
             skin,
         });
         let mut tree = KdTree::build(&pts);
-        let mut path = vec![0.0f32; n];
+        let mut travel = Travel::default();
+        travel.reset(n);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
         let mut refreshed = 0;
         for _ in 0..60 {
-            for i in 0..n {
+            for (i, (p, path)) in pts.iter_mut().zip(travel.path.iter_mut()).enumerate() {
                 let speed = if i % 10 == 0 { 0.03 } else { 0.003 };
                 let dir = Vec8::from_array(std::array::from_fn(|_| rng.random_range(-1.0f32..1.0)));
                 let step = dir * (speed / dir.length().max(1e-6));
-                pts[i] += step;
-                path[i] += step.length();
+                *p += step;
+                *path += step.length();
             }
-            let stale: Vec<u32> = (0..n as u32)
-                .filter(|&i| path[i as usize] > skin / 2.0)
-                .collect();
+            // The engine's rule (see `cpu_forces`).
+            let stale = travel.past_half_skin(skin);
             tree.refit(&pts);
             nl.refresh(
                 SearchInput {
@@ -743,9 +743,7 @@ mod tests {
                 &tree,
                 &stale,
             );
-            for &i in &stale {
-                path[i as usize] = 0.0;
-            }
+            travel.clear(&stale);
             refreshed += stale.len();
             for i in 0..n {
                 for j in i + 1..n {
