@@ -583,7 +583,7 @@ impl Cdna {
 }
 
 /// Earlier CDNA versions, newest last, for [`SimCommand::RevertCdna`](crate::commands::SimCommand::RevertCdna).
-#[derive(Resource, Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Resource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CdnaHistory {
     /// Previous versions, oldest first (at most [`CdnaHistory::LIMIT`]).
     pub previous: Vec<Cdna>,

@@ -15,6 +15,7 @@ pub mod runner;
 pub mod scenario;
 pub mod sim;
 pub mod spatial;
+pub mod wal;
 
 #[path = "../systems/mod.rs"]
 pub mod systems;

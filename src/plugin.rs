@@ -10,8 +10,10 @@
 use crate::cdna::{Cdna, CdnaHistory};
 use crate::commands::{CommandLog, CommandQueue};
 use crate::config::{Quotas, SimConfig};
-use crate::registry::{LinkGraph, SimClock, SpatialDirty, TokenRegistry};
-use crate::systems::{ConstrainPlugin, CpuForcesPlugin, IngestPlugin, IntegratePlugin};
+use crate::registry::{LinkGraph, SimClock, SimRng, SpatialDirty, TokenRegistry};
+use crate::systems::{
+    ConstrainPlugin, CpuForcesPlugin, IngestPlugin, IntegratePlugin, JournalPlugin,
+};
 use bevy_app::{App, FixedUpdate, Plugin, PluginGroup, PluginGroupBuilder};
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::{LogLevel, ScheduleBuildSettings, ScheduleLabel, SingleThreadedExecutor};
@@ -113,6 +115,7 @@ impl PluginGroup for NeuroGraphPlugins {
             .add(CpuForcesPlugin)
             .add(IntegratePlugin)
             .add(ConstrainPlugin)
+            .add(JournalPlugin)
     }
 }
 
@@ -181,6 +184,7 @@ impl Plugin for SimCorePlugin {
             .init_resource::<TokenRegistry>()
             .init_resource::<LinkGraph>()
             .init_resource::<SimClock>()
+            .init_resource::<SimRng>()
             .init_resource::<SpatialDirty>()
             .init_resource::<CommandQueue>()
             .init_resource::<CommandLog>()

@@ -64,6 +64,18 @@ impl TokenRegistry {
         e
     }
 
+    /// Rebuilds the table from live `(id, entity)` pairs (ids increasing, below
+    /// `next_id`); ids in between are dead. Used when restoring a snapshot.
+    pub fn restore(next_id: TokenId, live: impl IntoIterator<Item = (TokenId, Entity)>) -> Self {
+        let mut slots = vec![None; next_id.0 as usize];
+        let mut count = 0;
+        for (id, e) in live {
+            slots[id.0 as usize] = Some(e);
+            count += 1;
+        }
+        Self { slots, live: count }
+    }
+
     /// Live (id, entity) pairs in id order.
     pub fn iter(&self) -> impl Iterator<Item = (TokenId, Entity)> + '_ {
         self.slots
@@ -173,6 +185,26 @@ impl LinkGraph {
 pub struct SimClock {
     /// Ticks completed.
     pub tick: u64,
+}
+
+/// The world's random number generator (ChaCha8, seeded from the run seed). Its
+/// whole state is saved in snapshots, so anything that draws from it replays
+/// exactly. No stage of the tick draws from it yet.
+#[derive(Resource, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SimRng(pub rand_chacha::ChaCha8Rng);
+
+impl SimRng {
+    /// A generator seeded with `seed`.
+    pub fn seeded(seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self(rand_chacha::ChaCha8Rng::seed_from_u64(seed))
+    }
+}
+
+impl Default for SimRng {
+    fn default() -> Self {
+        Self::seeded(0)
+    }
 }
 
 /// Set by anything that moves tokens or changes radii outside the integrator, so

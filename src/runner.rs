@@ -5,11 +5,16 @@ use crate::cdna::{Cdna, CdnaError, Profile, ViolationKind};
 use crate::commands::CommandError;
 use crate::config::{Quotas, SimConfig};
 use crate::input::{InputError, load_csv};
+use crate::scenario::GroundTruth;
 use crate::scenario::{self, Generated, ScenarioParams, spawn_stream};
 use crate::sim::{SimError, SimSettings, Simulation};
+use crate::wal::{self, Journal, Manifest, RecoverOptions, RecoveryReport, WalError, WalOptions};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// The run configuration file (TOML). Every field is optional; flags override it.
@@ -20,7 +25,7 @@ pub struct RunConfig {
     pub scenario: Option<String>,
     /// Token count.
     pub tokens: Option<usize>,
-    /// Ticks to run.
+    /// Ticks to run: the tick the run ends at (a resumed run continues up to it).
     pub ticks: Option<u64>,
     /// RNG seed.
     pub seed: Option<u64>,
@@ -34,6 +39,8 @@ pub struct RunConfig {
     pub sim: SimConfig,
     /// Quotas.
     pub quotas: Quotas,
+    /// Write-ahead log settings (used with `--wal`).
+    pub wal: WalOptions,
 }
 
 impl RunConfig {
@@ -59,6 +66,14 @@ pub struct RunOptions {
     pub config: RunConfig,
     /// Show a progress bar (drawn only on a terminal).
     pub progress: bool,
+    /// Journal to a WAL in this directory; resume it if it holds one.
+    pub wal_dir: Option<PathBuf>,
+    /// Print `durable TICK` on stdout whenever the durable tick advances (for
+    /// crash tests and supervisors).
+    pub report_durable: bool,
+    /// Set (e.g. by Ctrl-C) to stop after the current tick; the WAL is closed
+    /// cleanly and the summary says `interrupted`.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 /// Why a run failed.
@@ -79,6 +94,9 @@ pub enum RunError {
     /// The simulation could not be built.
     #[error(transparent)]
     Sim(#[from] SimError),
+    /// The write-ahead log failed.
+    #[error("WAL: {0}")]
+    Wal(#[from] WalError),
 }
 
 /// The summary of a run; `--json` prints it as one object.
@@ -92,8 +110,15 @@ pub struct RunSummary {
     pub tokens: u64,
     /// Links at the end.
     pub links: u64,
-    /// Ticks run.
+    /// Ticks run by this process.
     pub ticks: u64,
+    /// The tick the run started from (0, or where a resumed WAL left off).
+    pub start_tick: u64,
+    /// The tick the run ended at.
+    pub final_tick: u64,
+    /// Whether the run was stopped early (Ctrl-C); rerun with the same `--wal` to
+    /// resume.
+    pub interrupted: bool,
     /// Wall seconds of the tick loop.
     pub seconds: f64,
     /// Ticks per wall second.
@@ -131,6 +156,18 @@ pub struct RunSummary {
     /// Tokens that carry ground-truth labels (planted by the scenario or given in
     /// the input's `label`/`group` columns), for the hierarchy quality figures.
     pub labelled_tokens: u64,
+    /// The WAL's durability policy, when journaling.
+    pub wal_durability: Option<String>,
+    /// Bytes written to the WAL (records, headers, snapshots).
+    pub wal_bytes: u64,
+    /// fsync calls on the WAL (files and directory).
+    pub wal_fsyncs: u64,
+    /// Tick records written.
+    pub wal_records: u64,
+    /// Snapshots written.
+    pub wal_snapshots: u64,
+    /// The recovery that a resumed run started with.
+    pub recovery: Option<RecoveryReport>,
 }
 
 /// Peak resident set size of this process (VmHWM), if the OS tells.
@@ -150,39 +187,22 @@ pub fn load_cdna(config: &RunConfig) -> Result<Cdna, RunError> {
     }
 }
 
-/// Runs a whole simulation.
-pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
-    let c = &opts.config;
-    let cdna = load_cdna(c)?;
-    let seed = c.seed.unwrap_or(DEFAULT_SEED);
-    let ticks = c.ticks.unwrap_or(DEFAULT_TICKS);
-    let mut sim = Simulation::new(SimSettings {
-        config: c.sim.clone(),
-        cdna: cdna.clone(),
-        quotas: c.quotas.clone(),
-    })?;
-    let spawn_start = Instant::now();
-    let ground_truth;
-    let scenario_name = if let Some(path) = &c.input {
-        if c.scenario.is_some() {
-            return Err(RunError::Config(
-                "give either --input or --scenario, not both".into(),
-            ));
+/// Where the tokens of a run come from.
+enum Source {
+    Input(PathBuf),
+    Scenario(&'static scenario::Scenario, usize),
+}
+
+impl Source {
+    fn of(c: &RunConfig) -> Result<Self, RunError> {
+        if let Some(path) = &c.input {
+            if c.scenario.is_some() {
+                return Err(RunError::Config(
+                    "give either --input or --scenario, not both".into(),
+                ));
+            }
+            return Ok(Self::Input(path.clone()));
         }
-        let data = load_csv(path, &cdna)?;
-        let truth = data.truth.unwrap_or_default();
-        let stream = data
-            .tokens
-            .into_iter()
-            .enumerate()
-            .map(|(i, spec)| Generated {
-                spec,
-                label: truth.labels.get(i).copied(),
-                group: truth.groups.get(i).copied(),
-            });
-        ground_truth = spawn_stream(&mut sim, stream, SPAWN_BATCH)?;
-        "input".to_string()
-    } else {
         let s = match &c.scenario {
             Some(name) => scenario::find(name).map_err(RunError::Config)?,
             None => scenario::default_scenario(),
@@ -195,14 +215,164 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         c.quotas
             .check(0, 0, tokens as u64, 0)
             .map_err(CommandError::Quota)?;
-        ground_truth = s.spawn_into(&mut sim, &ScenarioParams { tokens, seed }, SPAWN_BATCH)?;
-        s.name.to_string()
+        Ok(Self::Scenario(s, tokens))
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Input(_) => "input".into(),
+            Self::Scenario(s, _) => s.name.into(),
+        }
+    }
+
+    /// The values a WAL records so that only the same job resumes it.
+    fn identity(
+        &self,
+        c: &RunConfig,
+        cdna: &Cdna,
+        seed: u64,
+    ) -> Result<BTreeMap<String, String>, RunError> {
+        let mut id = BTreeMap::new();
+        match self {
+            Self::Input(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| RunError::Config(format!("{}: {e}", path.display())))?;
+                id.insert("input".into(), path.display().to_string());
+                id.insert(
+                    "input_xxh3".into(),
+                    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+                );
+            }
+            Self::Scenario(s, tokens) => {
+                id.insert("scenario".into(), s.name.into());
+                id.insert("tokens".into(), tokens.to_string());
+            }
+        }
+        id.insert("seed".into(), seed.to_string());
+        id.insert("cdna".into(), cdna.checksum_hex());
+        id.insert("sim.dt".into(), c.sim.dt.to_string());
+        id.insert("sim.neighbor_skin".into(), c.sim.neighbor_skin.to_string());
+        let quotas =
+            serde_json::to_string(&c.quotas).map_err(|e| RunError::Config(e.to_string()))?;
+        id.insert("quotas".into(), quotas);
+        Ok(id)
+    }
+
+    /// Spawns the tokens into `sim`; returns the ground truth.
+    fn spawn(&self, sim: &mut Simulation, cdna: &Cdna, seed: u64) -> Result<GroundTruth, RunError> {
+        Ok(match self {
+            Self::Input(path) => {
+                let data = load_csv(path, cdna)?;
+                let truth = data.truth.unwrap_or_default();
+                let stream = data
+                    .tokens
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, spec)| Generated {
+                        spec,
+                        label: truth.labels.get(i).copied(),
+                        group: truth.groups.get(i).copied(),
+                    });
+                spawn_stream(sim, stream, SPAWN_BATCH)?
+            }
+            Self::Scenario(s, tokens) => s.spawn_into(
+                sim,
+                &ScenarioParams {
+                    tokens: *tokens,
+                    seed,
+                },
+                SPAWN_BATCH,
+            )?,
+        })
+    }
+
+    /// The ground truth without spawning (for a resumed run).
+    fn truth(&self, cdna: &Cdna, seed: u64) -> Result<GroundTruth, RunError> {
+        Ok(match self {
+            Self::Input(path) => load_csv(path, cdna)?.truth.unwrap_or_default(),
+            Self::Scenario(s, tokens) => {
+                let mut truth = GroundTruth::default();
+                let params = ScenarioParams {
+                    tokens: *tokens,
+                    seed,
+                };
+                for g in s.stream(&params) {
+                    if let (Some(l), Some(gr)) = (g.label, g.group) {
+                        truth.labels.push(l);
+                        truth.groups.push(gr);
+                    }
+                }
+                truth
+            }
+        })
+    }
+}
+
+/// Runs a whole simulation.
+pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
+    let c = &opts.config;
+    let cdna = load_cdna(c)?;
+    let seed = c.seed.unwrap_or(DEFAULT_SEED);
+    let ticks = c.ticks.unwrap_or(DEFAULT_TICKS);
+    let source = Source::of(c)?;
+    let spawn_start = Instant::now();
+    let mut recovery = None;
+    let (mut sim, ground_truth) = match &opts.wal_dir {
+        Some(dir) if wal::exists(dir) => {
+            c.wal.validate().map_err(RunError::Config)?;
+            let identity = source.identity(c, &cdna, seed)?;
+            let rec = wal::recover(
+                dir,
+                &RecoverOptions {
+                    threads: c.sim.threads,
+                    exclusive: true,
+                },
+            )?;
+            let diffs = rec.manifest.differences(&identity);
+            if !diffs.is_empty() {
+                return Err(RunError::Config(format!(
+                    "{} holds the WAL of another run; not resuming it (use another --wal directory):\n  {}",
+                    dir.display(),
+                    diffs.join("\n  ")
+                )));
+            }
+            recovery = Some(rec.report.clone());
+            let sim = wal::resume(rec, &c.wal)?;
+            (sim, source.truth(&cdna, seed)?)
+        }
+        wal_dir => {
+            let mut sim = Simulation::new(SimSettings {
+                config: c.sim.clone(),
+                cdna: cdna.clone(),
+                quotas: c.quotas.clone(),
+            })?;
+            if wal_dir.is_some() {
+                c.wal.validate().map_err(RunError::Config)?;
+            }
+            let truth = source.spawn(&mut sim, &cdna, seed)?;
+            if let Some(dir) = wal_dir {
+                let manifest = Manifest {
+                    format_version: wal::FORMAT_VERSION,
+                    sim: c.sim.clone(),
+                    quotas: c.quotas.clone(),
+                    run: source.identity(c, &cdna, seed)?,
+                };
+                wal::create(dir, &manifest, &mut sim, &c.wal)?;
+            }
+            (sim, truth)
+        }
     };
+    let scenario_name = source.name();
     let spawn_seconds = spawn_start.elapsed().as_secs_f64();
+    let start_tick = sim.tick();
+    let durability = sim
+        .world()
+        .get_resource::<Journal>()
+        .map(|j| j.durability().name().to_string());
 
     let bar = if opts.progress {
         let bar = indicatif::ProgressBar::with_draw_target(
-            Some(ticks),
+            Some(ticks.saturating_sub(start_tick)),
             indicatif::ProgressDrawTarget::stderr(),
         );
         bar.set_style(
@@ -218,21 +388,55 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     };
     let start = Instant::now();
     let mut first_tick_seconds = 0.0;
-    for t in 0..ticks {
+    let mut reported = start_tick;
+    let mut interrupted = false;
+    let mut t = 0u64;
+    while sim.tick() < ticks {
+        if opts
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            interrupted = true;
+            break;
+        }
         sim.step();
         if t == 0 {
             first_tick_seconds = start.elapsed().as_secs_f64();
         }
+        t += 1;
+        if let Some(j) = sim.world().get_resource::<Journal>() {
+            if let Some(f) = j.failure() {
+                return Err(RunError::Wal(WalError::WriterFailed(format!(
+                    "at tick {}: {f}",
+                    sim.tick()
+                ))));
+            }
+            if opts.report_durable {
+                let durable = j.stats().durable_tick;
+                if durable > reported {
+                    reported = durable;
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "durable {durable}");
+                    let _ = out.flush();
+                }
+            }
+        }
         if let Some(bar) = &bar {
             bar.inc(1);
-            if t % 16 == 0 {
+            if t % 16 == 1 {
                 bar.set_message(format!("{} tokens", sim.token_count()));
             }
         }
     }
+    let ticks_run = t;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(bar) = bar {
         bar.finish_and_clear();
+    }
+    let wal_stats = wal::close(&mut sim)?;
+    if opts.report_durable && durability.is_some() {
+        println!("durable {}", sim.tick());
     }
     let tokens = sim.token_count();
     let violations = sim.violations().clone();
@@ -243,16 +447,19 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         seed,
         tokens,
         links: sim.link_count(),
-        ticks,
+        ticks: ticks_run,
+        start_tick,
+        final_tick: sim.tick(),
+        interrupted,
         seconds,
-        ticks_per_s: per_s(ticks as f64),
+        ticks_per_s: per_s(ticks_run as f64),
         first_tick_seconds,
-        steady_ticks_per_s: if ticks > 1 && seconds > first_tick_seconds {
-            (ticks - 1) as f64 / (seconds - first_tick_seconds)
+        steady_ticks_per_s: if ticks_run > 1 && seconds > first_tick_seconds {
+            (ticks_run - 1) as f64 / (seconds - first_tick_seconds)
         } else {
             0.0
         },
-        token_steps_per_s: per_s(ticks as f64 * tokens as f64),
+        token_steps_per_s: per_s(ticks_run as f64 * tokens as f64),
         digest: sim.digest().to_string(),
         cdna_violations: violations.sum(),
         cdna_violations_by_kind: ViolationKind::ALL
@@ -260,7 +467,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
             .map(|k| (k.name().to_string(), violations.get(*k)))
             .collect(),
         threads: sim.threads(),
-        avg_neighbors: if tokens > 0 && ticks > 0 {
+        avg_neighbors: if tokens > 0 && ticks_run > 0 {
             sim.last_pair_count() as f64 / tokens as f64
         } else {
             0.0
@@ -277,6 +484,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         cdna_profile: sim.cdna().profile.name().to_string(),
         cdna_checksum: sim.cdna().checksum_hex(),
         labelled_tokens: ground_truth.labels.len() as u64,
+        wal_durability: durability,
+        wal_bytes: wal_stats.bytes,
+        wal_fsyncs: wal_stats.fsyncs,
+        wal_records: wal_stats.records,
+        wal_snapshots: wal_stats.snapshots,
+        recovery,
     })
 }
 
@@ -292,7 +505,18 @@ impl RunSummary {
         );
         let _ = writeln!(s, "  tokens           {:>14}", self.tokens);
         let _ = writeln!(s, "  links            {:>14}", self.links);
-        let _ = writeln!(s, "  ticks            {:>14}", self.ticks);
+        let _ = writeln!(
+            s,
+            "  ticks            {:>14}  (tick {} → {}{})",
+            self.ticks,
+            self.start_tick,
+            self.final_tick,
+            if self.interrupted {
+                ", interrupted"
+            } else {
+                ""
+            }
+        );
         let _ = writeln!(
             s,
             "  wall time        {:>14.3} s  (spawn {:.3} s)",
@@ -321,6 +545,26 @@ impl RunSummary {
             self.peak_rss_bytes as f64 / 1048576.0,
             self.bytes_per_token
         );
+        if let Some(d) = &self.wal_durability {
+            let _ = writeln!(
+                s,
+                "  WAL ({d:<7})    {:>14} records, {} snapshots, {:.1} MiB, {} fsyncs",
+                self.wal_records,
+                self.wal_snapshots,
+                self.wal_bytes as f64 / 1048576.0,
+                self.wal_fsyncs
+            );
+        }
+        if let Some(r) = &self.recovery {
+            let _ = writeln!(
+                s,
+                "  resumed          {:>14}  (snapshot tick {}, {} records replayed, {} bytes cut)",
+                format!("tick {}", r.tick),
+                r.snapshot_tick,
+                r.records_replayed,
+                r.bytes_dropped
+            );
+        }
         let _ = write!(s, "  digest           {:>14}", self.digest);
         s
     }

@@ -6,14 +6,17 @@
 //! | `Forces` | [`CpuForcesPlugin`] | gathers tokens, refreshes neighbour lists, computes forces ([`ForceBuffers`]) |
 //! | `Integrate` | [`IntegratePlugin`] | semi-implicit Euler with damping and a speed limit |
 //! | `Constrain` | [`ConstrainPlugin`] | enforces the CDNA, counts violations |
+//! | `Journal` | [`JournalPlugin`] | appends the tick's record to the WAL, snapshots when due |
 //! | `Observe` | core | closes the tick |
 
 pub mod constrain;
 pub mod forces;
 pub mod ingest;
 pub mod integrate;
+pub mod journal;
 
 pub use constrain::{ConstrainPlugin, constrain_links, constrain_tokens};
 pub use forces::{CpuForcesPlugin, ForceBuffers, ForceStats, compute_forces, cpu_forces};
 pub use ingest::{IngestPlugin, ingest};
 pub use integrate::{IntegratePlugin, IntegrateStats, integrate};
+pub use journal::{JournalPlugin, journal};

@@ -1,0 +1,482 @@
+//! The on-disk format of the write-ahead log, version 1.
+//!
+//! All integers are little-endian. CRC32 is the IEEE polynomial (`crc32fast`).
+//!
+//! # Directory
+//!
+//! ```text
+//! DIR/manifest.json                the run the WAL belongs to (JSON, written once, atomically)
+//! DIR/LOCK                         held (flock) by the one process writing the WAL
+//! DIR/wal-{first_tick:020}.seg     segments of tick records, named by their first tick
+//! DIR/snap-{tick:020}.snap         snapshots of the whole world after a tick
+//! DIR/*.tmp                        unfinished snapshots (ignored, removed on resume)
+//! ```
+//!
+//! # Segment
+//!
+//! A 32-byte header, then records back to back:
+//!
+//! | bytes | field |
+//! |-------|-------|
+//! | 8 | magic `NGWALSEG` |
+//! | 4 | format version (`1`) |
+//! | 4 | reserved, `0` |
+//! | 8 | first tick: the tick of the segment's first record |
+//! | 4 | reserved, `0` |
+//! | 4 | CRC32 of the 28 bytes above |
+//!
+//! # Record
+//!
+//! A 21-byte frame header, then the payload:
+//!
+//! | bytes | field |
+//! |-------|-------|
+//! | 4 | magic `NGRC` (lets a reader tell a torn tail from damage in the middle) |
+//! | 4 | payload length `len` (at most [`MAX_PAYLOAD`]) |
+//! | 4 | CRC32 over `len`, `kind`, `tick` and the payload, in that order |
+//! | 1 | kind ([`RecordKind`]) |
+//! | 8 | tick |
+//! | len | payload: rmp-serde (positional) of [`TickRecord`] for kind 1 |
+//!
+//! A record of kind [`RecordKind::Tick`] is written for every tick, with the
+//! commands applied at or before the start of that tick (in order) and the state
+//! digest after it. Record ticks are consecutive across segments.
+//!
+//! # Damage
+//!
+//! A reader stops at the first record that does not decode (bad magic, length past
+//! the end of the file, CRC mismatch). It then searches the rest of the segment for
+//! a record that does decode. If one exists the damage is in the middle and is an
+//! error ([`super::WalError::CorruptRecord`]); if none exists and this is the last
+//! segment, the damage is a torn or corrupt tail: it is cut and its size reported.
+//! A segment that is not the last is sealed (fsynced before the next one is
+//! created), so any damage in it is an error.
+//!
+//! # Snapshot
+//!
+//! A 40-byte header, then the payload (rmp-serde of [`super::WorldSnapshot`]):
+//!
+//! | bytes | field |
+//! |-------|-------|
+//! | 8 | magic `NGSNAPSH` |
+//! | 4 | format version (`1`) |
+//! | 4 | reserved, `0` |
+//! | 8 | tick |
+//! | 8 | payload length |
+//! | 4 | CRC32 of the payload |
+//! | 4 | CRC32 of the 36 bytes above |
+//!
+//! Snapshots are written to `*.tmp`, fsynced, renamed and the directory fsynced.
+
+use crate::commands::SimCommand;
+use serde::{Deserialize, Serialize};
+
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Segment file magic.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"NGWALSEG";
+/// Bytes of a segment header.
+pub const SEGMENT_HEADER_LEN: usize = 32;
+/// Record magic.
+pub const RECORD_MAGIC: [u8; 4] = *b"NGRC";
+/// Bytes of a record frame header.
+pub const RECORD_HEADER_LEN: usize = 21;
+/// The largest payload a record may carry (1 GiB).
+pub const MAX_PAYLOAD: u32 = 1 << 30;
+/// Snapshot file magic.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"NGSNAPSH";
+/// Bytes of a snapshot header.
+pub const SNAPSHOT_HEADER_LEN: usize = 40;
+
+/// What a record holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// One tick: its commands and the digest after it ([`TickRecord`]).
+    Tick = 1,
+}
+
+impl RecordKind {
+    /// The kind with this code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Tick),
+            _ => None,
+        }
+    }
+}
+
+/// The payload of a [`RecordKind::Tick`] record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TickRecord {
+    /// Commands applied for this tick, in order.
+    pub commands: Vec<SimCommand>,
+    /// State digest after the tick.
+    pub digest: u64,
+}
+
+/// Encodes a segment header.
+pub fn encode_segment_header(first_tick: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    encode_segment_header_version(first_tick, FORMAT_VERSION)
+}
+
+/// Encodes a segment header claiming another format version (to test readers).
+pub fn encode_segment_header_version(first_tick: u64, version: u32) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&version.to_le_bytes());
+    h[16..24].copy_from_slice(&first_tick.to_le_bytes());
+    let crc = crc32fast::hash(&h[..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Why a segment header was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Fewer bytes than a header.
+    Short(usize),
+    /// Not a segment (magic differs).
+    Magic,
+    /// The header CRC does not match.
+    Crc,
+    /// A format version this build cannot read.
+    Version(u32),
+}
+
+/// Decodes a segment header; returns the first tick.
+pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, HeaderError> {
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        return Err(HeaderError::Short(bytes.len()));
+    }
+    if bytes[..8] != SEGMENT_MAGIC {
+        return Err(HeaderError::Magic);
+    }
+    if crc32fast::hash(&bytes[..28]) != u32_at(bytes, 28) {
+        return Err(HeaderError::Crc);
+    }
+    let version = u32_at(bytes, 8);
+    if version != FORMAT_VERSION {
+        return Err(HeaderError::Version(version));
+    }
+    Ok(u64_at(bytes, 16))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn record_crc(len: u32, kind: u8, tick: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(&[kind]);
+    h.update(&tick.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// Appends one framed record to `out`. The caller keeps `payload` under
+/// [`MAX_PAYLOAD`].
+pub fn encode_record(out: &mut Vec<u8>, kind: RecordKind, tick: u64, payload: &[u8]) {
+    encode_record_raw(out, kind as u8, tick, payload);
+}
+
+/// [`encode_record`] with any kind code (to test readers against unknown kinds).
+pub fn encode_record_raw(out: &mut Vec<u8>, kind: u8, tick: u64, payload: &[u8]) {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|&l| l <= MAX_PAYLOAD)
+        .expect("payload within MAX_PAYLOAD");
+    out.reserve(RECORD_HEADER_LEN + payload.len());
+    out.extend_from_slice(&RECORD_MAGIC);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&record_crc(len, kind, tick, payload).to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(&tick.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// One decoded record frame, borrowing its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawRecord<'a> {
+    /// Offset of the frame in the segment file.
+    pub offset: usize,
+    /// Kind code (checked by the CRC, not yet against [`RecordKind`]).
+    pub kind: u8,
+    /// Tick.
+    pub tick: u64,
+    /// Payload.
+    pub payload: &'a [u8],
+}
+
+impl RawRecord<'_> {
+    /// Bytes of the whole frame.
+    pub fn frame_len(&self) -> usize {
+        RECORD_HEADER_LEN + self.payload.len()
+    }
+}
+
+/// Why the bytes at an offset are not a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// The file ends inside the frame header.
+    ShortHeader,
+    /// The magic differs.
+    Magic,
+    /// The length is over [`MAX_PAYLOAD`].
+    Length(u32),
+    /// The file ends inside the payload.
+    ShortPayload {
+        /// Declared payload bytes.
+        len: u32,
+        /// Bytes left in the file after the header.
+        available: usize,
+    },
+    /// The CRC does not match.
+    Crc,
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ShortHeader => write!(f, "the file ends inside a record header"),
+            Self::Magic => write!(f, "no record magic"),
+            Self::Length(l) => write!(f, "record length {l} is over the limit {MAX_PAYLOAD}"),
+            Self::ShortPayload { len, available } => write!(
+                f,
+                "record length {len} runs past the end of the file ({available} bytes left)"
+            ),
+            Self::Crc => write!(f, "CRC mismatch"),
+        }
+    }
+}
+
+/// Decodes the record frame at `offset` of `seg` (a whole segment file).
+pub fn decode_record(seg: &[u8], offset: usize) -> Result<RawRecord<'_>, FrameError> {
+    let rest = seg.get(offset..).unwrap_or(&[]);
+    if rest.len() < RECORD_HEADER_LEN {
+        return Err(FrameError::ShortHeader);
+    }
+    if rest[..4] != RECORD_MAGIC {
+        return Err(FrameError::Magic);
+    }
+    let len = u32_at(rest, 4);
+    if len > MAX_PAYLOAD {
+        return Err(FrameError::Length(len));
+    }
+    let available = rest.len() - RECORD_HEADER_LEN;
+    if len as usize > available {
+        return Err(FrameError::ShortPayload { len, available });
+    }
+    let crc = u32_at(rest, 8);
+    let kind = rest[12];
+    let tick = u64_at(rest, 13);
+    let payload = &rest[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len as usize];
+    if record_crc(len, kind, tick, payload) != crc {
+        return Err(FrameError::Crc);
+    }
+    Ok(RawRecord {
+        offset,
+        kind,
+        tick,
+        payload,
+    })
+}
+
+/// Where and why a segment's records stop before its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// Offset of the first bad byte (the start of the bad frame).
+    pub offset: usize,
+    /// Why the frame there is bad.
+    pub reason: FrameError,
+    /// Offset of a later frame that decodes, if any: then the damage is in the
+    /// middle, not at the tail.
+    pub next_valid: Option<usize>,
+}
+
+/// The records of one segment's bytes (after its header).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentRecords<'a> {
+    /// The records that decode, up to the first damage.
+    pub records: Vec<RawRecord<'a>>,
+    /// Bytes up to the end of the last good record.
+    pub valid_len: usize,
+    /// The first damage, if the records stop before the end of the file.
+    pub damage: Option<Damage>,
+}
+
+/// Reads every record of a segment file (`seg` includes the header, which the
+/// caller has checked). Never panics, whatever the bytes.
+pub fn scan_records(seg: &[u8]) -> SegmentRecords<'_> {
+    let mut records = Vec::new();
+    let mut at = SEGMENT_HEADER_LEN.min(seg.len());
+    while at < seg.len() {
+        match decode_record(seg, at) {
+            Ok(r) => {
+                at += r.frame_len();
+                records.push(r);
+            }
+            Err(reason) => {
+                let next_valid = find_valid_record(seg, at + 1);
+                return SegmentRecords {
+                    records,
+                    valid_len: at,
+                    damage: Some(Damage {
+                        offset: at,
+                        reason,
+                        next_valid,
+                    }),
+                };
+            }
+        }
+    }
+    SegmentRecords {
+        records,
+        valid_len: at,
+        damage: None,
+    }
+}
+
+/// The offset of the first frame at or after `from` that decodes.
+fn find_valid_record(seg: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while at + RECORD_HEADER_LEN <= seg.len() {
+        let pos = seg[at..]
+            .windows(RECORD_MAGIC.len())
+            .position(|w| w == RECORD_MAGIC)?;
+        let candidate = at + pos;
+        if decode_record(seg, candidate).is_ok() {
+            return Some(candidate);
+        }
+        at = candidate + 1;
+    }
+    None
+}
+
+/// Encodes a snapshot file: header + payload.
+pub fn encode_snapshot_file(tick: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + payload.len());
+    out.extend_from_slice(&SNAPSHOT_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&tick.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    let crc = crc32fast::hash(&out[..36]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks a snapshot file's header and CRCs; returns the tick and the payload.
+pub fn decode_snapshot_file(bytes: &[u8]) -> Result<(u64, &[u8]), String> {
+    if bytes.len() < SNAPSHOT_HEADER_LEN {
+        return Err(format!(
+            "{} bytes, shorter than the {SNAPSHOT_HEADER_LEN}-byte header",
+            bytes.len()
+        ));
+    }
+    if bytes[..8] != SNAPSHOT_MAGIC {
+        return Err("not a snapshot (bad magic)".into());
+    }
+    if crc32fast::hash(&bytes[..36]) != u32_at(bytes, 36) {
+        return Err("header CRC mismatch".into());
+    }
+    let version = u32_at(bytes, 8);
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "format version {version}; this build reads version {FORMAT_VERSION}"
+        ));
+    }
+    let tick = u64_at(bytes, 16);
+    let len = u64_at(bytes, 24);
+    let payload = &bytes[SNAPSHOT_HEADER_LEN..];
+    if payload.len() as u64 != len {
+        return Err(format!(
+            "payload is {} bytes, the header says {len}",
+            payload.len()
+        ));
+    }
+    if crc32fast::hash(payload) != u32_at(bytes, 32) {
+        return Err("payload CRC mismatch".into());
+    }
+    Ok((tick, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(records: &[(u64, &[u8])]) -> Vec<u8> {
+        let mut seg = encode_segment_header(records.first().map_or(1, |r| r.0)).to_vec();
+        for (tick, p) in records {
+            encode_record(&mut seg, RecordKind::Tick, *tick, p);
+        }
+        seg
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let seg = segment(&[(5, b"abc"), (6, b""), (7, &[0u8; 300])]);
+        assert_eq!(decode_segment_header(&seg), Ok(5));
+        let s = scan_records(&seg);
+        assert_eq!(s.damage, None);
+        assert_eq!(s.valid_len, seg.len());
+        let ticks: Vec<u64> = s.records.iter().map(|r| r.tick).collect();
+        assert_eq!(ticks, vec![5, 6, 7]);
+        assert_eq!(s.records[0].payload, b"abc");
+        assert_eq!(s.records[2].payload.len(), 300);
+    }
+
+    #[test]
+    fn a_torn_tail_has_no_valid_record_after_it() {
+        let seg = segment(&[(1, b"one"), (2, b"two"), (3, b"three")]);
+        let cut = seg.len() - 2;
+        let s = scan_records(&seg[..cut]);
+        assert_eq!(s.records.len(), 2);
+        let d = s.damage.unwrap();
+        assert_eq!(d.next_valid, None);
+        assert_eq!(d.offset, s.valid_len);
+        assert!(matches!(d.reason, FrameError::ShortPayload { .. }));
+    }
+
+    #[test]
+    fn damage_in_the_middle_finds_the_next_record() {
+        let mut seg = segment(&[(1, b"one"), (2, b"two"), (3, b"three")]);
+        let second = SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + 3;
+        seg[second + RECORD_HEADER_LEN] ^= 0x10; // a payload bit of record 2
+        let s = scan_records(&seg);
+        assert_eq!(s.records.len(), 1);
+        let d = s.damage.unwrap();
+        assert_eq!(d.reason, FrameError::Crc);
+        assert_eq!(d.offset, second);
+        assert_eq!(d.next_valid, Some(second + RECORD_HEADER_LEN + 3));
+    }
+
+    #[test]
+    fn headers_are_checked() {
+        let mut h = encode_segment_header(9).to_vec();
+        assert_eq!(decode_segment_header(&h[..10]), Err(HeaderError::Short(10)));
+        h[17] ^= 1;
+        assert_eq!(decode_segment_header(&h), Err(HeaderError::Crc));
+        let v2 = encode_segment_header_version(9, 2);
+        assert_eq!(decode_segment_header(&v2), Err(HeaderError::Version(2)));
+    }
+
+    #[test]
+    fn snapshot_files_round_trip_and_refuse_damage() {
+        let f = encode_snapshot_file(40, b"payload bytes");
+        assert_eq!(decode_snapshot_file(&f), Ok((40, &b"payload bytes"[..])));
+        for i in 0..f.len() {
+            let mut g = f.clone();
+            g[i] ^= 0x04;
+            assert!(decode_snapshot_file(&g).is_err(), "flip at byte {i}");
+        }
+        assert!(decode_snapshot_file(&f[..f.len() - 1]).is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! [`WorldSnapshot`]: the whole world after a tick, as plain data.
+
+use crate::cdna::{Cdna, CdnaHistory, CdnaViolations};
+use crate::commands::CommandLog;
+use crate::components::*;
+use crate::digest::{StateDigest, state_digest};
+use crate::math::Vec8;
+use crate::registry::{LinkGraph, SimClock, SimRng, SpatialDirty, TokenRegistry};
+use crate::systems::IntegrateStats;
+use bevy_ecs::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// One token in a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Id.
+    pub id: TokenId,
+    /// Position.
+    pub position: Vec8,
+    /// Velocity.
+    pub velocity: Vec8,
+    /// Charge.
+    pub charge: f32,
+    /// Mass.
+    pub mass: f32,
+    /// Field radius.
+    pub radius: f32,
+    /// Field strength.
+    pub strength: f32,
+    /// Kind.
+    pub kind: TokenKind,
+    /// Hierarchy level.
+    pub level: u8,
+}
+
+/// Counters carried across a restore so that a resumed run's summary covers the
+/// whole run. They do not affect the simulation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotCounters {
+    /// CDNA violations since the start, by kind.
+    pub violations: Vec<u64>,
+    /// Token-steps whose speed was capped.
+    pub speed_limited: u64,
+    /// Commands applied since the start.
+    pub commands_applied: u64,
+    /// Commands refused since the start.
+    pub commands_rejected: u64,
+    /// Refusals caused by a quota.
+    pub quota_rejections: u64,
+}
+
+/// The whole world after a tick: tokens, links, hierarchy levels, the CDNA and its
+/// history, the clock and the RNG state, plus the digest it must restore to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorldSnapshot {
+    /// Ticks completed.
+    pub tick: u64,
+    /// The id the next spawned token gets.
+    pub next_id: TokenId,
+    /// Live tokens in id order.
+    pub tokens: Vec<TokenRecord>,
+    /// Links in key order.
+    pub links: Vec<(TokenId, TokenId, LinkSpec)>,
+    /// The constitution.
+    pub cdna: Cdna,
+    /// Earlier constitutions.
+    pub cdna_history: CdnaHistory,
+    /// The RNG.
+    pub rng: SimRng,
+    /// Counters.
+    pub counters: SnapshotCounters,
+    /// [`state_digest`] of the world captured.
+    pub digest: u64,
+}
+
+/// The largest `next_id` a snapshot may claim (the id table is a vector).
+pub const MAX_NEXT_ID: u64 = 1 << 36;
+
+/// Captures `world`; `digest` is its current [`state_digest`] (the journal has it
+/// already; pass `None` to compute it).
+pub fn capture(world: &mut World, digest: Option<StateDigest>) -> WorldSnapshot {
+    puffin::profile_function!();
+    let digest = digest.unwrap_or_else(|| state_digest(world)).0;
+    let mut q = world.query::<(
+        &TokenId,
+        &Position,
+        &Velocity,
+        &Charge,
+        &Mass,
+        &Field,
+        &TokenKind,
+        &Level,
+    )>();
+    let mut tokens: Vec<TokenRecord> = q
+        .iter(world)
+        .map(|(id, x, v, q, m, f, k, l)| TokenRecord {
+            id: *id,
+            position: x.0,
+            velocity: v.0,
+            charge: q.0,
+            mass: m.0,
+            radius: f.radius,
+            strength: f.strength,
+            kind: *k,
+            level: l.0,
+        })
+        .collect();
+    tokens.sort_unstable_by_key(|t| t.id);
+    let links = world
+        .resource::<LinkGraph>()
+        .iter()
+        .map(|(&(a, b), s)| (a, b, *s))
+        .collect();
+    let log = world.resource::<CommandLog>();
+    let counters = SnapshotCounters {
+        violations: world
+            .get_resource::<CdnaViolations>()
+            .map(|v| v.total.to_vec())
+            .unwrap_or_default(),
+        speed_limited: world
+            .get_resource::<IntegrateStats>()
+            .map_or(0, |s| s.speed_limited),
+        commands_applied: log.applied_total,
+        commands_rejected: log.rejected_total,
+        quota_rejections: log.quota_rejections,
+    };
+    WorldSnapshot {
+        tick: world.resource::<SimClock>().tick,
+        next_id: world.resource::<TokenRegistry>().next_id(),
+        tokens,
+        links,
+        cdna: world.resource::<Cdna>().clone(),
+        cdna_history: world.resource::<CdnaHistory>().clone(),
+        rng: world.resource::<SimRng>().clone(),
+        counters,
+        digest,
+    }
+}
+
+/// Restores `snap` into a world that has the NeuroGraph resources and no tokens,
+/// then checks that the world's digest is the one recorded. On error the world may
+/// hold part of the snapshot; callers drop it.
+pub fn restore(world: &mut World, snap: &WorldSnapshot) -> Result<(), String> {
+    puffin::profile_function!();
+    if !world.resource::<TokenRegistry>().is_empty() {
+        return Err("the world already has tokens".into());
+    }
+    if snap.next_id.0 > MAX_NEXT_ID {
+        return Err(format!(
+            "next_id = {}: must be at most {MAX_NEXT_ID}",
+            snap.next_id.0
+        ));
+    }
+    let mut prev: Option<TokenId> = None;
+    for t in &snap.tokens {
+        if t.id >= snap.next_id || prev.is_some_and(|p| p >= t.id) {
+            return Err(format!(
+                "token id {} is out of order or not below next_id = {}",
+                t.id.0, snap.next_id.0
+            ));
+        }
+        prev = Some(t.id);
+    }
+    let bundles: Vec<TokenBundle> = snap
+        .tokens
+        .iter()
+        .map(|t| TokenBundle {
+            id: t.id,
+            position: Position(t.position),
+            velocity: Velocity(t.velocity),
+            charge: Charge(t.charge),
+            mass: Mass(t.mass),
+            field: Field {
+                radius: t.radius,
+                strength: t.strength,
+            },
+            kind: t.kind,
+            level: Level(t.level),
+        })
+        .collect();
+    let entities: Vec<Entity> = world.spawn_batch(bundles).collect();
+    let registry =
+        TokenRegistry::restore(snap.next_id, snap.tokens.iter().map(|t| t.id).zip(entities));
+    let mut graph = LinkGraph::default();
+    for &(a, b, spec) in &snap.links {
+        if a >= b || !registry.contains(a) || !registry.contains(b) {
+            return Err(format!(
+                "link {a}–{b} does not join two live tokens in order"
+            ));
+        }
+        if graph.get(a, b).is_some() {
+            return Err(format!("link {a}–{b} appears twice"));
+        }
+        graph.insert(a, b, spec);
+    }
+    world.insert_resource(registry);
+    world.insert_resource(graph);
+    world.insert_resource(snap.cdna.clone());
+    world.insert_resource(snap.cdna_history.clone());
+    world.insert_resource(snap.rng.clone());
+    world.insert_resource(SimClock { tick: snap.tick });
+    world.insert_resource(SpatialDirty(true));
+    let c = &snap.counters;
+    if let Some(mut v) = world.get_resource_mut::<CdnaViolations>() {
+        for (slot, n) in v.total.iter_mut().zip(&c.violations) {
+            *slot = *n;
+        }
+    }
+    if let Some(mut s) = world.get_resource_mut::<IntegrateStats>() {
+        s.speed_limited = c.speed_limited;
+    }
+    let mut log = world.resource_mut::<CommandLog>();
+    log.applied_total = c.commands_applied;
+    log.rejected_total = c.commands_rejected;
+    log.quota_rejections = c.quota_rejections;
+    let got = state_digest(world);
+    if got.0 != snap.digest {
+        return Err(format!(
+            "the restored world's digest is {got}, the snapshot recorded {}",
+            StateDigest(snap.digest)
+        ));
+    }
+    Ok(())
+}
