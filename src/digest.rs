@@ -5,9 +5,10 @@
 
 use crate::cdna::Cdna;
 use crate::components::*;
+use crate::plugin::ComputePool;
 use crate::registry::{LinkGraph, SimClock, TokenRegistry};
 use bevy_ecs::prelude::*;
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 /// A state digest (xxh3-64), shown as 16 hex digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,50 +38,92 @@ type TokenRow<'a> = (
     &'a Level,
 );
 
-/// Bytes of one token in the digest: id, position, velocity, 4 scalars, kind, level.
-const TOKEN_BYTES: usize = 8 + 32 + 32 + 16 + 2;
-
-fn token_bytes(row: &TokenRow) -> [u8; TOKEN_BYTES] {
-    let (id, x, v, q, m, f, kind, level) = *row;
-    let mut b = [0u8; TOKEN_BYTES];
-    b[..8].copy_from_slice(&id.0.to_le_bytes());
-    let scalars = [q.0, m.0, f.radius, f.strength];
-    let floats =
-        x.0.to_array()
-            .into_iter()
-            .chain(v.0.to_array())
-            .chain(scalars);
-    for (k, c) in floats.enumerate() {
-        b[8 + 4 * k..12 + 4 * k].copy_from_slice(&c.to_bits().to_le_bytes());
-    }
-    b[TOKEN_BYTES - 2] = *kind as u8;
-    b[TOKEN_BYTES - 1] = level.0;
-    b
+/// One token as the digest sees it: the id, the bits of every float (position,
+/// velocity, charge, mass, radius, strength), kind and level, little-endian,
+/// zero-padded to 96 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct DigestRow {
+    id: u64,
+    floats: [u32; 20],
+    kind: u8,
+    level: u8,
+    pad: [u8; 6],
 }
 
+impl DigestRow {
+    #[inline]
+    fn new(row: &TokenRow) -> Self {
+        let (id, x, v, q, m, f, kind, level) = *row;
+        let mut floats = [0u32; 20];
+        let (a, b) = floats.split_at_mut(8);
+        let (b, c) = b.split_at_mut(8);
+        for (o, f) in a.iter_mut().zip(x.0.to_array()) {
+            *o = f.to_bits().to_le();
+        }
+        for (o, f) in b.iter_mut().zip(v.0.to_array()) {
+            *o = f.to_bits().to_le();
+        }
+        for (o, f) in c.iter_mut().zip([q.0, m.0, f.radius, f.strength]) {
+            *o = f.to_bits().to_le();
+        }
+        Self {
+            id: id.0.to_le(),
+            floats,
+            kind: *kind as u8,
+            level: level.0,
+            pad: [0; 6],
+        }
+    }
+}
+
+/// Tokens per independently hashed chunk.
+const CHUNK: usize = 8192;
+
 /// Computes the digest of `world`.
+///
+/// Each token is laid out as `TOKEN_BYTES` fixed bytes (id, the bits of every
+/// float, kind, level); the tokens, in id order, are cut into chunks of
+/// `CHUNK` tokens, each chunk is hashed with xxh3-64 (in parallel on the
+/// [`ComputePool`] when there is one), and the final hash covers a header (tick,
+/// next id, CDNA checksum, token count), the chunk hashes in order, and the links.
+/// The value depends only on the state, never on the thread count or the layout.
 pub fn state_digest(world: &mut World) -> StateDigest {
     let mut q = world.query::<TokenRow>();
-    let mut rows: Vec<TokenRow> = q.iter(world).collect();
-    rows.sort_unstable_by_key(|r| *r.0);
+    let mut rows: Vec<DigestRow> =
+        Vec::with_capacity(world.resource::<TokenRegistry>().len() as usize);
+    rows.extend(q.iter(world).map(|r| DigestRow::new(&r)));
+    if !rows.is_sorted_by_key(|r| r.id) {
+        rows.sort_unstable_by_key(|r| u64::from_le(r.id));
+    }
+    let hash = |c: &[DigestRow]| xxh3_64(bytemuck::cast_slice(c));
+    let chunks: Vec<u64> = match world.get_resource::<ComputePool>() {
+        Some(pool) if rows.len() > CHUNK => pool.0.install(|| {
+            use rayon::prelude::*;
+            rows.par_chunks(CHUNK).map(hash).collect()
+        }),
+        _ => rows.chunks(CHUNK).map(hash).collect(),
+    };
     let mut h = Xxh3::new();
-    h.update(b"neurograph-state-v1");
+    h.update(b"neurograph-state-v2");
     h.update(&world.resource::<SimClock>().tick.to_le_bytes());
     h.update(&world.resource::<TokenRegistry>().next_id().0.to_le_bytes());
     h.update(&world.resource::<Cdna>().checksum().to_le_bytes());
     h.update(&(rows.len() as u64).to_le_bytes());
-    for row in &rows {
-        h.update(&token_bytes(row));
+    for c in chunks {
+        h.update(&c.to_le_bytes());
     }
     let graph = world.resource::<LinkGraph>();
     h.update(&graph.len().to_le_bytes());
+    let mut links = Vec::with_capacity(graph.len() as usize * 29);
     for (&(a, b), l) in graph.iter() {
-        h.update(&a.0.to_le_bytes());
-        h.update(&b.0.to_le_bytes());
+        links.extend_from_slice(&a.0.to_le_bytes());
+        links.extend_from_slice(&b.0.to_le_bytes());
         for s in [l.weight, l.rigidity, l.rest_length] {
-            h.update(&s.to_bits().to_le_bytes());
+            links.extend_from_slice(&s.to_bits().to_le_bytes());
         }
-        h.update(&[l.kind as u8]);
+        links.push(l.kind as u8);
     }
+    h.update(&xxh3_64(&links).to_le_bytes());
     StateDigest(h.digest())
 }

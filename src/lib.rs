@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod benchmarks;
 pub mod cdna;
 pub mod commands;
 pub mod components;

@@ -35,6 +35,38 @@ enum Command {
     Recover(RecoverArgs),
     /// List a WAL's segments, snapshots and ticks (checks CRCs, replays nothing).
     Inspect(InspectArgs),
+    /// Side-by-side benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Tick time with no WAL and with the off, batched and sync policies, stepped
+    /// in turn on identical worlds; then the replay speed of the batched WAL.
+    Wal(WalBenchArgs),
+}
+
+#[derive(Args)]
+struct WalBenchArgs {
+    /// Scenario name.
+    #[arg(long, default_value = "uniform")]
+    scenario: String,
+    /// Tokens per world.
+    #[arg(long, default_value_t = 100_000)]
+    tokens: usize,
+    /// Ticks per variant.
+    #[arg(long, default_value_t = 40)]
+    ticks: u64,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Snapshot interval of the journaled variants.
+    #[arg(long, default_value_t = 100)]
+    snapshot_every: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -227,6 +259,37 @@ fn recover(args: RecoverArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn bench(cmd: BenchCommand) -> Result<(), String> {
+    match cmd {
+        BenchCommand::Wal(a) => {
+            let scratch =
+                std::env::temp_dir().join(format!("neurograph-bench-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&scratch);
+            let report = neurograph::benchmarks::wal_overhead(
+                &neurograph::benchmarks::WalBenchOptions {
+                    scenario: a.scenario,
+                    tokens: a.tokens,
+                    ticks: a.ticks.max(2),
+                    threads: a.threads,
+                    snapshot_every: a.snapshot_every,
+                },
+                &scratch,
+            );
+            let _ = std::fs::remove_dir_all(&scratch);
+            let report = report?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|e| e.to_string())?
+                );
+            } else {
+                println!("{}", report.to_text());
+            }
+            Ok(())
+        }
+    }
+}
+
 fn inspect(args: InspectArgs) -> Result<(), String> {
     let info = wal::inspect(&args.wal).map_err(|e| e.to_string())?;
     if args.json {
@@ -331,6 +394,7 @@ fn main() -> ExitCode {
         Command::Cdna(a) => cdna(a),
         Command::Recover(a) => recover(a),
         Command::Inspect(a) => inspect(a),
+        Command::Bench(b) => bench(b),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -201,3 +201,78 @@ fn bad_arguments_and_files_fail_cleanly() {
     assert_eq!(code, 2, "clap usage error");
     assert!(err.contains("invalid value 'many'"), "{err}");
 }
+
+#[test]
+fn wal_run_recover_inspect_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let w = wal.to_str().unwrap();
+    let base = ["run", "--tokens", "300", "--json", "--quiet", "--wal", w];
+    let (code, out, err) = run(&[
+        &base[..],
+        &[
+            "--ticks",
+            "30",
+            "--durability",
+            "sync",
+            "--snapshot-every",
+            "8",
+        ],
+    ]
+    .concat());
+    assert_eq!(code, 0, "{err}");
+    let j = last_json(&out);
+    for key in ["wal_bytes", "wal_fsyncs", "wal_records"] {
+        assert!(j[key].as_u64().unwrap() > 0, "{key} in {j}");
+    }
+    assert_eq!(j["wal_records"], 30);
+    assert_eq!(j["wal_durability"], "sync");
+    // Same digest as an unjournaled run.
+    let (_, plain, _) = run(&["run", "--tokens", "300", "--ticks", "30", "--json"]);
+    assert_eq!(j["digest"], last_json(&plain)["digest"]);
+
+    let (code, out, err) = run(&["recover", "--wal", w, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let r = last_json(&out);
+    for key in ["tick", "digest", "records_replayed", "bytes_dropped"] {
+        assert!(r.get(key).is_some(), "missing {key} in {r}");
+    }
+    assert_eq!(r["tick"], 30);
+    assert_eq!(r["digest"], j["digest"]);
+
+    let (code, out, err) = run(&["inspect", "--wal", w]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ticks 1..=30 journaled"), "{out}");
+    assert!(out.contains("snap-00000000000000000030.snap"), "{out}");
+
+    // The same job resumes; the summary says from where.
+    let (code, out, err) = run(&[&base[..], &["--ticks", "40"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let k = last_json(&out);
+    assert_eq!(
+        (k["start_tick"].as_u64(), k["ticks"].as_u64()),
+        (Some(30), Some(10))
+    );
+    let (_, plain, _) = run(&["run", "--tokens", "300", "--ticks", "40", "--json"]);
+    assert_eq!(k["digest"], last_json(&plain)["digest"]);
+
+    // Another job is refused, naming what differs; nothing changes on disk.
+    let (code, _, err) = run(&[
+        "run", "--tokens", "300", "--seed", "7", "--ticks", "50", "--wal", w,
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("seed: the WAL has 42, this run has 7"),
+        "{err}"
+    );
+    let (_, out, _) = run(&["recover", "--wal", w, "--json"]);
+    assert_eq!(last_json(&out)["tick"], 40);
+
+    // Bad values and missing WALs are clear errors.
+    let (code, _, err) = run(&["run", "--wal", w, "--durability", "sometimes"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown durability 'sometimes'"), "{err}");
+    let (code, _, err) = run(&["recover", "--wal", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a NeuroGraph WAL"), "{err}");
+}

@@ -1,0 +1,258 @@
+//! Side-by-side benchmarks behind `neurograph bench …`.
+//!
+//! `bench wal` builds one simulation per journaling variant (no WAL, `off`,
+//! `batched`, `sync`) from the same scenario and steps them in turn, tick by
+//! tick, rotating who goes first, so that every variant sees the same states and
+//! the same machine noise. Then it recovers the `batched` WAL from its first
+//! snapshot to time the replay.
+
+use crate::config::SimConfig;
+use crate::digest::state_digest;
+use crate::scenario::{self, ScenarioParams};
+use crate::sim::{SimSettings, Simulation};
+use crate::wal::{self, Durability, Manifest, RecoverOptions, WalOptions};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct WalBenchOptions {
+    /// Scenario name.
+    pub scenario: String,
+    /// Tokens.
+    pub tokens: usize,
+    /// Ticks per variant.
+    pub ticks: u64,
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+    /// Snapshot interval of the journaled variants.
+    pub snapshot_every: u64,
+}
+
+/// One variant's tick times.
+#[derive(Clone, Debug, Serialize)]
+pub struct VariantTimes {
+    /// `none`, `off`, `batched` or `sync`.
+    pub variant: String,
+    /// Mean tick seconds, first tick excluded.
+    pub mean_tick_s: f64,
+    /// Median tick seconds, first tick excluded.
+    pub median_tick_s: f64,
+    /// Mean tick time over the `none` variant's, minus one (0.03 = 3% slower).
+    pub overhead: f64,
+    /// Median over ticks of (this variant's tick time / the `none` variant's time
+    /// for the same tick) minus one: paired, so robust to the state's own variation.
+    pub paired_overhead: f64,
+    /// WAL bytes written.
+    pub wal_bytes: u64,
+    /// fsyncs.
+    pub wal_fsyncs: u64,
+    /// Final digest (all variants must agree).
+    pub digest: String,
+}
+
+/// The report of `bench wal`.
+#[derive(Clone, Debug, Serialize)]
+pub struct WalBenchReport {
+    /// Tokens.
+    pub tokens: u64,
+    /// Ticks per variant.
+    pub ticks: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// Per variant.
+    pub variants: Vec<VariantTimes>,
+    /// Median seconds of one state digest (part of every journaled tick).
+    pub digest_s: f64,
+    /// Median seconds to capture a snapshot of the world.
+    pub capture_s: f64,
+    /// Records replayed by recovery from the first snapshot.
+    pub replay_records: u64,
+    /// Replay throughput, ticks (= records) per second.
+    pub replay_ticks_per_s: f64,
+    /// The `batched` run's throughput, ticks per second, first tick included (the
+    /// replay's first tick is cold too), to compare with the replay.
+    pub run_ticks_per_s: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+/// Runs `bench wal` with WAL directories under `scratch`.
+pub fn wal_overhead(o: &WalBenchOptions, scratch: &Path) -> Result<WalBenchReport, String> {
+    let s = scenario::find(&o.scenario)?;
+    let config = SimConfig {
+        threads: o.threads,
+        ..Default::default()
+    };
+    let names = ["none", "off", "batched", "sync"];
+    let mut sims = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut sim = Simulation::new(SimSettings {
+            config: config.clone(),
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
+        s.spawn_into(
+            &mut sim,
+            &ScenarioParams {
+                tokens: o.tokens,
+                seed: 42,
+            },
+            crate::runner::SPAWN_BATCH,
+        )
+        .map_err(|e| e.to_string())?;
+        if i > 0 {
+            let durability: Durability = name.parse()?;
+            let manifest = Manifest {
+                format_version: wal::FORMAT_VERSION,
+                sim: config.clone(),
+                quotas: Default::default(),
+                run: [("bench".to_string(), name.to_string())].into(),
+            };
+            let opts = WalOptions {
+                durability,
+                snapshot_every: o.snapshot_every,
+                keep_snapshots: 1000,
+                ..Default::default()
+            };
+            wal::create(&scratch.join(name), &manifest, &mut sim, &opts)
+                .map_err(|e| e.to_string())?;
+        }
+        sims.push(sim);
+    }
+    let mut times = vec![Vec::new(); names.len()];
+    for t in 0..o.ticks {
+        for k in 0..names.len() {
+            let v = (k + t as usize) % names.len();
+            let start = Instant::now();
+            sims[v].step();
+            times[v].push(start.elapsed().as_secs_f64());
+        }
+    }
+    let mut stats = Vec::new();
+    for sim in &mut sims {
+        stats.push(wal::close(sim).map_err(|e| e.to_string())?);
+    }
+    // Steady state: the first tick (which builds every neighbour row) is left out.
+    let steady = |v: &[f64]| v.get(1..).unwrap_or(&[]).to_vec();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let base = mean(&steady(&times[0]));
+    let mut variants = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mean = mean(&steady(&times[i]));
+        variants.push(VariantTimes {
+            variant: name.to_string(),
+            mean_tick_s: mean,
+            median_tick_s: median(&mut steady(&times[i])),
+            overhead: if base > 0.0 { mean / base - 1.0 } else { 0.0 },
+            paired_overhead: median(
+                &mut steady(&times[i])
+                    .iter()
+                    .zip(steady(&times[0]))
+                    .map(|(t, b)| t / b - 1.0)
+                    .collect::<Vec<_>>(),
+            ),
+            wal_bytes: stats[i].bytes,
+            wal_fsyncs: stats[i].fsyncs,
+            digest: sims[i].digest().to_string(),
+        });
+    }
+    if variants.iter().any(|v| v.digest != variants[0].digest) {
+        return Err("the variants disagree on the final digest".into());
+    }
+    let mut digest_times: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            state_digest(sims[0].world_mut());
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    let mut capture_times: Vec<f64> = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            wal::capture(sims[0].world_mut(), None);
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    // Like the replay, this counts the cold first tick.
+    let run_ticks_per_s = times[2].len() as f64 / times[2].iter().sum::<f64>();
+    drop(sims);
+    // Replay everything after the first snapshot of the batched WAL.
+    let dir = scratch.join("batched");
+    let (_, snaps) = wal::writer::list_dir(&dir).map_err(|e| e.to_string())?;
+    for s in snaps.iter().skip(1) {
+        std::fs::remove_file(&s.path).map_err(|e| e.to_string())?;
+    }
+    let rec = wal::recover(
+        &dir,
+        &RecoverOptions {
+            threads: o.threads,
+            exclusive: false,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if rec.report.digest != variants[0].digest {
+        return Err("the replay does not reach the run's digest".into());
+    }
+    Ok(WalBenchReport {
+        tokens: o.tokens as u64,
+        ticks: o.ticks,
+        threads: rec.sim.threads(),
+        variants,
+        digest_s: median(&mut digest_times),
+        capture_s: median(&mut capture_times),
+        replay_records: rec.report.records_replayed,
+        replay_ticks_per_s: rec.report.replay_ticks_per_s,
+        run_ticks_per_s,
+    })
+}
+
+impl WalBenchReport {
+    /// A table for the terminal.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "WAL overhead: {} tokens, {} ticks per variant, {} threads (first tick excluded;\n  paired = median over ticks of the ratio to the same tick without a WAL)",
+            self.tokens, self.ticks, self.threads
+        );
+        let _ = writeln!(
+            s,
+            "  {:<8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7}",
+            "variant", "mean ms", "median ms", "overhead", "paired", "WAL MiB", "fsyncs"
+        );
+        for v in &self.variants {
+            let _ = writeln!(
+                s,
+                "  {:<8} {:>10.2} {:>10.2} {:>8.1}% {:>8.1}% {:>9.2} {:>7}",
+                v.variant,
+                v.mean_tick_s * 1e3,
+                v.median_tick_s * 1e3,
+                v.overhead * 100.0,
+                v.paired_overhead * 100.0,
+                v.wal_bytes as f64 / 1048576.0,
+                v.wal_fsyncs
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  state digest {:.2} ms, snapshot capture {:.2} ms",
+            self.digest_s * 1e3,
+            self.capture_s * 1e3
+        );
+        let _ = write!(
+            s,
+            "  replay: {} records at {:.1} ticks/s (the batched run: {:.1} ticks/s, ratio {:.2})",
+            self.replay_records,
+            self.replay_ticks_per_s,
+            self.run_ticks_per_s,
+            self.replay_ticks_per_s / self.run_ticks_per_s
+        );
+        s
+    }
+}
