@@ -55,6 +55,21 @@ impl DigestRow {
     #[inline]
     fn new(row: &TokenRow) -> Self {
         let (id, x, v, q, m, f, kind, level) = *row;
+        Self::from_parts(id, x, v, q, m, f, kind, level)
+    }
+
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn from_parts(
+        id: &TokenId,
+        x: &Position,
+        v: &Velocity,
+        q: &Charge,
+        m: &Mass,
+        f: &Field,
+        kind: &TokenKind,
+        level: &Level,
+    ) -> Self {
         let mut floats = [0u32; 20];
         let (a, b) = floats.split_at_mut(8);
         let (b, c) = b.split_at_mut(8);
@@ -80,6 +95,75 @@ impl DigestRow {
 /// Tokens per independently hashed chunk.
 const CHUNK: usize = 8192;
 
+fn hash_rows(rows: &[DigestRow]) -> u64 {
+    xxh3_64(bytemuck::cast_slice(rows))
+}
+
+/// Runs `f` on the pool when there is one and the work is worth splitting.
+fn maybe_parallel<R: Send>(
+    pool: Option<&rayon::ThreadPool>,
+    n: usize,
+    f: impl FnOnce(bool) -> R + Send,
+) -> R {
+    match pool {
+        Some(pool) if n > CHUNK => pool.install(|| f(true)),
+        _ => f(false),
+    }
+}
+
+/// The number of tokens and the hashes of their `CHUNK`-token chunks, in id order.
+fn token_chunk_hashes(world: &mut World, pool: Option<&rayon::ThreadPool>) -> (usize, Vec<u64>) {
+    use rayon::prelude::*;
+    let mut q = world.query::<TokenRow>();
+    // Fast path: all tokens in one table, already in id order (spawned in order,
+    // nothing despawned). Each chunk's rows are built in a small per-thread buffer
+    // that stays in cache and hashed at once: no large allocation, no sort.
+    if let Ok(mut tables) = q.contiguous_iter(world) {
+        let first = tables.next();
+        if tables.next().is_none() {
+            let Some((ids, xs, vs, qs, ms, fs, ks, ls)) = first else {
+                return (0, Vec::new());
+            };
+            if ids.is_sorted() {
+                let n = ids.len();
+                let chunk = |buf: &mut Vec<DigestRow>, c: usize| {
+                    buf.clear();
+                    buf.extend((c * CHUNK..((c + 1) * CHUNK).min(n)).map(|i| {
+                        DigestRow::from_parts(
+                            &ids[i], &xs[i], &vs[i], &qs[i], &ms[i], &fs[i], &ks[i], &ls[i],
+                        )
+                    }));
+                    hash_rows(buf)
+                };
+                let chunks = n.div_ceil(CHUNK);
+                let hashes = maybe_parallel(pool, n, |parallel| {
+                    if parallel {
+                        (0..chunks)
+                            .into_par_iter()
+                            .map_init(|| Vec::with_capacity(CHUNK), chunk)
+                            .collect()
+                    } else {
+                        let mut buf = Vec::with_capacity(CHUNK.min(n));
+                        (0..chunks).map(|c| chunk(&mut buf, c)).collect()
+                    }
+                });
+                return (n, hashes);
+            }
+        }
+    }
+    // General path: gather every row, sort by id, hash the chunks.
+    let mut rows: Vec<DigestRow> = q.iter(world).map(|r| DigestRow::new(&r)).collect();
+    rows.sort_unstable_by_key(|r| u64::from_le(r.id));
+    let hashes = maybe_parallel(pool, rows.len(), |parallel| {
+        if parallel {
+            rows.par_chunks(CHUNK).map(hash_rows).collect()
+        } else {
+            rows.chunks(CHUNK).map(hash_rows).collect()
+        }
+    });
+    (rows.len(), hashes)
+}
+
 /// Computes the digest of `world`.
 ///
 /// Each token is laid out as `TOKEN_BYTES` fixed bytes (id, the bits of every
@@ -89,27 +173,14 @@ const CHUNK: usize = 8192;
 /// next id, CDNA checksum, token count), the chunk hashes in order, and the links.
 /// The value depends only on the state, never on the thread count or the layout.
 pub fn state_digest(world: &mut World) -> StateDigest {
-    let mut q = world.query::<TokenRow>();
-    let mut rows: Vec<DigestRow> =
-        Vec::with_capacity(world.resource::<TokenRegistry>().len() as usize);
-    rows.extend(q.iter(world).map(|r| DigestRow::new(&r)));
-    if !rows.is_sorted_by_key(|r| r.id) {
-        rows.sort_unstable_by_key(|r| u64::from_le(r.id));
-    }
-    let hash = |c: &[DigestRow]| xxh3_64(bytemuck::cast_slice(c));
-    let chunks: Vec<u64> = match world.get_resource::<ComputePool>() {
-        Some(pool) if rows.len() > CHUNK => pool.0.install(|| {
-            use rayon::prelude::*;
-            rows.par_chunks(CHUNK).map(hash).collect()
-        }),
-        _ => rows.chunks(CHUNK).map(hash).collect(),
-    };
+    let pool = world.get_resource::<ComputePool>().map(|p| p.0.clone());
+    let (count, chunks) = token_chunk_hashes(world, pool.as_deref());
     let mut h = Xxh3::new();
     h.update(b"neurograph-state-v2");
     h.update(&world.resource::<SimClock>().tick.to_le_bytes());
     h.update(&world.resource::<TokenRegistry>().next_id().0.to_le_bytes());
     h.update(&world.resource::<Cdna>().checksum().to_le_bytes());
-    h.update(&(rows.len() as u64).to_le_bytes());
+    h.update(&(count as u64).to_le_bytes());
     for c in chunks {
         h.update(&c.to_le_bytes());
     }
@@ -126,4 +197,81 @@ pub fn state_digest(world: &mut World) -> StateDigest {
     }
     h.update(&xxh3_64(&links).to_le_bytes());
     StateDigest(h.digest())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::math::Vec8;
+    use crate::plugin::ComputePool;
+
+    fn bundle(i: u64) -> TokenBundle {
+        let f = i as f32;
+        TokenSpec::at(Vec8::from_array([
+            f,
+            -f,
+            0.5 * f,
+            1.0,
+            2.0,
+            3.0,
+            4.0,
+            f * f,
+        ]))
+        .with_velocity(Vec8::splat(f * 1e-3))
+        .with_charge((i % 7) as f32 / 7.0)
+        .bundle(TokenId(i))
+    }
+
+    #[derive(Component)]
+    struct Marker;
+
+    /// A world holding tokens `0..n` spawned in `order`, `marked` of them with an
+    /// extra component (so in a second table), with or without a compute pool.
+    fn world(n: u64, order: &[u64], marked: &[u64], pool: bool) -> World {
+        let mut w = World::new();
+        w.insert_resource(SimClock { tick: 9 });
+        w.insert_resource(Cdna::default());
+        w.insert_resource(LinkGraph::default());
+        let mut live = Vec::new();
+        for &i in order {
+            let e = if marked.contains(&i) {
+                w.spawn((bundle(i), Marker)).id()
+            } else {
+                w.spawn(bundle(i)).id()
+            };
+            live.push((TokenId(i), e));
+        }
+        live.sort();
+        w.insert_resource(TokenRegistry::restore(TokenId(n), live));
+        if pool {
+            w.insert_resource(ComputePool::new(2).unwrap());
+        }
+        w
+    }
+
+    #[test]
+    fn the_fast_and_general_paths_agree_whatever_the_layout_and_threads() {
+        let n = 3 * CHUNK as u64 + 123;
+        let ordered: Vec<u64> = (0..n).collect();
+        let mut shuffled = ordered.clone();
+        shuffled.reverse();
+        shuffled.swap(5, 9000);
+        let want = state_digest(&mut world(n, &ordered, &[], false));
+        assert_eq!(state_digest(&mut world(n, &ordered, &[], true)), want);
+        assert_eq!(state_digest(&mut world(n, &shuffled, &[], true)), want);
+        assert_eq!(state_digest(&mut world(n, &shuffled, &[], false)), want);
+        assert_eq!(
+            state_digest(&mut world(n, &ordered, &[3, 4000, n - 1], true)),
+            want
+        );
+        // And it sees a single bit of a single token.
+        let mut w = world(n, &ordered, &[], true);
+        let mut q = w.query::<(&TokenId, &mut Velocity)>();
+        for (id, mut v) in q.iter_mut(&mut w) {
+            if id.0 == 20_000 {
+                v.0[3] = f32::from_bits(v.0[3].to_bits() ^ 1);
+            }
+        }
+        assert_ne!(state_digest(&mut w), want);
+    }
 }

@@ -275,4 +275,8 @@ fn wal_run_recover_inspect_and_resume() {
     let (code, _, err) = run(&["recover", "--wal", dir.path().to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("not a NeuroGraph WAL"), "{err}");
+    // A directory with other files is not taken over.
+    let (code, _, err) = run(&["run", "--ticks", "1", "--wal", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not empty and holds no WAL"), "{err}");
 }

@@ -441,10 +441,18 @@ fn one_writer_at_a_time() {
     .unwrap();
     sim.step();
     assert!(matches!(recover(dir.path()), Err(WalError::Locked(_))));
+    let resume = RecoverOptions {
+        threads: 1,
+        exclusive: true,
+    };
+    assert!(matches!(
+        wal::recover(dir.path(), &resume),
+        Err(WalError::Locked(_))
+    ));
     let mut other = seeded_sim();
     assert!(matches!(
         wal::create(dir.path(), &manifest(), &mut other, &WalOptions::default()),
-        Err(WalError::Locked(_))
+        Err(WalError::Exists(_))
     ));
     wal::close(&mut sim).unwrap();
     drop(sim);

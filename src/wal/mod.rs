@@ -47,6 +47,14 @@ pub enum WalError {
     /// The directory holds a WAL already (when creating one).
     #[error("{}: holds a WAL already", .0.display())]
     Exists(PathBuf),
+    /// The directory holds files that are not part of a WAL.
+    #[error("{}: not empty and holds no WAL (found {found}); give a new or empty directory", dir.display())]
+    NotEmpty {
+        /// The directory.
+        dir: PathBuf,
+        /// One of the foreign entries.
+        found: String,
+    },
     /// Another process is writing this WAL.
     #[error("{}: in use by another process (its LOCK is held)", .0.display())]
     Locked(PathBuf),
@@ -416,12 +424,35 @@ pub fn create(
         path: dir.to_path_buf(),
         source: e,
     })?;
+    if exists(dir) {
+        return Err(WalError::Exists(dir.to_path_buf()));
+    }
+    let (segments, snapshots) = list_dir(dir)?;
+    for entry in std::fs::read_dir(dir).map_err(|e| WalError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })? {
+        let path = entry
+            .map_err(|e| WalError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?
+            .path();
+        let ours = path.file_name().and_then(|n| n.to_str()) == Some(LOCK)
+            || path.extension().is_some_and(|e| e == "tmp")
+            || segments.iter().chain(&snapshots).any(|f| f.path == path);
+        if !ours {
+            return Err(WalError::NotEmpty {
+                dir: dir.to_path_buf(),
+                found: path.display().to_string(),
+            });
+        }
+    }
     let lock = DirLock::exclusive(dir)?;
     if exists(dir) {
         return Err(WalError::Exists(dir.to_path_buf()));
     }
     // Leftovers of a creation that crashed before its manifest was written.
-    let (segments, snapshots) = list_dir(dir)?;
     for f in segments.iter().chain(&snapshots) {
         std::fs::remove_file(&f.path).map_err(|e| WalError::Io {
             path: f.path.clone(),
