@@ -1,12 +1,13 @@
 //! The state digest: one 64-bit hash of everything that defines the simulation's
 //! future — tick, every token's id and components (exact bits), every link, the
-//! next id and the CDNA checksum — taken in id order, so it does not depend on
+//! next id, the CDNA checksum and those of its history, and the RNG state — taken
+//! in id order, so it does not depend on
 //! entity ids, table order or thread count. The WAL checks replays against it.
 
-use crate::cdna::Cdna;
+use crate::cdna::{Cdna, CdnaHistory};
 use crate::components::*;
 use crate::plugin::ComputePool;
-use crate::registry::{LinkGraph, SimClock, TokenRegistry};
+use crate::registry::{LinkGraph, SimClock, SimRng, TokenRegistry};
 use bevy_ecs::prelude::*;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
@@ -184,6 +185,18 @@ pub fn state_digest(world: &mut World) -> StateDigest {
     for c in chunks {
         h.update(&c.to_le_bytes());
     }
+    // What a revert would restore, and the random stream.
+    if let Some(history) = world.get_resource::<CdnaHistory>() {
+        h.update(&(history.previous.len() as u64).to_le_bytes());
+        for c in &history.previous {
+            h.update(&c.checksum().to_le_bytes());
+        }
+    }
+    if let Some(rng) = world.get_resource::<SimRng>() {
+        h.update(&rng.0.get_seed());
+        h.update(&rng.0.get_stream().to_le_bytes());
+        h.update(&rng.0.get_word_pos().to_le_bytes());
+    }
     let graph = world.resource::<LinkGraph>();
     h.update(&graph.len().to_le_bytes());
     let mut links = Vec::with_capacity(graph.len() as usize * 29);
@@ -242,7 +255,7 @@ mod tests {
             live.push((TokenId(i), e));
         }
         live.sort();
-        w.insert_resource(TokenRegistry::restore(TokenId(n), live));
+        w.insert_resource(TokenRegistry::restore(TokenId(n), live).unwrap());
         if pool {
             w.insert_resource(ComputePool::new(2).unwrap());
         }

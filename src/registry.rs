@@ -66,14 +66,28 @@ impl TokenRegistry {
 
     /// Rebuilds the table from live `(id, entity)` pairs (ids increasing, below
     /// `next_id`); ids in between are dead. Used when restoring a snapshot.
-    pub fn restore(next_id: TokenId, live: impl IntoIterator<Item = (TokenId, Entity)>) -> Self {
-        let mut slots = vec![None; next_id.0 as usize];
+    /// Fails if the table cannot be allocated or an id is not below `next_id`.
+    pub fn restore(
+        next_id: TokenId,
+        live: impl IntoIterator<Item = (TokenId, Entity)>,
+    ) -> Result<Self, String> {
+        let n =
+            usize::try_from(next_id.0).map_err(|_| format!("next_id {next_id} is too large"))?;
+        let mut slots = Vec::new();
+        slots
+            .try_reserve_exact(n)
+            .map_err(|e| format!("next_id {next_id}: cannot allocate the id table: {e}"))?;
+        slots.resize(n, None);
         let mut count = 0;
         for (id, e) in live {
-            slots[id.0 as usize] = Some(e);
+            let slot = usize::try_from(id.0)
+                .ok()
+                .and_then(|i| slots.get_mut(i))
+                .ok_or_else(|| format!("token id {id} is not below next_id {next_id}"))?;
+            *slot = Some(e);
             count += 1;
         }
-        Self { slots, live: count }
+        Ok(Self { slots, live: count })
     }
 
     /// Live (id, entity) pairs in id order.
@@ -187,9 +201,10 @@ pub struct SimClock {
     pub tick: u64,
 }
 
-/// The world's random number generator (ChaCha8, seeded from the run seed). Its
-/// whole state is saved in snapshots, so anything that draws from it replays
-/// exactly. No stage of the tick draws from it yet.
+/// The world's random number generator (ChaCha8; seeded with 0 by default, and
+/// with the run seed by `neurograph run`). Its whole state is in snapshots and in
+/// the state digest, so anything that draws from it replays exactly. No stage of
+/// the tick draws from it yet.
 #[derive(Resource, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SimRng(pub rand_chacha::ChaCha8Rng);
 

@@ -346,6 +346,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
                 cdna: cdna.clone(),
                 quotas: c.quotas.clone(),
             })?;
+            sim.world_mut()
+                .insert_resource(crate::registry::SimRng::seeded(seed));
             if wal_dir.is_some() {
                 c.wal.validate().map_err(RunError::Config)?;
             }

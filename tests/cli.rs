@@ -226,6 +226,8 @@ fn wal_run_recover_inspect_and_resume() {
         assert!(j[key].as_u64().unwrap() > 0, "{key} in {j}");
     }
     assert_eq!(j["wal_records"], 30);
+    // `sync`: one fsync per record at least.
+    assert!(j["wal_fsyncs"].as_u64().unwrap() >= 30, "{j}");
     assert_eq!(j["wal_durability"], "sync");
     // Same digest as an unjournaled run.
     let (_, plain, _) = run(&["run", "--tokens", "300", "--ticks", "30", "--json"]);

@@ -174,9 +174,21 @@ fn recovery_replays_every_command_kind_and_matches_the_live_run() {
     let want = reference(12);
     for durability in [Durability::Sync, Durability::Batched, Durability::Off] {
         let dir = tempfile::tempdir().unwrap();
-        journaled_run(dir.path(), 12, &opts(durability, 5));
+        let o = WalOptions {
+            keep_snapshots: 10,
+            ..opts(durability, 5)
+        };
+        journaled_run(dir.path(), 12, &o);
         let rec = recover(dir.path()).unwrap();
         assert_eq!(rec.report.tick, 12, "{durability:?}");
+        assert_eq!(rec.report.records_replayed, 0, "from the final snapshot");
+        assert_eq!(rec.report.digest, want[12].to_string(), "{durability:?}");
+        // Every record of every policy replays from the first snapshot.
+        for s in files(dir.path(), "snap-").into_iter().skip(1) {
+            std::fs::remove_file(s).unwrap();
+        }
+        let rec = recover(dir.path()).unwrap();
+        assert_eq!(rec.report.records_replayed, 12, "{durability:?}");
         assert_eq!(rec.report.digest, want[12].to_string(), "{durability:?}");
         assert_eq!(rec.report.bytes_dropped, 0);
     }
@@ -580,4 +592,155 @@ proptest! {
         prop_assert_eq!(scan.valid_len, end);
         prop_assert_eq!(scan.damage.map(|d| d.offset), Some(end));
     }
+}
+
+#[test]
+fn recovery_builds_the_world_with_the_snapshot_constitution() {
+    // dt = 0.8 is valid with damping 1.0 (damping × dt ≤ 1) but not with the
+    // default damping 2.0: recovery must not validate against the default.
+    let mut cdna = Cdna::default();
+    cdna.physics.damping = 1.0;
+    let config = SimConfig {
+        dt: 0.8,
+        threads: 1,
+        ..Default::default()
+    };
+    let mut sim = Simulation::new(SimSettings {
+        config: config.clone(),
+        cdna,
+        ..Default::default()
+    })
+    .unwrap();
+    sim.spawn_batch(
+        (0..10)
+            .map(|i| TokenSpec::at(Vec8::splat(i as f32 * 0.3)))
+            .collect(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manifest {
+        sim: config,
+        ..manifest()
+    };
+    wal::create(dir.path(), &m, &mut sim, &opts(Durability::Sync, 0)).unwrap();
+    sim.run(5);
+    let want = sim.digest();
+    wal::close(&mut sim).unwrap();
+    let rec = recover(dir.path()).unwrap();
+    assert_eq!(
+        (rec.report.tick, rec.report.digest.clone()),
+        (5, want.to_string())
+    );
+}
+
+#[test]
+fn a_log_that_stops_before_the_snapshot_or_a_renamed_snapshot_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = WalOptions {
+        segment_bytes: 4096,
+        keep_snapshots: 10,
+        ..opts(Durability::Batched, 100)
+    };
+    journaled_run(dir.path(), 400, &o);
+    let want = reference(400);
+    // A snapshot renamed to a later tick is refused; recovery falls back.
+    let snaps = files(dir.path(), "snap-");
+    let newest = snaps.last().unwrap().clone();
+    let renamed = dir.path().join(format!("snap-{:020}.snap", 450));
+    std::fs::rename(&newest, &renamed).unwrap();
+    let rec = recover(dir.path()).unwrap();
+    assert_eq!(rec.report.snapshot_tick, 300);
+    assert!(rec.report.snapshots_skipped[0].contains("the file name says 450"));
+    assert_eq!(rec.report.digest, want[400].to_string());
+    std::fs::rename(&renamed, &newest).unwrap();
+    // The last segment deleted: the log ends before the newest snapshot.
+    let last = files(dir.path(), "wal-").pop().unwrap();
+    std::fs::remove_file(&last).unwrap();
+    match recover(dir.path()) {
+        Err(WalError::LogBehindSnapshot {
+            snapshot_tick: 400,
+            last_record,
+            ..
+        }) => assert!(last_record < 400),
+        other => panic!("{:?}", other.map(|r| r.report)),
+    }
+}
+
+#[test]
+fn close_never_snapshots_unjournaled_commands() {
+    let want = reference(6);
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = seeded_sim();
+    wal::create(
+        dir.path(),
+        &manifest(),
+        &mut sim,
+        &opts(Durability::Sync, 0),
+    )
+    .unwrap();
+    for t in 1..=6 {
+        script(&mut sim, t);
+        sim.step();
+    }
+    sim.apply(SimCommand::Despawn(TokenId(9))).unwrap();
+    sim.submit(SimCommand::Despawn(TokenId(10)));
+    match wal::close(&mut sim) {
+        Err(
+            e @ WalError::Unjournaled {
+                tick: 6,
+                applied: 1,
+                queued: 1,
+            },
+        ) => assert!(e.to_string().contains("are not in it")),
+        other => panic!("{other:?}"),
+    }
+    drop(sim);
+    // The WAL holds exactly the six journaled ticks.
+    assert_eq!(files(dir.path(), "snap-").len(), 1);
+    let rec = recover(dir.path()).unwrap();
+    assert_eq!(rec.report.tick, 6);
+    assert_eq!(rec.report.digest, want[6].to_string());
+}
+
+#[test]
+fn resume_sets_refused_snapshots_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = WalOptions {
+        keep_snapshots: 2,
+        ..opts(Durability::Sync, 4)
+    };
+    journaled_run(dir.path(), 12, &o);
+    let snaps = files(dir.path(), "snap-");
+    assert_eq!(snaps.len(), 2); // ticks 8 and 12
+    std::fs::write(&snaps[1], b"damaged").unwrap();
+    let rec = wal::recover(
+        dir.path(),
+        &RecoverOptions {
+            threads: 1,
+            exclusive: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(rec.report.snapshot_tick, 8);
+    let mut sim = wal::resume(rec, &o).unwrap();
+    for t in 13..=16 {
+        script(&mut sim, t);
+        sim.step();
+    }
+    wal::close(&mut sim).unwrap();
+    drop(sim);
+    let bad = dir.path().join(format!("snap-{:020}.snap.bad", 12));
+    assert!(bad.exists(), "the refused snapshot is kept aside");
+    let names: Vec<String> = files(dir.path(), "snap-")
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.contains(&format!("snap-{:020}.snap", 16)),
+        "{names:?}"
+    );
+    assert_eq!(
+        recover(dir.path()).unwrap().report.digest,
+        reference(16)[16].to_string()
+    );
 }

@@ -342,6 +342,11 @@ pub fn scan_records(seg: &[u8]) -> SegmentRecords<'_> {
     }
 }
 
+/// Whether any record after the segment header decodes.
+pub fn has_valid_record(seg: &[u8]) -> bool {
+    find_valid_record(seg, SEGMENT_HEADER_LEN.min(seg.len())).is_some()
+}
+
 /// The offset of the first frame at or after `from` that decodes.
 fn find_valid_record(seg: &[u8], from: usize) -> Option<usize> {
     let mut at = from;

@@ -137,6 +137,30 @@ pub enum WalError {
         /// The tick found.
         found: u64,
     },
+    /// The log ends before the snapshot recovery starts from: a segment after it
+    /// is missing.
+    #[error("{}: the log ends at tick {last_record} but the snapshot is of tick {snapshot_tick}: a segment is missing", dir.display())]
+    LogBehindSnapshot {
+        /// The directory.
+        dir: PathBuf,
+        /// The snapshot's tick.
+        snapshot_tick: u64,
+        /// The last tick found in the log (0: none).
+        last_record: u64,
+    },
+    /// `close` found commands applied or queued after the last journaled tick;
+    /// the WAL was closed without them (and without a final snapshot holding them).
+    #[error(
+        "the WAL was closed, but {applied} commands applied and {queued} queued after tick {tick} are not in it"
+    )]
+    Unjournaled {
+        /// The last journaled tick.
+        tick: u64,
+        /// Commands applied since that tick.
+        applied: usize,
+        /// Commands queued for the next tick.
+        queued: usize,
+    },
     /// No snapshot could be loaded.
     #[error("{}: no usable snapshot ({})", dir.display(), if tried.is_empty() { "there is none".to_string() } else { tried.join("; ") })]
     NoSnapshot {
@@ -388,14 +412,18 @@ pub fn encode_tick(
     Ok(frame)
 }
 
-fn attach(
-    sim: &mut Simulation,
-    dir: &Path,
-    lock: DirLock,
-    opts: &WalOptions,
-) -> Result<(), WalError> {
+/// The first tick a writer appends after `tick`.
+fn next_tick(tick: u64) -> Result<u64, WalError> {
+    tick.checked_add(1)
+        .filter(|&t| t <= MAX_TICK)
+        .ok_or_else(|| WalError::Options(format!("tick {tick} is past the limit {MAX_TICK}")))
+}
+
+/// The largest tick a WAL holds.
+pub const MAX_TICK: u64 = 1 << 62;
+
+fn attach(sim: &mut Simulation, writer: WalWriter, lock: DirLock, opts: &WalOptions) {
     let tick = sim.tick();
-    let writer = WalWriter::start(dir, tick + 1, opts)?;
     let world = sim.world_mut();
     let mut log = world.resource_mut::<CommandLog>();
     log.record = true;
@@ -407,7 +435,6 @@ fn attach(
         failure: None,
         _lock: lock,
     });
-    Ok(())
 }
 
 /// Creates a WAL in `dir` (created if missing; it must not hold a WAL) for `sim`:
@@ -465,32 +492,51 @@ pub fn create(
         &writer::snapshot_name(snap.tick),
         &writer::encode_snapshot(&snap)?,
     )?;
-    // The manifest comes last: a directory with a manifest always has a snapshot.
+    let writer = WalWriter::start(dir, next_tick(snap.tick)?, opts)?;
+    // The manifest comes last: a directory with a manifest always has a snapshot
+    // and the segment after it.
     let json = serde_json::to_vec_pretty(manifest).map_err(|e| WalError::Encode(e.to_string()))?;
     write_atomic(dir, MANIFEST, &json)?;
-    attach(sim, dir, lock, opts)
+    attach(sim, writer, lock, opts);
+    Ok(())
 }
 
-/// Writes a final snapshot (when the state moved since the last one), flushes
-/// everything and detaches the journal. Returns the writer's counters.
+/// Writes a final snapshot of the state after the last journaled tick (when it
+/// is newer than the last snapshot), flushes everything and detaches the journal.
+/// Returns the writer's counters.
+///
+/// Commands applied or queued after the last tick are not journaled (the WAL
+/// holds ticks): the WAL is still closed cleanly, without them and without a
+/// snapshot, and the result is [`WalError::Unjournaled`].
 pub fn close(sim: &mut Simulation) -> Result<WalStats, WalError> {
     let world = sim.world_mut();
     let Some(mut j) = world.remove_resource::<Journal>() else {
         return Ok(WalStats::default());
     };
-    world.resource_mut::<CommandLog>().record = false;
+    let mut log = world.resource_mut::<CommandLog>();
+    log.record = false;
+    let applied = std::mem::take(&mut log.applied).len();
     if let Some(f) = j.failure.take() {
         return Err(WalError::WriterFailed(f));
     }
+    let queued = world.resource::<crate::commands::CommandQueue>().len();
     let tick = world.resource::<crate::registry::SimClock>().tick;
-    let pending = !world.resource::<CommandLog>().applied.is_empty();
-    let snap = (tick != j.last_snapshot || pending).then(|| capture(world, None));
-    if let Some(s) = snap {
-        j.writer.snapshot(s)?;
+    let clean = applied == 0 && queued == 0;
+    if clean && tick != j.last_snapshot {
+        j.writer.snapshot(capture(world, None))?;
     }
     j.writer.flush()?;
     let Journal { writer, .. } = j;
-    writer.close()
+    let stats = writer.close()?;
+    if clean {
+        Ok(stats)
+    } else {
+        Err(WalError::Unjournaled {
+            tick,
+            applied,
+            queued,
+        })
+    }
 }
 
 /// What recovery found and did.
@@ -545,6 +591,11 @@ pub struct Recovery {
     dir: PathBuf,
     fix: TailFix,
     lock: DirLock,
+    exclusive: bool,
+    /// The last segment read (to fsync before appending after it).
+    last_segment: Option<PathBuf>,
+    /// Snapshots refused (renamed `*.bad` by [`resume`], out of retention's way).
+    refused: Vec<PathBuf>,
 }
 
 /// Settings of a recovery.
@@ -567,9 +618,19 @@ fn settings(manifest: &Manifest, threads: usize) -> SimSettings {
     }
 }
 
-fn load_snapshot(path: &Path, manifest: &Manifest, threads: usize) -> Result<Simulation, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+fn load_snapshot(
+    file: &WalFile,
+    manifest: &Manifest,
+    threads: usize,
+) -> Result<Simulation, String> {
+    let bytes = std::fs::read(&file.path).map_err(|e| e.to_string())?;
     let (tick, payload) = format::decode_snapshot_file(&bytes)?;
+    if tick != file.tick || tick > MAX_TICK {
+        return Err(format!(
+            "the header says tick {tick}, the file name says {} (limit {MAX_TICK})",
+            file.tick
+        ));
+    }
     let snap: WorldSnapshot =
         rmp_serde::from_slice(payload).map_err(|e| format!("payload does not decode: {e}"))?;
     if snap.tick != tick {
@@ -578,7 +639,10 @@ fn load_snapshot(path: &Path, manifest: &Manifest, threads: usize) -> Result<Sim
             snap.tick
         ));
     }
-    let mut sim = Simulation::new(settings(manifest, threads)).map_err(|e| e.to_string())?;
+    // The world is built with the snapshot's own constitution.
+    let mut s = settings(manifest, threads);
+    s.cdna = snap.cdna.clone();
+    let mut sim = Simulation::new(s).map_err(|e| e.to_string())?;
     restore(sim.world_mut(), &snap)?;
     Ok(sim)
 }
@@ -624,16 +688,20 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
 
     let restore_start = Instant::now();
     let mut sim = None;
+    let mut refused = Vec::new();
     for snap in snapshots.iter().rev() {
-        match load_snapshot(&snap.path, &manifest, opts.threads) {
+        match load_snapshot(snap, &manifest, opts.threads) {
             Ok(s) => {
                 report.snapshot_tick = snap.tick;
                 sim = Some(s);
                 break;
             }
-            Err(reason) => report
-                .snapshots_skipped
-                .push(format!("{}: {reason}", snap.path.display())),
+            Err(reason) => {
+                report
+                    .snapshots_skipped
+                    .push(format!("{}: {reason}", snap.path.display()));
+                refused.push(snap.path.clone());
+            }
         }
     }
     let Some(mut sim) = sim else {
@@ -646,14 +714,19 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
     sim.world_mut().resource_mut::<CommandLog>().record = false;
 
     let base = report.snapshot_tick;
+    let after_base = next_tick(base)?;
     // Segments whose successor starts at or before base + 1 hold nothing after base.
     let first_needed = segments
         .windows(2)
-        .position(|w| w[1].tick > base + 1)
+        .position(|w| w[1].tick > after_base)
         .unwrap_or(segments.len().saturating_sub(1));
     let needed: &[WalFile] = segments.get(first_needed..).unwrap_or(&[]);
     let mut fix = TailFix::None;
-    let mut expected = base + 1;
+    let mut expected = after_base;
+    // The log must reach the snapshot: a record of its tick or later, or a
+    // segment that starts right after it.
+    let mut reaches_base = needed.iter().any(|s| s.tick == after_base);
+    let mut last_record = 0;
     let replay_start = Instant::now();
     for (i, seg) in needed.iter().enumerate() {
         let last = i + 1 == needed.len();
@@ -661,11 +734,16 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
         report.segments_read += 1;
         let first_tick = match format::decode_segment_header(&bytes) {
             Ok(t) => t,
-            Err(HeaderError::Short(n)) if last => {
-                report.bytes_dropped += n as u64;
+            // A last segment whose header never fully reached the disk, and
+            // which holds no record: a torn creation.
+            Err(e @ (HeaderError::Short(_) | HeaderError::Crc | HeaderError::Magic))
+                if last && !format::has_valid_record(&bytes) =>
+            {
+                report.bytes_dropped += bytes.len() as u64;
                 report.tail = Some(format!(
-                    "{}: segment header torn after {n} bytes",
-                    seg.path.display()
+                    "{}: segment header torn ({}), no record after it",
+                    seg.path.display(),
+                    header_error(&seg.path, e)
                 ));
                 fix = TailFix::Delete(seg.path.clone());
                 break;
@@ -693,6 +771,10 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
             });
         }
         for r in &scan.records {
+            last_record = last_record.max(r.tick);
+            if r.tick >= base {
+                reaches_base = true;
+            }
             if r.tick <= base {
                 continue;
             }
@@ -741,6 +823,13 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
             fix = TailFix::Delete(seg.path.clone());
         }
     }
+    if !reaches_base {
+        return Err(WalError::LogBehindSnapshot {
+            dir: dir.to_path_buf(),
+            snapshot_tick: base,
+            last_record,
+        });
+    }
     report.replay_seconds = replay_start.elapsed().as_secs_f64();
     if report.replay_seconds > 0.0 {
         report.replay_ticks_per_s = report.records_replayed as f64 / report.replay_seconds;
@@ -756,6 +845,9 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
         dir: dir.to_path_buf(),
         fix,
         lock,
+        exclusive: opts.exclusive,
+        last_segment: needed.last().map(|s| s.path.clone()),
+        refused,
     })
 }
 
@@ -790,8 +882,24 @@ pub fn resume(rec: Recovery, opts: &WalOptions) -> Result<Simulation, WalError> 
         dir,
         fix,
         lock,
+        exclusive,
+        last_segment,
+        refused,
+        report,
         ..
     } = rec;
+    if !exclusive {
+        return Err(WalError::Options(
+            "resume needs a recovery made with RecoverOptions::exclusive".into(),
+        ));
+    }
+    if sim.tick() != report.tick {
+        return Err(WalError::Options(format!(
+            "the recovered simulation moved from tick {} to {} before resume",
+            report.tick,
+            sim.tick()
+        )));
+    }
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |e| WalError::Io { path, source: e }
@@ -804,6 +912,19 @@ pub fn resume(rec: Recovery, opts: &WalOptions) -> Result<Simulation, WalError> 
             f.sync_all().map_err(io(path))?;
         }
         TailFix::Delete(path) => std::fs::remove_file(path).map_err(io(path))?,
+    }
+    // What was replayed may still be only in the page cache (batched, off, or a
+    // killed writer): it reaches the disk before anything is appended after it.
+    if let Some(path) = last_segment.filter(|p| p.exists()) {
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&path))?;
+    }
+    // Refused snapshots are kept for inspection but out of retention's count.
+    for path in &refused {
+        let mut bad = path.clone().into_os_string();
+        bad.push(".bad");
+        std::fs::rename(path, &bad).map_err(io(path))?;
     }
     for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
         let path = entry.map_err(io(&dir))?.path();
@@ -818,7 +939,8 @@ pub fn resume(rec: Recovery, opts: &WalOptions) -> Result<Simulation, WalError> 
         std::fs::remove_file(&s.path).map_err(io(&s.path))?;
     }
     sync_dir(&dir)?;
-    attach(&mut sim, &dir, lock, opts)?;
+    let writer = WalWriter::start(&dir, next_tick(sim.tick())?, opts)?;
+    attach(&mut sim, writer, lock, opts);
     Ok(sim)
 }
 

@@ -73,8 +73,10 @@ pub struct WorldSnapshot {
     pub digest: u64,
 }
 
-/// The largest `next_id` a snapshot may claim (the id table is a vector).
-pub const MAX_NEXT_ID: u64 = 1 << 36;
+/// The largest `next_id` a snapshot may claim: the id table is a vector of 8-byte
+/// slots, so this bounds it to 8 GiB (ids are never reused; live tokens are
+/// bounded by the quotas, ids ever spawned by this).
+pub const MAX_NEXT_ID: u64 = 1 << 30;
 
 /// Captures `world`; `digest` is its current [`state_digest`] (the journal has it
 /// already; pass `None` to compute it).
@@ -180,7 +182,7 @@ pub fn restore(world: &mut World, snap: &WorldSnapshot) -> Result<(), String> {
         .collect();
     let entities: Vec<Entity> = world.spawn_batch(bundles).collect();
     let registry =
-        TokenRegistry::restore(snap.next_id, snap.tokens.iter().map(|t| t.id).zip(entities));
+        TokenRegistry::restore(snap.next_id, snap.tokens.iter().map(|t| t.id).zip(entities))?;
     let mut graph = LinkGraph::default();
     for &(a, b, spec) in &snap.links {
         if a >= b || !registry.contains(a) || !registry.contains(b) {

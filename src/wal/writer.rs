@@ -411,7 +411,7 @@ pub fn retire(dir: &Path, keep: usize) -> Result<(), WalError> {
     }
     let oldest_kept = kept[0].tick;
     for pair in segments.windows(2) {
-        if pair[1].tick <= oldest_kept + 1 {
+        if pair[1].tick <= oldest_kept.saturating_add(1) {
             std::fs::remove_file(&pair[0].path).map_err(|e| io_err(&pair[0].path, e))?;
         }
     }
@@ -454,9 +454,18 @@ impl WalWriter {
             unsynced: 0,
             last_sync: Instant::now(),
         };
+        let guard = shared.clone();
         let thread = std::thread::Builder::new()
             .name("neurograph-wal".into())
-            .spawn(move || worker.run(rx))
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| worker.run(rx));
+                if std::panic::catch_unwind(run).is_err() {
+                    // Wake anyone waiting on the writer: it is gone.
+                    let mut p = guard.lock();
+                    p.error = Some("the writer thread panicked".into());
+                    guard.changed.notify_all();
+                }
+            })
             .map_err(|e| io_err(dir, e))?;
         Ok(Self {
             tx: Some(tx),
@@ -494,7 +503,10 @@ impl WalWriter {
     }
 
     /// Queues a snapshot; it is written after every record appended before it.
+    /// At most one snapshot is in flight: this waits for the previous one.
     pub fn snapshot(&mut self, snap: WorldSnapshot) -> Result<(), WalError> {
+        let previous = self.flushes_sent;
+        self.wait(|p| p.flushes_done >= previous)?;
         self.send(Msg::Snapshot(Box::new(snap)))?;
         self.flushes_sent += 1;
         Ok(())

@@ -18,9 +18,12 @@ pub fn sim_with_threads(threads: usize) -> Simulation {
     .expect("valid settings")
 }
 
-/// A simulation loaded with a built-in scenario.
+/// A simulation loaded with a built-in scenario, its RNG seeded with `seed` (as
+/// `neurograph run` does).
 pub fn scenario_sim(name: &str, tokens: usize, seed: u64, threads: usize) -> Simulation {
     let mut sim = sim_with_threads(threads);
+    sim.world_mut()
+        .insert_resource(neurograph::registry::SimRng::seeded(seed));
     scenario::find(name)
         .unwrap()
         .spawn_into(&mut sim, &ScenarioParams { tokens, seed }, 4096)
