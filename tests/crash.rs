@@ -197,8 +197,9 @@ fn ctrl_c_flushes_the_log_and_snapshots_before_exiting() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(800));
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    // The shell's built-in `kill` (no procps needed).
+    let sent = Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
         .status()
         .unwrap();
     assert!(sent.success());
