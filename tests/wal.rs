@@ -744,3 +744,18 @@ fn resume_sets_refused_snapshots_aside() {
         reference(16)[16].to_string()
     );
 }
+
+#[test]
+fn a_streamed_snapshot_file_equals_the_in_memory_encoding() {
+    let mut sim = seeded_sim();
+    sim.run(3);
+    let snap = wal::capture(sim.world_mut(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = wal::writer::write_snapshot(dir.path(), &snap).unwrap();
+    let file = std::fs::read(dir.path().join(format!("snap-{:020}.snap", 3))).unwrap();
+    assert_eq!(file.len() as u64, bytes);
+    assert_eq!(file, wal::writer::encode_snapshot(&snap).unwrap());
+    let (tick, payload) = format::decode_snapshot_file(&file).unwrap();
+    assert_eq!(tick, 3);
+    assert_eq!(rmp_serde::from_slice::<wal::WorldSnapshot>(payload).unwrap(), snap);
+}

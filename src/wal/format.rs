@@ -365,17 +365,22 @@ fn find_valid_record(seg: &[u8], from: usize) -> Option<usize> {
 
 /// Encodes a snapshot file: header + payload.
 pub fn encode_snapshot_file(tick: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + payload.len());
-    out.extend_from_slice(&SNAPSHOT_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&tick.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    let crc = crc32fast::hash(&out[..36]);
-    out.extend_from_slice(&crc.to_le_bytes());
+    let mut out = snapshot_header(tick, payload.len() as u64, crc32fast::hash(payload)).to_vec();
     out.extend_from_slice(payload);
     out
+}
+
+/// The header of a snapshot file whose payload has `len` bytes and CRC `crc`.
+pub fn snapshot_header(tick: u64, len: u64, crc: u32) -> [u8; SNAPSHOT_HEADER_LEN] {
+    let mut h = [0u8; SNAPSHOT_HEADER_LEN];
+    h[..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&tick.to_le_bytes());
+    h[24..32].copy_from_slice(&len.to_le_bytes());
+    h[32..36].copy_from_slice(&crc.to_le_bytes());
+    let header_crc = crc32fast::hash(&h[..36]);
+    h[36..40].copy_from_slice(&header_crc.to_le_bytes());
+    h
 }
 
 /// Checks a snapshot file's header and CRCs; returns the tick and the payload.

@@ -487,16 +487,13 @@ pub fn create(
         })?;
     }
     let snap = capture(sim.world_mut(), None);
-    write_atomic(
-        dir,
-        &writer::snapshot_name(snap.tick),
-        &writer::encode_snapshot(&snap)?,
-    )?;
+    let snapshot_bytes = writer::write_snapshot(dir, &snap)?;
     let writer = WalWriter::start(dir, next_tick(snap.tick)?, opts)?;
+    writer.count_external(snapshot_bytes, 2);
     // The manifest comes last: a directory with a manifest always has a snapshot
     // and the segment after it.
     let json = serde_json::to_vec_pretty(manifest).map_err(|e| WalError::Encode(e.to_string()))?;
-    write_atomic(dir, MANIFEST, &json)?;
+    write_atomic(dir, MANIFEST, &[&json])?;
     attach(sim, writer, lock, opts);
     Ok(())
 }

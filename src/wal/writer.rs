@@ -192,22 +192,82 @@ pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
         .map_err(|e| io_err(dir, e))
 }
 
-/// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, dir fsync.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), WalError> {
+/// Writes `parts`, in order, to `dir/name` atomically: temp file, fsync, rename,
+/// dir fsync.
+pub fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<(), WalError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+    for bytes in parts {
+        f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+    }
     f.sync_all().map_err(|e| io_err(&tmp, e))?;
     drop(f);
     std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
     sync_dir(dir)
 }
 
-/// Encodes a snapshot file.
+/// Counts and CRCs the bytes written through it.
+struct CrcWriter<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Encodes a snapshot file in memory (tests and benches; the writer streams).
 pub fn encode_snapshot(snap: &WorldSnapshot) -> Result<Vec<u8>, WalError> {
     let payload = rmp_serde::to_vec(snap).map_err(|e| WalError::Encode(e.to_string()))?;
     Ok(format::encode_snapshot_file(snap.tick, &payload))
+}
+
+/// Writes a snapshot to `dir` atomically, streaming the payload to the file (no
+/// copy of it in memory): a placeholder header, the payload through a CRC, then
+/// the real header; fsync, rename, directory fsync. Returns the file's size.
+pub fn write_snapshot(dir: &Path, snap: &WorldSnapshot) -> Result<u64, WalError> {
+    use std::io::{Seek, SeekFrom};
+    let name = snapshot_name(snap.tick);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(&name);
+    let err = |e| io_err(&tmp, e);
+    let mut f = File::create(&tmp).map_err(err)?;
+    f.write_all(&[0u8; format::SNAPSHOT_HEADER_LEN])
+        .map_err(err)?;
+    let (crc, len) = {
+        // Buffer first, so the CRC sees large blocks, not rmp's small writes.
+        let mut out = BufWriter::with_capacity(
+            1 << 20,
+            CrcWriter {
+                inner: &f,
+                crc: crc32fast::Hasher::new(),
+                len: 0,
+            },
+        );
+        rmp_serde::encode::write(&mut out, snap).map_err(|e| WalError::Encode(e.to_string()))?;
+        out.flush().map_err(err)?;
+        let c = out.get_ref();
+        (c.crc.clone().finalize(), c.len)
+    };
+    let header = format::snapshot_header(snap.tick, len, crc);
+    f.seek(SeekFrom::Start(0)).map_err(err)?;
+    f.write_all(&header).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+    sync_dir(dir)?;
+    Ok(format::SNAPSHOT_HEADER_LEN as u64 + len)
 }
 
 impl Segment {
@@ -317,12 +377,10 @@ impl WriterThread {
                 // Records up to the snapshot's tick reach the disk first, so a
                 // snapshot never gets ahead of the log.
                 self.sync()?;
-                let bytes = encode_snapshot(&snap)?;
-                write_atomic(&self.dir, &snapshot_name(snap.tick), &bytes)?;
+                let bytes = write_snapshot(&self.dir, &snap)?;
+                drop(snap);
                 self.add_fsyncs(2);
-                self.shared
-                    .bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
                 self.shared.snapshots.fetch_add(1, Ordering::Relaxed);
                 retire(&self.dir, self.opts.keep_snapshots)?;
                 let mut p = self.shared.lock();
@@ -579,6 +637,13 @@ impl WalWriter {
     /// The durability policy.
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// Counts bytes and fsyncs done for this WAL outside the writer (the
+    /// snapshot written when the WAL is created).
+    pub fn count_external(&self, bytes: u64, fsyncs: u64) {
+        self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.shared.fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
     }
 }
 
