@@ -372,6 +372,15 @@ fn entity_of(world: &World, id: TokenId) -> Result<Entity, CommandError> {
 }
 
 fn check_quota(world: &World, add_tokens: u64, add_links: u64) -> Result<(), CommandError> {
+    let next_id = world.resource::<TokenRegistry>().next_id().0;
+    if next_id.saturating_add(add_tokens) > TokenRegistry::MAX_IDS {
+        return Err(QuotaError::Ids {
+            next_id,
+            requested: add_tokens,
+            limit: TokenRegistry::MAX_IDS,
+        }
+        .into());
+    }
     let tokens = world.resource::<TokenRegistry>().len();
     let links = world.resource::<LinkGraph>().len();
     world

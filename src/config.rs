@@ -112,6 +112,18 @@ pub enum QuotaError {
         /// The quota.
         limit: u64,
     },
+    /// Token ids are never reused; the id space is finite.
+    #[error(
+        "token ids exhausted: next id {next_id} + {requested} requested > {limit} ids (ids are never reused)"
+    )]
+    Ids {
+        /// The next id.
+        next_id: u64,
+        /// Tokens the command adds.
+        requested: u64,
+        /// The most ids a world hands out.
+        limit: u64,
+    },
     /// The memory estimate would exceed the budget.
     #[error(
         "memory budget exceeded: {tokens} tokens and {links} links need about {needed} bytes \

@@ -13,6 +13,11 @@ pub struct TokenRegistry {
 }
 
 impl TokenRegistry {
+    /// The most ids a world hands out (ids are never reused). The id table is a
+    /// vector of 8-byte slots, so this bounds it to 8 GiB; spawns past it are
+    /// refused with a quota error, and snapshots claiming more are refused.
+    pub const MAX_IDS: u64 = 1 << 30;
+
     /// The id the next spawned token will get.
     pub fn next_id(&self) -> TokenId {
         TokenId(self.slots.len() as u64)

@@ -757,5 +757,44 @@ fn a_streamed_snapshot_file_equals_the_in_memory_encoding() {
     assert_eq!(file, wal::writer::encode_snapshot(&snap).unwrap());
     let (tick, payload) = format::decode_snapshot_file(&file).unwrap();
     assert_eq!(tick, 3);
-    assert_eq!(rmp_serde::from_slice::<wal::WorldSnapshot>(payload).unwrap(), snap);
+    assert_eq!(
+        rmp_serde::from_slice::<wal::WorldSnapshot>(payload).unwrap(),
+        snap
+    );
+}
+
+#[test]
+fn resume_replaces_a_torn_empty_segment_and_refuses_a_touched_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = replay_only_wal(dir.path());
+    let bytes = std::fs::read(&seg).unwrap();
+    std::fs::write(&seg, &bytes[..20]).unwrap(); // a creation cut inside the header
+    let exclusive = RecoverOptions {
+        threads: 1,
+        exclusive: true,
+    };
+    // A recovery that was changed before resume is refused.
+    let mut rec = wal::recover(dir.path(), &exclusive).unwrap();
+    assert_eq!(rec.report.tick, 0);
+    rec.sim.apply(SimCommand::Despawn(TokenId(3))).unwrap();
+    match wal::resume(rec, &opts(Durability::Sync, 0)) {
+        Err(e) => assert!(e.to_string().contains("changed before resume"), "{e}"),
+        Ok(_) => panic!("a touched recovery was resumed"),
+    }
+    // An untouched one resumes over the torn segment (same name, replaced whole).
+    let rec = wal::recover(dir.path(), &exclusive).unwrap();
+    let mut sim = wal::resume(rec, &opts(Durability::Sync, 0)).unwrap();
+    for t in 1..=3 {
+        script(&mut sim, t);
+        sim.step();
+    }
+    wal::close(&mut sim).unwrap();
+    drop(sim);
+    assert_eq!(files(dir.path(), "wal-"), vec![seg]);
+    for s in files(dir.path(), "snap-").into_iter().skip(1) {
+        std::fs::remove_file(s).unwrap();
+    }
+    let rec = recover(dir.path()).unwrap();
+    assert_eq!((rec.report.tick, rec.report.records_replayed), (3, 3));
+    assert_eq!(rec.report.digest, reference(3)[3].to_string());
 }

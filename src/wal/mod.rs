@@ -890,13 +890,22 @@ pub fn resume(rec: Recovery, opts: &WalOptions) -> Result<Simulation, WalError> 
             "resume needs a recovery made with RecoverOptions::exclusive".into(),
         ));
     }
-    if sim.tick() != report.tick {
+    if sim.tick() != report.tick || sim.digest().to_string() != report.digest {
         return Err(WalError::Options(format!(
-            "the recovered simulation moved from tick {} to {} before resume",
+            "the recovered simulation changed before resume (tick {} → {}, digest {} → {}): \
+             nothing may touch it between recover and resume",
             report.tick,
-            sim.tick()
+            sim.tick(),
+            report.digest,
+            sim.digest()
         )));
     }
+    let first = next_tick(sim.tick())?;
+    // The segment the writer starts is swapped in atomically over an empty one of
+    // the same name, never deleted first: a segment named after the snapshot
+    // must exist at every moment, or a crash here would leave a log that ends
+    // before its snapshot.
+    let first_name = writer::segment_name(first);
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |e| WalError::Io { path, source: e }
@@ -907,6 +916,8 @@ pub fn resume(rec: Recovery, opts: &WalOptions) -> Result<Simulation, WalError> 
             let f = File::options().write(true).open(path).map_err(io(path))?;
             f.set_len(*len).map_err(io(path))?;
             f.sync_all().map_err(io(path))?;
+        }
+        TailFix::Delete(path) if path.file_name().and_then(|n| n.to_str()) == Some(&first_name) => {
         }
         TailFix::Delete(path) => std::fs::remove_file(path).map_err(io(path))?,
     }
@@ -932,11 +943,11 @@ pub fn resume(rec: Recovery, opts: &WalOptions) -> Result<Simulation, WalError> 
     // Segments that start after the recovered tick hold no usable records (their
     // predecessor's tail was cut); they would break the tick sequence.
     let (segments, _) = list_dir(&dir)?;
-    for s in segments.iter().filter(|s| s.tick > sim.tick()) {
+    for s in segments.iter().filter(|s| s.tick > first) {
         std::fs::remove_file(&s.path).map_err(io(&s.path))?;
     }
     sync_dir(&dir)?;
-    let writer = WalWriter::start(&dir, next_tick(sim.tick())?, opts)?;
+    let writer = WalWriter::start_with(&dir, first, opts, true)?;
     attach(&mut sim, writer, lock, opts);
     Ok(sim)
 }

@@ -73,10 +73,8 @@ pub struct WorldSnapshot {
     pub digest: u64,
 }
 
-/// The largest `next_id` a snapshot may claim: the id table is a vector of 8-byte
-/// slots, so this bounds it to 8 GiB (ids are never reused; live tokens are
-/// bounded by the quotas, ids ever spawned by this).
-pub const MAX_NEXT_ID: u64 = 1 << 30;
+/// The largest `next_id` a snapshot may claim ([`TokenRegistry::MAX_IDS`]).
+pub const MAX_NEXT_ID: u64 = TokenRegistry::MAX_IDS;
 
 /// Captures `world`; `digest` is its current [`state_digest`] (the journal has it
 /// already; pass `None` to compute it).

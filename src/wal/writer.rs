@@ -271,16 +271,29 @@ pub fn write_snapshot(dir: &Path, snap: &WorldSnapshot) -> Result<u64, WalError>
 }
 
 impl Segment {
-    fn create(dir: &Path, first_tick: u64) -> Result<Self, WalError> {
+    /// A new segment; `replace` swaps it atomically for an existing file of the
+    /// same name (a resumed WAL's empty last segment), so that a segment of that
+    /// name exists at every moment.
+    fn create(dir: &Path, first_tick: u64, replace: bool) -> Result<Self, WalError> {
         let path = dir.join(segment_name(first_tick));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, e))?;
-        f.write_all(&format::encode_segment_header(first_tick))
-            .map_err(|e| io_err(&path, e))?;
-        f.sync_all().map_err(|e| io_err(&path, e))?;
+        let header = format::encode_segment_header(first_tick);
+        let f = if replace {
+            let tmp = dir.join(format!("{}.tmp", segment_name(first_tick)));
+            let mut t = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+            t.write_all(&header).map_err(|e| io_err(&tmp, e))?;
+            t.sync_all().map_err(|e| io_err(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+            t
+        } else {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?;
+            f.write_all(&header).map_err(|e| io_err(&path, e))?;
+            f.sync_all().map_err(|e| io_err(&path, e))?;
+            f
+        };
         sync_dir(dir)?;
         Ok(Self {
             path,
@@ -346,7 +359,7 @@ impl WriterThread {
                 {
                     // Seal the full segment before the next one exists.
                     self.sync()?;
-                    self.segment = Segment::create(&self.dir, tick)?;
+                    self.segment = Segment::create(&self.dir, tick, false)?;
                     self.add_fsyncs(2);
                     self.shared
                         .bytes
@@ -490,8 +503,19 @@ impl WalWriter {
     /// Starts a writer that appends to a new segment whose first record is
     /// `first_tick`. Ticks before it are durable already (in a snapshot).
     pub fn start(dir: &Path, first_tick: u64, opts: &WalOptions) -> Result<Self, WalError> {
+        Self::start_with(dir, first_tick, opts, false)
+    }
+
+    /// [`WalWriter::start`], replacing an existing segment of the same name
+    /// atomically when `replace` is set.
+    pub fn start_with(
+        dir: &Path,
+        first_tick: u64,
+        opts: &WalOptions,
+        replace: bool,
+    ) -> Result<Self, WalError> {
         opts.validate().map_err(WalError::Options)?;
-        let segment = Segment::create(dir, first_tick)?;
+        let segment = Segment::create(dir, first_tick, replace)?;
         let done = first_tick.saturating_sub(1);
         let shared = Arc::new(Shared::default());
         {
