@@ -118,10 +118,16 @@ fn reference(ticks: u64) -> Vec<StateDigest> {
     d
 }
 
-/// A scripted run of `ticks` ticks journaled to `dir`.
-fn journaled_run(dir: &Path, ticks: u64, opts: &WalOptions) {
+/// The seeded world with a new WAL in `dir`.
+fn attached(dir: &Path, opts: &WalOptions) -> Simulation {
     let mut sim = seeded_sim();
     wal::create(dir, &manifest(), &mut sim, opts).unwrap();
+    sim
+}
+
+/// A scripted run of `ticks` ticks journaled to `dir`.
+fn journaled_run(dir: &Path, ticks: u64, opts: &WalOptions) {
+    let mut sim = attached(dir, opts);
     for t in 1..=ticks {
         script(&mut sim, t);
         sim.step();
@@ -143,6 +149,16 @@ fn recover(dir: &Path) -> Result<Recovery, WalError> {
         &RecoverOptions {
             threads: 1,
             exclusive: false,
+        },
+    )
+}
+
+fn recover_exclusive(dir: &Path) -> Result<Recovery, WalError> {
+    wal::recover(
+        dir,
+        &RecoverOptions {
+            threads: 1,
+            exclusive: true,
         },
     )
 }
@@ -443,22 +459,11 @@ fn resuming_after_a_torn_tail_continues_exactly() {
 #[test]
 fn one_writer_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sim = seeded_sim();
-    wal::create(
-        dir.path(),
-        &manifest(),
-        &mut sim,
-        &opts(Durability::Sync, 0),
-    )
-    .unwrap();
+    let mut sim = attached(dir.path(), &opts(Durability::Sync, 0));
     sim.step();
     assert!(matches!(recover(dir.path()), Err(WalError::Locked(_))));
-    let resume = RecoverOptions {
-        threads: 1,
-        exclusive: true,
-    };
     assert!(matches!(
-        wal::recover(dir.path(), &resume),
+        recover_exclusive(dir.path()),
         Err(WalError::Locked(_))
     ));
     let mut other = seeded_sim();
@@ -670,14 +675,7 @@ fn a_log_that_stops_before_the_snapshot_or_a_renamed_snapshot_is_caught() {
 fn close_never_snapshots_unjournaled_commands() {
     let want = reference(6);
     let dir = tempfile::tempdir().unwrap();
-    let mut sim = seeded_sim();
-    wal::create(
-        dir.path(),
-        &manifest(),
-        &mut sim,
-        &opts(Durability::Sync, 0),
-    )
-    .unwrap();
+    let mut sim = attached(dir.path(), &opts(Durability::Sync, 0));
     for t in 1..=6 {
         script(&mut sim, t);
         sim.step();
@@ -713,14 +711,7 @@ fn resume_sets_refused_snapshots_aside() {
     let snaps = files(dir.path(), "snap-");
     assert_eq!(snaps.len(), 2); // ticks 8 and 12
     std::fs::write(&snaps[1], b"damaged").unwrap();
-    let rec = wal::recover(
-        dir.path(),
-        &RecoverOptions {
-            threads: 1,
-            exclusive: true,
-        },
-    )
-    .unwrap();
+    let rec = recover_exclusive(dir.path()).unwrap();
     assert_eq!(rec.report.snapshot_tick, 8);
     let mut sim = wal::resume(rec, &o).unwrap();
     for t in 13..=16 {
@@ -769,12 +760,8 @@ fn resume_replaces_a_torn_empty_segment_and_refuses_a_touched_recovery() {
     let seg = replay_only_wal(dir.path());
     let bytes = std::fs::read(&seg).unwrap();
     std::fs::write(&seg, &bytes[..20]).unwrap(); // a creation cut inside the header
-    let exclusive = RecoverOptions {
-        threads: 1,
-        exclusive: true,
-    };
     // A recovery that was changed before resume is refused.
-    let mut rec = wal::recover(dir.path(), &exclusive).unwrap();
+    let mut rec = recover_exclusive(dir.path()).unwrap();
     assert_eq!(rec.report.tick, 0);
     rec.sim.apply(SimCommand::Despawn(TokenId(3))).unwrap();
     match wal::resume(rec, &opts(Durability::Sync, 0)) {
@@ -782,7 +769,7 @@ fn resume_replaces_a_torn_empty_segment_and_refuses_a_touched_recovery() {
         Ok(_) => panic!("a touched recovery was resumed"),
     }
     // An untouched one resumes over the torn segment (same name, replaced whole).
-    let rec = wal::recover(dir.path(), &exclusive).unwrap();
+    let rec = recover_exclusive(dir.path()).unwrap();
     let mut sim = wal::resume(rec, &opts(Durability::Sync, 0)).unwrap();
     for t in 1..=3 {
         script(&mut sim, t);
