@@ -290,20 +290,10 @@ impl Source {
     fn truth(&self, cdna: &Cdna, seed: u64) -> Result<GroundTruth, RunError> {
         Ok(match self {
             Self::Input(path) => load_csv(path, cdna)?.truth.unwrap_or_default(),
-            Self::Scenario(s, tokens) => {
-                let mut truth = GroundTruth::default();
-                let params = ScenarioParams {
-                    tokens: *tokens,
-                    seed,
-                };
-                for g in s.stream(&params) {
-                    if let (Some(l), Some(gr)) = (g.label, g.group) {
-                        truth.labels.push(l);
-                        truth.groups.push(gr);
-                    }
-                }
-                truth
-            }
+            Self::Scenario(s, tokens) => s.truth(&ScenarioParams {
+                tokens: *tokens,
+                seed,
+            }),
         })
     }
 }

@@ -45,6 +45,16 @@ pub struct GroundTruth {
     pub groups: Vec<u32>,
 }
 
+impl GroundTruth {
+    /// Keeps the labels of `g`, if it carries both.
+    pub fn record(&mut self, g: &Generated) {
+        if let (Some(l), Some(gr)) = (g.label, g.group) {
+            self.labels.push(l);
+            self.groups.push(gr);
+        }
+    }
+}
+
 /// A whole scenario in memory (tests, small inputs).
 #[derive(Clone, Debug, Default)]
 pub struct ScenarioData {
@@ -108,15 +118,20 @@ impl Scenario {
         let mut truth = GroundTruth::default();
         for g in self.stream(params) {
             data.tokens.push(g.spec);
-            if let (Some(l), Some(gr)) = (g.label, g.group) {
-                truth.labels.push(l);
-                truth.groups.push(gr);
-            }
+            truth.record(&g);
         }
         if !truth.labels.is_empty() {
             data.truth = Some(truth);
         }
         data
+    }
+
+    /// The ground truth alone, without keeping the tokens (empty when the
+    /// scenario plants none).
+    pub fn truth(&self, params: &ScenarioParams) -> GroundTruth {
+        let mut truth = GroundTruth::default();
+        self.stream(params).for_each(|g| truth.record(&g));
+        truth
     }
 
     /// Spawns the scenario into `sim` in batches of `batch` tokens; returns the
@@ -154,10 +169,7 @@ pub fn spawn_stream(
     };
     for g in stream {
         specs.push(g.spec);
-        if let (Some(l), Some(gr)) = (g.label, g.group) {
-            truth.labels.push(l);
-            truth.groups.push(gr);
-        }
+        truth.record(&g);
         if specs.len() == batch {
             flush(sim, &mut specs, &mut done)?;
             specs.reserve(batch);

@@ -176,37 +176,28 @@ fn all_tokens_at_one_point() {
     assert_last_tick_matches_reference(&sim);
 }
 
+/// Two tokens 0.7 apart on the motor axis, the second with `charge_b`: their
+/// motor coordinates after one tick.
+fn pair_after_one_tick(charge_b: f32) -> (f32, f32) {
+    let mut sim = sim_with_threads(1);
+    let a = sim.spawn(TokenSpec::at(Vec8::ZERO)).unwrap();
+    let b = sim
+        .spawn(TokenSpec::at(Vec8::axis(Axis::Motor) * 0.7).with_charge(charge_b))
+        .unwrap();
+    sim.step();
+    let m = Axis::Motor.index();
+    (
+        sim.token(a).unwrap().position[m],
+        sim.token(b).unwrap().position[m],
+    )
+}
+
 #[test]
 fn like_charges_attract_and_opposite_repel() {
-    let mut sim = sim_with_threads(1);
-    let a = sim.spawn(TokenSpec::at(Vec8::ZERO)).unwrap();
-    let b = sim
-        .spawn(TokenSpec::at(Vec8::axis(Axis::Motor) * 0.7))
-        .unwrap();
-    sim.step();
-    let (pa, pb) = (
-        sim.token(a).unwrap().position,
-        sim.token(b).unwrap().position,
-    );
-    assert!(
-        pa[2] > 0.0 && pb[2] < 0.7,
-        "like charges should approach: {pa:?} {pb:?}"
-    );
-
-    let mut sim = sim_with_threads(1);
-    let a = sim.spawn(TokenSpec::at(Vec8::ZERO)).unwrap();
-    let b = sim
-        .spawn(TokenSpec::at(Vec8::axis(Axis::Motor) * 0.7).with_charge(-1.0))
-        .unwrap();
-    sim.step();
-    let (pa, pb) = (
-        sim.token(a).unwrap().position,
-        sim.token(b).unwrap().position,
-    );
-    assert!(
-        pa[2] < 0.0 && pb[2] > 0.7,
-        "opposite charges should part: {pa:?} {pb:?}"
-    );
+    let (a, b) = pair_after_one_tick(1.0);
+    assert!(a > 0.0 && b < 0.7, "like charges should approach: {a} {b}");
+    let (a, b) = pair_after_one_tick(-1.0);
+    assert!(a < 0.0 && b > 0.7, "opposite charges should part: {a} {b}");
 }
 
 #[test]

@@ -187,17 +187,35 @@ pub fn encode_record(out: &mut Vec<u8>, kind: RecordKind, tick: u64, payload: &[
 
 /// [`encode_record`] with any kind code (to test readers against unknown kinds).
 pub fn encode_record_raw(out: &mut Vec<u8>, kind: u8, tick: u64, payload: &[u8]) {
+    let start = begin_record(out);
+    out.extend_from_slice(payload);
+    finish_record(out, start, kind, tick).expect("payload within MAX_PAYLOAD");
+}
+
+/// Starts a record at the end of `out`: reserves its frame header, after which
+/// the caller appends the payload in place and calls [`finish_record`]. Returns
+/// where the record starts.
+pub fn begin_record(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.resize(start + RECORD_HEADER_LEN, 0);
+    start
+}
+
+/// Fills in the frame header of the record begun at `start`, whose payload is
+/// everything after its header. Returns the payload length, or the length that
+/// is over [`MAX_PAYLOAD`] (the bytes are then left unframed).
+pub fn finish_record(out: &mut [u8], start: usize, kind: u8, tick: u64) -> Result<u32, usize> {
+    let (header, payload) = out[start..].split_at_mut(RECORD_HEADER_LEN);
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|&l| l <= MAX_PAYLOAD)
-        .expect("payload within MAX_PAYLOAD");
-    out.reserve(RECORD_HEADER_LEN + payload.len());
-    out.extend_from_slice(&RECORD_MAGIC);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&record_crc(len, kind, tick, payload).to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(&tick.to_le_bytes());
-    out.extend_from_slice(payload);
+        .ok_or(payload.len())?;
+    header[..4].copy_from_slice(&RECORD_MAGIC);
+    header[4..8].copy_from_slice(&len.to_le_bytes());
+    header[8..12].copy_from_slice(&record_crc(len, kind, tick, payload).to_le_bytes());
+    header[12] = kind;
+    header[13..].copy_from_slice(&tick.to_le_bytes());
+    Ok(len)
 }
 
 /// One decoded record frame, borrowing its payload.

@@ -400,15 +400,12 @@ pub fn encode_tick(
         commands,
         digest: digest.0,
     };
-    let payload = rmp_serde::to_vec(&record).map_err(|e| WalError::Encode(e.to_string()))?;
-    if payload.len() > format::MAX_PAYLOAD as usize {
-        return Err(WalError::RecordTooLarge {
-            tick,
-            bytes: payload.len(),
-        });
-    }
-    let mut frame = Vec::with_capacity(format::RECORD_HEADER_LEN + payload.len());
-    format::encode_record(&mut frame, RecordKind::Tick, tick, &payload);
+    // The payload is encoded in place after its frame header: one buffer.
+    let mut frame = Vec::with_capacity(64);
+    let start = format::begin_record(&mut frame);
+    rmp_serde::encode::write(&mut frame, &record).map_err(|e| WalError::Encode(e.to_string()))?;
+    format::finish_record(&mut frame, start, RecordKind::Tick as u8, tick)
+        .map_err(|bytes| WalError::RecordTooLarge { tick, bytes })?;
     Ok(frame)
 }
 
@@ -487,9 +484,9 @@ pub fn create(
         })?;
     }
     let snap = capture(sim.world_mut(), None);
-    let snapshot_bytes = writer::write_snapshot(dir, &snap)?;
-    let writer = WalWriter::start(dir, next_tick(snap.tick)?, opts)?;
-    writer.count_external(snapshot_bytes, 2);
+    let mut writer = WalWriter::start(dir, next_tick(snap.tick)?, opts)?;
+    writer.snapshot(snap)?;
+    writer.flush()?;
     // The manifest comes last: a directory with a manifest always has a snapshot
     // and the segment after it.
     let json = serde_json::to_vec_pretty(manifest).map_err(|e| WalError::Encode(e.to_string()))?;
@@ -615,11 +612,12 @@ fn settings(manifest: &Manifest, threads: usize) -> SimSettings {
     }
 }
 
+/// Loads and restores a snapshot; returns the world and its (checked) digest.
 fn load_snapshot(
     file: &WalFile,
     manifest: &Manifest,
     threads: usize,
-) -> Result<Simulation, String> {
+) -> Result<(Simulation, StateDigest), String> {
     let bytes = std::fs::read(&file.path).map_err(|e| e.to_string())?;
     let (tick, payload) = format::decode_snapshot_file(&bytes)?;
     if tick != file.tick || tick > MAX_TICK {
@@ -640,8 +638,9 @@ fn load_snapshot(
     let mut s = settings(manifest, threads);
     s.cdna = snap.cdna.clone();
     let mut sim = Simulation::new(s).map_err(|e| e.to_string())?;
+    // `restore` checks that the world's digest is the one recorded.
     restore(sim.world_mut(), &snap)?;
-    Ok(sim)
+    Ok((sim, StateDigest(snap.digest)))
 }
 
 fn read_segment(path: &Path) -> Result<Vec<u8>, WalError> {
@@ -701,7 +700,7 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
             }
         }
     }
-    let Some(mut sim) = sim else {
+    let Some((mut sim, mut digest)) = sim else {
         return Err(WalError::NoSnapshot {
             dir: dir.to_path_buf(),
             tried: report.snapshots_skipped,
@@ -796,7 +795,7 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
                     tick: r.tick,
                     reason: e.to_string(),
                 })?;
-            replay_tick(&mut sim, r.tick, &rec)?;
+            digest = replay_tick(&mut sim, r.tick, &rec)?;
             report.records_replayed += 1;
             report.commands_replayed += rec.commands.len() as u64;
             expected += 1;
@@ -832,7 +831,7 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
         report.replay_ticks_per_s = report.records_replayed as f64 / report.replay_seconds;
     }
     report.tick = sim.tick();
-    report.digest = sim.digest().to_string();
+    report.digest = digest.to_string();
     report.tokens = sim.token_count();
     report.links = sim.link_count();
     Ok(Recovery {
@@ -848,8 +847,12 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
     })
 }
 
-/// Applies one record to `sim` and checks its digest.
-pub fn replay_tick(sim: &mut Simulation, tick: u64, rec: &TickRecord) -> Result<(), WalError> {
+/// Applies one record to `sim` and checks its digest; returns the digest.
+pub fn replay_tick(
+    sim: &mut Simulation,
+    tick: u64,
+    rec: &TickRecord,
+) -> Result<StateDigest, WalError> {
     for (index, cmd) in rec.commands.iter().enumerate() {
         apply_command(sim.world_mut(), cmd).map_err(|source| WalError::ReplayCommand {
             tick,
@@ -866,7 +869,7 @@ pub fn replay_tick(sim: &mut Simulation, tick: u64, rec: &TickRecord) -> Result<
             replayed,
         });
     }
-    Ok(())
+    Ok(replayed)
 }
 
 /// Resumes journaling on a recovered WAL (recovered with
@@ -890,14 +893,14 @@ pub fn resume(rec: Recovery, opts: &WalOptions) -> Result<Simulation, WalError> 
             "resume needs a recovery made with RecoverOptions::exclusive".into(),
         ));
     }
-    if sim.tick() != report.tick || sim.digest().to_string() != report.digest {
+    let digest = sim.digest().to_string();
+    if sim.tick() != report.tick || digest != report.digest {
         return Err(WalError::Options(format!(
-            "the recovered simulation changed before resume (tick {} → {}, digest {} → {}): \
+            "the recovered simulation changed before resume (tick {} → {}, digest {} → {digest}): \
              nothing may touch it between recover and resume",
             report.tick,
             sim.tick(),
             report.digest,
-            sim.digest()
         )));
     }
     let first = next_tick(sim.tick())?;

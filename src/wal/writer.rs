@@ -662,13 +662,6 @@ impl WalWriter {
     pub fn durability(&self) -> Durability {
         self.durability
     }
-
-    /// Counts bytes and fsyncs done for this WAL outside the writer (the
-    /// snapshot written when the WAL is created).
-    pub fn count_external(&self, bytes: u64, fsyncs: u64) {
-        self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.shared.fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
-    }
 }
 
 impl Drop for WalWriter {
