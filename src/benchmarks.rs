@@ -256,3 +256,164 @@ impl WalBenchReport {
         s
     }
 }
+
+/// What `bench hierarchy` measures.
+#[derive(Clone, Debug)]
+pub struct HierarchyBenchOptions {
+    /// Scenario.
+    pub scenario: String,
+    /// Tokens.
+    pub tokens: usize,
+    /// Ticks after the first (which builds the neighbour lists).
+    pub ticks: u64,
+    /// Extra `Organize` runs timed on their own after the ticks.
+    pub organize_runs: u32,
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// Stage costs of the hierarchy and learning stages next to the force stage.
+#[derive(Clone, Debug, Serialize)]
+pub struct HierarchyBenchReport {
+    /// Scenario.
+    pub scenario: String,
+    /// Tokens.
+    pub tokens: usize,
+    /// Worker threads.
+    pub threads: usize,
+    /// Ticks timed (the first, which builds every neighbour row, is not).
+    pub ticks: u64,
+    /// Median seconds of `Forces` per tick.
+    pub forces_s: f64,
+    /// Median seconds of `Learn` per tick.
+    pub learn_s: f64,
+    /// Median seconds of one `Organize` detection (ticks that detect, plus the
+    /// extra runs).
+    pub organize_s: f64,
+    /// Detections timed.
+    pub organize_samples: usize,
+    /// Median seconds of the whole tick.
+    pub tick_s: f64,
+    /// `learn_s / forces_s`.
+    pub learn_over_forces: f64,
+    /// `organize_s / forces_s`.
+    pub organize_over_forces: f64,
+    /// Groups per level after the last detection.
+    pub groups_per_level: Vec<u64>,
+    /// Links at the end.
+    pub links: u64,
+    /// Links formed during the run.
+    pub links_formed: u64,
+    /// Whether detection could use the force stage's neighbour lists.
+    pub organize_used_lists: bool,
+}
+
+/// Runs `opts.ticks` ticks of a scenario and reports the median cost of the
+/// `Forces`, `Learn` and `Organize` stages, read from [`StageTimes`]; then times
+/// `opts.organize_runs` more detections on their own.
+///
+/// [`StageTimes`]: crate::plugin::StageTimes
+pub fn hierarchy(opts: &HierarchyBenchOptions) -> Result<HierarchyBenchReport, String> {
+    use crate::plugin::{SimSystems, StageTimes};
+    let mut sim = Simulation::new(SimSettings {
+        config: SimConfig {
+            threads: opts.threads,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    sim.world_mut()
+        .insert_resource(crate::registry::SimRng::seeded(opts.seed));
+    scenario::find(&opts.scenario)?
+        .spawn_into(
+            &mut sim,
+            &ScenarioParams {
+                tokens: opts.tokens,
+                seed: opts.seed,
+            },
+            65_536,
+        )
+        .map_err(|e| e.to_string())?;
+    sim.step();
+    let every = sim.cdna().hierarchy.organize_every as u64;
+    let (mut forces, mut learn, mut organize, mut tick) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..opts.ticks {
+        sim.step();
+        let st = sim.world().resource::<StageTimes>();
+        forces.push(st.last_of(SimSystems::Forces));
+        learn.push(st.last_of(SimSystems::Learn));
+        tick.push(st.last.iter().sum::<f64>());
+        if every > 0 && sim.tick().is_multiple_of(every) {
+            organize.push(st.last_of(SimSystems::Organize));
+        }
+    }
+    for _ in 0..opts.organize_runs {
+        let t = Instant::now();
+        crate::systems::organize_now(sim.world_mut());
+        organize.push(t.elapsed().as_secs_f64());
+    }
+    let samples = organize.len();
+    let (f, l, o) = (
+        median(&mut forces),
+        median(&mut learn),
+        median(&mut organize),
+    );
+    let ratio = |x: f64| if f > 0.0 { x / f } else { 0.0 };
+    let stats = sim.learn_stats();
+    Ok(HierarchyBenchReport {
+        scenario: opts.scenario.clone(),
+        tokens: opts.tokens,
+        threads: sim.threads(),
+        ticks: opts.ticks,
+        forces_s: f,
+        learn_s: l,
+        organize_s: o,
+        organize_samples: samples,
+        tick_s: median(&mut tick),
+        learn_over_forces: ratio(l),
+        organize_over_forces: ratio(o),
+        groups_per_level: sim.hierarchy().groups_per_level(),
+        links: sim.link_count(),
+        links_formed: stats.links_formed,
+        organize_used_lists: sim
+            .world()
+            .resource::<crate::systems::OrganizeStats>()
+            .used_lists,
+    })
+}
+
+impl HierarchyBenchReport {
+    /// The human-readable report.
+    pub fn to_text(&self) -> String {
+        format!(
+            "bench hierarchy: {} × {} tokens, {} threads, {} ticks (medians)\n\
+             \x20 Forces    {:>9.2} ms\n\
+             \x20 Learn     {:>9.2} ms  ({:.1}% of Forces)\n\
+             \x20 Organize  {:>9.2} ms  ({:.1}% of Forces; {} detections, {})\n\
+             \x20 tick      {:>9.2} ms\n\
+             \x20 groups per level {:?}, {} links ({} formed)",
+            self.scenario,
+            self.tokens,
+            self.threads,
+            self.ticks,
+            self.forces_s * 1e3,
+            self.learn_s * 1e3,
+            self.learn_over_forces * 100.0,
+            self.organize_s * 1e3,
+            self.organize_over_forces * 100.0,
+            self.organize_samples,
+            if self.organize_used_lists {
+                "pairs from the neighbour lists"
+            } else {
+                "pairs from a k-d tree"
+            },
+            self.tick_s * 1e3,
+            self.groups_per_level,
+            self.links,
+            self.links_formed
+        )
+    }
+}

@@ -142,6 +142,77 @@ pub struct GraphLimits {
     pub decay_rate: f32,
     /// Hebbian learning rate per tick, in `[0, 1]`.
     pub learning_rate: f32,
+    /// Links whose weight falls below this are pruned by `Learn` (0 = never).
+    #[serde(default = "defaults::prune_below")]
+    pub prune_below: f32,
+    /// `Learn` links two unlinked tokens closer than this (0 = no new links).
+    #[serde(default = "defaults::form_within")]
+    pub form_within: f32,
+    /// The weight of a link that `Learn` forms.
+    #[serde(default = "defaults::formed_weight")]
+    pub formed_weight: f32,
+    /// `Learn` forms links only between tokens with fewer links than this (and
+    /// than `max_degree`): learned networks stay sparse, and soft enough for the
+    /// integrator (each link adds `k_link · w` of stiffness).
+    #[serde(default = "defaults::form_max_degree")]
+    pub form_max_degree: u32,
+}
+
+/// How the `Organize` stage finds the emergent hierarchy (DESIGN §5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HierarchyParams {
+    /// Detect groups every this many ticks (0 = never).
+    pub organize_every: u32,
+    /// Levels above the tokens (0 = none; at most 8).
+    pub depth: u8,
+    /// Linking length ℓ₁ of level 1 (friends-of-friends over level-0 tokens).
+    pub link_length: f32,
+    /// ℓ of level k+1 is ℓ of level k times this (> 1).
+    pub level_scale: f32,
+    /// Fewest tokens in a level-1 group.
+    pub min_size: u32,
+    /// Fewest children in a group of level 2 and up.
+    pub min_children: u32,
+    /// After friends-of-friends, a level-0 token left out joins the nearest
+    /// level-1 group whose edge (centre distance − radius) is closer than this:
+    /// the group's halo (0 = no halos).
+    pub attach_within: f32,
+    /// Coarse attraction of every grouped token towards its level-1 group's centre:
+    /// `F += group_pull · m · (c − x)` (0 = group tokens are passive summaries).
+    pub group_pull: f32,
+}
+
+impl Default for HierarchyParams {
+    fn default() -> Self {
+        Self {
+            organize_every: 10,
+            depth: 2,
+            link_length: 0.6,
+            level_scale: 10.0,
+            min_size: 5,
+            min_children: 2,
+            attach_within: 1.5,
+            group_pull: 0.5,
+        }
+    }
+}
+
+/// Defaults of fields added after a block's first version (files without them
+/// still parse).
+mod defaults {
+    pub fn prune_below() -> f32 {
+        0.05
+    }
+    pub fn form_within() -> f32 {
+        0.5
+    }
+    pub fn formed_weight() -> f32 {
+        0.2
+    }
+    pub fn form_max_degree() -> u32 {
+        16
+    }
 }
 
 /// Limits on token mass.
@@ -184,6 +255,9 @@ pub struct Cdna {
     pub tokens: TokenLimits,
     /// Evolution and trace sampling.
     pub evolution: Evolution,
+    /// Group detection (the `Organize` stage).
+    #[serde(default)]
+    pub hierarchy: HierarchyParams,
 }
 
 impl Default for Cdna {
@@ -334,6 +408,10 @@ impl Cdna {
                 max_rest_length: 100.0,
                 decay_rate: 0.01,
                 learning_rate: 0.05,
+                prune_below: defaults::prune_below(),
+                form_within: defaults::form_within(),
+                formed_weight: defaults::formed_weight(),
+                form_max_degree: defaults::form_max_degree(),
             },
             tokens: TokenLimits {
                 min_mass: 0.01,
@@ -343,6 +421,7 @@ impl Cdna {
                 evolution_rate: 0.01,
                 trace_sample_rate: 0.01,
             },
+            hierarchy: HierarchyParams::default(),
         };
         match profile {
             Profile::Default | Profile::Custom => {}
@@ -473,6 +552,38 @@ impl Cdna {
         c.range("graph.max_rest_length", g.max_rest_length, 0.0, 1e6);
         c.range("graph.decay_rate", g.decay_rate, 0.0, 1.0);
         c.range("graph.learning_rate", g.learning_rate, 0.0, 1.0);
+        c.range("graph.prune_below", g.prune_below, 0.0, g.max_weight);
+        c.range("graph.form_within", g.form_within, 0.0, g.max_rest_length);
+        c.range(
+            "graph.formed_weight",
+            g.formed_weight,
+            g.min_weight.max(g.prune_below),
+            g.max_weight,
+        );
+        let h = &self.hierarchy;
+        if h.depth > 8 {
+            c.0.push(FieldError {
+                field: "hierarchy.depth".into(),
+                value: h.depth.to_string(),
+                limit: "must be in [0, 8]".into(),
+            });
+        }
+        c.positive("hierarchy.link_length", h.link_length, 1e6);
+        c.range("hierarchy.level_scale", h.level_scale, 1.0, 1e6);
+        for (name, v) in [
+            ("hierarchy.min_size", h.min_size),
+            ("hierarchy.min_children", h.min_children),
+        ] {
+            if v < 2 {
+                c.0.push(FieldError {
+                    field: name.into(),
+                    value: v.to_string(),
+                    limit: "must be at least 2".into(),
+                });
+            }
+        }
+        c.range("hierarchy.attach_within", h.attach_within, 0.0, 1e6);
+        c.range("hierarchy.group_pull", h.group_pull, 0.0, 1000.0);
         c.positive("tokens.min_mass", self.tokens.min_mass, 1e9);
         c.positive("tokens.max_mass", self.tokens.max_mass, 1e9);
         c.ordered(

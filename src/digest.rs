@@ -177,7 +177,7 @@ pub fn state_digest(world: &mut World) -> StateDigest {
     let pool = world.get_resource::<ComputePool>().map(|p| p.0.clone());
     let (count, chunks) = token_chunk_hashes(world, pool.as_deref());
     let mut h = Xxh3::new();
-    h.update(b"neurograph-state-v2");
+    h.update(b"neurograph-state-v3");
     h.update(&world.resource::<SimClock>().tick.to_le_bytes());
     h.update(&world.resource::<TokenRegistry>().next_id().0.to_le_bytes());
     h.update(&world.resource::<Cdna>().checksum().to_le_bytes());
@@ -209,7 +209,44 @@ pub fn state_digest(world: &mut World) -> StateDigest {
         links.push(l.kind as u8);
     }
     h.update(&xxh3_64(&links).to_le_bytes());
+    if let Some(hier) = world.get_resource::<crate::hierarchy::Hierarchy>() {
+        h.update(&hierarchy_hash(hier).to_le_bytes());
+    }
     StateDigest(h.digest())
+}
+
+/// The hierarchy's share of the digest: every group, the id counter and the
+/// detection tick. (`ChildOf` mirrors it; the event counters are statistics.)
+fn hierarchy_hash(hier: &crate::hierarchy::Hierarchy) -> u64 {
+    let mut b: Vec<u8> = Vec::new();
+    b.extend_from_slice(&hier.next_group.to_le_bytes());
+    b.extend_from_slice(&hier.last_organized.map_or(u64::MAX, |t| t).to_le_bytes());
+    for level in &hier.levels {
+        b.extend_from_slice(&(level.len() as u64).to_le_bytes());
+        for g in level {
+            for v in [
+                g.id.0,
+                g.level as u64,
+                g.size,
+                g.since,
+                g.members.len() as u64,
+            ] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            for m in &g.members {
+                b.extend_from_slice(&m.to_le_bytes());
+            }
+            for v in g
+                .centre
+                .to_array()
+                .into_iter()
+                .chain([g.mass, g.charge, g.radius])
+            {
+                b.extend_from_slice(&v.to_bits().to_le_bytes());
+            }
+        }
+    }
+    xxh3_64(&b)
 }
 
 #[cfg(test)]

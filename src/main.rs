@@ -33,8 +33,15 @@ enum Command {
     /// Recover a WAL: load its newest snapshot, replay and verify every later tick,
     /// report the last durable tick and its digest. Changes nothing on disk.
     Recover(RecoverArgs),
-    /// List a WAL's segments, snapshots and ticks (checks CRCs, replays nothing).
+    /// List a WAL's segments, snapshots and ticks (checks CRCs, replays nothing);
+    /// with --tree, print the hierarchy of its last tick (replays) or of a snapshot.
     Inspect(InspectArgs),
+    /// Draw the tokens projected to 2D (PCA), coloured by group, into a PNG: of a
+    /// WAL's last tick, of a snapshot, or else of a fresh run of a scenario.
+    Plot(PlotArgs),
+    /// Write a scenario's initial tokens as a CSV file that `run --input` reads
+    /// (with the planted `label`/`group` columns), e.g. to cluster them offline.
+    Generate(GenerateArgs),
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -45,6 +52,86 @@ enum BenchCommand {
     /// Tick time with no WAL and with the off, batched and sync policies, stepped
     /// in turn on identical worlds; then the replay speed of the batched WAL.
     Wal(WalBenchArgs),
+    /// Cost of the Learn and Organize stages next to the Forces stage, per tick.
+    Hierarchy(HierarchyBenchArgs),
+}
+
+#[derive(Args)]
+struct HierarchyBenchArgs {
+    /// Scenario name.
+    #[arg(long, default_value = "uniform")]
+    scenario: String,
+    /// Tokens.
+    #[arg(long, default_value_t = 100_000)]
+    tokens: usize,
+    /// Ticks timed (after a first, untimed one).
+    #[arg(long, default_value_t = 20)]
+    ticks: u64,
+    /// Extra detections timed on their own after the ticks.
+    #[arg(long, default_value_t = 3)]
+    organize_runs: u32,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// The PNG file to write.
+    #[arg(long, value_name = "FILE.png")]
+    out: PathBuf,
+    /// Plot the last tick of this WAL (replayed; changes nothing on disk).
+    #[arg(long, value_name = "DIR", conflicts_with = "snapshot")]
+    wal: Option<PathBuf>,
+    /// Plot this snapshot file.
+    #[arg(long, value_name = "FILE")]
+    snapshot: Option<PathBuf>,
+    /// Scenario of the fresh run (default: clusters).
+    #[arg(long, conflicts_with_all = ["wal", "snapshot"])]
+    scenario: Option<String>,
+    /// Tokens of the fresh run.
+    #[arg(long, conflicts_with_all = ["wal", "snapshot"])]
+    tokens: Option<usize>,
+    /// Ticks of the fresh run.
+    #[arg(long, conflicts_with_all = ["wal", "snapshot"])]
+    ticks: Option<u64>,
+    /// Seed of the fresh run.
+    #[arg(long, conflicts_with_all = ["wal", "snapshot"])]
+    seed: Option<u64>,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Image width in pixels.
+    #[arg(long, default_value_t = 1200)]
+    width: u32,
+    /// Image height in pixels.
+    #[arg(long, default_value_t = 900)]
+    height: u32,
+    /// No progress bar for a fresh run.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Scenario name.
+    #[arg(long, default_value = "clusters")]
+    scenario: String,
+    /// Tokens.
+    #[arg(long, default_value_t = 10_000)]
+    tokens: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The CSV file to write.
+    #[arg(long, value_name = "FILE.csv")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -85,9 +172,18 @@ struct RecoverArgs {
 #[derive(Args)]
 struct InspectArgs {
     /// The WAL directory.
-    #[arg(long, value_name = "DIR")]
-    wal: PathBuf,
-    /// Print the listing as one JSON object.
+    #[arg(long, value_name = "DIR", required_unless_present = "snapshot")]
+    wal: Option<PathBuf>,
+    /// A snapshot file: print its hierarchy tree (implies --tree).
+    #[arg(long, value_name = "FILE", conflicts_with = "wal")]
+    snapshot: Option<PathBuf>,
+    /// Print the hierarchy tree of the WAL's last tick (replays it, read-only).
+    #[arg(long)]
+    tree: bool,
+    /// Children listed per group in the tree.
+    #[arg(long, default_value_t = 10)]
+    max_children: usize,
+    /// Print the listing (or tree) as one JSON object.
     #[arg(long)]
     json: bool,
 }
@@ -141,6 +237,9 @@ struct RunArgs {
     /// Print `durable TICK` on stdout each time the durable tick advances.
     #[arg(long, requires = "wal")]
     report_durable: bool,
+    /// Print the hierarchy tree at the end (before the JSON line with --json).
+    #[arg(long)]
+    tree: bool,
 }
 
 #[derive(Args)]
@@ -178,7 +277,7 @@ fn run(args: RunArgs) -> Result<Outcome, String> {
     {
         tracing::warn!(error = %e, "Ctrl-C will not stop the run cleanly");
     }
-    let summary = runner::run(&RunOptions {
+    let (summary, sim) = runner::run_keep(&RunOptions {
         config,
         progress: !args.quiet,
         wal_dir: args.wal,
@@ -186,6 +285,9 @@ fn run(args: RunArgs) -> Result<Outcome, String> {
         interrupt: Some(interrupt),
     })
     .map_err(|e| e.to_string())?;
+    if args.tree {
+        print!("{}", sim.hierarchy().render_tree(10));
+    }
     if args.json {
         println!(
             "{}",
@@ -287,11 +389,86 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
             }
             Ok(())
         }
+        BenchCommand::Hierarchy(a) => {
+            let report = neurograph::benchmarks::hierarchy(
+                &neurograph::benchmarks::HierarchyBenchOptions {
+                    scenario: a.scenario,
+                    tokens: a.tokens,
+                    ticks: a.ticks.max(1),
+                    organize_runs: a.organize_runs,
+                    threads: a.threads,
+                    seed: a.seed,
+                },
+            )?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|e| e.to_string())?
+                );
+            } else {
+                println!("{}", report.to_text());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The simulation of a snapshot file, or of a WAL's last tick (replayed).
+fn open_state(
+    wal_dir: Option<&PathBuf>,
+    snapshot: Option<&PathBuf>,
+    threads: usize,
+) -> Result<neurograph::sim::Simulation, String> {
+    match (snapshot, wal_dir) {
+        (Some(path), _) => wal::open_snapshot(path, threads).map_err(|e| e.to_string()),
+        (None, Some(dir)) => wal::recover(
+            dir,
+            &RecoverOptions {
+                threads,
+                exclusive: false,
+            },
+        )
+        .map(|r| r.sim)
+        .map_err(|e| e.to_string()),
+        (None, None) => Err("give --wal DIR or --snapshot FILE".into()),
     }
 }
 
 fn inspect(args: InspectArgs) -> Result<(), String> {
-    let info = wal::inspect(&args.wal).map_err(|e| e.to_string())?;
+    if args.tree || args.snapshot.is_some() {
+        let sim = open_state(args.wal.as_ref(), args.snapshot.as_ref(), 0)?;
+        let hier = sim.hierarchy();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "tick": sim.tick(),
+                    "tokens": sim.token_count(),
+                    "groups_per_level": hier.groups_per_level(),
+                    "events": hier.events,
+                    "groups": hier.levels.iter().flatten().map(|g| serde_json::json!({
+                        "id": g.id.0,
+                        "level": g.level,
+                        "size": g.size,
+                        "children": g.members.len(),
+                        "child_ids": if g.level > 1 { Some(&g.members) } else { None },
+                        "centre": g.centre.to_array(),
+                        "charge": g.charge,
+                        "mass": g.mass,
+                        "radius": g.radius,
+                        "since": g.since,
+                    })).collect::<Vec<_>>(),
+                })
+            );
+        } else {
+            print!("{}", hier.render_tree(args.max_children));
+        }
+        return Ok(());
+    }
+    let Some(dir) = args.wal else {
+        return Err("give --wal DIR or --snapshot FILE".into());
+    };
+    let info = wal::inspect(&dir).map_err(|e| e.to_string())?;
     if args.json {
         println!(
             "{}",
@@ -301,7 +478,7 @@ fn inspect(args: InspectArgs) -> Result<(), String> {
     }
     println!(
         "WAL {} (format version {})",
-        args.wal.display(),
+        dir.display(),
         info.manifest.format_version
     );
     for (k, v) in &info.manifest.run {
@@ -345,6 +522,84 @@ fn inspect(args: InspectArgs) -> Result<(), String> {
         (Some(a), Some(b)) => println!("ticks {a}..={b} journaled"),
         _ => println!("no tick records"),
     }
+    Ok(())
+}
+
+fn plot(args: PlotArgs) -> Result<(), String> {
+    let mut sim = if args.wal.is_some() || args.snapshot.is_some() {
+        open_state(args.wal.as_ref(), args.snapshot.as_ref(), args.threads)?
+    } else {
+        let mut config = RunConfig {
+            scenario: args.scenario.clone(),
+            tokens: args.tokens,
+            ticks: args.ticks,
+            seed: args.seed,
+            ..Default::default()
+        };
+        config.sim.threads = args.threads;
+        let (summary, sim) = runner::run_keep(&RunOptions {
+            config,
+            progress: !args.quiet && std::io::stderr().is_terminal(),
+            wal_dir: None,
+            report_durable: false,
+            interrupt: None,
+        })
+        .map_err(|e| e.to_string())?;
+        if let (Some(a1), Some(a2)) = (summary.ari_level1, summary.ari_level2) {
+            eprintln!(
+                "ran {} × {} tokens for {} ticks: ARI level 1 {a1:.4}, level 2 {a2:.4}",
+                summary.scenario, summary.tokens, summary.final_tick
+            );
+        }
+        sim
+    };
+    let stats = neurograph::plot::plot_world(sim.world_mut(), &args.out, args.width, args.height)?;
+    println!(
+        "{}: {} tokens at tick {} ({} in level-1 groups), {} level-1 centres (crosses), {} level-2 centres (rings)",
+        args.out.display(),
+        stats.tokens,
+        sim.tick(),
+        stats.grouped,
+        stats.level1,
+        stats.level2
+    );
+    Ok(())
+}
+
+fn generate(args: GenerateArgs) -> Result<(), String> {
+    let sc = neurograph::scenario::find(&args.scenario)?;
+    let params = neurograph::scenario::ScenarioParams {
+        tokens: args.tokens,
+        seed: args.seed,
+    };
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", args.out.display());
+    let mut w = csv::Writer::from_path(&args.out).map_err(|e| err(&e))?;
+    w.write_record([
+        "x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "charge", "mass", "radius", "strength",
+        "label", "group",
+    ])
+    .map_err(|e| err(&e))?;
+    let mut n = 0u64;
+    for g in sc.stream(&params) {
+        let s = &g.spec;
+        let mut row: Vec<String> = s
+            .position
+            .to_array()
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        row.extend(
+            [s.charge, s.mass, s.radius, s.strength]
+                .iter()
+                .map(|v| v.to_string()),
+        );
+        row.push(g.label.map_or(String::new(), |l| l.to_string()));
+        row.push(g.group.map_or(String::new(), |l| l.to_string()));
+        w.write_record(&row).map_err(|e| err(&e))?;
+        n += 1;
+    }
+    w.flush().map_err(|e| err(&e))?;
+    println!("{}: {n} tokens of scenario {}", args.out.display(), sc.name);
     Ok(())
 }
 
@@ -394,6 +649,8 @@ fn main() -> ExitCode {
         Command::Cdna(a) => cdna(a),
         Command::Recover(a) => recover(a),
         Command::Inspect(a) => inspect(a),
+        Command::Plot(a) => plot(a),
+        Command::Generate(a) => generate(a),
         Command::Bench(b) => bench(b),
     };
     match result {

@@ -114,55 +114,116 @@ pub struct LinkEnd {
 pub struct LinkTable {
     offsets: Vec<u32>,
     ends: Vec<LinkEnd>,
+    /// For the k-th link given to `build`, the positions of its two ends in
+    /// `ends` (`u32::MAX` when the link was skipped).
+    places: Vec<(u32, u32)>,
 }
 
 impl LinkTable {
-    /// Builds the table for tokens `ids` (gathered order) from `(a, b, weight, rest)` links.
+    /// Builds the table for tokens `ids` (gathered order) from `(a, b, weight, rest)`
+    /// links; links with an end not in `ids` are skipped. Two passes over the links,
+    /// no hashing: given in key order (as [`LinkGraph`](crate::registry::LinkGraph)
+    /// iterates), every row comes out sorted by partner id; otherwise rows are
+    /// sorted afterwards.
     pub fn build(
         ids: &[TokenId],
-        links: impl Iterator<Item = (TokenId, TokenId, f32, f32)>,
+        links: impl Iterator<Item = (TokenId, TokenId, f32, f32)> + Clone,
     ) -> Self {
-        let index: std::collections::HashMap<TokenId, u32> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (*id, i as u32))
-            .collect();
-        let mut per: Vec<Vec<(TokenId, LinkEnd)>> = vec![Vec::new(); ids.len()];
-        let mut any = false;
-        for (a, b, weight, rest) in links {
-            let (Some(&ia), Some(&ib)) = (index.get(&a), index.get(&b)) else {
-                continue;
-            };
-            per[ia as usize].push((
-                b,
-                LinkEnd {
-                    other: ib,
-                    weight,
-                    rest,
-                },
-            ));
-            per[ib as usize].push((
-                a,
-                LinkEnd {
-                    other: ia,
-                    weight,
-                    rest,
-                },
-            ));
-            any = true;
+        let top = ids.iter().map(|id| id.0 + 1).max().unwrap_or(0) as usize;
+        let mut slot_of = vec![u32::MAX; top];
+        for (s, id) in ids.iter().enumerate() {
+            slot_of[id.0 as usize] = s as u32;
         }
-        if !any {
+        let slot = |id: TokenId| match slot_of.get(id.0 as usize) {
+            Some(&s) if s != u32::MAX => Some(s as usize),
+            _ => None,
+        };
+        let mut offsets = vec![0u32; ids.len() + 1];
+        let mut count = 0usize;
+        for (a, b, ..) in links.clone() {
+            count += 1;
+            if let (Some(sa), Some(sb)) = (slot(a), slot(b)) {
+                offsets[sa + 1] += 1;
+                offsets[sb + 1] += 1;
+            }
+        }
+        if offsets.iter().all(|&o| o == 0) {
             return Self::default();
         }
-        let mut offsets = Vec::with_capacity(ids.len() + 1);
-        let mut ends = Vec::new();
-        offsets.push(0);
-        for mut row in per {
-            row.sort_by_key(|(id, _)| *id);
-            ends.extend(row.into_iter().map(|(_, e)| e));
-            offsets.push(ends.len() as u32);
+        for i in 0..ids.len() {
+            offsets[i + 1] += offsets[i];
         }
-        Self { offsets, ends }
+        let mut cursor = offsets.clone();
+        let empty = LinkEnd {
+            other: u32::MAX,
+            weight: 0.0,
+            rest: 0.0,
+        };
+        let mut ends = vec![empty; offsets[ids.len()] as usize];
+        // The partner id of each end, to check (and if need be restore) row order.
+        let mut partner = vec![TokenId(0); ends.len()];
+        let mut places = vec![(u32::MAX, u32::MAX); count];
+        let mut sorted = true;
+        for (k, (a, b, weight, rest)) in links.enumerate() {
+            let (Some(sa), Some(sb)) = (slot(a), slot(b)) else {
+                continue;
+            };
+            for (first, s, other, oid) in [(true, sa, sb, b), (false, sb, sa, a)] {
+                let p = cursor[s] as usize;
+                cursor[s] += 1;
+                sorted &= p == offsets[s] as usize || partner[p - 1] < oid;
+                partner[p] = oid;
+                ends[p] = LinkEnd {
+                    other: other as u32,
+                    weight,
+                    rest,
+                };
+                if first {
+                    places[k].0 = p as u32;
+                } else {
+                    places[k].1 = p as u32;
+                }
+            }
+        }
+        if !sorted {
+            // Links came in another order: sort each row by partner id and move
+            // the recorded places along.
+            let mut moved = vec![0u32; ends.len()];
+            for i in 0..ids.len() {
+                let (lo, hi) = (offsets[i] as usize, offsets[i + 1] as usize);
+                let mut idx: Vec<usize> = (lo..hi).collect();
+                idx.sort_by_key(|&p| partner[p]);
+                let row: Vec<LinkEnd> = idx.iter().map(|&p| ends[p]).collect();
+                for (n, &p) in idx.iter().enumerate() {
+                    moved[p] = (lo + n) as u32;
+                }
+                ends[lo..hi].copy_from_slice(&row);
+            }
+            for p in places.iter_mut() {
+                if p.0 != u32::MAX {
+                    *p = (moved[p.0 as usize], moved[p.1 as usize]);
+                }
+            }
+        }
+        Self {
+            offsets,
+            ends,
+            places,
+        }
+    }
+
+    /// Rewrites weights and rest lengths from `(weight, rest)` values given in the
+    /// same order, and for the same links, as the ones this table was built from.
+    /// O(links), no allocation; for when only link values changed.
+    pub fn refresh_values(&mut self, values: impl Iterator<Item = (f32, f32)>) {
+        for (&(p, q), (weight, rest)) in self.places.iter().zip(values) {
+            for e in [p, q] {
+                if let Some(end) = self.ends.get_mut(e as usize) {
+                    end.weight = weight;
+                    end.rest = rest;
+                }
+            }
+        }
     }
 
     /// The links of token `i` (empty when the table has no links at all).

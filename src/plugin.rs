@@ -12,7 +12,8 @@ use crate::commands::{CommandLog, CommandQueue};
 use crate::config::{Quotas, SimConfig};
 use crate::registry::{LinkGraph, SimClock, SimRng, SpatialDirty, TokenRegistry};
 use crate::systems::{
-    ConstrainPlugin, CpuForcesPlugin, IngestPlugin, IntegratePlugin, JournalPlugin,
+    ConstrainPlugin, CpuForcesPlugin, IngestPlugin, IntegratePlugin, JournalPlugin, LearnPlugin,
+    OrganizePlugin,
 };
 use bevy_app::{App, FixedUpdate, Plugin, PluginGroup, PluginGroupBuilder};
 use bevy_ecs::prelude::*;
@@ -115,6 +116,8 @@ impl PluginGroup for NeuroGraphPlugins {
             .add(CpuForcesPlugin)
             .add(IntegratePlugin)
             .add(ConstrainPlugin)
+            .add(LearnPlugin)
+            .add(OrganizePlugin)
             .add(JournalPlugin)
     }
 }
@@ -188,11 +191,76 @@ impl Plugin for SimCorePlugin {
             .init_resource::<SpatialDirty>()
             .init_resource::<CommandQueue>()
             .init_resource::<CommandLog>()
-            .add_systems(SimTick, end_tick.in_set(SimSystems::Observe));
+            .init_resource::<StageTimes>()
+            .add_systems(SimTick, end_tick.in_set(SimSystems::Observe))
+            .add_systems(SimTick, stage_start.before(SimSystems::Ingest))
+            .add_systems(
+                SimTick,
+                (
+                    stage_mark::<0>
+                        .after(SimSystems::Ingest)
+                        .before(SimSystems::Forces),
+                    stage_mark::<1>
+                        .after(SimSystems::Forces)
+                        .before(SimSystems::Integrate),
+                    stage_mark::<2>
+                        .after(SimSystems::Integrate)
+                        .before(SimSystems::Constrain),
+                    stage_mark::<3>
+                        .after(SimSystems::Constrain)
+                        .before(SimSystems::Learn),
+                    stage_mark::<4>
+                        .after(SimSystems::Learn)
+                        .before(SimSystems::Organize),
+                    stage_mark::<5>
+                        .after(SimSystems::Organize)
+                        .before(SimSystems::Journal),
+                    stage_mark::<6>
+                        .after(SimSystems::Journal)
+                        .before(SimSystems::Observe),
+                    stage_mark::<7>.after(SimSystems::Observe),
+                ),
+            );
         if self.driver == TickDriver::FixedUpdate {
             app.add_systems(FixedUpdate, run_sim_tick);
         }
     }
+}
+
+/// Wall time of each stage ([`SimSystems::ALL`] order) in the last tick and
+/// since the start; two clock reads per stage.
+#[derive(Resource, Clone, Debug, Default)]
+pub struct StageTimes {
+    /// Seconds per stage in the last tick.
+    pub last: [f64; 8],
+    /// Seconds per stage since the start.
+    pub total: [f64; 8],
+    /// Ticks timed.
+    pub ticks: u64,
+    mark: Option<std::time::Instant>,
+}
+
+impl StageTimes {
+    /// Seconds of `stage` in the last tick.
+    pub fn last_of(&self, stage: SimSystems) -> f64 {
+        self.last[SimSystems::ALL
+            .iter()
+            .position(|s| *s == stage)
+            .unwrap_or(0)]
+    }
+}
+
+fn stage_start(mut t: ResMut<StageTimes>) {
+    t.mark = Some(std::time::Instant::now());
+    t.ticks += 1;
+}
+
+fn stage_mark<const K: usize>(mut t: ResMut<StageTimes>) {
+    let now = std::time::Instant::now();
+    let s = t.mark.map_or(0.0, |m| (now - m).as_secs_f64());
+    t.last[K] = s;
+    t.total[K] += s;
+    t.mark = Some(now);
 }
 
 /// Runs one [`SimTick`]; the system behind [`TickDriver::FixedUpdate`].

@@ -110,6 +110,7 @@ pub struct LinkGraph {
     links: BTreeMap<(TokenId, TokenId), LinkSpec>,
     adjacency: HashMap<TokenId, Vec<TokenId>>,
     version: u64,
+    structure: u64,
 }
 
 /// The canonical key of an undirected link.
@@ -133,6 +134,12 @@ impl LinkGraph {
         self.version
     }
 
+    /// Bumped when a link is added or removed (not when one changes); with
+    /// [`version`](Self::version) it tells a cache whether only values changed.
+    pub fn structure_version(&self) -> u64 {
+        self.structure
+    }
+
     /// The link between `a` and `b`.
     pub fn get(&self, a: TokenId, b: TokenId) -> Option<&LinkSpec> {
         self.links.get(&link_key(a, b))
@@ -149,6 +156,11 @@ impl LinkGraph {
         self.adjacency.get(&id).map_or(0, Vec::len)
     }
 
+    /// The largest degree of any token (0 without links).
+    pub fn max_degree(&self) -> usize {
+        self.adjacency.values().map(Vec::len).max().unwrap_or(0)
+    }
+
     /// The tokens linked to `id`, in no particular order.
     pub fn neighbors(&self, id: TokenId) -> &[TokenId] {
         self.adjacency.get(&id).map_or(&[], Vec::as_slice)
@@ -159,6 +171,7 @@ impl LinkGraph {
         if self.links.insert(link_key(a, b), spec).is_none() {
             self.adjacency.entry(a).or_default().push(b);
             self.adjacency.entry(b).or_default().push(a);
+            self.structure += 1;
         }
         self.version += 1;
     }
@@ -175,6 +188,7 @@ impl LinkGraph {
             }
         }
         self.version += 1;
+        self.structure += 1;
         Some(spec)
     }
 
@@ -188,7 +202,7 @@ impl LinkGraph {
     }
 
     /// Every link in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&(TokenId, TokenId), &LinkSpec)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&(TokenId, TokenId), &LinkSpec)> + Clone {
         self.links.iter()
     }
 

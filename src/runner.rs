@@ -4,7 +4,9 @@
 use crate::cdna::{Cdna, CdnaError, Profile, ViolationKind};
 use crate::commands::CommandError;
 use crate::config::{Quotas, SimConfig};
+use crate::hierarchy::{self, GroupEvents};
 use crate::input::{InputError, load_csv};
+use crate::registry::TokenRegistry;
 use crate::scenario::GroundTruth;
 use crate::scenario::{self, Generated, ScenarioParams, spawn_stream};
 use crate::sim::{SimError, SimSettings, Simulation};
@@ -156,6 +158,21 @@ pub struct RunSummary {
     /// Tokens that carry ground-truth labels (planted by the scenario or given in
     /// the input's `label`/`group` columns), for the hierarchy quality figures.
     pub labelled_tokens: u64,
+    /// Adjusted Rand index of the level-1 groups against the planted fine labels
+    /// (`null` without labels).
+    pub ari_level1: Option<f64>,
+    /// Adjusted Rand index of the level-2 groups against the planted coarse labels.
+    pub ari_level2: Option<f64>,
+    /// Groups at each level, from level 1, after the last detection.
+    pub groups_per_level: Vec<u64>,
+    /// Links formed by learning since the start of the run.
+    pub links_formed: u64,
+    /// Links pruned by learning since the start of the run.
+    pub links_pruned: u64,
+    /// Group identity events since the start of the run.
+    pub group_events: GroupEvents,
+    /// The tick of the last group detection.
+    pub last_organized: Option<u64>,
     /// The WAL's durability policy, when journaling.
     pub wal_durability: Option<String>,
     /// Bytes written to the WAL (records, headers, snapshots).
@@ -300,6 +317,11 @@ impl Source {
 
 /// Runs a whole simulation.
 pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
+    run_keep(opts).map(|(summary, _)| summary)
+}
+
+/// [`run`], and hand back the finished simulation (its WAL closed) to look at.
+pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError> {
     let c = &opts.config;
     let cdna = load_cdna(c)?;
     let seed = c.seed.unwrap_or(DEFAULT_SEED);
@@ -433,8 +455,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     let tokens = sim.token_count();
     let violations = sim.violations().clone();
     let peak = peak_rss_bytes().unwrap_or(0);
+    let hier = sim.hierarchy().clone();
+    let quality = {
+        let registry = sim.world().resource::<TokenRegistry>();
+        hierarchy::quality(&hier, &ground_truth.labels, &ground_truth.groups, |id| {
+            registry.contains(id)
+        })
+    };
+    let learn = sim.learn_stats();
     let per_s = |x: f64| if seconds > 0.0 { x / seconds } else { 0.0 };
-    Ok(RunSummary {
+    let summary = RunSummary {
         scenario: scenario_name,
         seed,
         tokens,
@@ -476,13 +506,21 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
         cdna_profile: sim.cdna().profile.name().to_string(),
         cdna_checksum: sim.cdna().checksum_hex(),
         labelled_tokens: ground_truth.labels.len() as u64,
+        ari_level1: quality.ari_level1,
+        ari_level2: quality.ari_level2,
+        groups_per_level: hier.groups_per_level(),
+        links_formed: learn.links_formed,
+        links_pruned: learn.links_pruned,
+        group_events: hier.events,
+        last_organized: hier.last_organized,
         wal_durability: durability,
         wal_bytes: wal_stats.bytes,
         wal_fsyncs: wal_stats.fsyncs,
         wal_records: wal_stats.records,
         wal_snapshots: wal_stats.snapshots,
         recovery,
-    })
+    };
+    Ok((summary, sim))
 }
 
 impl RunSummary {
@@ -537,6 +575,36 @@ impl RunSummary {
             self.peak_rss_bytes as f64 / 1048576.0,
             self.bytes_per_token
         );
+        let _ = writeln!(
+            s,
+            "  learned links    {:>14}  formed, {} pruned",
+            self.links_formed, self.links_pruned
+        );
+        let levels: Vec<String> = self.groups_per_level.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            s,
+            "  groups per level {:>14}  (last detection at tick {})",
+            if levels.is_empty() {
+                "none".to_string()
+            } else {
+                levels.join(" / ")
+            },
+            self.last_organized
+                .map_or("-".to_string(), |t| t.to_string())
+        );
+        let e = &self.group_events;
+        let _ = writeln!(
+            s,
+            "  group events     {:>14}  kept, {} appeared, {} vanished, {} split, {} merged",
+            e.kept, e.appeared, e.vanished, e.split, e.merged
+        );
+        if let (Some(a1), Some(a2)) = (self.ari_level1, self.ari_level2) {
+            let _ = writeln!(
+                s,
+                "  ARI vs labels    {:>14}  level 1 {a1:.4}, level 2 {a2:.4}",
+                self.labelled_tokens
+            );
+        }
         if let Some(d) = &self.wal_durability {
             let _ = writeln!(
                 s,

@@ -201,6 +201,16 @@ impl Simulation {
         *self.world().resource::<IntegrateStats>()
     }
 
+    /// The emergent hierarchy after the last detection.
+    pub fn hierarchy(&self) -> &crate::hierarchy::Hierarchy {
+        self.world().resource::<crate::hierarchy::Hierarchy>()
+    }
+
+    /// Learning counters.
+    pub fn learn_stats(&self) -> crate::systems::LearnStats {
+        *self.world().resource::<crate::systems::LearnStats>()
+    }
+
     /// Worker threads of the compute pool.
     pub fn threads(&self) -> usize {
         self.world().resource::<ComputePool>().threads()

@@ -140,6 +140,9 @@ pub fn constrain_links(
         violations.add(ViolationKind::LinkRigidity, r);
     }
     let max = g.max_degree as usize;
+    if graph.max_degree() <= max {
+        return;
+    }
     let mut over: Vec<TokenId> = graph
         .iter()
         .flat_map(|(&(a, b), _)| [a, b])

@@ -62,11 +62,65 @@ pub struct ForceBuffers {
     /// Bumped whenever slots are reassigned; cached tables keyed on it.
     layout: u64,
     links_key: Option<(u64, u64)>,
+    /// The `LinkGraph::version` whose values the link table holds.
+    link_values: u64,
     /// Counters.
     pub stats: ForceStats,
 }
 
 impl ForceBuffers {
+    /// Whether the neighbour lists hold every pair of tokens now closer than
+    /// `dist` (true for slotted data only). They hold every pair closer than
+    /// `R_ij + skin` at their build, and each token has moved at most its path
+    /// since, so this holds when `dist ≤ min R + skin − 2 · longest path`.
+    pub fn lists_cover(&self, dist: f32) -> bool {
+        let n = self.ids.len();
+        if self.travel.invalid || self.travel.path.len() != n || self.neighbors.len() != n {
+            return false;
+        }
+        let min_r = self
+            .params
+            .iter()
+            .map(|p| p.radius)
+            .fold(f32::INFINITY, f32::min);
+        let path = self.travel.path.iter().copied().fold(0.0f32, f32::max);
+        dist <= min_r + self.neighbors.skin() - 2.0 * path
+    }
+
+    /// Maps each token of `tokens` (query order) to its slot by id and gathers it
+    /// there. Returns false, with the buffers half-written, when the ids are not
+    /// exactly the slotted ones.
+    fn remap_by_id<'a>(
+        &mut self,
+        tokens: impl Iterator<Item = (&'a TokenId, &'a Position, &'a Charge, &'a Mass, &'a Field)>,
+    ) -> bool {
+        puffin::profile_function!();
+        let top = self.ids.iter().map(|id| id.0 + 1).max().unwrap_or(0) as usize;
+        let mut slot_of = vec![u32::MAX; top];
+        for (s, id) in self.ids.iter().enumerate() {
+            slot_of[id.0 as usize] = s as u32;
+        }
+        let mut slot = Vec::with_capacity(self.ids.len());
+        for (id, pos, q, m, field) in tokens {
+            let Some(s) = slot_of.get_mut(id.0 as usize) else {
+                return false;
+            };
+            if *s == u32::MAX {
+                return false;
+            }
+            slot.push(*s);
+            self.positions[*s as usize] = pos.0;
+            self.params[*s as usize] = params_of(q, m, field);
+            // Each id maps to one slot; a second token with it fails above.
+            *s = u32::MAX;
+        }
+        if slot.len() != self.ids.len() {
+            return false;
+        }
+        self.slot = slot;
+        true
+    }
+
     /// Puts the slots in k-d tree order and rebuilds every neighbour row.
     fn rebuild_spatial(&mut self, skin: f32) {
         let n = self.ids.len();
@@ -192,6 +246,12 @@ pub fn cpu_forces(
                 buf.params[s] = params_of(q, m, field);
             }
         }
+        if order_changed && n == buf.ids.len() && n > 0 {
+            // Same count, other order: entities moved between tables (e.g. a
+            // `ChildOf` added by `Organize`). If the ids are the same set, only the
+            // query-to-slot map changes; the lists stay valid.
+            order_changed = !buf.remap_by_id(tokens.iter());
+        }
         if order_changed {
             buf.ids.clear();
             buf.positions.clear();
@@ -242,8 +302,9 @@ pub fn cpu_forces(
             buf.stats.refreshed_rows += stale.len() as u64;
             buf.stats.candidates = buf.neighbors.candidates() as u64;
         }
-        let links_key = (buf.layout, graph.version());
+        let links_key = (buf.layout, graph.structure_version());
         if buf.links_key != Some(links_key) {
+            puffin::profile_scope!("link_table");
             buf.links = LinkTable::build(
                 &buf.ids,
                 graph
@@ -251,6 +312,13 @@ pub fn cpu_forces(
                     .map(|(&(a, b), l)| (a, b, l.weight, l.rest_length)),
             );
             buf.links_key = Some(links_key);
+            buf.link_values = graph.version();
+        } else if buf.link_values != graph.version() {
+            // Same links, new weights (learning): rewrite them in place.
+            puffin::profile_scope!("link_values");
+            buf.links
+                .refresh_values(graph.iter().map(|(_, l)| (l.weight, l.rest_length)));
+            buf.link_values = graph.version();
         }
         puffin::profile_scope!("pair_forces");
         buf.stats.pairs = compute_forces(

@@ -5,7 +5,10 @@
 //! | `Ingest` | [`IngestPlugin`] | applies queued commands ([`ingest()`](fn@ingest)) |
 //! | `Forces` | [`CpuForcesPlugin`] | gathers tokens, refreshes neighbour lists, computes forces ([`ForceBuffers`]) |
 //! | `Integrate` | [`IntegratePlugin`] | semi-implicit Euler with damping and a speed limit |
+//! | `Forces` | [`OrganizePlugin`] | optional pull of grouped tokens to their group's centre ([`group_pull`]) |
 //! | `Constrain` | [`ConstrainPlugin`] | enforces the CDNA, counts violations |
+//! | `Learn` | [`LearnPlugin`] | Hebbian link weights, decay, pruning, new links ([`learn()`](fn@learn)) |
+//! | `Organize` | [`OrganizePlugin`] | every K ticks: friends-of-friends groups, stable ids, `ChildOf` ([`organize()`](fn@organize)) |
 //! | `Journal` | [`JournalPlugin`] | appends the tick's record to the WAL, snapshots when due |
 //! | `Observe` | core | closes the tick |
 
@@ -14,9 +17,15 @@ pub mod forces;
 pub mod ingest;
 pub mod integrate;
 pub mod journal;
+pub mod learn;
+pub mod organize;
 
 pub use constrain::{ConstrainPlugin, constrain_links, constrain_tokens};
 pub use forces::{CpuForcesPlugin, ForceBuffers, ForceStats, compute_forces, cpu_forces};
 pub use ingest::{IngestPlugin, ingest};
 pub use integrate::{IntegratePlugin, IntegrateStats, integrate};
 pub use journal::{JournalPlugin, journal};
+pub use learn::{LearnPlugin, LearnStats, learn};
+pub use organize::{
+    GroupEntities, OrganizePlugin, OrganizeStats, group_pull, organize, organize_now,
+};

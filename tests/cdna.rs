@@ -111,6 +111,8 @@ fn lowered_degree_limit_removes_the_weakest_links() {
     let mut c = Cdna::default();
     c.graph.max_degree = 2;
     c.graph.max_weight = 2.5;
+    // Only the constraint here: learning would link the co-located tokens.
+    c.graph.form_within = 0.0;
     sim.apply(SimCommand::UpdateCdna(Box::new(c))).unwrap();
     sim.step();
     assert_eq!(sim.link_count(), 2);

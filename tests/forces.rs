@@ -32,14 +32,14 @@ fn random_tokens_with_mixed_radii_match_reference() {
         sim.last_pair_count() > 2000,
         "the test should exercise many pairs"
     );
-    assert_last_tick_matches_reference(&sim);
+    assert_forces_match_reference(&mut sim);
 }
 
 #[test]
 fn clustered_tokens_match_reference() {
     let sim_ = &mut scenario_sim("clusters", 2000, 3, 2);
     sim_.step();
-    assert_last_tick_matches_reference(sim_);
+    assert_forces_match_reference(sim_);
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn links_are_included_and_match_reference() {
     }
     assert!(sim.link_count() > 150);
     sim.step();
-    assert_last_tick_matches_reference(&sim);
+    assert_forces_match_reference(&mut sim);
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn links_follow_tokens_through_full_rebuilds() {
         .unwrap();
     }
     sim.run(2);
-    assert_last_tick_matches_reference(&sim);
+    assert_forces_match_reference(&mut sim);
     for round in 0..3 {
         let id = TokenId(first.0 + 50 + round);
         sim.apply(SimCommand::Set {
@@ -87,7 +87,7 @@ fn links_follow_tokens_through_full_rebuilds() {
         })
         .unwrap();
         sim.step();
-        assert_last_tick_matches_reference(&sim);
+        assert_forces_match_reference(&mut sim);
     }
     assert!(sim.force_stats().rebuilds >= 4, "{:?}", sim.force_stats());
 }
@@ -110,7 +110,7 @@ fn many_ticks_of_refreshed_lists_never_miss_a_pair() {
     sim.spawn_batch(specs(1200, 2.6, 5)).unwrap();
     for _ in 0..60 {
         sim.step();
-        assert_last_tick_matches_reference(&sim);
+        assert_forces_match_reference(&mut sim);
     }
     let stats = sim.force_stats();
     assert!(
@@ -126,7 +126,7 @@ fn a_pair_at_exactly_the_cutoff_is_not_a_pair() {
     sim.spawn(TokenSpec::at(Vec8::axis(Axis::Social))).unwrap(); // r = 1 = R
     sim.step();
     assert_eq!(sim.last_pair_count(), 0);
-    assert_last_tick_matches_reference(&sim);
+    assert_forces_match_reference(&mut sim);
     // A hair closer, and it is a pair.
     let mut sim = sim_with_threads(1);
     sim.spawn(TokenSpec::at(Vec8::ZERO)).unwrap();
@@ -134,7 +134,7 @@ fn a_pair_at_exactly_the_cutoff_is_not_a_pair() {
         .unwrap();
     sim.step();
     assert_eq!(sim.last_pair_count(), 2);
-    assert_last_tick_matches_reference(&sim);
+    assert_forces_match_reference(&mut sim);
 }
 
 #[test]
@@ -145,7 +145,7 @@ fn coincident_tokens_are_a_pair_without_force() {
     let b = sim.spawn(TokenSpec::at(p)).unwrap();
     sim.step();
     assert_eq!(sim.last_pair_count(), 2);
-    assert_last_tick_matches_reference(&sim);
+    assert_forces_match_reference(&mut sim);
     for id in [a, b] {
         let t = sim.token(id).unwrap();
         assert_eq!(t.position, p, "no force, no motion");
@@ -158,12 +158,12 @@ fn a_single_token_and_an_empty_world() {
     let mut sim = sim_with_threads(2);
     sim.step();
     assert_eq!(sim.last_pair_count(), 0);
-    assert_last_tick_matches_reference(&sim);
+    assert_forces_match_reference(&mut sim);
     let id = sim.spawn(TokenSpec::at(Vec8::ONE)).unwrap();
     sim.run(3);
     assert_eq!(sim.last_pair_count(), 0);
     assert_eq!(sim.token(id).unwrap().position, Vec8::ONE);
-    assert_last_tick_matches_reference(&sim);
+    assert_forces_match_reference(&mut sim);
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn all_tokens_at_one_point() {
         .unwrap();
     sim.step();
     assert_eq!(sim.last_pair_count(), 100 * 99);
-    assert_last_tick_matches_reference(&sim);
+    assert_forces_match_reference(&mut sim);
 }
 
 /// Two tokens 0.7 apart on the motor axis, the second with `charge_b`: their

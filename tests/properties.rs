@@ -35,7 +35,7 @@ proptest! {
         sim.spawn_batch(tokens).unwrap();
         for _ in 0..ticks {
             sim.step();
-            assert_last_tick_matches_reference(&sim);
+            assert_forces_match_reference(&mut sim);
         }
     }
 

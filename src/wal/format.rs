@@ -1,4 +1,9 @@
-//! The on-disk format of the write-ahead log, version 1.
+//! The on-disk format of the write-ahead log, version 2.
+//!
+//! Version 2 added the emergent hierarchy and the learning counters to snapshots,
+//! and its ticks run the `Learn` and `Organize` stages. Replay re-simulates each
+//! tick, so a version-1 log (whose ticks had neither) cannot be replayed by this
+//! build: it is refused as `UnsupportedVersion`.
 //!
 //! All integers are little-endian. CRC32 is the IEEE polynomial (`crc32fast`).
 //!
@@ -19,7 +24,7 @@
 //! | bytes | field |
 //! |-------|-------|
 //! | 8 | magic `NGWALSEG` |
-//! | 4 | format version (`1`) |
+//! | 4 | format version (`2`) |
 //! | 4 | reserved, `0` |
 //! | 8 | first tick: the tick of the segment's first record |
 //! | 4 | reserved, `0` |
@@ -59,7 +64,7 @@
 //! | bytes | field |
 //! |-------|-------|
 //! | 8 | magic `NGSNAPSH` |
-//! | 4 | format version (`1`) |
+//! | 4 | format version (`2`) |
 //! | 4 | reserved, `0` |
 //! | 8 | tick |
 //! | 8 | payload length |
@@ -72,7 +77,7 @@ use crate::commands::SimCommand;
 use serde::{Deserialize, Serialize};
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Segment file magic.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"NGWALSEG";
 /// Bytes of a segment header.
@@ -492,8 +497,8 @@ mod tests {
         assert_eq!(decode_segment_header(&h[..10]), Err(HeaderError::Short(10)));
         h[17] ^= 1;
         assert_eq!(decode_segment_header(&h), Err(HeaderError::Crc));
-        let v2 = encode_segment_header_version(9, 2);
-        assert_eq!(decode_segment_header(&v2), Err(HeaderError::Version(2)));
+        let v3 = encode_segment_header_version(9, 3);
+        assert_eq!(decode_segment_header(&v3), Err(HeaderError::Version(3)));
     }
 
     #[test]

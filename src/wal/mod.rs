@@ -214,6 +214,14 @@ pub enum WalError {
     /// The writer is closed.
     #[error("the WAL writer is closed")]
     Closed,
+    /// A snapshot file given by path could not be used.
+    #[error("{}: unusable snapshot: {reason}", path.display())]
+    BadSnapshot {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The name of the manifest file.
@@ -618,12 +626,42 @@ fn load_snapshot(
     manifest: &Manifest,
     threads: usize,
 ) -> Result<(Simulation, StateDigest), String> {
-    let bytes = std::fs::read(&file.path).map_err(|e| e.to_string())?;
+    load_snapshot_file(&file.path, Some(file.tick), settings(manifest, threads))
+}
+
+/// Loads and restores the snapshot file `path` (of any WAL directory, or copied
+/// out of one) for inspection; the run settings come from the `manifest.json`
+/// beside it, or are the defaults.
+pub fn open_snapshot(path: &Path, threads: usize) -> Result<Simulation, WalError> {
+    let base = match path.parent().map(Manifest::load) {
+        Some(Ok(m)) => settings(&m, threads),
+        _ => SimSettings {
+            config: SimConfig {
+                threads,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    };
+    load_snapshot_file(path, None, base)
+        .map(|(sim, _)| sim)
+        .map_err(|reason| WalError::BadSnapshot {
+            path: path.to_path_buf(),
+            reason,
+        })
+}
+
+fn load_snapshot_file(
+    path: &Path,
+    name_tick: Option<u64>,
+    base: SimSettings,
+) -> Result<(Simulation, StateDigest), String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let (tick, payload) = format::decode_snapshot_file(&bytes)?;
-    if tick != file.tick || tick > MAX_TICK {
+    if name_tick.is_some_and(|t| t != tick) || tick > MAX_TICK {
         return Err(format!(
             "the header says tick {tick}, the file name says {} (limit {MAX_TICK})",
-            file.tick
+            name_tick.unwrap_or(tick)
         ));
     }
     let snap: WorldSnapshot =
@@ -635,7 +673,7 @@ fn load_snapshot(
         ));
     }
     // The world is built with the snapshot's own constitution.
-    let mut s = settings(manifest, threads);
+    let mut s = base;
     s.cdna = snap.cdna.clone();
     let mut sim = Simulation::new(s).map_err(|e| e.to_string())?;
     // `restore` checks that the world's digest is the one recorded.

@@ -4,9 +4,11 @@ use crate::cdna::{Cdna, CdnaHistory, CdnaViolations};
 use crate::commands::CommandLog;
 use crate::components::*;
 use crate::digest::{StateDigest, state_digest};
+use crate::hierarchy::Hierarchy;
 use crate::math::Vec8;
 use crate::registry::{LinkGraph, SimClock, SimRng, SpatialDirty, TokenRegistry};
-use crate::systems::IntegrateStats;
+use crate::systems::organize::mirror;
+use crate::systems::{GroupEntities, IntegrateStats, LearnStats};
 use bevy_ecs::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +49,12 @@ pub struct SnapshotCounters {
     pub commands_rejected: u64,
     /// Refusals caused by a quota.
     pub quota_rejections: u64,
+    /// Links formed by learning since the start.
+    #[serde(default)]
+    pub links_formed: u64,
+    /// Links pruned by learning since the start.
+    #[serde(default)]
+    pub links_pruned: u64,
 }
 
 /// The whole world after a tick: tokens, links, hierarchy levels, the CDNA and its
@@ -69,6 +77,8 @@ pub struct WorldSnapshot {
     pub rng: SimRng,
     /// Counters.
     pub counters: SnapshotCounters,
+    /// The emergent hierarchy (groups, their ids and members).
+    pub hierarchy: Hierarchy,
     /// [`state_digest`] of the world captured.
     pub digest: u64,
 }
@@ -123,6 +133,12 @@ pub fn capture(world: &mut World, digest: Option<StateDigest>) -> WorldSnapshot 
         commands_applied: log.applied_total,
         commands_rejected: log.rejected_total,
         quota_rejections: log.quota_rejections,
+        links_formed: world
+            .get_resource::<LearnStats>()
+            .map_or(0, |s| s.links_formed),
+        links_pruned: world
+            .get_resource::<LearnStats>()
+            .map_or(0, |s| s.links_pruned),
     };
     WorldSnapshot {
         tick: world.resource::<SimClock>().tick,
@@ -133,6 +149,10 @@ pub fn capture(world: &mut World, digest: Option<StateDigest>) -> WorldSnapshot 
         cdna_history: world.resource::<CdnaHistory>().clone(),
         rng: world.resource::<SimRng>().clone(),
         counters,
+        hierarchy: world
+            .get_resource::<Hierarchy>()
+            .cloned()
+            .unwrap_or_default(),
         digest,
     }
 }
@@ -209,6 +229,15 @@ pub fn restore(world: &mut World, snap: &WorldSnapshot) -> Result<(), String> {
     if let Some(mut s) = world.get_resource_mut::<IntegrateStats>() {
         s.speed_limited = c.speed_limited;
     }
+    if let Some(mut s) = world.get_resource_mut::<LearnStats>() {
+        s.links_formed = c.links_formed;
+        s.links_pruned = c.links_pruned;
+    }
+    snap.hierarchy.validate()?;
+    if world.contains_resource::<GroupEntities>() {
+        mirror(world, &Hierarchy::default(), &snap.hierarchy);
+    }
+    world.insert_resource(snap.hierarchy.clone());
     let mut log = world.resource_mut::<CommandLog>();
     log.applied_total = c.commands_applied;
     log.rejected_total = c.commands_rejected;

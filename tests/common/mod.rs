@@ -31,9 +31,18 @@ pub fn scenario_sim(name: &str, tokens: usize, seed: u64, threads: usize) -> Sim
     sim
 }
 
-/// Checks the forces of the last tick against the O(N²) reference on the same
-/// gathered state: same pair count, and the same bits.
-pub fn assert_last_tick_matches_reference(sim: &Simulation) {
+/// Runs the `Forces` stage on the current state (as the next tick would: the
+/// pair and link forces, then the group pull) and checks the result against the
+/// O(N²) reference on the same gathered state: same pair count, same bits.
+pub fn assert_forces_match_reference(sim: &mut Simulation) {
+    use bevy_ecs::system::RunSystemOnce;
+    let world = sim.world_mut();
+    world
+        .run_system_once(neurograph::systems::cpu_forces)
+        .unwrap();
+    world
+        .run_system_once(neurograph::systems::group_pull)
+        .unwrap();
     let buf = sim.world().resource::<ForceBuffers>();
     let cdna = sim.cdna();
     let links = LinkTable::build(
@@ -54,6 +63,20 @@ pub fn assert_last_tick_matches_reference(sim: &Simulation) {
         buf.stats.pairs, pairs,
         "pair count differs from the O(N²) reference"
     );
+    // Plus the pull of each grouped token towards its level-1 group's centre.
+    let mut want = want;
+    let k = cdna.hierarchy.group_pull;
+    if k != 0.0 {
+        let world = sim.world();
+        let registry = world.resource::<neurograph::registry::TokenRegistry>();
+        for (s, id) in buf.ids.iter().enumerate() {
+            let e = registry.get(*id).unwrap();
+            if let Some(parent) = world.get::<bevy_ecs::prelude::ChildOf>(e) {
+                let c = world.get::<Position>(parent.parent()).unwrap().0;
+                want[s] += (c - buf.positions[s]) * (k * buf.params[s].mass);
+            }
+        }
+    }
     for (i, (got, want)) in buf.forces.iter().zip(&want).enumerate() {
         let scale = want.length().max(1e-3);
         let diff = (*got - *want).length() / scale;

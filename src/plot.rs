@@ -1,0 +1,142 @@
+//! Pictures of a world: tokens projected to 2D by PCA of their 8D positions,
+//! coloured by level-1 group, with group centres marked (`neurograph plot`).
+
+use crate::components::{Position, TokenId};
+use crate::hierarchy::{Hierarchy, principal_axes};
+use crate::math::Vec8;
+use bevy_ecs::prelude::*;
+use plotters::prelude::*;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What was drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PlotStats {
+    /// Tokens drawn.
+    pub tokens: usize,
+    /// Tokens in a level-1 group.
+    pub grouped: usize,
+    /// Level-1 centres marked (crosses).
+    pub level1: usize,
+    /// Level-2 centres marked (rings).
+    pub level2: usize,
+}
+
+/// Twenty colours that stay apart (Tableau 20, dark tones first).
+const PALETTE: [(u8, u8, u8); 20] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (174, 199, 232),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (196, 156, 148),
+    (247, 182, 210),
+    (199, 199, 199),
+    (219, 219, 141),
+    (158, 218, 229),
+];
+
+/// Draws the level-0 tokens of `world` into a PNG of `width` × `height` pixels at
+/// `path`: PCA projection, one colour per level-1 group (ungrouped tokens light
+/// grey), a black cross on every level-1 centre and a ring on every level-2
+/// centre. No text is drawn (the build carries no font).
+pub fn plot_world(
+    world: &mut World,
+    path: &Path,
+    width: u32,
+    height: u32,
+) -> Result<PlotStats, String> {
+    let mut q = world.query::<(&TokenId, &Position)>();
+    let mut tokens: Vec<(TokenId, Vec8)> = q.iter(world).map(|(id, x)| (*id, x.0)).collect();
+    tokens.sort_unstable_by_key(|t| t.0);
+    let hier = world
+        .get_resource::<Hierarchy>()
+        .cloned()
+        .unwrap_or_default();
+    let mut colour_of: HashMap<u64, usize> = HashMap::new();
+    if let Some(level1) = hier.levels.first() {
+        for (k, g) in level1.iter().enumerate() {
+            for &m in &g.members {
+                colour_of.insert(m, k);
+            }
+        }
+    }
+    let points: Vec<Vec8> = tokens.iter().map(|t| t.1).collect();
+    let (mean, [a, b]) = principal_axes(&points);
+    let project = |x: Vec8| ((x - mean).dot(a) as f64, (x - mean).dot(b) as f64);
+    let xy: Vec<(f64, f64)> = points.iter().map(|&x| project(x)).collect();
+    let centres = |level: usize| -> Vec<(f64, f64)> {
+        hier.levels
+            .get(level)
+            .map(|l| l.iter().map(|g| project(g.centre)).collect())
+            .unwrap_or_default()
+    };
+    let (c1, c2) = (centres(0), centres(1));
+    let all = xy.iter().chain(&c1).chain(&c2);
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in all {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (-1.0, 1.0, -1.0, 1.0);
+    }
+    let pad = |lo: f64, hi: f64| {
+        let p = ((hi - lo) * 0.05).max(1e-3);
+        (lo - p)..(hi + p)
+    };
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .margin(16)
+        .build_cartesian_2d(pad(x0, x1), pad(y0, y1))
+        .map_err(|e| err(&e))?;
+    let grey = RGBColor(215, 215, 215);
+    // Ungrouped first, so groups draw over them.
+    let mut order: Vec<usize> = (0..tokens.len()).collect();
+    order.sort_by_key(|&i| colour_of.contains_key(&tokens[i].0.0));
+    chart
+        .draw_series(order.iter().map(|&i| {
+            let colour = match colour_of.get(&tokens[i].0.0) {
+                Some(&k) => {
+                    let (r, g, b) = PALETTE[k % PALETTE.len()];
+                    RGBColor(r, g, b)
+                }
+                None => grey,
+            };
+            Circle::new(xy[i], 2, colour.filled())
+        }))
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(c1.iter().map(|&c| Cross::new(c, 5, BLACK.stroke_width(2))))
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(
+            c2.iter()
+                .map(|&c| Circle::new(c, 14, BLACK.stroke_width(2))),
+        )
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(PlotStats {
+        tokens: tokens.len(),
+        grouped: tokens
+            .iter()
+            .filter(|t| colour_of.contains_key(&t.0.0))
+            .count(),
+        level1: c1.len(),
+        level2: c2.len(),
+    })
+}
