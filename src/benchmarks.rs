@@ -308,6 +308,10 @@ pub struct HierarchyBenchReport {
     pub links_formed: u64,
     /// Whether detection could use the force stage's neighbour lists.
     pub organize_used_lists: bool,
+    /// Detections that needed a k-d tree instead of the lists.
+    pub organize_tree_runs: u64,
+    /// Ticks in which `Learn` needed a k-d tree instead of the lists.
+    pub learn_tree_ticks: u64,
 }
 
 /// Runs `opts.ticks` ticks of a scenario and reports the median cost of the
@@ -382,6 +386,11 @@ pub fn hierarchy(opts: &HierarchyBenchOptions) -> Result<HierarchyBenchReport, S
             .world()
             .resource::<crate::systems::OrganizeStats>()
             .used_lists,
+        organize_tree_runs: sim
+            .world()
+            .resource::<crate::systems::OrganizeStats>()
+            .tree_runs,
+        learn_tree_ticks: stats.tree_ticks,
     })
 }
 
@@ -394,7 +403,8 @@ impl HierarchyBenchReport {
              \x20 Learn     {:>9.2} ms  ({:.1}% of Forces)\n\
              \x20 Organize  {:>9.2} ms  ({:.1}% of Forces; {} detections, {})\n\
              \x20 tick      {:>9.2} ms\n\
-             \x20 groups per level {:?}, {} links ({} formed)",
+             \x20 groups per level {:?}, {} links ({} formed)\n\
+             \x20 k-d tree fallbacks: {} detections, {} Learn ticks",
             self.scenario,
             self.tokens,
             self.threads,
@@ -413,7 +423,9 @@ impl HierarchyBenchReport {
             self.tick_s * 1e3,
             self.groups_per_level,
             self.links,
-            self.links_formed
+            self.links_formed,
+            self.organize_tree_runs,
+            self.learn_tree_ticks
         )
     }
 }

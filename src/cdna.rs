@@ -174,9 +174,9 @@ pub struct HierarchyParams {
     pub min_size: u32,
     /// Fewest children in a group of level 2 and up.
     pub min_children: u32,
-    /// After friends-of-friends, a level-0 token left out joins the nearest
-    /// level-1 group whose edge (centre distance − radius) is closer than this:
-    /// the group's halo (0 = no halos).
+    /// After friends-of-friends, a level-0 token left out of every group joins
+    /// the group of its nearest grouped token, if closer than this (DBSCAN's
+    /// border points): the group's halo (0 = no halos).
     pub attach_within: f32,
     /// Coarse attraction of every grouped token towards its level-1 group's centre:
     /// `F += group_pull · m · (c − x)` (0 = group tokens are passive summaries).
@@ -192,7 +192,7 @@ impl Default for HierarchyParams {
             level_scale: 10.0,
             min_size: 5,
             min_children: 2,
-            attach_within: 1.5,
+            attach_within: 0.9,
             group_pull: 0.5,
         }
     }

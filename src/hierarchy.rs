@@ -134,10 +134,22 @@ impl Hierarchy {
 }
 
 impl Hierarchy {
+    /// The most group ids a hierarchy hands out (as for token ids).
+    pub const MAX_GROUPS: u64 = 1 << 40;
+
     /// Checks a hierarchy read from a file: levels numbered from 1, ids unique and
-    /// below `next_group`, members non-empty, increasing and in one group per
-    /// level, and every member above level 1 a group of the level below.
-    pub fn validate(&self) -> Result<(), String> {
+    /// below `next_group` (at most [`MAX_GROUPS`](Self::MAX_GROUPS)), members
+    /// non-empty, increasing and in one group per level, level-1 members below
+    /// `next_id` (token ids), and every member above level 1 a group of the level
+    /// below.
+    pub fn validate(&self, next_id: u64) -> Result<(), String> {
+        if self.next_group > Self::MAX_GROUPS {
+            return Err(format!(
+                "next_group = {}: must be at most {}",
+                self.next_group,
+                Self::MAX_GROUPS
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         let mut below: std::collections::HashSet<u64> = Default::default();
         for (k, level) in self.levels.iter().enumerate() {
@@ -166,6 +178,12 @@ impl Hierarchy {
                     ));
                 }
                 for &m in &g.members {
+                    if k == 0 && m >= next_id {
+                        return Err(format!(
+                            "group {}: member #{m} is not below next_id = {next_id}",
+                            g.id
+                        ));
+                    }
                     if !members_seen.insert(m) {
                         return Err(format!(
                             "group {}: member {m} is in two groups of level {}",
@@ -363,8 +381,12 @@ impl UnionFind {
 pub enum Candidates<'a> {
     /// Verlet lists over the same points that hold every pair within ℓ.
     Lists(&'a NeighborList),
-    /// Build a k-d tree over the points.
+    /// Build a k-d tree over the points and query it from every point, in
+    /// parallel (for linking lengths small against the spread of the points).
     Tree,
+    /// Build a k-d tree and join whole subtrees at once (sequential; for linking
+    /// lengths comparable to the spread, as at the upper levels).
+    MergingTree,
 }
 
 /// Friends-of-friends: the connected components of "closer than `link`". Returns
@@ -379,7 +401,12 @@ pub fn friends_of_friends(
     let n = points.len();
     let l2 = link * link;
     let tree;
+    let mut merging = None;
     let edges: Vec<Vec<(u32, u32)>> = match candidates {
+        Candidates::MergingTree => {
+            merging = Some(KdTree::build(points));
+            Vec::new()
+        }
         Candidates::Lists(lists) => (0..n.div_ceil(CHUNK))
             .into_par_iter()
             .map(|c| {
@@ -397,25 +424,42 @@ pub fn friends_of_friends(
             })
             .collect(),
         Candidates::Tree => {
+            // Subtrees with a diagonal below ℓ are one component each: join them
+            // first, then let each query join such a subtree through one point
+            // instead of visiting all of it (O(n log n) even when ℓ spans the
+            // whole set, as it can at the upper levels).
             tree = KdTree::build(points);
             let tree = &tree;
-            (0..n.div_ceil(CHUNK))
-                .into_par_iter()
-                .map(|c| {
-                    let mut out = Vec::new();
-                    for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                        tree.for_each_within(points, points[i], l2, |j, d2| {
-                            if (j as usize) > i && d2 < l2 {
-                                out.push((i as u32, j));
-                            }
-                        });
-                    }
-                    out
-                })
-                .collect()
+            let order = tree.order();
+            let mut edges: Vec<Vec<(u32, u32)>> = vec![
+                tree.compact_ranges(l2)
+                    .into_iter()
+                    .flat_map(|(a, b)| order[a + 1..b].iter().map(move |&k| (order[a], k)))
+                    .collect(),
+            ];
+            edges.extend(
+                (0..n.div_ceil(CHUNK))
+                    .into_par_iter()
+                    .map(|c| {
+                        let mut out = Vec::new();
+                        for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
+                            tree.for_each_near_or_whole(points, points[i], l2, l2, |j, _| {
+                                if j as usize != i {
+                                    out.push((i as u32, j));
+                                }
+                            });
+                        }
+                        out
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            edges
         }
     };
     let mut uf = UnionFind::new(n);
+    if let Some(tree) = &merging {
+        tree.link_within(points, l2, |a, b| uf.union(a, b));
+    }
     for chunk in &edges {
         for &(a, b) in chunk {
             uf.union(a, b);
@@ -445,25 +489,57 @@ pub fn friends_of_friends(
 /// the events.
 pub fn match_groups(previous: &[Group], fresh: &[Vec<u64>]) -> (Vec<Option<GroupId>>, GroupEvents) {
     let mut ev = GroupEvents::default();
-    let mut owner: HashMap<u64, usize> = HashMap::new();
+    // The earlier group of each member: a dense table when member ids are dense
+    // enough (they are token ids at level 1), a hash map otherwise.
+    let count: usize = previous.iter().map(|g| g.members.len()).sum();
+    let top = previous
+        .iter()
+        .flat_map(|g| g.members.last())
+        .map(|&m| m.saturating_add(1))
+        .max()
+        .unwrap_or(0);
+    let dense = top <= 4 * count as u64 + 1024;
+    let mut table = vec![u32::MAX; if dense { top as usize } else { 0 }];
+    let mut map: HashMap<u64, u32> = HashMap::new();
     for (p, g) in previous.iter().enumerate() {
         for &m in &g.members {
-            owner.insert(m, p);
-        }
-    }
-    // overlap[(p, f)] = members of previous group p found in fresh group f.
-    let mut overlap: HashMap<(usize, usize), u64> = HashMap::new();
-    for (f, members) in fresh.iter().enumerate() {
-        for m in members {
-            if let Some(&p) = owner.get(m) {
-                *overlap.entry((p, f)).or_default() += 1;
+            if dense {
+                table[m as usize] = p as u32;
+            } else {
+                map.insert(m, p as u32);
             }
         }
     }
+    let owner = |m: u64| -> Option<usize> {
+        let p = if dense {
+            table.get(m as usize).copied().unwrap_or(u32::MAX)
+        } else {
+            map.get(&m).copied().unwrap_or(u32::MAX)
+        };
+        (p != u32::MAX).then_some(p as usize)
+    };
+    // (p, f, n): n members of previous group p are in fresh group f; by f, then p.
+    let mut keys: Vec<((usize, usize), u64)> = Vec::new();
+    let mut counts = vec![0u64; previous.len()];
+    let mut touched: Vec<usize> = Vec::new();
+    for (f, members) in fresh.iter().enumerate() {
+        for &m in members {
+            if let Some(p) = owner(m) {
+                if counts[p] == 0 {
+                    touched.push(p);
+                }
+                counts[p] += 1;
+            }
+        }
+        touched.sort_unstable();
+        for p in touched.drain(..) {
+            keys.push(((p, f), counts[p]));
+            counts[p] = 0;
+        }
+    }
+    keys.sort_unstable();
     let mut claims: Vec<Vec<usize>> = vec![Vec::new(); fresh.len()];
     let mut best_source: Vec<Option<(u64, usize)>> = vec![None; fresh.len()];
-    let mut keys: Vec<_> = overlap.into_iter().collect();
-    keys.sort_unstable();
     for ((p, f), n) in keys {
         if 2 * n > previous[p].members.len() as u64 {
             claims[f].push(p);

@@ -22,7 +22,8 @@ pub struct PlotStats {
     pub level2: usize,
 }
 
-/// Twenty colours that stay apart (Tableau 20, dark tones first).
+/// Twenty colours that stay apart (Tableau 20, dark tones first, its two greys
+/// swapped for navy and maroon: grey is for ungrouped tokens).
 const PALETTE: [(u8, u8, u8); 20] = [
     (31, 119, 180),
     (255, 127, 14),
@@ -31,7 +32,7 @@ const PALETTE: [(u8, u8, u8); 20] = [
     (148, 103, 189),
     (140, 86, 75),
     (227, 119, 194),
-    (127, 127, 127),
+    (0, 0, 128),
     (188, 189, 34),
     (23, 190, 207),
     (174, 199, 232),
@@ -41,7 +42,7 @@ const PALETTE: [(u8, u8, u8); 20] = [
     (197, 176, 213),
     (196, 156, 148),
     (247, 182, 210),
-    (199, 199, 199),
+    (128, 0, 0),
     (219, 219, 141),
     (158, 218, 229),
 ];

@@ -222,6 +222,167 @@ impl KdTree {
         }
     }
 
+    /// The tree-position ranges (into [`order`](Self::order)) of the largest
+    /// subtrees whose bounding box has a diagonal shorter than `sqrt(d2)`: all
+    /// their points are mutually closer than that.
+    pub fn compact_ranges(&self, d2: f32) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        if self.nodes.is_empty() {
+            return out;
+        }
+        let mut stack = vec![0u32];
+        while let Some(k) = stack.pop() {
+            let node = &self.nodes[k as usize];
+            if (node.hi - node.lo).length_squared() < d2 {
+                out.push((node.start as usize, node.end as usize));
+            } else if node.left != 0 {
+                stack.push(node.right);
+                stack.push(node.left);
+            }
+        }
+        out
+    }
+
+    /// Like [`for_each_within`](Self::for_each_within) with a strict `< r2`, but a
+    /// subtree that is compact (diagonal² `< compact2`) and lies wholly closer than
+    /// `r2` to `q` is reported once, as `f(its first point, true)`, instead of
+    /// point by point (`f(j, false)`). Friends-of-friends uses it with [`compact_ranges`](Self::compact_ranges):
+    /// such a subtree is already one component.
+    pub fn for_each_near_or_whole(
+        &self,
+        points: &[Vec8],
+        q: Vec8,
+        r2: f32,
+        compact2: f32,
+        mut f: impl FnMut(u32, bool),
+    ) {
+        if self.nodes.is_empty() {
+            return;
+        }
+        let mut stack = [0u32; 128];
+        let mut top = 1;
+        while top > 0 {
+            top -= 1;
+            let node = &self.nodes[stack[top] as usize];
+            let gap = (node.lo - q).max(q - node.hi).max(Vec8::ZERO);
+            if gap.length_squared() >= r2 {
+                continue;
+            }
+            let far = (q - node.lo).max(node.hi - q);
+            if far.length_squared() < r2 && (node.hi - node.lo).length_squared() < compact2 {
+                f(self.perm[node.start as usize], true);
+                continue;
+            }
+            if node.left == 0 {
+                for &j in &self.perm[node.start as usize..node.end as usize] {
+                    if (points[j as usize] - q).length_squared() < r2 {
+                        f(j, false);
+                    }
+                }
+            } else {
+                stack[top] = node.left;
+                stack[top + 1] = node.right;
+                top += 2;
+            }
+        }
+    }
+
+    /// Calls `union(a, b)` for enough pairs closer than `sqrt(r2)` that the
+    /// connected components of "closer than" follow (friends-of-friends), without
+    /// visiting every pair: a subtree whose points are known to be one component
+    /// (compact: its diagonal is below the distance; or found wholly within reach of
+    /// one point, which joins them all) is joined through one of its points from
+    /// then on. Sequential; for distances comparable to the spread of the points,
+    /// where the pairs are too many to list.
+    pub fn link_within(&self, points: &[Vec8], r2: f32, mut union: impl FnMut(u32, u32)) {
+        if self.nodes.is_empty() {
+            return;
+        }
+        let nodes = &self.nodes;
+        let perm = &self.perm;
+        let mut merged = vec![false; nodes.len()];
+        // Compact subtrees: join each (top-most) one's points, mark it and its
+        // descendants.
+        let mut stack = vec![(0u32, false)];
+        while let Some((k, inside)) = stack.pop() {
+            let n = &nodes[k as usize];
+            let compact = inside || (n.hi - n.lo).length_squared() < r2;
+            if compact {
+                merged[k as usize] = true;
+                if !inside {
+                    let first = perm[n.start as usize];
+                    for &p in &perm[n.start as usize + 1..n.end as usize] {
+                        union(first, p);
+                    }
+                }
+            }
+            if n.left != 0 {
+                stack.push((n.right, compact));
+                stack.push((n.left, compact));
+            }
+        }
+        // Any point of subtree `k` closer than r to `q`.
+        let any_within = |k: u32, q: Vec8| -> Option<u32> {
+            let mut st = vec![k];
+            while let Some(k) = st.pop() {
+                let n = &nodes[k as usize];
+                let gap = (n.lo - q).max(q - n.hi).max(Vec8::ZERO);
+                if gap.length_squared() >= r2 {
+                    continue;
+                }
+                if n.left == 0 {
+                    if let Some(&p) = perm[n.start as usize..n.end as usize]
+                        .iter()
+                        .find(|&&p| (points[p as usize] - q).length_squared() < r2)
+                    {
+                        return Some(p);
+                    }
+                } else {
+                    st.push(n.right);
+                    st.push(n.left);
+                }
+            }
+            None
+        };
+        let mut stack: Vec<u32> = Vec::new();
+        for &i in perm.iter() {
+            let q = points[i as usize];
+            stack.clear();
+            stack.push(0);
+            while let Some(k) = stack.pop() {
+                let n = &nodes[k as usize];
+                let gap = (n.lo - q).max(q - n.hi).max(Vec8::ZERO);
+                if gap.length_squared() >= r2 {
+                    continue;
+                }
+                let far = (q - n.lo).max(n.hi - q).length_squared() < r2;
+                let range = &perm[n.start as usize..n.end as usize];
+                if merged[k as usize] {
+                    if far {
+                        union(i, range[0]);
+                    } else if let Some(p) = any_within(k, q) {
+                        union(i, p);
+                    }
+                } else if far {
+                    // Every point is a friend of i: all one component now.
+                    for &p in range {
+                        union(i, p);
+                    }
+                    merged[k as usize] = true;
+                } else if n.left == 0 {
+                    for &p in range {
+                        if (points[p as usize] - q).length_squared() < r2 {
+                            union(i, p);
+                        }
+                    }
+                } else {
+                    stack.push(n.right);
+                    stack.push(n.left);
+                }
+            }
+        }
+    }
+
     /// The same tree for the points permuted into tree order (`points'[m] =
     /// points[order()[m]]`): leaves become contiguous ranges.
     pub fn into_sorted(mut self) -> Self {

@@ -66,6 +66,12 @@ pub struct ForceBuffers {
     link_values: u64,
     /// Counters.
     pub stats: ForceStats,
+    /// `Learn`'s link proposals from this tick's pass (slot of the nearest
+    /// unlinked partner within `form_within`, `u32::MAX` for none), and the
+    /// `form_within` they were made for (`None`: not made).
+    pub nearest: Vec<u32>,
+    /// See `nearest`.
+    pub proposed: Option<f32>,
 }
 
 impl ForceBuffers {
@@ -83,7 +89,10 @@ impl ForceBuffers {
             .iter()
             .map(|p| p.radius)
             .fold(f32::INFINITY, f32::min);
-        let path = self.travel.path.iter().copied().fold(0.0f32, f32::max);
+        // A NaN path (a token that went non-finite) voids the bound.
+        let path = self.travel.path.iter().copied().fold(0.0f32, |a, p| {
+            if p.is_nan() { f32::INFINITY } else { a.max(p) }
+        });
         dist <= min_r + self.neighbors.skin() - 2.0 * path
     }
 
@@ -160,53 +169,111 @@ pub fn compute_forces(
     fp: &ForceParams,
     forces: &mut [Vec8],
 ) -> u64 {
-    forces
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .map(|(c, out)| {
-            puffin::profile_scope!("force_chunk");
-            let mut pairs = 0u64;
-            let mut within: Vec<u32> = Vec::new();
-            for (k, f) in out.iter_mut().enumerate() {
-                let i = c * CHUNK + k;
-                let (xi, pi) = (positions[i], &params[i]);
-                // Pass 1, branch-free: keep the candidates within their cutoff (the
-                // same test `pair_force` makes), in row order. An unpredictable
-                // branch per candidate costs more than the arithmetic.
-                let row = neighbors.row(i);
-                if within.len() < row.len() {
-                    within.resize(row.len(), 0);
+    compute_forces_proposing(positions, params, neighbors, links, fp, forces, None)
+}
+
+/// What the force pass proposes to `Learn` while it visits the pairs: for each
+/// token, its nearest partner closer than `sqrt(within2)` that it has no link
+/// to, both having fewer than `max_degree` links (ties: the smaller id). Valid
+/// when `sqrt(within2)` is at most every token's field radius, as the pass only
+/// sees pairs within their cutoff.
+pub struct Proposals<'a> {
+    /// Squared formation distance.
+    pub within2: f32,
+    /// Fewer links than this on both ends.
+    pub max_degree: usize,
+    /// Token ids, slot order (for ties).
+    pub ids: &'a [TokenId],
+    /// Out: the partner's slot per slot, `u32::MAX` for none.
+    pub nearest: &'a mut [u32],
+}
+
+/// [`compute_forces`], also filling `proposals` when given.
+pub fn compute_forces_proposing(
+    positions: &[Vec8],
+    params: &[TokenParams],
+    neighbors: &NeighborList,
+    links: &LinkTable,
+    fp: &ForceParams,
+    forces: &mut [Vec8],
+    proposals: Option<Proposals<'_>>,
+) -> u64 {
+    let (within2, max_degree, ids) = proposals
+        .as_ref()
+        .map_or((0.0, 0, &[][..]), |p| (p.within2, p.max_degree, p.ids));
+    let chunk = |c: usize, out: &mut [Vec8], mut near: Option<&mut [u32]>| -> u64 {
+        puffin::profile_scope!("force_chunk");
+        let mut pairs = 0u64;
+        let mut within: Vec<u32> = Vec::new();
+        for (k, f) in out.iter_mut().enumerate() {
+            let i = c * CHUNK + k;
+            let (xi, pi) = (positions[i], &params[i]);
+            // Pass 1, branch-free: keep the candidates within their cutoff (the
+            // same test `pair_force` makes), in row order. An unpredictable
+            // branch per candidate costs more than the arithmetic.
+            let row = neighbors.row(i);
+            if within.len() < row.len() {
+                within.resize(row.len(), 0);
+            }
+            let mut n = 0;
+            for &j in row {
+                let pj = &params[j as usize];
+                let r2 = (positions[j as usize] - xi).length_squared();
+                let cutoff = pi.radius.max(pj.radius);
+                within[n] = j;
+                n += (r2 < cutoff * cutoff) as usize;
+            }
+            // Pass 2: the forces of the pairs, in the same (id) order, and the
+            // nearest unlinked partner for `Learn`.
+            let lrow = links.row(i);
+            let propose = near.is_some() && lrow.len() < max_degree;
+            let mut best: Option<(f32, TokenId, u32)> = None;
+            let mut acc = Vec8::ZERO;
+            for &j in &within[..n] {
+                let j = j as usize;
+                if let Some(fij) = pair_force(xi, pi, positions[j], &params[j], fp) {
+                    acc += fij;
                 }
-                let mut n = 0;
-                for &j in row {
-                    let pj = &params[j as usize];
-                    let r2 = (positions[j as usize] - xi).length_squared();
-                    let cutoff = pi.radius.max(pj.radius);
-                    within[n] = j;
-                    n += (r2 < cutoff * cutoff) as usize;
-                }
-                // Pass 2: the forces of the pairs, in the same (id) order.
-                let mut acc = Vec8::ZERO;
-                for &j in &within[..n] {
-                    let j = j as usize;
-                    if let Some(fij) = pair_force(xi, pi, positions[j], &params[j], fp) {
-                        acc += fij;
+                if propose {
+                    let d2 = (positions[j] - xi).length_squared();
+                    if d2 < within2
+                        && best.is_none_or(|(bd, bid, _)| (d2, ids[j]) < (bd, bid))
+                        && links.row(j).len() < max_degree
+                        && !lrow.iter().any(|l| l.other as usize == j)
+                    {
+                        best = Some((d2, ids[j], j as u32));
                     }
                 }
-                pairs += n as u64;
-                for l in links.row(i) {
-                    acc += link_force(
-                        xi,
-                        positions[l.other as usize],
-                        fp.k_link * l.weight,
-                        l.rest,
-                    );
-                }
-                *f = acc;
             }
-            pairs
-        })
-        .sum()
+            if let Some(near) = near.as_deref_mut() {
+                near[k] = best.map_or(u32::MAX, |b| b.2);
+            }
+            pairs += n as u64;
+            for l in lrow {
+                acc += link_force(
+                    xi,
+                    positions[l.other as usize],
+                    fp.k_link * l.weight,
+                    l.rest,
+                );
+            }
+            *f = acc;
+        }
+        pairs
+    };
+    match proposals {
+        None => forces
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .map(|(c, out)| chunk(c, out, None))
+            .sum(),
+        Some(p) => forces
+            .par_chunks_mut(CHUNK)
+            .zip(p.nearest.par_chunks_mut(CHUNK))
+            .enumerate()
+            .map(|(c, (out, near))| chunk(c, out, Some(near)))
+            .sum(),
+    }
 }
 
 fn params_of(q: &Charge, m: &Mass, field: &Field) -> TokenParams {
@@ -321,13 +388,31 @@ pub fn cpu_forces(
             buf.link_values = graph.version();
         }
         puffin::profile_scope!("pair_forces");
-        buf.stats.pairs = compute_forces(
+        // Learn's link proposals ride along when every pair closer than
+        // `form_within` is a pair of this pass (within everyone's radius).
+        let g = &cdna.graph;
+        let min_radius = buf
+            .params
+            .iter()
+            .map(|p| p.radius)
+            .fold(f32::INFINITY, f32::min);
+        let propose = g.form_within > 0.0 && g.form_within <= min_radius;
+        buf.proposed = propose.then_some(g.form_within);
+        buf.nearest.resize(if propose { n } else { 0 }, u32::MAX);
+        let proposals = propose.then(|| Proposals {
+            within2: g.form_within * g.form_within,
+            max_degree: g.form_max_degree.min(g.max_degree) as usize,
+            ids: &buf.ids,
+            nearest: &mut buf.nearest,
+        });
+        buf.stats.pairs = compute_forces_proposing(
             &buf.positions,
             &buf.params,
             &buf.neighbors,
             &buf.links,
             &fp,
             &mut buf.forces,
+            proposals,
         );
     });
 }

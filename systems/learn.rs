@@ -10,7 +10,11 @@
 //!   `prune_below` is removed.
 //!
 //! Then each token proposes a link to its nearest unlinked neighbour closer than
-//! `form_within` (from the force stage's neighbour lists); proposals are accepted
+//! `form_within`. When `form_within` is at most every field radius, the force pass
+//! made the proposals (at the positions, links and degrees of the start of the
+//! tick); otherwise they are searched here, after this tick's pruning (so a link
+//! pruned now may form again at once), in the neighbour lists or a k-d tree.
+//! Proposals are accepted
 //! in id order while both ends have fewer than `form_max_degree` links (at most
 //! `max_degree`) and the link and memory quotas allow.
 //! A formed link is `Associative`, of weight `formed_weight`, rigidity
@@ -25,7 +29,7 @@ use crate::components::*;
 use crate::config::Quotas;
 use crate::math::Vec8;
 use crate::plugin::{ComputePool, SimSystems, SimTick};
-use crate::registry::LinkGraph;
+use crate::registry::{LinkGraph, SpatialDirty};
 use crate::spatial::{CHUNK, KdTree};
 use crate::systems::forces::ForceBuffers;
 use bevy_app::{App, Plugin};
@@ -60,6 +64,9 @@ pub struct LearnStats {
     pub formation_skipped: u64,
     /// Ticks in which formation stopped at the link or memory quota.
     pub quota_stops: u64,
+    /// Ticks in which the neighbour lists did not cover `form_within`, so a
+    /// k-d tree proposed the links.
+    pub tree_ticks: u64,
 }
 
 /// The learning system.
@@ -71,6 +78,7 @@ pub fn learn(
     cdna: Res<Cdna>,
     quotas: Res<Quotas>,
     pool: Res<ComputePool>,
+    dirty: Res<SpatialDirty>,
     mut stats: ResMut<LearnStats>,
 ) {
     puffin::profile_function!();
@@ -160,14 +168,29 @@ pub fn learn(
         stats.formation_skipped += 1;
         return;
     }
-    let proposals: Vec<(TokenId, TokenId, f32)> = {
+    let from_forces = buf.proposed == Some(g.form_within) && buf.nearest.len() == n;
+    let proposals: Vec<(TokenId, TokenId, f32)> = if from_forces {
+        // The force pass found each token's nearest unlinked partner (at the
+        // positions of the start of the tick).
+        buf.nearest
+            .iter()
+            .enumerate()
+            .filter(|&(_, &j)| j != u32::MAX)
+            .map(|(i, &j)| {
+                let (a, b) = (ids[i], ids[j as usize]);
+                let r = (buf.positions[i] - buf.positions[j as usize]).length();
+                if a < b { (a, b, r) } else { (b, a, r) }
+            })
+            .collect()
+    } else {
         puffin::profile_scope!("propose");
         let graph = &*graph;
         let (f2, max_degree) = (g.form_within * g.form_within, form_max_degree);
         let pos = &pos;
         // The lists propose every pair within `form_within` when they cover it;
         // otherwise (small radii, stale lists) a k-d tree does.
-        let tree = (!buf.lists_cover(g.form_within)).then(|| KdTree::build(pos));
+        let tree = (dirty.0 || !buf.lists_cover(g.form_within)).then(|| KdTree::build(pos));
+        stats.tree_ticks += tree.is_some() as u64;
         let tree = tree.as_ref();
         let lists = &buf.neighbors;
         let degree: Vec<usize> = ids.iter().map(|&id| graph.degree(id)).collect();

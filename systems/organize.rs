@@ -21,8 +21,8 @@ use crate::components::*;
 use crate::hierarchy::{Candidates, Group, GroupId, Hierarchy, friends_of_friends, match_groups};
 use crate::math::Vec8;
 use crate::plugin::{ComputePool, SimSystems, SimTick};
-use crate::registry::{SimClock, TokenRegistry};
-use crate::spatial::KdTree;
+use crate::registry::{SimClock, SpatialDirty, TokenRegistry};
+use crate::spatial::{KdTree, NeighborList};
 use crate::systems::forces::{ForceBuffers, cpu_forces};
 use bevy_app::{App, Plugin};
 use bevy_ecs::prelude::*;
@@ -59,6 +59,9 @@ pub struct OrganizeStats {
     pub used_lists: bool,
     /// Parent changes (`ChildOf` inserted or removed) in the last detection.
     pub reparented: u64,
+    /// Detections whose level-1 pairs came from a k-d tree (the lists did not
+    /// cover ℓ₁ or did not match the tokens).
+    pub tree_runs: u64,
 }
 
 /// Level-0 tokens gathered for a detection.
@@ -70,9 +73,11 @@ struct Gathered {
     /// Whether the arrays are in the slot order of [`ForceBuffers`], whose lists
     /// hold every pair within the linking length.
     lists_ok: bool,
+    /// The same for the halo distance.
+    halo_lists_ok: bool,
 }
 
-fn gather(world: &mut World, link: f32) -> Gathered {
+fn gather(world: &mut World, link: f32, halo: f32) -> Gathered {
     puffin::profile_function!();
     let mut q = world.query::<(&TokenId, &Position, &Mass, &Charge)>();
     let n = q.iter(world).len();
@@ -83,6 +88,7 @@ fn gather(world: &mut World, link: f32) -> Gathered {
         mass: vec![0.0; n],
         charge: vec![0.0; n],
         lists_ok: false,
+        halo_lists_ok: false,
     };
     let mut slotted = buf.ids.len() == n && buf.slot.len() == n && buf.neighbors.len() == n;
     if slotted {
@@ -99,7 +105,11 @@ fn gather(world: &mut World, link: f32) -> Gathered {
     }
     if slotted {
         g.ids = buf.ids.clone();
-        g.lists_ok = buf.lists_cover(link);
+        // Constrain may have moved tokens (non-finite resets) since the lists
+        // were refreshed; it marks the world dirty then.
+        let dirty = world.resource::<SpatialDirty>().0;
+        g.lists_ok = !dirty && buf.lists_cover(link);
+        g.halo_lists_ok = !dirty && buf.lists_cover(halo);
     } else {
         g.ids.clear();
         for (k, (id, x, m, q)) in q.iter(world).enumerate() {
@@ -141,47 +151,54 @@ fn aggregate(items: impl Iterator<Item = (Vec8, f32, f32, f32)> + Clone) -> (Vec
     (centre, m as f32, (q * inv) as f32, radius)
 }
 
-/// Adds each point in no component to the component whose edge is nearest, if
-/// closer than `within`: edge distance = |x − centre| − radius, with the centre
-/// of mass and radius of the component's core. Deterministic (each point decides
-/// alone, ties go to the earlier component).
-fn attach_halos(points: &[Vec8], mass: &[f32], comps: &mut [Vec<u32>], within: f32) {
+/// Adds each point in no component to the component of its nearest component
+/// point closer than `within` (DBSCAN's border points): the group's halo. Pairs
+/// come from `lists` when they cover `within`, else from a k-d tree. Ties go to
+/// the smaller token id; each point decides alone, against the cores only, so the
+/// result does not depend on the order or the thread count.
+fn attach_halos(
+    points: &[Vec8],
+    ids: &[TokenId],
+    comps: &mut [Vec<u32>],
+    within: f32,
+    lists: Option<&NeighborList>,
+) {
     puffin::profile_function!();
     if comps.is_empty() {
         return;
     }
-    let cores: Vec<(Vec8, f32)> = comps
-        .par_iter()
-        .map(|c| {
-            let (centre, _, _, radius) = aggregate(c.iter().map(|&s| {
-                let s = s as usize;
-                (points[s], mass[s], 0.0, 0.0)
-            }));
-            (centre, radius)
-        })
-        .collect();
-    let centres: Vec<Vec8> = cores.iter().map(|c| c.0).collect();
-    let reach = cores.iter().map(|c| c.1).fold(0.0f32, f32::max) + within;
-    let tree = KdTree::build(&centres);
-    let mut grouped = vec![false; points.len()];
-    for c in comps.iter() {
+    let mut comp_of = vec![u32::MAX; points.len()];
+    for (k, c) in comps.iter().enumerate() {
         for &s in c {
-            grouped[s as usize] = true;
+            comp_of[s as usize] = k as u32;
         }
     }
+    let w2 = within * within;
+    let tree = lists.is_none().then(|| KdTree::build(points));
+    let comp_of = &comp_of;
     let choice: Vec<(u32, u32)> = (0..points.len() as u32)
         .into_par_iter()
-        .filter(|&s| !grouped[s as usize])
+        .filter(|&s| comp_of[s as usize] == u32::MAX)
         .filter_map(|s| {
             let x = points[s as usize];
-            let mut best: Option<(f32, u32)> = None;
-            tree.for_each_within(&centres, x, reach * reach, |k, d2| {
-                let edge = d2.sqrt() - cores[k as usize].1;
-                if edge < within && best.is_none_or(|b| (edge, k) < b) {
-                    best = Some((edge, k));
+            let mut best: Option<(f32, TokenId, u32)> = None;
+            let mut consider = |j: u32| {
+                let k = comp_of[j as usize];
+                if k == u32::MAX {
+                    return;
                 }
-            });
-            best.map(|(_, k)| (k, s))
+                let d2 = (points[j as usize] - x).length_squared();
+                let key = (d2, ids[j as usize]);
+                if d2 < w2 && best.is_none_or(|(bd, bid, _)| key < (bd, bid)) {
+                    best = Some((d2, ids[j as usize], k));
+                }
+            };
+            match (&tree, lists) {
+                (Some(t), _) => t.for_each_within(points, x, w2, |j, _| consider(j)),
+                (None, Some(l)) => l.row(s as usize).iter().for_each(|&j| consider(j)),
+                (None, None) => {}
+            }
+            best.map(|(_, _, k)| (k, s))
         })
         .collect();
     for (k, s) in choice {
@@ -195,7 +212,7 @@ pub fn organize_now(world: &mut World) {
     let params = world.resource::<Cdna>().hierarchy.clone();
     let tick = world.resource::<SimClock>().tick;
     let pool = world.resource::<ComputePool>().0.clone();
-    let g = gather(world, params.link_length);
+    let g = gather(world, params.link_length, params.attach_within);
     let mut previous = std::mem::take(&mut *world.resource_mut::<Hierarchy>());
     let mut next = Hierarchy {
         levels: Vec::new(),
@@ -217,7 +234,14 @@ pub fn organize_now(world: &mut World) {
                 let mut comps =
                     friends_of_friends(&g.points, link, params.min_size as usize, cands);
                 if params.attach_within > 0.0 {
-                    attach_halos(&g.points, &g.mass, &mut comps, params.attach_within);
+                    let halo_lists = g.halo_lists_ok.then_some(&lists.neighbors);
+                    attach_halos(
+                        &g.points,
+                        &g.ids,
+                        &mut comps,
+                        params.attach_within,
+                        halo_lists,
+                    );
                 }
                 comps
                     .into_par_iter()
@@ -244,7 +268,7 @@ pub fn organize_now(world: &mut World) {
                     &points,
                     link,
                     params.min_children as usize,
-                    Candidates::Tree,
+                    Candidates::MergingTree,
                 );
                 comps
                     .into_iter()
@@ -315,6 +339,7 @@ pub fn organize_now(world: &mut World) {
     let mut stats = world.resource_mut::<OrganizeStats>();
     stats.runs += 1;
     stats.used_lists = used_lists;
+    stats.tree_runs += !used_lists as u64;
     stats.reparented = reparented;
 }
 
@@ -376,15 +401,6 @@ pub(crate) fn mirror(world: &mut World, previous: &Hierarchy, next: &Hierarchy) 
     let mut removals: Vec<Entity> = Vec::new();
     let depth = previous.levels.len().max(next.levels.len());
     for level in 0..depth {
-        let parent_map = |h: &Hierarchy| -> HashMap<u64, GroupId> {
-            h.levels
-                .get(level)
-                .into_iter()
-                .flatten()
-                .flat_map(|g| g.members.iter().map(move |&m| (m, g.id)))
-                .collect()
-        };
-        let (old, new) = (parent_map(previous), parent_map(next));
         let registry = world.resource::<TokenRegistry>();
         let child = |m: u64| -> Option<Entity> {
             if level == 0 {
@@ -393,27 +409,13 @@ pub(crate) fn mirror(world: &mut World, previous: &Hierarchy, next: &Hierarchy) 
                 live.get(&GroupId(m)).copied()
             }
         };
-        let mut keys: Vec<u64> = new.keys().copied().collect();
-        keys.sort_unstable();
-        for m in keys {
-            let p = new[&m];
-            if old.get(&m) != Some(&p)
-                && let Some(e) = child(m)
-            {
-                inserts.push((e, ChildOf(live[&p])));
-                changes += 1;
-            }
-        }
-        let mut gone: Vec<u64> = old
-            .keys()
-            .filter(|m| !new.contains_key(m))
-            .copied()
-            .collect();
-        gone.sort_unstable();
-        for m in gone {
-            if let Some(e) = child(m) {
-                removals.push(e);
-                changes += 1;
+        // Only members whose parent changed are touched.
+        for (m, new) in parent_changes(previous, next, level) {
+            let Some(e) = child(m) else { continue };
+            changes += 1;
+            match new {
+                Some(p) => inserts.push((e, ChildOf(live[&p]))),
+                None => removals.push(e),
             }
         }
     }
@@ -437,6 +439,56 @@ pub(crate) fn mirror(world: &mut World, previous: &Hierarchy, next: &Hierarchy) 
     }
     world.resource_mut::<GroupEntities>().0 = live;
     changes
+}
+
+/// The members of `level` (0: tokens under level-1 groups) whose parent differs
+/// between `a` and `b`, in member order, with their parent in `b`. Dense tables
+/// when the ids are dense enough (tokens), hash maps otherwise.
+fn parent_changes(a: &Hierarchy, b: &Hierarchy, level: usize) -> Vec<(u64, Option<GroupId>)> {
+    let pairs = |h: &Hierarchy| -> Vec<(u64, GroupId)> {
+        h.levels
+            .get(level)
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g.members.iter().map(move |&m| (m, g.id)))
+            .collect()
+    };
+    let (pa, pb) = (pairs(a), pairs(b));
+    let top = pa
+        .iter()
+        .chain(&pb)
+        .map(|p| p.0.saturating_add(1))
+        .max()
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    if top <= 4 * (pa.len() + pb.len()) as u64 + 1024 {
+        const NONE: u64 = u64::MAX;
+        let (mut old, mut new) = (vec![NONE; top as usize], vec![NONE; top as usize]);
+        for &(m, g) in &pa {
+            old[m as usize] = g.0;
+        }
+        for &(m, g) in &pb {
+            new[m as usize] = g.0;
+        }
+        for (m, (&o, &n)) in old.iter().zip(&new).enumerate() {
+            if o != n {
+                out.push((m as u64, (n != NONE).then_some(GroupId(n))));
+            }
+        }
+    } else {
+        let old: HashMap<u64, GroupId> = pa.into_iter().collect();
+        let new: HashMap<u64, GroupId> = pb.into_iter().collect();
+        let mut keys: Vec<u64> = old.keys().chain(new.keys()).copied().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for m in keys {
+            let n = new.get(&m).copied();
+            if old.get(&m).copied() != n {
+                out.push((m, n));
+            }
+        }
+    }
+    out
 }
 
 /// With `hierarchy.group_pull > 0`, pulls every grouped level-0 token towards

@@ -71,6 +71,23 @@ fn friends_of_friends_matches_brute_force_with_lists_and_tree() {
             .into_iter()
             .collect();
         assert_eq!(tree, want, "k-d tree, n = {n}");
+        let merging: BTreeSet<Vec<u32>> =
+            friends_of_friends(&points, link, 3, Candidates::MergingTree)
+                .into_iter()
+                .collect();
+        assert_eq!(merging, want, "merging k-d tree, n = {n}");
+        // And with a linking length that spans the whole set.
+        let wide = brute_fof(&points, link * 8.0, 3);
+        let merged: BTreeSet<Vec<u32>> =
+            friends_of_friends(&points, link * 8.0, 3, Candidates::MergingTree)
+                .into_iter()
+                .collect();
+        assert_eq!(merged, wide, "merging k-d tree, wide, n = {n}");
+        let tree_wide: BTreeSet<Vec<u32>> =
+            friends_of_friends(&points, link * 8.0, 3, Candidates::Tree)
+                .into_iter()
+                .collect();
+        assert_eq!(tree_wide, wide, "k-d tree, wide, n = {n}");
         let radii = vec![link; n];
         let ids: Vec<TokenId> = (0..n as u64).map(TokenId).collect();
         let lists = NeighborList::build(SearchInput {
@@ -418,6 +435,19 @@ fn a_snapshot_restores_the_hierarchy_and_the_run_continues_identically() {
     let mut fresh = Simulation::new(settings(1, bad.cdna.clone())).unwrap();
     let e = restore(fresh.world_mut(), &bad).unwrap_err();
     assert!(e.contains("is not a group of level 1"), "{e}");
+    // So is one naming a token id past next_id (or u64::MAX), and a huge next_group.
+    for member in [bad.next_id.0, u64::MAX] {
+        let mut bad = capture(sim.world_mut(), None);
+        bad.hierarchy.levels[0][0].members.push(member);
+        let mut fresh = Simulation::new(settings(1, bad.cdna.clone())).unwrap();
+        let e = restore(fresh.world_mut(), &bad).unwrap_err();
+        assert!(e.contains("is not below next_id"), "{e}");
+    }
+    let mut bad = capture(sim.world_mut(), None);
+    bad.hierarchy.next_group = u64::MAX;
+    let mut fresh = Simulation::new(settings(1, bad.cdna.clone())).unwrap();
+    let e = restore(fresh.world_mut(), &bad).unwrap_err();
+    assert!(e.contains("next_group"), "{e}");
 }
 
 #[test]
@@ -478,8 +508,27 @@ fn input_files_with_labels_are_scored_too() {
             .unwrap(),
     );
     assert_eq!(v["labelled_tokens"], 2000);
-    assert!(v["ari_level1"].as_f64().unwrap() >= 0.9, "{v}");
-    assert!(v["ari_level2"].as_f64().unwrap() >= 0.9, "{v}");
+    // The same tokens and labels as the scenario: the same figures, to the bit.
+    let direct = json_line(
+        &bin()
+            .args([
+                "run", "--quiet", "--json", "--ticks", "60", "--tokens", "2000",
+            ])
+            .args(["--seed", "4"])
+            .output()
+            .unwrap(),
+    );
+    for key in [
+        "ari_level1",
+        "ari_level2",
+        "groups_per_level",
+        "links_formed",
+    ] {
+        assert_eq!(v[key], direct[key], "{key}");
+    }
+    // 100 tokens per subgroup, 60 ticks: sparser than the default, still close.
+    assert!(v["ari_level1"].as_f64().unwrap() >= 0.85, "{v}");
+    assert!(v["ari_level2"].as_f64().unwrap() >= 0.85, "{v}");
     // Without labels the figures are null, the counts still there.
     let v = json_line(
         &bin()

@@ -233,7 +233,7 @@ pub fn restore(world: &mut World, snap: &WorldSnapshot) -> Result<(), String> {
         s.links_formed = c.links_formed;
         s.links_pruned = c.links_pruned;
     }
-    snap.hierarchy.validate()?;
+    snap.hierarchy.validate(snap.next_id.0)?;
     if world.contains_resource::<GroupEntities>() {
         mirror(world, &Hierarchy::default(), &snap.hierarchy);
     }
