@@ -361,6 +361,19 @@ fn recover(args: RecoverArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Prints a report as one JSON object or as its text.
+fn print_report(json: bool, report: &impl serde::Serialize, text: String) -> Result<(), String> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
 fn bench(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Wal(a) => {
@@ -379,15 +392,7 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
             );
             let _ = std::fs::remove_dir_all(&scratch);
             let report = report?;
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).map_err(|e| e.to_string())?
-                );
-            } else {
-                println!("{}", report.to_text());
-            }
-            Ok(())
+            print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Hierarchy(a) => {
             let report = neurograph::benchmarks::hierarchy(
@@ -400,15 +405,7 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                     seed: a.seed,
                 },
             )?;
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).map_err(|e| e.to_string())?
-                );
-            } else {
-                println!("{}", report.to_text());
-            }
-            Ok(())
+            print_report(a.json, &report, report.to_text())
         }
     }
 }

@@ -98,6 +98,18 @@ pub fn link_force(xi: Vec8, xj: Vec8, k_w: f32, rest: f32) -> Vec8 {
     }
 }
 
+/// The slot of each token id in `ids` (slot order): a table indexed by id,
+/// `u32::MAX` for ids not present. Ids are dense (handed out in order, never
+/// reused), so the table is at most the id space seen so far.
+pub fn slot_table(ids: &[TokenId]) -> Vec<u32> {
+    let top = ids.iter().map(|id| id.0 + 1).max().unwrap_or(0) as usize;
+    let mut slot_of = vec![u32::MAX; top];
+    for (s, id) in ids.iter().enumerate() {
+        slot_of[id.0 as usize] = s as u32;
+    }
+    slot_of
+}
+
 /// One link end as the force loop sees it: the other end's index, weight, rest length.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkEnd {
@@ -129,11 +141,7 @@ impl LinkTable {
         ids: &[TokenId],
         links: impl Iterator<Item = (TokenId, TokenId, f32, f32)> + Clone,
     ) -> Self {
-        let top = ids.iter().map(|id| id.0 + 1).max().unwrap_or(0) as usize;
-        let mut slot_of = vec![u32::MAX; top];
-        for (s, id) in ids.iter().enumerate() {
-            slot_of[id.0 as usize] = s as u32;
-        }
+        let slot_of = slot_table(ids);
         let slot = |id: TokenId| match slot_of.get(id.0 as usize) {
             Some(&s) if s != u32::MAX => Some(s as usize),
             _ => None,

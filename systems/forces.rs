@@ -5,7 +5,7 @@ use crate::cdna::Cdna;
 use crate::components::*;
 use crate::config::SimConfig;
 use crate::math::Vec8;
-use crate::physics::{ForceParams, LinkTable, TokenParams, link_force, pair_force};
+use crate::physics::{ForceParams, LinkTable, TokenParams, link_force, pair_force, slot_table};
 use crate::plugin::{ComputePool, SimSystems, SimTick};
 use crate::registry::{LinkGraph, SpatialDirty};
 use crate::spatial::{CHUNK, KdTree, NeighborList, SearchInput, Travel};
@@ -104,11 +104,7 @@ impl ForceBuffers {
         tokens: impl Iterator<Item = (&'a TokenId, &'a Position, &'a Charge, &'a Mass, &'a Field)>,
     ) -> bool {
         puffin::profile_function!();
-        let top = self.ids.iter().map(|id| id.0 + 1).max().unwrap_or(0) as usize;
-        let mut slot_of = vec![u32::MAX; top];
-        for (s, id) in self.ids.iter().enumerate() {
-            slot_of[id.0 as usize] = s as u32;
-        }
+        let mut slot_of = slot_table(&self.ids);
         let mut slot = Vec::with_capacity(self.ids.len());
         for (id, pos, q, m, field) in tokens {
             let Some(s) = slot_of.get_mut(id.0 as usize) else {

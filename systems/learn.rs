@@ -28,6 +28,7 @@ use crate::cdna::Cdna;
 use crate::components::*;
 use crate::config::Quotas;
 use crate::math::Vec8;
+use crate::physics::slot_table;
 use crate::plugin::{ComputePool, SimSystems, SimTick};
 use crate::registry::{LinkGraph, SpatialDirty};
 use crate::spatial::{CHUNK, KdTree};
@@ -120,11 +121,7 @@ pub fn learn(
         }
     }
     let ids: &[TokenId] = if slotted { &buf.ids } else { &ids };
-    let top = ids.iter().map(|id| id.0 + 1).max().unwrap_or(0) as usize;
-    let mut slot_of = vec![u32::MAX; top];
-    for (s, id) in ids.iter().enumerate() {
-        slot_of[id.0 as usize] = s as u32;
-    }
+    let slot_of = slot_table(ids);
 
     if !graph.is_empty() {
         puffin::profile_scope!("weights");

@@ -20,6 +20,7 @@ use crate::cdna::Cdna;
 use crate::components::*;
 use crate::hierarchy::{Candidates, Group, GroupId, Hierarchy, friends_of_friends, match_groups};
 use crate::math::Vec8;
+use crate::physics::slot_table;
 use crate::plugin::{ComputePool, SimSystems, SimTick};
 use crate::registry::{SimClock, SpatialDirty, TokenRegistry};
 use crate::spatial::{KdTree, NeighborList};
@@ -506,11 +507,7 @@ pub fn group_pull(
         return;
     }
     let buf = &mut *buf;
-    let top = buf.ids.iter().map(|id| id.0 + 1).max().unwrap_or(0) as usize;
-    let mut slot_of = vec![u32::MAX; top];
-    for (s, id) in buf.ids.iter().enumerate() {
-        slot_of[id.0 as usize] = s as u32;
-    }
+    let slot_of = slot_table(&buf.ids);
     for (id, x, m, parent) in tokens.iter() {
         let s = slot_of.get(id.0 as usize).copied().unwrap_or(u32::MAX);
         if let (Ok(c), true) = (groups.get(parent.parent()), s != u32::MAX) {
