@@ -9,7 +9,7 @@
 
 use crate::components::TokenId;
 use crate::math::Vec8;
-use crate::spatial::{CHUNK, KdTree, NeighborList};
+use crate::spatial::{KdTree, NeighborList};
 use bevy_ecs::prelude::*;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -400,71 +400,42 @@ pub fn friends_of_friends(
 ) -> Vec<Vec<u32>> {
     let n = points.len();
     let l2 = link * link;
-    let tree;
-    let mut merging = None;
-    let edges: Vec<Vec<(u32, u32)>> = match candidates {
+    let uf = match candidates {
         Candidates::MergingTree => {
-            merging = Some(KdTree::build(points));
-            Vec::new()
+            let mut uf = UnionFind::new(n);
+            KdTree::build(points).link_within(points, l2, |a, b| uf.union(a, b));
+            uf
         }
-        Candidates::Lists(lists) => (0..n.div_ceil(CHUNK))
-            .into_par_iter()
-            .map(|c| {
-                puffin::profile_scope!("fof_chunk");
-                let mut out = Vec::new();
-                for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                    let xi = points[i];
-                    for &j in lists.row(i) {
-                        if (j as usize) > i && (points[j as usize] - xi).length_squared() < l2 {
-                            out.push((i as u32, j));
-                        }
-                    }
+        Candidates::Lists(lists) => union_pairs(n, |i, join| {
+            let xi = points[i];
+            for &j in lists.row(i) {
+                if (j as usize) > i && (points[j as usize] - xi).length_squared() < l2 {
+                    join(j);
                 }
-                out
-            })
-            .collect(),
+            }
+        }),
         Candidates::Tree => {
-            // Subtrees with a diagonal below ℓ are one component each: join them
-            // first, then let each query join such a subtree through one point
-            // instead of visiting all of it (O(n log n) even when ℓ spans the
-            // whole set, as it can at the upper levels).
-            tree = KdTree::build(points);
-            let tree = &tree;
+            // Subtrees with a diagonal below ℓ are one component each: join them,
+            // and let each query join such a subtree through one point instead of
+            // visiting all of it.
+            let tree = KdTree::build(points);
+            let mut uf = union_pairs(n, |i, join| {
+                tree.for_each_near_or_whole(points, points[i], l2, l2, |j, _| {
+                    if j as usize != i {
+                        join(j);
+                    }
+                });
+            });
             let order = tree.order();
-            let mut edges: Vec<Vec<(u32, u32)>> = vec![
-                tree.compact_ranges(l2)
-                    .into_iter()
-                    .flat_map(|(a, b)| order[a + 1..b].iter().map(move |&k| (order[a], k)))
-                    .collect(),
-            ];
-            edges.extend(
-                (0..n.div_ceil(CHUNK))
-                    .into_par_iter()
-                    .map(|c| {
-                        let mut out = Vec::new();
-                        for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                            tree.for_each_near_or_whole(points, points[i], l2, l2, |j, _| {
-                                if j as usize != i {
-                                    out.push((i as u32, j));
-                                }
-                            });
-                        }
-                        out
-                    })
-                    .collect::<Vec<_>>(),
-            );
-            edges
+            for (a, b) in tree.compact_ranges(l2) {
+                for &k in &order[a + 1..b] {
+                    uf.union(order[a], k);
+                }
+            }
+            uf
         }
     };
-    let mut uf = UnionFind::new(n);
-    if let Some(tree) = &merging {
-        tree.link_within(points, l2, |a, b| uf.union(a, b));
-    }
-    for chunk in &edges {
-        for &(a, b) in chunk {
-            uf.union(a, b);
-        }
-    }
+    let mut uf = uf;
     let mut index: Vec<u32> = vec![u32::MAX; n];
     let mut groups: Vec<Vec<u32>> = Vec::new();
     for i in 0..n as u32 {
@@ -479,6 +450,37 @@ pub fn friends_of_friends(
         groups[index[r] as usize].push(i);
     }
     groups
+}
+
+/// Joins the pairs `pairs_of(i, join)` reports for every point `i`, in parallel:
+/// each of a few contiguous ranges of points fills its own union-find, and the
+/// forests are merged, so memory is O(points · ranges) however many pairs there
+/// are (a collapsed field can have thousands per point). The partition does not
+/// depend on the split.
+fn union_pairs(n: usize, pairs_of: impl Fn(usize, &mut dyn FnMut(u32)) + Sync) -> UnionFind {
+    let parts = (2 * rayon::current_num_threads()).clamp(1, n.max(1));
+    let per = n.div_ceil(parts).max(1);
+    let forests: Vec<UnionFind> = (0..parts)
+        .into_par_iter()
+        .map(|t| {
+            puffin::profile_scope!("fof_part");
+            let mut uf = UnionFind::new(n);
+            for i in t * per..((t + 1) * per).min(n) {
+                pairs_of(i, &mut |j| uf.union(i as u32, j));
+            }
+            uf
+        })
+        .collect();
+    let mut forests = forests.into_iter();
+    let mut uf = forests.next().unwrap_or_else(|| UnionFind::new(n));
+    for f in forests {
+        for (i, &p) in f.parent.iter().enumerate() {
+            if p as usize != i {
+                uf.union(i as u32, p);
+            }
+        }
+    }
+    uf
 }
 
 /// Matches freshly detected groups (`fresh[g]`: increasing member ids) to the
