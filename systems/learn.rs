@@ -65,7 +65,8 @@ pub struct LearnStats {
     pub formation_skipped: u64,
     /// Ticks in which formation stopped at the link or memory quota.
     pub quota_stops: u64,
-    /// Ticks in which the neighbour lists did not cover `form_within`, so a
+    /// Ticks in which `Learn` searched for proposals itself and the neighbour
+    /// lists did not cover `form_within` (or the world was marked dirty), so a
     /// k-d tree proposed the links.
     pub tree_ticks: u64,
 }
