@@ -400,7 +400,7 @@ pub fn friends_of_friends(
 ) -> Vec<Vec<u32>> {
     let n = points.len();
     let l2 = link * link;
-    let uf = match candidates {
+    let mut uf = match candidates {
         Candidates::MergingTree => {
             let mut uf = UnionFind::new(n);
             KdTree::build(points).link_within(points, l2, |a, b| uf.union(a, b));
@@ -415,27 +415,16 @@ pub fn friends_of_friends(
             }
         }),
         Candidates::Tree => {
-            // Subtrees with a diagonal below ℓ are one component each: join them,
-            // and let each query join such a subtree through one point instead of
-            // visiting all of it.
             let tree = KdTree::build(points);
-            let mut uf = union_pairs(n, |i, join| {
-                tree.for_each_near_or_whole(points, points[i], l2, l2, |j, _| {
-                    if j as usize != i {
+            union_pairs(n, |i, join| {
+                tree.for_each_within(points, points[i], l2, |j, d2| {
+                    if j as usize > i && d2 < l2 {
                         join(j);
                     }
                 });
-            });
-            let order = tree.order();
-            for (a, b) in tree.compact_ranges(l2) {
-                for &k in &order[a + 1..b] {
-                    uf.union(order[a], k);
-                }
-            }
-            uf
+            })
         }
     };
-    let mut uf = uf;
     let mut index: Vec<u32> = vec![u32::MAX; n];
     let mut groups: Vec<Vec<u32>> = Vec::new();
     for i in 0..n as u32 {

@@ -193,34 +193,15 @@ impl Plugin for SimCorePlugin {
             .init_resource::<CommandLog>()
             .init_resource::<StageTimes>()
             .add_systems(SimTick, end_tick.in_set(SimSystems::Observe))
-            .add_systems(SimTick, stage_start.before(SimSystems::Ingest))
-            .add_systems(
-                SimTick,
-                (
-                    stage_mark::<0>
-                        .after(SimSystems::Ingest)
-                        .before(SimSystems::Forces),
-                    stage_mark::<1>
-                        .after(SimSystems::Forces)
-                        .before(SimSystems::Integrate),
-                    stage_mark::<2>
-                        .after(SimSystems::Integrate)
-                        .before(SimSystems::Constrain),
-                    stage_mark::<3>
-                        .after(SimSystems::Constrain)
-                        .before(SimSystems::Learn),
-                    stage_mark::<4>
-                        .after(SimSystems::Learn)
-                        .before(SimSystems::Organize),
-                    stage_mark::<5>
-                        .after(SimSystems::Organize)
-                        .before(SimSystems::Journal),
-                    stage_mark::<6>
-                        .after(SimSystems::Journal)
-                        .before(SimSystems::Observe),
-                    stage_mark::<7>.after(SimSystems::Observe),
-                ),
-            );
+            .add_systems(SimTick, stage_start.before(SimSystems::Ingest));
+        // One clock read after each stage, ordered between it and the next.
+        for (k, stage) in SimSystems::ALL.into_iter().enumerate() {
+            let mark = (move |mut t: ResMut<StageTimes>| t.mark(k)).after(stage);
+            match SimSystems::ALL.get(k + 1) {
+                Some(&next) => app.add_systems(SimTick, mark.before(next)),
+                None => app.add_systems(SimTick, mark),
+            };
+        }
         if self.driver == TickDriver::FixedUpdate {
             app.add_systems(FixedUpdate, run_sim_tick);
         }
@@ -237,10 +218,19 @@ pub struct StageTimes {
     pub total: [f64; 8],
     /// Ticks timed.
     pub ticks: u64,
-    mark: Option<std::time::Instant>,
+    since: Option<std::time::Instant>,
 }
 
 impl StageTimes {
+    /// Closes stage `k` (in [`SimSystems::ALL`] order) at the current time.
+    fn mark(&mut self, k: usize) {
+        let now = std::time::Instant::now();
+        let s = self.since.map_or(0.0, |m| (now - m).as_secs_f64());
+        self.last[k] = s;
+        self.total[k] += s;
+        self.since = Some(now);
+    }
+
     /// Seconds of `stage` in the last tick.
     pub fn last_of(&self, stage: SimSystems) -> f64 {
         self.last[SimSystems::ALL
@@ -251,16 +241,8 @@ impl StageTimes {
 }
 
 fn stage_start(mut t: ResMut<StageTimes>) {
-    t.mark = Some(std::time::Instant::now());
+    t.since = Some(std::time::Instant::now());
     t.ticks += 1;
-}
-
-fn stage_mark<const K: usize>(mut t: ResMut<StageTimes>) {
-    let now = std::time::Instant::now();
-    let s = t.mark.map_or(0.0, |m| (now - m).as_secs_f64());
-    t.last[K] = s;
-    t.total[K] += s;
-    t.mark = Some(now);
 }
 
 /// Runs one [`SimTick`]; the system behind [`TickDriver::FixedUpdate`].

@@ -62,6 +62,8 @@ pub struct ForceBuffers {
     /// Bumped whenever slots are reassigned; cached tables keyed on it.
     layout: u64,
     links_key: Option<(u64, u64)>,
+    /// The slot of each token id (`slot_table(&ids)`), rebuilt with `ids`.
+    slot_of: Vec<u32>,
     /// The `LinkGraph::version` whose values the link table holds.
     link_values: u64,
     /// Counters.
@@ -75,6 +77,20 @@ pub struct ForceBuffers {
 }
 
 impl ForceBuffers {
+    /// The slot of each id in `ids`, indexed by id (`u32::MAX`: none); kept with
+    /// the slots, so readers need not rebuild it every tick.
+    pub fn slot_of(&self) -> &[u32] {
+        &self.slot_of
+    }
+
+    /// The smallest field radius of the gathered tokens (infinity for none).
+    pub fn min_radius(&self) -> f32 {
+        self.params
+            .iter()
+            .map(|p| p.radius)
+            .fold(f32::INFINITY, f32::min)
+    }
+
     /// Whether the neighbour lists hold every pair of tokens now closer than
     /// `dist` (true for slotted data only). They hold every pair closer than
     /// `R_ij + skin` at their build, and each token has moved at most its path
@@ -84,11 +100,7 @@ impl ForceBuffers {
         if self.travel.invalid || self.travel.path.len() != n || self.neighbors.len() != n {
             return false;
         }
-        let min_r = self
-            .params
-            .iter()
-            .map(|p| p.radius)
-            .fold(f32::INFINITY, f32::min);
+        let min_r = self.min_radius();
         // A NaN path (a token that went non-finite) voids the bound.
         let path = self.travel.path.iter().copied().fold(0.0f32, |a, p| {
             if p.is_nan() { f32::INFINITY } else { a.max(p) }
@@ -142,6 +154,7 @@ impl ForceBuffers {
             *s = inv[*s as usize];
         }
         self.layout += 1;
+        self.slot_of = slot_table(&self.ids);
         self.tree = tree.into_sorted();
         let radii: Vec<f32> = self.params.iter().map(|p| p.radius).collect();
         let input = SearchInput {
@@ -326,6 +339,7 @@ pub fn cpu_forces(
             }
             buf.slot = (0..n as u32).collect();
             buf.layout += 1;
+            buf.slot_of = slot_table(&buf.ids);
         }
     }
     buf.forces.resize(n, Vec8::ZERO);
@@ -387,12 +401,7 @@ pub fn cpu_forces(
         // Learn's link proposals ride along when every pair closer than
         // `form_within` is a pair of this pass (within everyone's radius).
         let g = &cdna.graph;
-        let min_radius = buf
-            .params
-            .iter()
-            .map(|p| p.radius)
-            .fold(f32::INFINITY, f32::min);
-        let propose = g.form_within > 0.0 && g.form_within <= min_radius;
+        let propose = g.form_within > 0.0 && g.form_within <= buf.min_radius();
         buf.proposed = propose.then_some(g.form_within);
         buf.nearest.resize(if propose { n } else { 0 }, u32::MAX);
         let proposals = propose.then(|| Proposals {

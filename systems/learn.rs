@@ -122,7 +122,13 @@ pub fn learn(
         }
     }
     let ids: &[TokenId] = if slotted { &buf.ids } else { &ids };
-    let slot_of = slot_table(ids);
+    let owned;
+    let slot_of: &[u32] = if slotted {
+        buf.slot_of()
+    } else {
+        owned = slot_table(ids);
+        &owned
+    };
 
     if !graph.is_empty() {
         puffin::profile_scope!("weights");

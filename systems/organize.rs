@@ -20,7 +20,6 @@ use crate::cdna::Cdna;
 use crate::components::*;
 use crate::hierarchy::{Candidates, Group, GroupId, Hierarchy, friends_of_friends, match_groups};
 use crate::math::Vec8;
-use crate::physics::slot_table;
 use crate::plugin::{ComputePool, SimSystems, SimTick};
 use crate::registry::{SimClock, SpatialDirty, TokenRegistry};
 use crate::spatial::{KdTree, NeighborList};
@@ -507,9 +506,12 @@ pub fn group_pull(
         return;
     }
     let buf = &mut *buf;
-    let slot_of = slot_table(&buf.ids);
     for (id, x, m, parent) in tokens.iter() {
-        let s = slot_of.get(id.0 as usize).copied().unwrap_or(u32::MAX);
+        let s = buf
+            .slot_of()
+            .get(id.0 as usize)
+            .copied()
+            .unwrap_or(u32::MAX);
         if let (Ok(c), true) = (groups.get(parent.parent()), s != u32::MAX) {
             buf.forces[s as usize] += (c.0 - x.0) * (k * m.0);
         }

@@ -1,10 +1,8 @@
 //! The `neurograph` binary: default run, JSON summary, and clear errors (never a panic).
 
-use std::process::Command;
+mod common;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_neurograph"))
-}
+use common::{bin, last_json};
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = bin().args(args).output().expect("the binary runs");
@@ -21,11 +19,6 @@ fn tmp(name: &str, content: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, content).unwrap();
     p
-}
-
-fn last_json(stdout: &str) -> serde_json::Value {
-    let line = stdout.lines().last().expect("some output");
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {line}"))
 }
 
 #[test]

@@ -148,14 +148,7 @@ fn trials(durability: &str, n: usize, seed: u64) {
                 .arg(dir.path())
                 .output()
                 .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let stdout = String::from_utf8(out.stdout).unwrap();
-            let summary: serde_json::Value =
-                serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+            let summary = common::json_of(&out);
             assert_eq!(summary["start_tick"].as_u64(), Some(tick));
             assert_eq!(summary["final_tick"].as_u64(), Some(target));
             assert_eq!(

@@ -16,7 +16,6 @@ use neurograph::systems::{GroupEntities, OrganizeStats};
 use neurograph::wal::snapshot::{capture, restore};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::process::Command;
 
 /// Reference friends-of-friends: every pair, union-find, components of at least
 /// `min` points as sorted index sets.
@@ -457,24 +456,10 @@ fn ari_reference_values() {
     assert!((v - 0.242_424_242_424).abs() < 1e-9, "{v}");
 }
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_neurograph"))
-}
-
-fn json_line(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap()).unwrap()
-}
-
 #[test]
 fn the_default_run_recovers_the_planted_hierarchy() {
     // The README's main job, as is: clusters, 10K tokens, 300 ticks.
-    let v = json_line(&bin().args(["run", "--quiet", "--json"]).output().unwrap());
+    let v = json_of(&bin().args(["run", "--quiet", "--json"]).output().unwrap());
     let (a1, a2) = (
         v["ari_level1"].as_f64().unwrap(),
         v["ari_level2"].as_f64().unwrap(),
@@ -500,7 +485,7 @@ fn input_files_with_labels_are_scored_too() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = json_line(
+    let v = json_of(
         &bin()
             .args(["run", "--quiet", "--json", "--ticks", "60", "--input"])
             .arg(&csv)
@@ -509,7 +494,7 @@ fn input_files_with_labels_are_scored_too() {
     );
     assert_eq!(v["labelled_tokens"], 2000);
     // The same tokens and labels as the scenario: the same figures, to the bit.
-    let direct = json_line(
+    let direct = json_of(
         &bin()
             .args([
                 "run", "--quiet", "--json", "--ticks", "60", "--tokens", "2000",
@@ -530,7 +515,7 @@ fn input_files_with_labels_are_scored_too() {
     assert!(v["ari_level1"].as_f64().unwrap() >= 0.85, "{v}");
     assert!(v["ari_level2"].as_f64().unwrap() >= 0.85, "{v}");
     // Without labels the figures are null, the counts still there.
-    let v = json_line(
+    let v = json_of(
         &bin()
             .args(["run", "--quiet", "--json", "--scenario", "uniform"])
             .args(["--tokens", "2000", "--ticks", "20"])
@@ -548,7 +533,7 @@ fn input_files_with_labels_are_scored_too() {
 fn inspect_tree_and_plot_read_a_wal_and_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let wal = dir.path().join("wal");
-    let run = json_line(
+    let run = json_of(
         &bin()
             .args([
                 "run", "--quiet", "--json", "--tokens", "1000", "--ticks", "30",
@@ -586,7 +571,7 @@ fn inspect_tree_and_plot_read_a_wal_and_a_snapshot() {
         .map(|e| e.unwrap().path())
         .find(|p| p.to_string_lossy().ends_with("00020.snap"))
         .expect("snapshot of tick 20");
-    let v = json_line(
+    let v = json_of(
         &bin()
             .args(["inspect", "--json", "--snapshot"])
             .arg(&snap)

@@ -92,3 +92,24 @@ pub fn assert_forces_match_reference(sim: &mut Simulation) {
         );
     }
 }
+
+/// The `neurograph` binary of this build.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_neurograph"))
+}
+
+/// The JSON object on the last line of `stdout`.
+pub fn last_json(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().last().expect("some output");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {line}"))
+}
+
+/// The JSON summary of a finished command, which must have succeeded.
+pub fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    last_json(&String::from_utf8_lossy(&out.stdout))
+}
