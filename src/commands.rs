@@ -87,6 +87,24 @@ pub enum SimCommand {
     RevertCdna,
 }
 
+impl SimCommand {
+    /// The command's name, as in logs and the black box.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SimCommand::Spawn(_) => "spawn",
+            SimCommand::SpawnBatch(_) => "spawn_batch",
+            SimCommand::Despawn(_) => "despawn",
+            SimCommand::Link { .. } => "link",
+            SimCommand::SetLink { .. } => "set_link",
+            SimCommand::Unlink { .. } => "unlink",
+            SimCommand::Set { .. } => "set",
+            SimCommand::Impulse { .. } => "impulse",
+            SimCommand::UpdateCdna(_) => "update_cdna",
+            SimCommand::RevertCdna => "revert_cdna",
+        }
+    }
+}
+
 /// What an applied command produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommandOutcome {

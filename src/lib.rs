@@ -10,6 +10,7 @@ pub mod digest;
 pub mod hierarchy;
 pub mod input;
 pub mod math;
+pub mod observe;
 pub mod physics;
 pub mod plot;
 pub mod plugin;

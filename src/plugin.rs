@@ -57,6 +57,20 @@ impl SimSystems {
         SimSystems::Journal,
         SimSystems::Observe,
     ];
+
+    /// Lower-case name, as in metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimSystems::Ingest => "ingest",
+            SimSystems::Forces => "forces",
+            SimSystems::Integrate => "integrate",
+            SimSystems::Constrain => "constrain",
+            SimSystems::Learn => "learn",
+            SimSystems::Organize => "organize",
+            SimSystems::Journal => "journal",
+            SimSystems::Observe => "observe",
+        }
+    }
 }
 
 /// Who runs [`SimTick`].
@@ -119,6 +133,7 @@ impl PluginGroup for NeuroGraphPlugins {
             .add(LearnPlugin)
             .add(OrganizePlugin)
             .add(JournalPlugin)
+            .add(crate::observe::ObservePlugin::default())
     }
 }
 
@@ -245,14 +260,15 @@ fn stage_start(mut t: ResMut<StageTimes>) {
     t.ticks += 1;
 }
 
-/// Runs one [`SimTick`]; the system behind [`TickDriver::FixedUpdate`].
+/// Runs one [`SimTick`] (in its `tick` span); the system behind
+/// [`TickDriver::FixedUpdate`].
 pub fn run_sim_tick(world: &mut World) {
-    world.run_schedule(SimTick);
+    crate::observe::run_tick(world);
 }
 
 /// Closes the tick: puffin (when profiling is on) starts a new frame.
 pub fn end_tick() {
-    puffin::profile_function!();
+    crate::profile_system!("end_tick");
     if puffin::are_scopes_on() {
         puffin::GlobalProfiler::lock().new_frame();
     }

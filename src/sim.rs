@@ -1,6 +1,6 @@
 //! [`Simulation`]: the headless way to own and step a world.
 //!
-//! It is a `bevy_app::App` with [`NeuroGraphPlugins`] whose [`SimTick`] schedule is
+//! It is a `bevy_app::App` with [`NeuroGraphPlugins`] whose [`SimTick`](crate::plugin::SimTick) schedule is
 //! run on demand, plus a small typed API over the command set.
 
 use crate::cdna::{Cdna, CdnaError, CdnaViolations};
@@ -10,7 +10,7 @@ use crate::commands::{
 use crate::components::*;
 use crate::config::{Quotas, SimConfig};
 use crate::digest::{StateDigest, state_digest};
-use crate::plugin::{ComputePool, NeuroGraphPlugins, SimTick, TickDriver};
+use crate::plugin::{ComputePool, NeuroGraphPlugins, TickDriver};
 use crate::registry::{LinkGraph, SimClock, TokenRegistry};
 use crate::systems::{ForceBuffers, IntegrateStats};
 use bevy_app::{App, PluginsState};
@@ -125,7 +125,7 @@ impl Simulation {
 
     /// Runs one tick.
     pub fn step(&mut self) {
-        self.app.world_mut().run_schedule(SimTick);
+        crate::observe::run_tick(self.app.world_mut());
     }
 
     /// Runs `n` ticks.

@@ -47,7 +47,7 @@ pub fn constrain_tokens(
     mut dirty: ResMut<SpatialDirty>,
     cdna: Res<Cdna>,
 ) {
-    puffin::profile_function!();
+    crate::profile_system!("constrain_tokens");
     violations.last_tick = Default::default();
     let (lo, hi) = (cdna.min_bounds(), cdna.max_bounds());
     let vmax = cdna.physics.max_speed;
@@ -123,7 +123,7 @@ pub fn constrain_links(
     mut violations: ResMut<CdnaViolations>,
     cdna: Res<Cdna>,
 ) {
-    puffin::profile_function!();
+    crate::profile_system!("constrain_links");
     let g = &cdna.graph;
     let within = |v: f32, lo: f32, hi: f32| v >= lo && v <= hi;
     let bad = graph.iter().any(|(_, l)| {

@@ -305,7 +305,7 @@ pub fn cpu_forces(
     graph: Res<LinkGraph>,
     pool: Res<ComputePool>,
 ) {
-    puffin::profile_function!();
+    crate::profile_system!("forces");
     let buf = &mut *buf;
     let n = tokens.iter().len();
     let mut order_changed = n != buf.ids.len() || n != buf.slot.len();

@@ -19,7 +19,7 @@ impl Plugin for IngestPlugin {
 /// order. Refused commands are logged with their reason in [`CommandLog::rejected`];
 /// they change nothing.
 pub fn ingest(world: &mut World) {
-    puffin::profile_function!();
+    crate::profile_system!("ingest");
     world.resource_mut::<SimClock>().tick += 1;
     let commands = world.resource_mut::<CommandQueue>().drain();
     world.resource_mut::<CommandLog>().rejected.clear();

@@ -67,7 +67,7 @@ pub fn integrate(
     cdna: Res<Cdna>,
     config: Res<SimConfig>,
 ) {
-    puffin::profile_function!();
+    crate::profile_system!("integrate");
     let dt = config.dt;
     let k = Step {
         scales: cdna.scales(),

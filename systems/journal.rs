@@ -18,6 +18,6 @@ impl Plugin for JournalPlugin {
 /// Records the tick's applied commands and the digest of the state after it, and
 /// hands a snapshot to the writer every `snapshot_every` ticks.
 pub fn journal(world: &mut World) {
-    puffin::profile_function!();
+    crate::profile_system!("journal");
     Journal::record_tick(world);
 }

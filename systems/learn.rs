@@ -83,7 +83,7 @@ pub fn learn(
     dirty: Res<SpatialDirty>,
     mut stats: ResMut<LearnStats>,
 ) {
-    puffin::profile_function!();
+    crate::profile_system!("learn");
     let g = &cdna.graph;
     stats.last_formed = 0;
     stats.last_pruned = 0;

@@ -347,7 +347,7 @@ pub fn organize_now(world: &mut World) {
 /// `hierarchy.organize_every`; with `organize_every = 0` or `depth = 0` it
 /// removes any hierarchy left from before.
 pub fn organize(world: &mut World) {
-    puffin::profile_function!();
+    crate::profile_system!("organize");
     let params = &world.resource::<Cdna>().hierarchy;
     let (every, depth) = (params.organize_every as u64, params.depth);
     if every == 0 || depth == 0 {
@@ -500,7 +500,7 @@ pub fn group_pull(
     mut buf: ResMut<ForceBuffers>,
     cdna: Res<Cdna>,
 ) {
-    puffin::profile_function!();
+    crate::profile_system!("group_pull");
     let k = cdna.hierarchy.group_pull;
     if k == 0.0 || tokens.is_empty() {
         return;

@@ -125,6 +125,8 @@ pub struct WalStats {
     pub snapshots: u64,
     /// Highest tick known durable.
     pub durable_tick: u64,
+    /// Nanoseconds spent in the segment fsyncs (the ones that make ticks durable).
+    pub fsync_nanos: u64,
 }
 
 enum Msg {
@@ -153,6 +155,7 @@ struct Shared {
     fsyncs: AtomicU64,
     records: AtomicU64,
     snapshots: AtomicU64,
+    fsync_nanos: AtomicU64,
 }
 
 impl Shared {
@@ -416,7 +419,13 @@ impl WriterThread {
     }
 
     fn sync(&mut self) -> Result<(), WalError> {
+        let start = Instant::now();
         self.segment.sync()?;
+        let took = start.elapsed();
+        self.shared
+            .fsync_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        metrics::histogram!(crate::observe::metrics::WAL_FSYNC_SECONDS).record(took.as_secs_f64());
         self.add_fsyncs(1);
         self.unsynced = 0;
         self.last_sync = Instant::now();
@@ -655,6 +664,7 @@ impl WalWriter {
             records: self.shared.records.load(Ordering::Relaxed),
             snapshots: self.shared.snapshots.load(Ordering::Relaxed),
             durable_tick: self.shared.lock().durable,
+            fsync_nanos: self.shared.fsync_nanos.load(Ordering::Relaxed),
         }
     }
 

@@ -1,0 +1,383 @@
+//! Observability and resilience (DESIGN §9).
+//!
+//! - **puffin**: every system opens with [`profile_system!`] (a puffin function
+//!   scope and a tracing span), rayon chunks have their own puffin scopes, and
+//!   `end_tick` starts one puffin frame per tick. Scopes cost one atomic load
+//!   while puffin is off (`puffin::set_scopes_on`).
+//! - **tracing**: [`run_tick`] wraps each tick in a `tick` span (fields `tick`,
+//!   `tokens`, `links`); the systems' spans nest in it. The adaptive sampler in
+//!   [`sampler`] decides per tick what is written.
+//! - **metrics**: the `observe` system of the `Observe` stage emits the figures of
+//!   [`metrics`] through the `metrics` facade, to whatever recorder is installed.
+//! - **black box**: the same system feeds the [`BlackBox`] ring buffer with the
+//!   tick's notable events.
+//! - **faults**: a test-only [`FaultHook`] makes a chosen tick panic once, so that
+//!   the runner's recovery can be tested.
+
+pub mod blackbox;
+pub mod metrics;
+pub mod sampler;
+
+pub use blackbox::{BlackBox, BlackBoxEvent, EventKind};
+pub use metrics::LiveStatus;
+pub use sampler::{SamplerHandle, SamplerStats, SamplingLayer, sampling_layer};
+
+use crate::cdna::{Cdna, CdnaViolations, ViolationKind};
+use crate::commands::CommandLog;
+use crate::hierarchy::{GroupEvents, Hierarchy};
+use crate::plugin::{SimSystems, SimTick, StageTimes};
+use crate::registry::{LinkGraph, SimClock, TokenRegistry};
+use crate::systems::{ForceBuffers, LearnStats};
+use crate::wal::Journal;
+use bevy_app::{App, Plugin};
+use bevy_ecs::prelude::*;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Opens a system: a puffin function scope and a tracing span named `$name`
+/// (target [`sampler::TICK_TARGET`]) that last until the end of the block.
+#[macro_export]
+macro_rules! profile_system {
+    ($name:literal) => {
+        ::puffin::profile_function!();
+        let _neurograph_span =
+            ::tracing::info_span!(target: "neurograph::tick", $name).entered();
+    };
+}
+
+/// What the `observe` system does each tick. Both default to on; they cost a
+/// few microseconds a tick (see `neurograph bench observe`).
+#[derive(Resource, Clone, Debug, PartialEq, Eq)]
+pub struct ObserveSettings {
+    /// Emit the metrics through the `metrics` facade (a no-op without a recorder).
+    pub metrics: bool,
+    /// Record notable events in the [`BlackBox`].
+    pub black_box: bool,
+}
+
+impl Default for ObserveSettings {
+    fn default() -> Self {
+        Self {
+            metrics: true,
+            black_box: true,
+        }
+    }
+}
+
+/// The trace sampler this simulation feeds, if any. With `follow_cdna`, its
+/// rate follows the CDNA's `evolution.trace_sample_rate` whenever the CDNA
+/// changes.
+#[derive(Resource, Clone, Debug)]
+pub struct TraceControl {
+    /// The sampler.
+    pub sampler: SamplerHandle,
+    /// Take the rate from the CDNA (else it stays as set on the handle).
+    pub follow_cdna: bool,
+}
+
+/// Shares the live figures with `/health` (or any other reader).
+#[derive(Resource, Clone, Debug, Default)]
+pub struct Live(pub Arc<LiveStatus>);
+
+/// A test-only fault: the tick `panic_at` panics (between `Ingest` and
+/// `Forces`), once per hook, however often the world is rebuilt with it.
+#[derive(Resource, Clone, Debug)]
+pub struct FaultHook {
+    /// The tick that panics.
+    pub panic_at: u64,
+    fired: Arc<AtomicBool>,
+}
+
+impl FaultHook {
+    /// A hook that makes tick `panic_at` panic once.
+    pub fn panic_at(tick: u64) -> Self {
+        Self {
+            panic_at: tick,
+            fired: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether it has fired.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::Relaxed)
+    }
+}
+
+fn fault_hook(hook: Option<Res<FaultHook>>, clock: Res<SimClock>) {
+    if let Some(h) = hook
+        && clock.tick == h.panic_at
+        && !h.fired.swap(true, Ordering::Relaxed)
+    {
+        panic!("fault hook: injected panic at tick {}", clock.tick);
+    }
+}
+
+/// Adds the `observe` system to [`SimSystems::Observe`], the [`BlackBox`] and
+/// [`ObserveSettings`], and the [`FaultHook`] check.
+#[derive(Clone, Debug, Default)]
+pub struct ObservePlugin {
+    /// Initial settings.
+    pub settings: ObserveSettings,
+}
+
+impl Plugin for ObservePlugin {
+    fn build(&self, app: &mut App) {
+        app.insert_resource(self.settings.clone())
+            .init_resource::<BlackBox>()
+            .add_systems(
+                SimTick,
+                (
+                    observe
+                        .in_set(SimSystems::Observe)
+                        .before(crate::plugin::end_tick),
+                    fault_hook
+                        .after(SimSystems::Ingest)
+                        .before(SimSystems::Forces),
+                ),
+            );
+    }
+}
+
+/// Runs one tick of `world` inside a `tick` span.
+pub fn run_tick(world: &mut World) {
+    let tick = world.resource::<SimClock>().tick + 1;
+    let span = tracing::info_span!(
+        target: "neurograph::tick",
+        "tick",
+        tick,
+        tokens = world.resource::<TokenRegistry>().len(),
+        links = world.resource::<LinkGraph>().len(),
+    );
+    let _entered = span.enter();
+    world.run_schedule(SimTick);
+}
+
+/// What `observe` remembers between ticks.
+#[derive(Default)]
+struct Seen {
+    started: bool,
+    wal_snapshots: u64,
+    wal_failure: bool,
+    organized: Option<u64>,
+    events: GroupEvents,
+}
+
+/// Emits the tick's metrics, feeds the black box and the live status, and
+/// keeps the sampler's rate in step with the CDNA.
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    settings: Res<ObserveSettings>,
+    clock: Res<SimClock>,
+    registry: Res<TokenRegistry>,
+    links: Res<LinkGraph>,
+    cdna: Res<Cdna>,
+    violations: Res<CdnaViolations>,
+    commands: Res<CommandLog>,
+    hierarchy: Res<Hierarchy>,
+    (learn, forces, times): (Res<LearnStats>, Res<ForceBuffers>, Res<StageTimes>),
+    journal: Option<Res<Journal>>,
+    trace: Option<Res<TraceControl>>,
+    live: Option<Res<Live>>,
+    mut bb: ResMut<BlackBox>,
+    mut seen: Local<Seen>,
+) {
+    crate::profile_system!("observe");
+    let tick = clock.tick;
+    let first = !seen.started;
+    seen.started = true;
+
+    if let Some(t) = &trace
+        && t.follow_cdna
+        && (first || cdna.is_changed())
+    {
+        t.sampler.set_rate(cdna.evolution.trace_sample_rate);
+    }
+    // CDNA violations mark the tick for the trace sampler.
+    let n_violations: u64 = violations.last_tick.iter().sum();
+    let mut violation_text = String::new();
+    if n_violations > 0 {
+        for k in ViolationKind::ALL {
+            let n = violations.last_tick[k as usize];
+            if n > 0 {
+                let _ = write!(
+                    violation_text,
+                    "{}{} {n}",
+                    if violation_text.is_empty() { "" } else { ", " },
+                    k.name()
+                );
+            }
+        }
+        tracing::info!(target: sampler::VIOLATION_TARGET, tick, violations = n_violations, kinds = %violation_text, "cdna violations corrected");
+    }
+    let wal = journal
+        .as_ref()
+        .map(|j| (j.stats(), j.failure().map(str::to_string)));
+    if let Some(live) = &live {
+        live.0.tick_done(tick, registry.len());
+        if let Some((_, Some(f))) = &wal {
+            live.0.fail(format!("WAL: {f}"));
+        }
+    }
+
+    let organized_now =
+        hierarchy.last_organized.is_some() && hierarchy.last_organized != seen.organized;
+    if settings.black_box {
+        let before = bb.recorded();
+        for (cmd, why) in &commands.rejected {
+            bb.record(
+                tick,
+                EventKind::CommandRefused,
+                format!("{}: {why}", cmd.name()),
+            );
+        }
+        if n_violations > 0 {
+            bb.record(
+                tick,
+                EventKind::Violation,
+                format!("{n_violations} corrected: {violation_text}"),
+            );
+        }
+        if !first && cdna.is_changed() {
+            bb.record(
+                tick,
+                EventKind::Cdna,
+                format!(
+                    "CDNA version {} ({} profile) in effect",
+                    cdna.version,
+                    cdna.profile.name()
+                ),
+            );
+        }
+        if organized_now {
+            let e = hierarchy.events;
+            let p = seen.events;
+            let levels: Vec<String> = hierarchy
+                .groups_per_level()
+                .iter()
+                .map(u64::to_string)
+                .collect();
+            bb.record(
+                tick,
+                EventKind::Groups,
+                format!(
+                    "groups per level {}; kept {}, appeared {}, vanished {}, split {}, merged {}",
+                    if levels.is_empty() {
+                        "none".into()
+                    } else {
+                        levels.join("/")
+                    },
+                    e.kept - p.kept,
+                    e.appeared - p.appeared,
+                    e.vanished - p.vanished,
+                    e.split - p.split,
+                    e.merged - p.merged
+                ),
+            );
+        }
+        if let Some((stats, failure)) = &wal {
+            if stats.snapshots > seen.wal_snapshots && !first {
+                bb.record(
+                    tick,
+                    EventKind::Wal,
+                    format!(
+                        "snapshot written ({} in all, durable tick {})",
+                        stats.snapshots, stats.durable_tick
+                    ),
+                );
+            }
+            if let Some(f) = failure
+                && !seen.wal_failure
+            {
+                bb.record(tick, EventKind::Error, format!("WAL failed: {f}"));
+            }
+        }
+        let added = bb.recorded() - before;
+        if settings.metrics && added > 0 {
+            ::metrics::counter!(metrics::BLACKBOX_EVENTS_TOTAL).increment(added);
+        }
+    }
+    if let Some((stats, failure)) = &wal {
+        seen.wal_snapshots = stats.snapshots;
+        seen.wal_failure |= failure.is_some();
+    }
+    if organized_now {
+        seen.organized = hierarchy.last_organized;
+        seen.events = hierarchy.events;
+    }
+
+    if !settings.metrics {
+        return;
+    }
+    use ::metrics::{counter, gauge, histogram};
+    let mut total = 0.0;
+    for (k, stage) in SimSystems::ALL.into_iter().enumerate() {
+        let s = times.last[k];
+        total += s;
+        histogram!(metrics::STAGE_SECONDS, "stage" => stage.name()).record(s);
+    }
+    histogram!(metrics::TICK_SECONDS).record(total);
+    counter!(metrics::TICKS_TOTAL).increment(1);
+    gauge!(metrics::TICK).set(tick as f64);
+    gauge!(metrics::TOKENS).set(registry.len() as f64);
+    gauge!(metrics::LINKS).set(links.len() as f64);
+    if organized_now || first {
+        let per_level = hierarchy.groups_per_level();
+        for (k, label) in metrics::LEVEL_LABELS.into_iter().enumerate() {
+            let n = per_level.get(k).copied();
+            if n.is_some() || k < 2 {
+                gauge!(metrics::GROUPS, "level" => label).set(n.unwrap_or(0) as f64);
+            }
+        }
+        let e = hierarchy.events;
+        for (name, v) in [
+            ("kept", e.kept),
+            ("appeared", e.appeared),
+            ("vanished", e.vanished),
+            ("split", e.split),
+            ("merged", e.merged),
+        ] {
+            counter!(metrics::GROUP_EVENTS_TOTAL, "event" => name).absolute(v);
+        }
+    }
+    for k in ViolationKind::ALL {
+        counter!(metrics::CDNA_VIOLATIONS_TOTAL, "kind" => k.name()).absolute(violations.get(k));
+    }
+    counter!(metrics::COMMANDS_APPLIED_TOTAL).absolute(commands.applied_total);
+    counter!(metrics::COMMANDS_REJECTED_TOTAL).absolute(commands.rejected_total);
+    counter!(metrics::QUOTA_REJECTIONS_TOTAL).absolute(commands.quota_rejections);
+    counter!(metrics::LINKS_FORMED_TOTAL).absolute(learn.links_formed);
+    counter!(metrics::LINKS_PRUNED_TOTAL).absolute(learn.links_pruned);
+    counter!(metrics::NEIGHBOR_REBUILDS_TOTAL).absolute(forces.stats.rebuilds);
+    if let Some((stats, _)) = &wal {
+        counter!(metrics::WAL_BYTES_TOTAL).absolute(stats.bytes);
+        counter!(metrics::WAL_RECORDS_TOTAL).absolute(stats.records);
+        counter!(metrics::WAL_FSYNCS_TOTAL).absolute(stats.fsyncs);
+        counter!(metrics::WAL_SNAPSHOTS_TOTAL).absolute(stats.snapshots);
+        gauge!(metrics::WAL_DURABLE_TICK).set(stats.durable_tick as f64);
+    }
+}
+
+/// The message of a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-text payload".to_string()
+    }
+}
+
+/// Chains a panic hook that logs the panic as a tracing error first, inside the
+/// span of the tick that panicked, so that the sampler keeps that tick.
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let location = info
+            .location()
+            .map_or(String::new(), |l| format!("{}:{}", l.file(), l.line()));
+        tracing::error!(target: "neurograph::panic", %location, message = %panic_message(info.payload()), "panic");
+        previous(info);
+    }));
+}
