@@ -429,3 +429,356 @@ impl HierarchyBenchReport {
         )
     }
 }
+
+/// What `bench observe` measures.
+#[derive(Clone, Debug)]
+pub struct ObserveBenchOptions {
+    /// Scenario name.
+    pub scenario: String,
+    /// Tokens per world.
+    pub tokens: usize,
+    /// Ticks per variant (the first is left out of the figures).
+    pub ticks: u64,
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+}
+
+/// One observability variant's tick times.
+#[derive(Clone, Debug, Serialize)]
+pub struct ObserveVariant {
+    /// The variant's name.
+    pub variant: String,
+    /// What is on.
+    pub what: String,
+    /// The variant it is compared with.
+    pub baseline: String,
+    /// Mean tick seconds.
+    pub mean_tick_s: f64,
+    /// Median tick seconds.
+    pub median_tick_s: f64,
+    /// Mean tick time over the baseline's, minus one.
+    pub overhead: f64,
+    /// Median over ticks of (this tick / the baseline's same tick) minus one.
+    pub paired_overhead: f64,
+    /// Trace lines written (tracing variants).
+    pub trace_lines: u64,
+    /// Ticks whose trace was kept (tracing variants).
+    pub trace_ticks_kept: u64,
+    /// Mean microseconds of the `Observe` stage per tick (metrics, black box,
+    /// the puffin frame), measured inside the tick: the direct cost, free of the
+    /// tick-to-tick noise that swamps it in the tick time.
+    pub observe_stage_us: f64,
+}
+
+/// The report of `bench observe`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ObserveBenchReport {
+    /// Tokens per world.
+    pub tokens: u64,
+    /// Ticks per variant.
+    pub ticks: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// Per variant.
+    pub variants: Vec<ObserveVariant>,
+    /// The final digest, the same for every variant (observing changes nothing).
+    pub digest: String,
+}
+
+struct ObserveSetup {
+    name: &'static str,
+    what: &'static str,
+    baseline: &'static str,
+    puffin: bool,
+    trace_rate: Option<f32>,
+    metrics: bool,
+    black_box: bool,
+    wal: bool,
+}
+
+/// The variants of `bench observe`, in report order.
+const OBSERVE_VARIANTS: [ObserveSetup; 10] = {
+    const OFF: ObserveSetup = ObserveSetup {
+        name: "off",
+        what: "nothing (the bare tick)",
+        baseline: "off",
+        puffin: false,
+        trace_rate: None,
+        metrics: false,
+        black_box: false,
+        wal: false,
+    };
+    [
+        OFF,
+        ObserveSetup {
+            name: "puffin",
+            what: "puffin scopes + frames to a puffin_http server",
+            puffin: true,
+            ..OFF
+        },
+        ObserveSetup {
+            name: "trace_1pct",
+            what: "tracing, sampler at 1%",
+            trace_rate: Some(0.01),
+            ..OFF
+        },
+        ObserveSetup {
+            name: "trace_100pct",
+            what: "tracing, sampler at 100%",
+            trace_rate: Some(1.0),
+            ..OFF
+        },
+        ObserveSetup {
+            name: "metrics",
+            what: "metrics to a Prometheus recorder",
+            metrics: true,
+            ..OFF
+        },
+        ObserveSetup {
+            name: "blackbox",
+            what: "black box",
+            black_box: true,
+            ..OFF
+        },
+        ObserveSetup {
+            name: "production",
+            what: "tracing 1% + metrics + black box",
+            trace_rate: Some(0.01),
+            metrics: true,
+            black_box: true,
+            ..OFF
+        },
+        ObserveSetup {
+            name: "all_on",
+            what: "production + puffin",
+            puffin: true,
+            trace_rate: Some(0.01),
+            metrics: true,
+            black_box: true,
+            ..OFF
+        },
+        ObserveSetup {
+            name: "wal",
+            what: "batched WAL only",
+            wal: true,
+            ..OFF
+        },
+        ObserveSetup {
+            name: "production_wal",
+            what: "production + batched WAL",
+            baseline: "off",
+            trace_rate: Some(0.01),
+            metrics: true,
+            black_box: true,
+            wal: true,
+            ..OFF
+        },
+    ]
+};
+
+/// Runs `bench observe`: one world per variant, stepped in turn tick by tick
+/// (rotating who goes first), with puffin switched on only while the puffin
+/// variants step, and tracing and metrics scoped to their worlds
+/// (`tracing::dispatcher::with_default`, `metrics::with_local_recorder`).
+/// WAL directories and trace files go under `scratch`.
+pub fn observe_overhead(
+    o: &ObserveBenchOptions,
+    scratch: &Path,
+) -> Result<ObserveBenchReport, String> {
+    use crate::observe::{ObserveSettings, sampler};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    let s = scenario::find(&o.scenario)?;
+    std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let config = SimConfig {
+        threads: o.threads,
+        ..Default::default()
+    };
+    // Frames go somewhere real, as with `run --puffin` (no viewer connected).
+    let _puffin = puffin_http::Server::new("127.0.0.1:0")
+        .map_err(|e| format!("cannot start the puffin server: {e:#}"))?;
+    struct World {
+        sim: Simulation,
+        dispatch: Option<tracing::Dispatch>,
+        sampler: Option<sampler::SamplerHandle>,
+        recorder: Option<metrics_exporter_prometheus::PrometheusRecorder>,
+        times: Vec<f64>,
+    }
+    let mut worlds = Vec::new();
+    for v in &OBSERVE_VARIANTS {
+        let mut sim = Simulation::new(SimSettings {
+            config: config.clone(),
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
+        sim.world_mut().insert_resource(ObserveSettings {
+            metrics: v.metrics,
+            black_box: v.black_box,
+        });
+        s.spawn_into(
+            &mut sim,
+            &ScenarioParams {
+                tokens: o.tokens,
+                seed: 42,
+            },
+            crate::runner::SPAWN_BATCH,
+        )
+        .map_err(|e| e.to_string())?;
+        if v.wal {
+            let manifest = Manifest {
+                format_version: wal::FORMAT_VERSION,
+                sim: config.clone(),
+                quotas: Default::default(),
+                run: [("bench".to_string(), v.name.to_string())].into(),
+            };
+            wal::create(
+                &scratch.join(v.name),
+                &manifest,
+                &mut sim,
+                &WalOptions::default(),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        let (dispatch, sampler) = match v.trace_rate {
+            Some(rate) => {
+                let path = scratch.join(format!("{}.trace.jsonl", v.name));
+                let file =
+                    std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let (layer, handle) =
+                    sampler::sampling_layer(Box::new(std::io::BufWriter::new(file)), rate, None);
+                let layer = layer.with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target("neurograph", tracing::Level::INFO)
+                        .with_default(tracing::Level::WARN),
+                );
+                let sub = tracing_subscriber::registry().with(layer);
+                (Some(tracing::Dispatch::new(sub)), Some(handle))
+            }
+            None => (None, None),
+        };
+        let recorder = v.metrics.then(crate::observe::metrics::prometheus_recorder);
+        worlds.push(World {
+            sim,
+            dispatch,
+            sampler,
+            recorder,
+            times: Vec::new(),
+        });
+    }
+    let n = worlds.len();
+    for t in 0..o.ticks {
+        for k in 0..n {
+            let i = (k + t as usize) % n;
+            let w = &mut worlds[i];
+            puffin::set_scopes_on(OBSERVE_VARIANTS[i].puffin);
+            let sim = &mut w.sim;
+            let recorder = w.recorder.as_ref();
+            let start = Instant::now();
+            let mut step = move || match recorder {
+                Some(r) => metrics::with_local_recorder(r, || sim.step()),
+                None => sim.step(),
+            };
+            match &w.dispatch {
+                Some(d) => tracing::dispatcher::with_default(d, step),
+                None => step(),
+            }
+            w.times.push(start.elapsed().as_secs_f64());
+            puffin::set_scopes_on(false);
+            if let Some(r) = &w.recorder
+                && t % 50 == 49
+            {
+                r.handle().run_upkeep();
+            }
+        }
+    }
+    for w in &mut worlds {
+        wal::close(&mut w.sim).map_err(|e| e.to_string())?;
+    }
+    let digest = worlds[0].sim.digest().to_string();
+    for (w, v) in worlds.iter_mut().zip(&OBSERVE_VARIANTS) {
+        let d = w.sim.digest().to_string();
+        if d != digest {
+            return Err(format!(
+                "variant {} ends at digest {d}, the bare run at {digest}: observing changed the state",
+                v.name
+            ));
+        }
+    }
+    let steady = |v: &[f64]| v.get(1..).unwrap_or(&[]).to_vec();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let mut variants = Vec::new();
+    for (w, v) in worlds.iter().zip(&OBSERVE_VARIANTS) {
+        let b = OBSERVE_VARIANTS
+            .iter()
+            .position(|x| x.name == v.baseline)
+            .expect("the baseline is a variant");
+        let mine = steady(&w.times);
+        let base = steady(&worlds[b].times);
+        let stats = w.sampler.as_ref().map(|h| {
+            h.flush();
+            h.stats()
+        });
+        variants.push(ObserveVariant {
+            variant: v.name.to_string(),
+            what: v.what.to_string(),
+            baseline: v.baseline.to_string(),
+            mean_tick_s: mean(&mine),
+            median_tick_s: median(&mut mine.clone()),
+            overhead: mean(&mine) / mean(&base).max(f64::MIN_POSITIVE) - 1.0,
+            paired_overhead: median(
+                &mut mine
+                    .iter()
+                    .zip(&base)
+                    .map(|(t, b)| t / b - 1.0)
+                    .collect::<Vec<_>>(),
+            ),
+            trace_lines: stats.map_or(0, |s| s.lines),
+            trace_ticks_kept: stats.map_or(0, |s| s.kept()),
+            observe_stage_us: {
+                let st = w.sim.world().resource::<crate::plugin::StageTimes>();
+                st.total[7] / st.ticks.max(1) as f64 * 1e6
+            },
+        });
+    }
+    Ok(ObserveBenchReport {
+        tokens: o.tokens as u64,
+        ticks: o.ticks,
+        threads: worlds[0].sim.threads(),
+        variants,
+        digest,
+    })
+}
+
+impl ObserveBenchReport {
+    /// A table for the terminal.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "Observability overhead: {} tokens, {} ticks per variant, {} threads (first tick excluded;\n  paired = median over ticks of the ratio to the same tick of the baseline)",
+            self.tokens, self.ticks, self.threads
+        );
+        let _ = writeln!(
+            s,
+            "  {:<15} {:>9} {:>10} {:>9} {:>8} {:>10} {:>7}  what",
+            "variant", "mean ms", "median ms", "overhead", "paired", "observe µs", "traced"
+        );
+        for v in &self.variants {
+            let _ = writeln!(
+                s,
+                "  {:<15} {:>9.2} {:>10.2} {:>8.1}% {:>7.1}% {:>10.1} {:>7}  {}",
+                v.variant,
+                v.mean_tick_s * 1e3,
+                v.median_tick_s * 1e3,
+                v.overhead * 100.0,
+                v.paired_overhead * 100.0,
+                v.observe_stage_us,
+                v.trace_ticks_kept,
+                v.what
+            );
+        }
+        let _ = write!(s, "  every variant ends at digest {}", self.digest);
+        s
+    }
+}

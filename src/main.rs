@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a headless simulation (default: the `clusters` scenario, 10K tokens, 300 ticks).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the built-in scenarios.
     Scenarios,
     /// Print a CDNA profile as TOML, or check a CDNA file.
@@ -54,6 +54,28 @@ enum BenchCommand {
     Wal(WalBenchArgs),
     /// Cost of the Learn and Organize stages next to the Forces stage, per tick.
     Hierarchy(HierarchyBenchArgs),
+    /// Tick time with observability off, with puffin, tracing at 1% and 100%,
+    /// metrics, the black box, and all together, stepped in turn on identical worlds.
+    Observe(ObserveBenchArgs),
+}
+
+#[derive(Args)]
+struct ObserveBenchArgs {
+    /// Scenario name.
+    #[arg(long, default_value = "uniform")]
+    scenario: String,
+    /// Tokens per world.
+    #[arg(long, default_value_t = 100_000)]
+    tokens: usize,
+    /// Ticks per variant.
+    #[arg(long, default_value_t = 60)]
+    ticks: u64,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -240,6 +262,40 @@ struct RunArgs {
     /// Print the hierarchy tree at the end (before the JSON line with --json).
     #[arg(long)]
     tree: bool,
+    /// Serve puffin profiler frames (one per tick) for puffin viewer on ADDR
+    /// (default 127.0.0.1:8585). Profiling is off, and free, without it.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8585")]
+    puffin: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics and a health check on
+    /// /health (default 127.0.0.1:9187; port 0 picks a free port). The address
+    /// is printed on stderr.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9187")]
+    metrics: Option<String>,
+    /// Write sampled tick traces as JSON lines to FILE (`-` or nothing: stderr).
+    /// The base rate is the CDNA's `evolution.trace_sample_rate` (default 1%);
+    /// ticks with warnings, errors or CDNA violations are always kept, and half
+    /// of the slow ones.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    trace: Option<String>,
+    /// Base trace sampling rate in [0, 1], instead of the CDNA's.
+    #[arg(long, requires = "trace", value_name = "RATE")]
+    trace_rate: Option<f32>,
+    /// A tick slower than MS milliseconds is slow (default: slower than the
+    /// running p99 of the last 1,024 ticks).
+    #[arg(long, requires = "trace", value_name = "MS")]
+    trace_slow_ms: Option<f64>,
+    /// Black box file (JSON lines): written at the end of the run, on a panic,
+    /// on a fatal error and on SIGUSR1. Without it, those but the last go to
+    /// the temporary directory.
+    #[arg(long, value_name = "FILE")]
+    blackbox: Option<PathBuf>,
+    /// Recoveries from the WAL allowed after panicking ticks before the run
+    /// exits with code 70 (without --wal the first panic ends the run).
+    #[arg(long, value_name = "N", default_value_t = runner::DEFAULT_PANIC_RETRIES)]
+    panic_retries: u32,
+    /// Test-only fault hook: make tick TICK panic (once).
+    #[arg(long, value_name = "TICK", hide = true)]
+    fault_panic_at: Option<u64>,
 }
 
 #[derive(Args)]
@@ -252,7 +308,10 @@ struct CdnaArgs {
     check: Option<PathBuf>,
 }
 
-fn run(args: RunArgs) -> Result<Outcome, String> {
+fn run(
+    args: RunArgs,
+    trace: Option<neurograph::observe::SamplerHandle>,
+) -> Result<Outcome, String> {
     let mut config = match &args.config {
         Some(p) => RunConfig::load(p).map_err(|e| e.to_string())?,
         None => RunConfig::default(),
@@ -277,14 +336,73 @@ fn run(args: RunArgs) -> Result<Outcome, String> {
     {
         tracing::warn!(error = %e, "Ctrl-C will not stop the run cleanly");
     }
-    let (summary, sim) = runner::run_keep(&RunOptions {
+    let dump_request = Arc::new(AtomicBool::new(false));
+    #[cfg(unix)]
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump_request.clone())
+    {
+        tracing::warn!(error = %e, "SIGUSR1 will not dump the black box");
+    }
+    let _puffin = match &args.puffin {
+        Some(addr) => {
+            let server =
+                puffin_http::Server::new(addr).map_err(|e| format!("--puffin {addr}: {e:#}"))?;
+            puffin::set_scopes_on(true);
+            eprintln!(
+                "puffin: serving frames on {addr}; view them with `puffin_viewer --url {addr}`"
+            );
+            Some(server)
+        }
+        None => None,
+    };
+    let live = Arc::new(neurograph::observe::LiveStatus::default());
+    let _metrics = match &args.metrics {
+        Some(addr) => {
+            let handle = neurograph::observe::metrics::install_prometheus()?;
+            let server =
+                neurograph::observe::metrics::MetricsServer::start(addr, handle, live.clone())?;
+            eprintln!("metrics: listening on http://{}/metrics", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let trace = trace.map(|sampler| {
+        if let Some(r) = args.trace_rate {
+            sampler.set_rate(r);
+        }
+        neurograph::observe::TraceControl {
+            sampler,
+            follow_cdna: args.trace_rate.is_none(),
+        }
+    });
+    if let Some(r) = args.trace_rate
+        && !(0.0..=1.0).contains(&r)
+    {
+        return Err(format!("--trace-rate {r}: must be in [0, 1]"));
+    }
+    let result = runner::run_keep(&RunOptions {
         config,
         progress: !args.quiet,
         wal_dir: args.wal,
         report_durable: args.report_durable,
         interrupt: Some(interrupt),
-    })
-    .map_err(|e| e.to_string())?;
+        blackbox: args.blackbox,
+        dump_request: Some(dump_request),
+        panic_retries: args.panic_retries,
+        trace,
+        live: Some(live),
+        fault: args
+            .fault_panic_at
+            .map(neurograph::observe::FaultHook::panic_at),
+        ..Default::default()
+    });
+    let (summary, sim) = match result {
+        Ok(r) => r,
+        Err(e @ runner::RunError::Panicked { .. }) => {
+            eprintln!("error: {e}");
+            return Ok(Outcome::Panicked);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     if args.tree {
         print!("{}", sim.hierarchy().render_tree(10));
     }
@@ -316,6 +434,42 @@ enum Outcome {
     Done,
     /// Stopped by Ctrl-C or SIGTERM (exit code 130).
     Interrupted,
+    /// A tick panicked and the run did not recover (exit code 70).
+    Panicked,
+}
+
+/// Exit code of a run whose tick panicked without recovery (EX_SOFTWARE).
+const EXIT_PANICKED: u8 = 70;
+
+/// The sampling layer for `run --trace`, and its handle.
+fn trace_layer(
+    args: &RunArgs,
+) -> Result<
+    Option<(
+        neurograph::observe::SamplingLayer,
+        neurograph::observe::SamplerHandle,
+    )>,
+    String,
+> {
+    let Some(target) = &args.trace else {
+        return Ok(None);
+    };
+    if let Some(ms) = args.trace_slow_ms
+        && !(ms.is_finite() && ms > 0.0)
+    {
+        return Err(format!("--trace-slow-ms {ms}: must be a positive number"));
+    }
+    let out: Box<dyn std::io::Write + Send> = if target == "-" {
+        Box::new(std::io::stderr())
+    } else {
+        let f = std::fs::File::create(target).map_err(|e| format!("--trace {target}: {e}"))?;
+        Box::new(std::io::BufWriter::new(f))
+    };
+    let slow = args
+        .trace_slow_ms
+        .map(|ms| std::time::Duration::from_secs_f64(ms / 1000.0));
+    // The rate is set from the CDNA (or --trace-rate) when the run starts.
+    Ok(Some(neurograph::observe::sampling_layer(out, 0.0, slow)))
 }
 
 fn recover(args: RecoverArgs) -> Result<(), String> {
@@ -387,6 +541,23 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                     ticks: a.ticks.max(2),
                     threads: a.threads,
                     snapshot_every: a.snapshot_every,
+                },
+                &scratch,
+            );
+            let _ = std::fs::remove_dir_all(&scratch);
+            let report = report?;
+            print_report(a.json, &report, report.to_text())
+        }
+        BenchCommand::Observe(a) => {
+            let scratch = std::env::temp_dir()
+                .join(format!("neurograph-bench-observe-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&scratch);
+            let report = neurograph::benchmarks::observe_overhead(
+                &neurograph::benchmarks::ObserveBenchOptions {
+                    scenario: a.scenario,
+                    tokens: a.tokens,
+                    ticks: a.ticks.max(2),
+                    threads: a.threads,
                 },
                 &scratch,
             );
@@ -537,9 +708,7 @@ fn plot(args: PlotArgs) -> Result<(), String> {
         let (summary, sim) = runner::run_keep(&RunOptions {
             config,
             progress: !args.quiet && std::io::stderr().is_terminal(),
-            wal_dir: None,
-            report_durable: false,
-            interrupt: None,
+            ..Default::default()
         })
         .map_err(|e| e.to_string())?;
         if let (Some(a1), Some(a2)) = (summary.ari_level1, summary.ari_level2) {
@@ -621,17 +790,44 @@ fn cdna(args: CdnaArgs) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let cli = Cli::parse();
+    let (sampling, handle) = match &cli.command {
+        Command::Run(a) => match trace_layer(a) {
+            Ok(Some((layer, handle))) => (Some(layer), Some(handle)),
+            Ok(None) => (None, None),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => (None, None),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("NEUROGRAPH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(filter);
+    // The sampler sees our spans and events at INFO, other crates' from WARN.
+    let sampling = sampling.map(|l| {
+        l.with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("neurograph", tracing::Level::INFO)
+                .with_default(tracing::Level::WARN),
+        )
+    });
+    tracing_subscriber::registry()
+        .with(log)
+        .with(sampling)
         .init();
+    neurograph::observe::install_panic_hook();
     let result = match cli.command {
-        Command::Run(a) => match run(a) {
+        Command::Run(a) => match run(*a, handle) {
             Ok(Outcome::Interrupted) => return ExitCode::from(130),
+            Ok(Outcome::Panicked) => return ExitCode::from(EXIT_PANICKED),
             other => other.map(|_| ()),
         },
         Command::Scenarios => {

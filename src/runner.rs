@@ -6,6 +6,9 @@ use crate::commands::CommandError;
 use crate::config::{Quotas, SimConfig};
 use crate::hierarchy::{self, GroupEvents};
 use crate::input::{InputError, load_csv};
+use crate::observe::{
+    BlackBox, EventKind, FaultHook, Live, LiveStatus, ObserveSettings, SamplerStats, TraceControl,
+};
 use crate::registry::TokenRegistry;
 use crate::scenario::GroundTruth;
 use crate::scenario::{self, Generated, ScenarioParams, spawn_stream};
@@ -62,7 +65,7 @@ pub const DEFAULT_SEED: u64 = 42;
 pub const SPAWN_BATCH: usize = 65_536;
 
 /// What to run: the merged config and flags.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RunOptions {
     /// The config file's content (or defaults).
     pub config: RunConfig,
@@ -76,6 +79,51 @@ pub struct RunOptions {
     /// Set (e.g. by Ctrl-C) to stop after the current tick; the WAL is closed
     /// cleanly and the summary says `interrupted`.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// Where the black box is dumped (on panic, on a fatal error, on a dump
+    /// request, and at the end of the run). Without it, dumps caused by a panic,
+    /// an error or a request go to [`default_blackbox_path`].
+    pub blackbox: Option<PathBuf>,
+    /// Set (e.g. by SIGUSR1) to dump the black box after the current tick.
+    pub dump_request: Option<Arc<AtomicBool>>,
+    /// Recoveries from the WAL allowed after panics before the run gives up
+    /// ([`RunError::Panicked`]); without a WAL the first panic ends the run.
+    pub panic_retries: u32,
+    /// What the `Observe` stage does.
+    pub observe: ObserveSettings,
+    /// The trace sampler to feed, if tracing is on.
+    pub trace: Option<TraceControl>,
+    /// Live figures for `/health`.
+    pub live: Option<Arc<LiveStatus>>,
+    /// Test-only: make this tick panic once.
+    pub fault: Option<FaultHook>,
+}
+
+/// Recoveries allowed by default ([`RunOptions::panic_retries`]).
+pub const DEFAULT_PANIC_RETRIES: u32 = 3;
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            config: RunConfig::default(),
+            progress: false,
+            wal_dir: None,
+            report_durable: false,
+            interrupt: None,
+            blackbox: None,
+            dump_request: None,
+            panic_retries: DEFAULT_PANIC_RETRIES,
+            observe: ObserveSettings::default(),
+            trace: None,
+            live: None,
+            fault: None,
+        }
+    }
+}
+
+/// Where a black box goes when no path was given: the temporary directory,
+/// named by process id.
+pub fn default_blackbox_path() -> PathBuf {
+    std::env::temp_dir().join(format!("neurograph-blackbox-{}.jsonl", std::process::id()))
 }
 
 /// Why a run failed.
@@ -99,6 +147,28 @@ pub enum RunError {
     /// The write-ahead log failed.
     #[error("WAL: {0}")]
     Wal(#[from] WalError),
+    /// A tick panicked and the run could not (or may no longer) recover.
+    #[error(
+        "tick {tick} panicked: {message}; {}{}",
+        match recovered {
+            0 => "no recovery was tried".to_string(),
+            n => format!("after {n} recoveries from the WAL the retries are spent"),
+        },
+        match dump {
+            Some(p) => format!("; black box written to {}", p.display()),
+            None => "; the black box could not be written".to_string(),
+        }
+    )]
+    Panicked {
+        /// The tick that panicked.
+        tick: u64,
+        /// The panic message.
+        message: String,
+        /// Recoveries done before this panic.
+        recovered: u32,
+        /// Where the black box was dumped.
+        dump: Option<PathBuf>,
+    },
 }
 
 /// The summary of a run; `--json` prints it as one object.
@@ -185,6 +255,17 @@ pub struct RunSummary {
     pub wal_snapshots: u64,
     /// The recovery that a resumed run started with.
     pub recovery: Option<RecoveryReport>,
+    /// Ticks that panicked during the run.
+    pub panics: u64,
+    /// Recoveries from the WAL after a panic.
+    pub recoveries: u64,
+    /// Events recorded in the black box since the start (the box keeps the last
+    /// 1,000).
+    pub blackbox_events: u64,
+    /// Black-box dumps written, in order.
+    pub blackbox_dumps: Vec<PathBuf>,
+    /// The trace sampler's counters, when tracing was on.
+    pub trace: Option<SamplerStats>,
 }
 
 /// Peak resident set size of this process (VmHWM), if the OS tells.
@@ -383,6 +464,9 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
         .world()
         .get_resource::<Journal>()
         .map(|j| j.durability().name().to_string());
+    equip(&mut sim, opts, BlackBox::default());
+    ::metrics::counter!(crate::observe::metrics::PANICS_TOTAL).increment(0);
+    ::metrics::counter!(crate::observe::metrics::RECOVERIES_TOTAL).increment(0);
 
     let bar = if opts.progress {
         let bar = indicatif::ProgressBar::with_draw_target(
@@ -405,6 +489,9 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
     let mut reported = start_tick;
     let mut interrupted = false;
     let mut t = 0u64;
+    let mut panics = 0u64;
+    let mut recoveries = 0u32;
+    let mut dumps = Vec::new();
     while sim.tick() < ticks {
         if opts
             .interrupt
@@ -414,17 +501,99 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
             interrupted = true;
             break;
         }
-        sim.step();
+        let before = sim.tick();
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.step()));
+        if let Err(payload) = stepped {
+            // The world is half-way through a tick (and has lost its schedule):
+            // record, dump, and rebuild from the WAL or give up.
+            let tick = before + 1;
+            let message = crate::observe::panic_message(&*payload);
+            panics += 1;
+            ::metrics::counter!(crate::observe::metrics::PANICS_TOTAL).increment(1);
+            let mut bb = sim
+                .world_mut()
+                .remove_resource::<BlackBox>()
+                .unwrap_or_default();
+            bb.record(
+                tick,
+                EventKind::Panic,
+                format!("tick {tick} panicked: {message}"),
+            );
+            let lost = sim.command_log().applied.len();
+            if lost > 0 {
+                bb.record(
+                    tick,
+                    EventKind::Panic,
+                    format!("{lost} commands applied in the panicked tick are dropped"),
+                );
+            }
+            let can_recover = opts.wal_dir.is_some() && recoveries < opts.panic_retries;
+            if can_recover {
+                bb.record(
+                    tick,
+                    EventKind::Wal,
+                    "abandoning the WAL writer of the panicked world",
+                );
+                if let Err(e) = wal::abandon(&mut sim) {
+                    bb.record(tick, EventKind::Error, format!("closing the WAL: {e}"));
+                }
+            }
+            let dump = dump_blackbox(&bb, opts.blackbox.as_deref(), "panic");
+            dumps.extend(dump.clone());
+            if !can_recover {
+                if let Some(live) = &opts.live {
+                    live.fail(format!("tick {tick} panicked: {message}"));
+                }
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                return Err(RunError::Panicked {
+                    tick,
+                    message,
+                    recovered: recoveries,
+                    dump,
+                });
+            }
+            let dir = opts.wal_dir.as_deref().expect("recovery needs a WAL");
+            drop(sim);
+            let rec = wal::recover(
+                dir,
+                &RecoverOptions {
+                    threads: c.sim.threads,
+                    exclusive: true,
+                },
+            )?;
+            recoveries += 1;
+            ::metrics::counter!(crate::observe::metrics::RECOVERIES_TOTAL).increment(1);
+            let r = &rec.report;
+            let text = format!(
+                "recovered tick {} from the WAL (snapshot tick {}, {} records replayed, digest {}); retry {recoveries} of {}",
+                r.tick, r.snapshot_tick, r.records_replayed, r.digest, opts.panic_retries
+            );
+            tracing::warn!(tick, "{text}");
+            bb.record(r.tick, EventKind::Recovery, text);
+            sim = wal::resume(rec, &c.wal)?;
+            equip(&mut sim, opts, bb);
+            if let Some(bar) = &bar {
+                bar.set_position(sim.tick().saturating_sub(start_tick));
+            }
+            continue;
+        }
         if t == 0 {
             first_tick_seconds = start.elapsed().as_secs_f64();
         }
         t += 1;
         if let Some(j) = sim.world().get_resource::<Journal>() {
             if let Some(f) = j.failure() {
-                return Err(RunError::Wal(WalError::WriterFailed(format!(
+                let err = RunError::Wal(WalError::WriterFailed(format!(
                     "at tick {}: {f}",
                     sim.tick()
-                ))));
+                )));
+                if let Some(live) = &opts.live {
+                    live.fail(err.to_string());
+                }
+                fatal_dump(&mut sim, opts, &err);
+                return Err(err);
             }
             if opts.report_durable {
                 let durable = j.stats().durable_tick;
@@ -435,6 +604,14 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
                     let _ = out.flush();
                 }
             }
+        }
+        if opts
+            .dump_request
+            .as_ref()
+            .is_some_and(|f| f.swap(false, Ordering::Relaxed))
+        {
+            let bb = sim.world().resource::<BlackBox>();
+            dumps.extend(dump_blackbox(bb, opts.blackbox.as_deref(), "request"));
         }
         if let Some(bar) = &bar {
             bar.inc(1);
@@ -448,7 +625,18 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let wal_stats = wal::close(&mut sim)?;
+    let wal_stats = match wal::close(&mut sim) {
+        Ok(s) => s,
+        Err(e) => {
+            let err = RunError::Wal(e);
+            fatal_dump(&mut sim, opts, &err);
+            return Err(err);
+        }
+    };
+    if opts.blackbox.is_some() {
+        let bb = sim.world().resource::<BlackBox>();
+        dumps.extend(dump_blackbox(bb, opts.blackbox.as_deref(), "end"));
+    }
     if opts.report_durable && durability.is_some() {
         println!("durable {}", sim.tick());
     }
@@ -519,8 +707,62 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
         wal_records: wal_stats.records,
         wal_snapshots: wal_stats.snapshots,
         recovery,
+        panics,
+        recoveries: recoveries as u64,
+        blackbox_events: sim.world().resource::<BlackBox>().recorded(),
+        blackbox_dumps: dumps,
+        trace: opts.trace.as_ref().map(|t| {
+            t.sampler.flush();
+            t.sampler.stats()
+        }),
     };
     Ok((summary, sim))
+}
+
+/// Puts the run's observability resources into a (new or recovered) simulation.
+fn equip(sim: &mut Simulation, opts: &RunOptions, bb: BlackBox) {
+    let world = sim.world_mut();
+    world.insert_resource(opts.observe.clone());
+    world.insert_resource(bb);
+    if let Some(t) = &opts.trace {
+        world.insert_resource(t.clone());
+    }
+    if let Some(l) = &opts.live {
+        l.clear();
+        world.insert_resource(Live(l.clone()));
+    }
+    if let Some(f) = &opts.fault {
+        world.insert_resource(f.clone());
+    }
+}
+
+/// Dumps the black box to `path` (or the default path); says where on stderr.
+fn dump_blackbox(bb: &BlackBox, path: Option<&Path>, why: &str) -> Option<PathBuf> {
+    let path = path.map_or_else(default_blackbox_path, Path::to_path_buf);
+    match bb.dump(&path) {
+        Ok(n) => {
+            eprintln!(
+                "black box ({why}): {n} events written to {}",
+                path.display()
+            );
+            Some(path)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "cannot write the black box");
+            None
+        }
+    }
+}
+
+/// Records a fatal error in the black box and dumps it.
+fn fatal_dump(sim: &mut Simulation, opts: &RunOptions, err: &RunError) {
+    let tick = sim.tick();
+    if let Some(mut bb) = sim.world_mut().get_resource_mut::<BlackBox>() {
+        bb.record(tick, EventKind::Error, err.to_string());
+    }
+    if let Some(bb) = sim.world().get_resource::<BlackBox>() {
+        dump_blackbox(bb, opts.blackbox.as_deref(), "fatal error");
+    }
 }
 
 impl RunSummary {

@@ -541,6 +541,26 @@ pub fn close(sim: &mut Simulation) -> Result<WalStats, WalError> {
     }
 }
 
+/// Detaches the journal of a simulation whose state cannot be trusted (a tick
+/// panicked half-way): flushes the records of the ticks that completed and
+/// closes the writer, but writes no snapshot, so the log ends at the last
+/// whole tick and [`recover`] resumes from there.
+pub fn abandon(sim: &mut Simulation) -> Result<WalStats, WalError> {
+    let Some(j) = sim.world_mut().remove_resource::<Journal>() else {
+        return Ok(WalStats::default());
+    };
+    let Journal {
+        mut writer,
+        failure,
+        ..
+    } = j;
+    if let Some(f) = failure {
+        return Err(WalError::WriterFailed(f));
+    }
+    writer.flush()?;
+    writer.close()
+}
+
 /// What recovery found and did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RecoveryReport {
