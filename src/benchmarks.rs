@@ -483,6 +483,59 @@ pub struct ObserveBenchReport {
     pub variants: Vec<ObserveVariant>,
     /// The final digest, the same for every variant (observing changes nothing).
     pub digest: String,
+    /// Microseconds per tick of the tick's spans alone (the `tick` span and one
+    /// per system, as in a real tick, replayed 20,000 times outside the
+    /// simulation): with no subscriber, with the sampler at 1%, at 100%.
+    pub span_cost_us: SpanCost,
+}
+
+/// The direct cost of the tracing spans of one tick, in microseconds.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct SpanCost {
+    /// No subscriber interested (tracing off).
+    pub off: f64,
+    /// The sampler at 1%.
+    pub trace_1pct: f64,
+    /// The sampler at 100%, writing every tick to a file.
+    pub trace_100pct: f64,
+}
+
+/// The spans of one real tick: the `tick` span and the systems' spans.
+fn synthetic_tick(t: u64) {
+    let span = tracing::info_span!(target: "neurograph::tick", "tick", tick = t, tokens = 100_000u64, links = 0u64);
+    let _g = span.enter();
+    macro_rules! sys {
+        ($($n:literal),*) => { $( { let _s = tracing::info_span!(target: "neurograph::tick", $n).entered(); std::hint::black_box(t); } )* };
+    }
+    sys!(
+        "ingest",
+        "forces",
+        "group_pull",
+        "integrate",
+        "constrain_tokens",
+        "constrain_links",
+        "learn",
+        "organize",
+        "journal",
+        "observe",
+        "end_tick"
+    );
+}
+
+/// Mean microseconds of [`synthetic_tick`] under `dispatch`.
+fn span_cost(dispatch: Option<&tracing::Dispatch>) -> f64 {
+    const N: u64 = 20_000;
+    let run = || {
+        let start = Instant::now();
+        for t in 1..=N {
+            synthetic_tick(t);
+        }
+        start.elapsed().as_secs_f64() / N as f64 * 1e6
+    };
+    match dispatch {
+        Some(d) => tracing::dispatcher::with_default(d, run),
+        None => tracing::dispatcher::with_default(&tracing::Dispatch::none(), run),
+    }
 }
 
 struct ObserveSetup {
@@ -740,12 +793,30 @@ pub fn observe_overhead(
             },
         });
     }
+    let cost = |i: usize| {
+        let d = worlds[i].dispatch.clone();
+        span_cost(d.as_ref())
+    };
+    let i1 = OBSERVE_VARIANTS
+        .iter()
+        .position(|v| v.name == "trace_1pct")
+        .expect("a variant");
+    let i100 = OBSERVE_VARIANTS
+        .iter()
+        .position(|v| v.name == "trace_100pct")
+        .expect("a variant");
+    let span_cost_us = SpanCost {
+        off: cost(0),
+        trace_1pct: cost(i1),
+        trace_100pct: cost(i100),
+    };
     Ok(ObserveBenchReport {
         tokens: o.tokens as u64,
         ticks: o.ticks,
         threads: worlds[0].sim.threads(),
         variants,
         digest,
+        span_cost_us,
     })
 }
 
@@ -778,6 +849,17 @@ impl ObserveBenchReport {
                 v.what
             );
         }
+        let c = self.span_cost_us;
+        let bare = self.variants[0].mean_tick_s * 1e6;
+        let _ = writeln!(
+            s,
+            "  tick spans alone: off {:.2} µs, sampler 1% {:.2} µs ({:.3}% of the bare tick), 100% {:.2} µs ({:.3}%)",
+            c.off,
+            c.trace_1pct,
+            c.trace_1pct / bare * 100.0,
+            c.trace_100pct,
+            c.trace_100pct / bare * 100.0
+        );
         let _ = write!(s, "  every variant ends at digest {}", self.digest);
         s
     }

@@ -97,6 +97,7 @@ impl DigestRow {
 const CHUNK: usize = 8192;
 
 fn hash_rows(rows: &[DigestRow]) -> u64 {
+    puffin::profile_scope!("digest_chunk");
     xxh3_64(bytemuck::cast_slice(rows))
 }
 
@@ -128,6 +129,7 @@ fn token_chunk_hashes(world: &mut World, pool: Option<&rayon::ThreadPool>) -> (u
             if ids.is_sorted() {
                 let n = ids.len();
                 let chunk = |buf: &mut Vec<DigestRow>, c: usize| {
+                    puffin::profile_scope!("digest_chunk");
                     buf.clear();
                     buf.extend((c * CHUNK..((c + 1) * CHUNK).min(n)).map(|i| {
                         DigestRow::from_parts(

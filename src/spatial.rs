@@ -465,6 +465,7 @@ impl NeighborList {
         let halves: Vec<(Vec<u32>, Vec<u32>)> = (0..blocks)
             .into_par_iter()
             .map(|b| {
+                puffin::profile_scope!("neighbor_block");
                 let range = b * BLOCK..((b + 1) * BLOCK).min(n);
                 let mut lens = Vec::with_capacity(range.len());
                 let mut list = Vec::with_capacity(range.len() * 32);
@@ -527,6 +528,7 @@ impl NeighborList {
             .par_iter_mut()
             .enumerate()
             .for_each(|(b, arena)| {
+                puffin::profile_scope!("sort_block");
                 for i in b * BLOCK..((b + 1) * BLOCK).min(n) {
                     let s = start[i] as usize;
                     arena[s..s + lens[i] as usize].sort_unstable_by_key(|&j| ids[j as usize]);

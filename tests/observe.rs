@@ -200,8 +200,9 @@ fn metrics_endpoint_serves_moving_figures_health_and_a_dump_on_sigusr1() {
     // SIGUSR1 dumps the black box while the run goes on.
     assert!(!bb.exists());
     let pid = run.0.id().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-USR1", &pid])
+    // The shell's built-in `kill` (no procps needed).
+    let kill = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -USR1 {pid}")])
         .status()
         .unwrap();
     assert!(kill.success());
