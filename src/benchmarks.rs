@@ -502,10 +502,11 @@ pub struct SpanCost {
 
 /// The spans of one real tick: the `tick` span and the systems' spans.
 fn synthetic_tick(t: u64) {
-    let span = tracing::info_span!(target: "neurograph::tick", "tick", tick = t, tokens = 100_000u64, links = 0u64);
+    use crate::observe::sampler::TICK_TARGET;
+    let span = tracing::info_span!(target: TICK_TARGET, "tick", tick = t, tokens = 100_000u64, links = 0u64);
     let _g = span.enter();
     macro_rules! sys {
-        ($($n:literal),*) => { $( { let _s = tracing::info_span!(target: "neurograph::tick", $n).entered(); std::hint::black_box(t); } )* };
+        ($($n:literal),*) => { $( { let _s = tracing::info_span!(target: TICK_TARGET, $n).entered(); std::hint::black_box(t); } )* };
     }
     sys!(
         "ingest",
@@ -619,7 +620,6 @@ const OBSERVE_VARIANTS: [ObserveSetup; 10] = {
         ObserveSetup {
             name: "production_wal",
             what: "production + batched WAL",
-            baseline: "off",
             trace_rate: Some(0.01),
             metrics: true,
             black_box: true,
@@ -699,11 +699,7 @@ pub fn observe_overhead(
                     std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
                 let (layer, handle) =
                     sampler::sampling_layer(Box::new(std::io::BufWriter::new(file)), rate, None);
-                let layer = layer.with_filter(
-                    tracing_subscriber::filter::Targets::new()
-                        .with_target("neurograph", tracing::Level::INFO)
-                        .with_default(tracing::Level::WARN),
-                );
+                let layer = layer.with_filter(sampler::default_filter());
                 let sub = tracing_subscriber::registry().with(layer);
                 (Some(tracing::Dispatch::new(sub)), Some(handle))
             }
@@ -789,7 +785,7 @@ pub fn observe_overhead(
             trace_ticks_kept: stats.map_or(0, |s| s.kept()),
             observe_stage_us: {
                 let st = w.sim.world().resource::<crate::plugin::StageTimes>();
-                st.total[7] / st.ticks.max(1) as f64 * 1e6
+                st.total_of(crate::plugin::SimSystems::Observe) / st.ticks.max(1) as f64 * 1e6
             },
         });
     }

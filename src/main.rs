@@ -55,7 +55,8 @@ enum BenchCommand {
     /// Cost of the Learn and Organize stages next to the Forces stage, per tick.
     Hierarchy(HierarchyBenchArgs),
     /// Tick time with observability off, with puffin, tracing at 1% and 100%,
-    /// metrics, the black box, and all together, stepped in turn on identical worlds.
+    /// metrics, the black box, all together, and with a batched WAL with and
+    /// without the production set, stepped in turn on identical worlds.
     Observe(ObserveBenchArgs),
 }
 
@@ -281,7 +282,7 @@ struct RunArgs {
     #[arg(long, requires = "trace", value_name = "RATE")]
     trace_rate: Option<f32>,
     /// A tick slower than MS milliseconds is slow (default: slower than the
-    /// running p99 of the last 1,024 ticks).
+    /// running p99 of the last 1,024 ticks, first computed after 32 ticks).
     #[arg(long, requires = "trace", value_name = "MS")]
     trace_slow_ms: Option<f64>,
     /// Black box file (JSON lines): written at the end of the run, on a panic,
@@ -374,11 +375,6 @@ fn run(
             follow_cdna: args.trace_rate.is_none(),
         }
     });
-    if let Some(r) = args.trace_rate
-        && !(0.0..=1.0).contains(&r)
-    {
-        return Err(format!("--trace-rate {r}: must be in [0, 1]"));
-    }
     let result = runner::run_keep(&RunOptions {
         config,
         progress: !args.quiet,
@@ -454,20 +450,30 @@ fn trace_layer(
     let Some(target) = &args.trace else {
         return Ok(None);
     };
-    if let Some(ms) = args.trace_slow_ms
-        && !(ms.is_finite() && ms > 0.0)
+    if let Some(r) = args.trace_rate
+        && !(0.0..=1.0).contains(&r)
     {
-        return Err(format!("--trace-slow-ms {ms}: must be a positive number"));
+        return Err(format!("--trace-rate {r}: must be in [0, 1]"));
     }
+    let slow = match args.trace_slow_ms {
+        None => None,
+        Some(ms) => Some(
+            std::time::Duration::try_from_secs_f64(ms / 1000.0)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    format!(
+                        "--trace-slow-ms {ms:?}: must be a positive number of milliseconds below 1.8e22"
+                    )
+                })?,
+        ),
+    };
     let out: Box<dyn std::io::Write + Send> = if target == "-" {
-        Box::new(std::io::stderr())
+        Box::new(std::io::LineWriter::new(std::io::stderr()))
     } else {
         let f = std::fs::File::create(target).map_err(|e| format!("--trace {target}: {e}"))?;
         Box::new(std::io::BufWriter::new(f))
     };
-    let slow = args
-        .trace_slow_ms
-        .map(|ms| std::time::Duration::from_secs_f64(ms / 1000.0));
     // The rate is set from the CDNA (or --trace-rate) when the run starts.
     Ok(Some(neurograph::observe::sampling_layer(out, 0.0, slow)))
 }
@@ -812,13 +818,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
     // The sampler sees our spans and events at INFO, other crates' from WARN.
-    let sampling = sampling.map(|l| {
-        l.with_filter(
-            tracing_subscriber::filter::Targets::new()
-                .with_target("neurograph", tracing::Level::INFO)
-                .with_default(tracing::Level::WARN),
-        )
-    });
+    let sampling = sampling.map(|l| l.with_filter(neurograph::observe::sampler::default_filter()));
     tracing_subscriber::registry()
         .with(log)
         .with(sampling)

@@ -248,10 +248,12 @@ impl StageTimes {
 
     /// Seconds of `stage` in the last tick.
     pub fn last_of(&self, stage: SimSystems) -> f64 {
-        self.last[SimSystems::ALL
-            .iter()
-            .position(|s| *s == stage)
-            .unwrap_or(0)]
+        self.last[stage as usize]
+    }
+
+    /// Seconds of `stage` since the start.
+    pub fn total_of(&self, stage: SimSystems) -> f64 {
+        self.total[stage as usize]
     }
 }
 

@@ -149,11 +149,7 @@ pub enum RunError {
     Wal(#[from] WalError),
     /// A tick panicked and the run could not (or may no longer) recover.
     #[error(
-        "tick {tick} panicked: {message}; {}{}",
-        match recovered {
-            0 => "no recovery was tried".to_string(),
-            n => format!("after {n} recoveries from the WAL the retries are spent"),
-        },
+        "tick {tick} panicked: {message}; {outcome}{}",
         match dump {
             Some(p) => format!("; black box written to {}", p.display()),
             None => "; the black box could not be written".to_string(),
@@ -166,6 +162,8 @@ pub enum RunError {
         message: String,
         /// Recoveries done before this panic.
         recovered: u32,
+        /// Why the run stopped there: no WAL, retries spent, or a failed recovery.
+        outcome: String,
         /// Where the black box was dumped.
         dump: Option<PathBuf>,
     },
@@ -262,7 +260,8 @@ pub struct RunSummary {
     /// Events recorded in the black box since the start (the box keeps the last
     /// 1,000).
     pub blackbox_events: u64,
-    /// Black-box dumps written, in order.
+    /// Black-box dumps written, in order; a path repeats when a later dump
+    /// replaced an earlier one (each dump rewrites the whole file).
     pub blackbox_dumps: Vec<PathBuf>,
     /// The trace sampler's counters, when tracing was on.
     pub trace: Option<SamplerStats>,
@@ -551,28 +550,69 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
                     tick,
                     message,
                     recovered: recoveries,
+                    outcome: if opts.wal_dir.is_none() {
+                        "no recovery was tried: the run has no WAL".to_string()
+                    } else {
+                        format!(
+                            "no recovery was tried: {recoveries} of {} allowed recoveries were used",
+                            opts.panic_retries
+                        )
+                    },
                     dump,
                 });
             }
             let dir = opts.wal_dir.as_deref().expect("recovery needs a WAL");
             drop(sim);
-            let rec = wal::recover(
-                dir,
-                &RecoverOptions {
-                    threads: c.sim.threads,
-                    exclusive: true,
-                },
-            )?;
+            // Replaying can hit the same bug (a panic after the Journal stage
+            // was journaled): that, or a recovery error, ends the run here.
+            let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let rec = wal::recover(
+                    dir,
+                    &RecoverOptions {
+                        threads: c.sim.threads,
+                        exclusive: true,
+                    },
+                )?;
+                let r = rec.report.clone();
+                wal::resume(rec, &c.wal).map(|sim| (sim, r))
+            }));
+            let (resumed, r) = match recovered {
+                Ok(Ok(ok)) => ok,
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => format!("recovery from the WAL failed: {e}"),
+                        Err(p) => format!(
+                            "recovery from the WAL panicked while replaying: {}",
+                            crate::observe::panic_message(&*p)
+                        ),
+                        Ok(Ok(_)) => unreachable!(),
+                    };
+                    bb.record(tick, EventKind::Error, why.clone());
+                    let dump = dump_blackbox(&bb, opts.blackbox.as_deref(), "failed recovery");
+                    if let Some(live) = &opts.live {
+                        live.fail(why.clone());
+                    }
+                    if let Some(bar) = &bar {
+                        bar.abandon();
+                    }
+                    return Err(RunError::Panicked {
+                        tick,
+                        message,
+                        recovered: recoveries,
+                        outcome: why,
+                        dump,
+                    });
+                }
+            };
+            sim = resumed;
             recoveries += 1;
             ::metrics::counter!(crate::observe::metrics::RECOVERIES_TOTAL).increment(1);
-            let r = &rec.report;
             let text = format!(
                 "recovered tick {} from the WAL (snapshot tick {}, {} records replayed, digest {}); retry {recoveries} of {}",
                 r.tick, r.snapshot_tick, r.records_replayed, r.digest, opts.panic_retries
             );
             tracing::warn!(tick, "{text}");
             bb.record(r.tick, EventKind::Recovery, text);
-            sim = wal::resume(rec, &c.wal)?;
             equip(&mut sim, opts, bb);
             if let Some(bar) = &bar {
                 bar.set_position(sim.tick().saturating_sub(start_tick));
@@ -855,6 +895,13 @@ impl RunSummary {
                 self.wal_snapshots,
                 self.wal_bytes as f64 / 1048576.0,
                 self.wal_fsyncs
+            );
+        }
+        if self.panics > 0 {
+            let _ = writeln!(
+                s,
+                "  panics           {:>14}  ({} recovered from the WAL)",
+                self.panics, self.recoveries
             );
         }
         if let Some(r) = &self.recovery {

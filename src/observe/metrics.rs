@@ -23,10 +23,15 @@
 //! | `neurograph_wal_fsync_seconds` | histogram | (from the WAL writer's thread) |
 //! | `neurograph_blackbox_events_total` | counter | |
 //! | `neurograph_panics_total`, `neurograph_recoveries_total` | counter | (from the runner) |
+//! | `neurograph_info` | gauge | `version` (from [`install_prometheus`]) |
 //!
-//! Counters that mirror a simulation's own totals are set with `absolute`; a
-//! run that recovers from its WAL starts them again from the recovered state,
-//! which Prometheus reads as a counter reset.
+//! Counters that mirror a simulation's own totals (violations, commands, WAL
+//! bytes…) advance by what the world added since the last tick, so a world
+//! recovered from the WAL (whose own totals start again) never makes them go
+//! back or count twice; replayed ticks emit nothing. WAL records are counted
+//! when journaled; WAL bytes, fsyncs and snapshots as the writer thread reports
+//! them at each tick, so the last few of a run (or before a panic) may be
+//! missing from them.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
@@ -82,6 +87,8 @@ pub const BLACKBOX_EVENTS_TOTAL: &str = "neurograph_blackbox_events_total";
 pub const PANICS_TOTAL: &str = "neurograph_panics_total";
 /// Recoveries from the WAL after a panic.
 pub const RECOVERIES_TOTAL: &str = "neurograph_recoveries_total";
+/// Always 1, labelled with the version.
+pub const INFO: &str = "neurograph_info";
 
 /// Every metric name, for tests and documentation.
 pub const ALL: [&str; 25] = [
@@ -109,7 +116,7 @@ pub const ALL: [&str; 25] = [
     BLACKBOX_EVENTS_TOTAL,
     PANICS_TOTAL,
     RECOVERIES_TOTAL,
-    "neurograph_info",
+    INFO,
 ];
 
 /// Bucket bounds of the `*_seconds` histograms: 10 µs to 10 s.
@@ -162,6 +169,11 @@ pub fn describe() {
     describe_counter!(BLACKBOX_EVENTS_TOTAL, "Events recorded in the black box.");
     describe_counter!(PANICS_TOTAL, "Ticks that panicked.");
     describe_counter!(RECOVERIES_TOTAL, "Recoveries from the WAL after a panic.");
+    describe_gauge!(INFO, "Always 1; the label names the version.");
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A Prometheus recorder with our histogram buckets (not installed).
@@ -180,7 +192,7 @@ pub fn install_prometheus() -> Result<PrometheusHandle, String> {
     metrics::set_global_recorder(recorder)
         .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))?;
     describe();
-    metrics::gauge!("neurograph_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
 
@@ -216,21 +228,17 @@ impl LiveStatus {
 
     /// Marks the run as failing (`/health` answers 503 with the reason).
     pub fn fail(&self, reason: impl Into<String>) {
-        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.into());
+        *lock(&self.failure) = Some(reason.into());
     }
 
     /// Clears a failure (after a recovery).
     pub fn clear(&self) {
-        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *lock(&self.failure) = None;
     }
 
     /// `/health`'s status code and JSON body.
     pub fn health(&self) -> (u16, String) {
-        let failure = self
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let failure = lock(&self.failure).clone();
         let body = serde_json::json!({
             "status": if failure.is_some() { "failing" } else { "ok" },
             "reason": failure,
@@ -310,7 +318,9 @@ fn serve(
             Ok(Some(r)) => r,
             Ok(None) => continue,
             Err(e) => {
+                // E.g. out of file descriptors: do not spin on it.
                 tracing::warn!(error = %e, "metrics server: accept failed");
+                std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
         };
@@ -319,12 +329,14 @@ fn serve(
                 .expect("a valid header")
         };
         let path = req.url().split('?').next().unwrap_or("").to_string();
-        let response = match (req.method(), path.as_str()) {
-            (tiny_http::Method::Get, "/metrics") => {
-                tiny_http::Response::from_string(handle.render())
-                    .with_header(header("text/plain; version=0.0.4; charset=utf-8"))
-            }
-            (tiny_http::Method::Get, "/health") => {
+        let get = matches!(
+            req.method(),
+            tiny_http::Method::Get | tiny_http::Method::Head
+        );
+        let response = match (get, path.as_str()) {
+            (true, "/metrics") => tiny_http::Response::from_string(handle.render())
+                .with_header(header("text/plain; version=0.0.4; charset=utf-8")),
+            (true, "/health") => {
                 let (code, body) = live.health();
                 tiny_http::Response::from_string(body)
                     .with_status_code(code)

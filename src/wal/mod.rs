@@ -387,9 +387,15 @@ impl Journal {
         self.failure.as_deref()
     }
 
-    /// Writer counters.
+    /// Writer counters (the writer thread's, so the last few records may not
+    /// be counted yet).
     pub fn stats(&self) -> WalStats {
         self.writer.stats()
+    }
+
+    /// Tick records journaled through this journal (counted when appended).
+    pub fn appended_records(&self) -> u64 {
+        self.writer.appended_records()
     }
 
     /// The durability policy.
@@ -664,7 +670,11 @@ pub fn open_snapshot(path: &Path, threads: usize) -> Result<Simulation, WalError
         },
     };
     load_snapshot_file(path, None, base)
-        .map(|(sim, _)| sim)
+        .map(|(mut sim, _)| {
+            sim.world_mut()
+                .insert_resource(crate::observe::ObserveSettings::default());
+            sim
+        })
         .map_err(|reason| WalError::BadSnapshot {
             path: path.to_path_buf(),
             reason,
@@ -696,6 +706,10 @@ fn load_snapshot_file(
     let mut s = base;
     s.cdna = snap.cdna.clone();
     let mut sim = Simulation::new(s).map_err(|e| e.to_string())?;
+    // Replayed ticks were observed when they first ran: they emit no metrics
+    // and record nothing in the black box ([`resume`] turns that back on).
+    sim.world_mut()
+        .insert_resource(crate::observe::ObserveSettings::QUIET);
     // `restore` checks that the world's digest is the one recorded.
     restore(sim.world_mut(), &snap)?;
     Ok((sim, StateDigest(snap.digest)))
@@ -918,7 +932,8 @@ pub fn replay_tick(
             source,
         })?;
     }
-    sim.step();
+    // Without the `tick` span: a replayed tick is not traced again.
+    sim.world_mut().run_schedule(crate::plugin::SimTick);
     let replayed = sim.digest();
     if replayed.0 != rec.digest || sim.tick() != tick {
         return Err(WalError::DigestMismatch {
@@ -962,6 +977,8 @@ pub fn resume(rec: Recovery, opts: &WalOptions) -> Result<Simulation, WalError> 
         )));
     }
     let first = next_tick(sim.tick())?;
+    sim.world_mut()
+        .insert_resource(crate::observe::ObserveSettings::default());
     // The segment the writer starts is swapped in atomically over an empty one of
     // the same name, never deleted first: a segment named after the snapshot
     // must exist at every moment, or a crash here would leave a log that ends

@@ -125,8 +125,6 @@ pub struct WalStats {
     pub snapshots: u64,
     /// Highest tick known durable.
     pub durable_tick: u64,
-    /// Nanoseconds spent in the segment fsyncs (the ones that make ticks durable).
-    pub fsync_nanos: u64,
 }
 
 enum Msg {
@@ -155,7 +153,6 @@ struct Shared {
     fsyncs: AtomicU64,
     records: AtomicU64,
     snapshots: AtomicU64,
-    fsync_nanos: AtomicU64,
 }
 
 impl Shared {
@@ -422,9 +419,6 @@ impl WriterThread {
         let start = Instant::now();
         self.segment.sync()?;
         let took = start.elapsed();
-        self.shared
-            .fsync_nanos
-            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
         metrics::histogram!(crate::observe::metrics::WAL_FSYNC_SECONDS).record(took.as_secs_f64());
         self.add_fsyncs(1);
         self.unsynced = 0;
@@ -505,6 +499,7 @@ pub struct WalWriter {
     shared: Arc<Shared>,
     durability: Durability,
     appended: u64,
+    appended_records: u64,
     flushes_sent: u64,
 }
 
@@ -564,6 +559,7 @@ impl WalWriter {
             shared,
             durability: opts.durability,
             appended: done,
+            appended_records: 0,
             flushes_sent: 0,
         })
     }
@@ -587,6 +583,7 @@ impl WalWriter {
     pub fn append(&mut self, tick: u64, frame: Vec<u8>) -> Result<(), WalError> {
         self.send(Msg::Record { tick, frame })?;
         self.appended = tick;
+        self.appended_records += 1;
         if self.durability == Durability::Sync {
             self.wait(|p| p.durable >= tick)?;
         }
@@ -656,6 +653,11 @@ impl WalWriter {
         self.appended
     }
 
+    /// Records appended by this writer (queued or written).
+    pub fn appended_records(&self) -> u64 {
+        self.appended_records
+    }
+
     /// Counters.
     pub fn stats(&self) -> WalStats {
         WalStats {
@@ -664,7 +666,6 @@ impl WalWriter {
             records: self.shared.records.load(Ordering::Relaxed),
             snapshots: self.shared.snapshots.load(Ordering::Relaxed),
             durable_tick: self.shared.lock().durable,
-            fsync_nanos: self.shared.fsync_nanos.load(Ordering::Relaxed),
         }
     }
 
