@@ -539,27 +539,32 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
             }
             let dump = dump_blackbox(&bb, opts.blackbox.as_deref(), "panic");
             dumps.extend(dump.clone());
-            if !can_recover {
+            // Ends the run: the health check says why, the bar stays as it was.
+            let give_up = |outcome: String, dump: Option<PathBuf>| {
                 if let Some(live) = &opts.live {
-                    live.fail(format!("tick {tick} panicked: {message}"));
+                    live.fail(format!("tick {tick} panicked: {message}; {outcome}"));
                 }
                 if let Some(bar) = &bar {
                     bar.abandon();
                 }
-                return Err(RunError::Panicked {
+                RunError::Panicked {
                     tick,
-                    message,
+                    message: message.clone(),
                     recovered: recoveries,
-                    outcome: if opts.wal_dir.is_none() {
-                        "no recovery was tried: the run has no WAL".to_string()
-                    } else {
-                        format!(
-                            "no recovery was tried: {recoveries} of {} allowed recoveries were used",
-                            opts.panic_retries
-                        )
-                    },
+                    outcome,
                     dump,
-                });
+                }
+            };
+            if !can_recover {
+                let outcome = if opts.wal_dir.is_none() {
+                    "no recovery was tried: the run has no WAL".to_string()
+                } else {
+                    format!(
+                        "no recovery was tried: {recoveries} of {} allowed recoveries were used",
+                        opts.panic_retries
+                    )
+                };
+                return Err(give_up(outcome, dump));
             }
             let dir = opts.wal_dir.as_deref().expect("recovery needs a WAL");
             drop(sim);
@@ -589,19 +594,7 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
                     };
                     bb.record(tick, EventKind::Error, why.clone());
                     let dump = dump_blackbox(&bb, opts.blackbox.as_deref(), "failed recovery");
-                    if let Some(live) = &opts.live {
-                        live.fail(why.clone());
-                    }
-                    if let Some(bar) = &bar {
-                        bar.abandon();
-                    }
-                    return Err(RunError::Panicked {
-                        tick,
-                        message,
-                        recovered: recoveries,
-                        outcome: why,
-                        dump,
-                    });
+                    return Err(give_up(why, dump));
                 }
             };
             sim = resumed;
