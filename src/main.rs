@@ -534,41 +534,44 @@ fn print_report(json: bool, report: &impl serde::Serialize, text: String) -> Res
     Ok(())
 }
 
+/// Runs `f` on a fresh scratch directory under the temporary directory, removed
+/// afterwards whatever `f` returned.
+fn in_scratch<T>(
+    tag: &str,
+    f: impl FnOnce(&std::path::Path) -> Result<T, String>,
+) -> Result<T, String> {
+    let scratch = std::env::temp_dir().join(format!("neurograph-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let result = f(&scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
 fn bench(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Wal(a) => {
-            let scratch =
-                std::env::temp_dir().join(format!("neurograph-bench-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&scratch);
-            let report = neurograph::benchmarks::wal_overhead(
-                &neurograph::benchmarks::WalBenchOptions {
-                    scenario: a.scenario,
-                    tokens: a.tokens,
-                    ticks: a.ticks.max(2),
-                    threads: a.threads,
-                    snapshot_every: a.snapshot_every,
-                },
-                &scratch,
-            );
-            let _ = std::fs::remove_dir_all(&scratch);
-            let report = report?;
+            let options = neurograph::benchmarks::WalBenchOptions {
+                scenario: a.scenario,
+                tokens: a.tokens,
+                ticks: a.ticks.max(2),
+                threads: a.threads,
+                snapshot_every: a.snapshot_every,
+            };
+            let report = in_scratch("bench", |dir| {
+                neurograph::benchmarks::wal_overhead(&options, dir)
+            })?;
             print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Observe(a) => {
-            let scratch = std::env::temp_dir()
-                .join(format!("neurograph-bench-observe-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&scratch);
-            let report = neurograph::benchmarks::observe_overhead(
-                &neurograph::benchmarks::ObserveBenchOptions {
-                    scenario: a.scenario,
-                    tokens: a.tokens,
-                    ticks: a.ticks.max(2),
-                    threads: a.threads,
-                },
-                &scratch,
-            );
-            let _ = std::fs::remove_dir_all(&scratch);
-            let report = report?;
+            let options = neurograph::benchmarks::ObserveBenchOptions {
+                scenario: a.scenario,
+                tokens: a.tokens,
+                ticks: a.ticks.max(2),
+                threads: a.threads,
+            };
+            let report = in_scratch("bench-observe", |dir| {
+                neurograph::benchmarks::observe_overhead(&options, dir)
+            })?;
             print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Hierarchy(a) => {
@@ -823,7 +826,6 @@ fn main() -> ExitCode {
         .with(log)
         .with(sampling)
         .init();
-    neurograph::observe::install_panic_hook();
     let result = match cli.command {
         Command::Run(a) => match run(*a, handle) {
             Ok(Outcome::Interrupted) => return ExitCode::from(130),

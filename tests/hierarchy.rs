@@ -340,13 +340,19 @@ fn identity_events_keep_split_merge_appear_and_vanish() {
     assert_mirror_matches(&mut sim);
 }
 
-#[test]
-fn learning_follows_its_formulas() {
+/// No pair forces and no detection: only learning changes the links.
+fn learning_cdna() -> Cdna {
     let mut c = Cdna::default();
     c.physics.k_field = 0.0;
     c.physics.k_core = 0.0;
-    c.physics.k_link = 0.0;
     c.hierarchy.organize_every = 0;
+    c
+}
+
+#[test]
+fn learning_follows_its_formulas() {
+    let mut c = learning_cdna();
+    c.physics.k_link = 0.0;
     let g = c.graph.clone();
     let mut sim = Simulation::new(settings(1, c)).unwrap();
     let x = |k: f32| Vec8::axis(Axis::Physical) * k;
@@ -390,10 +396,7 @@ fn learning_follows_its_formulas() {
 
 #[test]
 fn formation_respects_the_degree_limit_and_is_nearest_first() {
-    let mut c = Cdna::default();
-    c.physics.k_field = 0.0;
-    c.physics.k_core = 0.0;
-    c.hierarchy.organize_every = 0;
+    let mut c = learning_cdna();
     c.graph.form_max_degree = 2;
     let mut sim = Simulation::new(settings(2, c)).unwrap();
     // A hub with eight close neighbours on a line, at 0.05, 0.1, …

@@ -169,9 +169,6 @@ pub fn run_tick(world: &mut World) {
     }
 }
 
-/// Counters that mirror a simulation's own totals, by name and label.
-type Totals = std::collections::HashMap<(&'static str, &'static str), u64>;
-
 /// What `observe` remembers between ticks.
 #[derive(Default)]
 struct Seen {
@@ -181,15 +178,19 @@ struct Seen {
     organized: Option<u64>,
     events: GroupEvents,
     levels: usize,
-    /// The last value of each mirrored total, so that the counters advance by
-    /// what this world added (a recovered world starts again from its own).
-    totals: Totals,
+    /// The last value of each mirrored total, in the order `observe` visits
+    /// them, so that the counters advance by what this world added (a
+    /// recovered world starts again from its own).
+    totals: Vec<u64>,
 }
 
-/// How much `now` advanced since the last call for `key` (all of it when the
-/// total went down, i.e. it was reset).
-fn advance(totals: &mut Totals, key: (&'static str, &'static str), now: u64) -> u64 {
-    let last = totals.insert(key, now).unwrap_or(0);
+/// How much the total in `slot` advanced since the last tick (all of it when it
+/// went down, i.e. it was reset).
+fn advance(totals: &mut Vec<u64>, slot: usize, now: u64) -> u64 {
+    if totals.len() <= slot {
+        totals.resize(slot + 1, 0);
+    }
+    let last = std::mem::replace(&mut totals[slot], now);
     if now >= last { now - last } else { now }
 }
 
@@ -343,13 +344,27 @@ fn observe(
     }
 
     // The mirrored totals advance whether or not metrics are on, so that turning
-    // them on (or a recovery) never replays old counts.
-    let mut counts: Vec<((&'static str, &'static str), u64)> = Vec::with_capacity(32);
+    // them on (or a recovery) never replays old counts. The visiting order is
+    // fixed; the WAL's come last, as a journal may appear or go.
+    let emit = settings.metrics;
+    let mut slot = 0;
+    let mut bump = |name: &'static str, label: Option<(&'static str, &'static str)>, now: u64| {
+        let d = advance(&mut seen.totals, slot, now);
+        slot += 1;
+        if emit {
+            match label {
+                Some((k, v)) => ::metrics::counter!(name, k => v),
+                None => ::metrics::counter!(name),
+            }
+            .increment(d);
+        }
+    };
     for k in ViolationKind::ALL {
-        counts.push((
-            (metrics::CDNA_VIOLATIONS_TOTAL, k.name()),
+        bump(
+            metrics::CDNA_VIOLATIONS_TOTAL,
+            Some(("kind", k.name())),
             violations.get(k),
-        ));
+        );
     }
     let e = hierarchy.events;
     for (event, v) in [
@@ -359,7 +374,7 @@ fn observe(
         ("split", e.split),
         ("merged", e.merged),
     ] {
-        counts.push(((metrics::GROUP_EVENTS_TOTAL, event), v));
+        bump(metrics::GROUP_EVENTS_TOTAL, Some(("event", event)), v);
     }
     for (name, v) in [
         (metrics::COMMANDS_APPLIED_TOTAL, commands.applied_total),
@@ -369,7 +384,7 @@ fn observe(
         (metrics::LINKS_PRUNED_TOTAL, learn.links_pruned),
         (metrics::NEIGHBOR_REBUILDS_TOTAL, forces.stats.rebuilds),
     ] {
-        counts.push(((name, ""), v));
+        bump(name, None, v);
     }
     if let Some((stats, _)) = &wal {
         for (name, v) in [
@@ -378,18 +393,13 @@ fn observe(
             (metrics::WAL_FSYNCS_TOTAL, stats.fsyncs),
             (metrics::WAL_SNAPSHOTS_TOTAL, stats.snapshots),
         ] {
-            counts.push(((name, ""), v));
+            bump(name, None, v);
         }
     }
-    let deltas: Vec<_> = counts
-        .into_iter()
-        .map(|(key, now)| (key, advance(&mut seen.totals, key, now)))
-        .collect();
     let per_level = hierarchy.groups_per_level();
-    let levels_before = seen.levels;
-    seen.levels = per_level.len();
+    let levels_before = std::mem::replace(&mut seen.levels, per_level.len());
 
-    if !settings.metrics {
+    if !emit {
         return;
     }
     use ::metrics::{counter, gauge, histogram};
@@ -412,14 +422,6 @@ fn observe(
             gauge!(metrics::GROUPS, "level" => label).set(n as f64);
         }
     }
-    for ((name, label), d) in deltas {
-        let c = match name {
-            metrics::CDNA_VIOLATIONS_TOTAL => counter!(name, "kind" => label),
-            metrics::GROUP_EVENTS_TOTAL => counter!(name, "event" => label),
-            _ => counter!(name),
-        };
-        c.increment(d);
-    }
     if let Some((stats, _)) = &wal {
         gauge!(metrics::WAL_DURABLE_TICK).set(stats.durable_tick as f64);
     }
@@ -434,17 +436,4 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     } else {
         "a panic with a non-text payload".to_string()
     }
-}
-
-/// Chains a panic hook that logs the panic as a tracing error first, inside the
-/// span of the tick that panicked, so that the sampler keeps that tick.
-pub fn install_panic_hook() {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let location = info
-            .location()
-            .map_or(String::new(), |l| format!("{}:{}", l.file(), l.line()));
-        tracing::error!(target: "neurograph::panic", %location, panic = %panic_message(info.payload()), "panic");
-        previous(info);
-    }));
 }

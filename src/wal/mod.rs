@@ -646,13 +646,20 @@ fn settings(manifest: &Manifest, threads: usize) -> SimSettings {
     }
 }
 
-/// Loads and restores a snapshot; returns the world and its (checked) digest.
+/// Loads and restores a snapshot to replay the log on, observing nothing; returns
+/// the world and its (checked) digest.
 fn load_snapshot(
     file: &WalFile,
     manifest: &Manifest,
     threads: usize,
 ) -> Result<(Simulation, StateDigest), String> {
-    load_snapshot_file(&file.path, Some(file.tick), settings(manifest, threads))
+    let (mut sim, digest) =
+        load_snapshot_file(&file.path, Some(file.tick), settings(manifest, threads))?;
+    // Replayed ticks were observed when they first ran: they emit no metrics
+    // and record nothing in the black box ([`resume`] turns that back on).
+    sim.world_mut()
+        .insert_resource(crate::observe::ObserveSettings::QUIET);
+    Ok((sim, digest))
 }
 
 /// Loads and restores the snapshot file `path` (of any WAL directory, or copied
@@ -670,11 +677,7 @@ pub fn open_snapshot(path: &Path, threads: usize) -> Result<Simulation, WalError
         },
     };
     load_snapshot_file(path, None, base)
-        .map(|(mut sim, _)| {
-            sim.world_mut()
-                .insert_resource(crate::observe::ObserveSettings::default());
-            sim
-        })
+        .map(|(sim, _)| sim)
         .map_err(|reason| WalError::BadSnapshot {
             path: path.to_path_buf(),
             reason,
@@ -706,10 +709,6 @@ fn load_snapshot_file(
     let mut s = base;
     s.cdna = snap.cdna.clone();
     let mut sim = Simulation::new(s).map_err(|e| e.to_string())?;
-    // Replayed ticks were observed when they first ran: they emit no metrics
-    // and record nothing in the black box ([`resume`] turns that back on).
-    sim.world_mut()
-        .insert_resource(crate::observe::ObserveSettings::QUIET);
     // `restore` checks that the world's digest is the one recorded.
     restore(sim.world_mut(), &snap)?;
     Ok((sim, StateDigest(snap.digest)))
