@@ -47,7 +47,7 @@ macro_rules! profile_system {
 }
 
 /// What the `observe` system does each tick. Both default to on; metrics cost
-/// about 35 µs a tick and the black box a few µs (see `neurograph bench observe`).
+/// about 40 µs a tick and the black box a few µs (see `neurograph bench observe`).
 #[derive(Resource, Clone, Debug, PartialEq, Eq)]
 pub struct ObserveSettings {
     /// Emit the metrics through the `metrics` facade (a no-op without a recorder).
