@@ -15,6 +15,46 @@ pub struct SimConfig {
     pub neighbor_skin: f32,
     /// Worker threads for the force computation; 0 = one per core.
     pub threads: usize,
+    /// Where `Forces` runs: `cpu` (default), `gpu` or `auto` (see [`Backend`]).
+    pub backend: Backend,
+}
+
+/// The force backend a run asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// rayon on the CPU: bit-identical whatever the thread count.
+    #[default]
+    Cpu,
+    /// wgpu compute shaders (the `gpu` feature); no usable adapter is an error.
+    Gpu,
+    /// A hardware GPU when there is one, else the CPU with a logged warning.
+    /// Software adapters (lavapipe, llvmpipe) are used only when asked for with `gpu`.
+    Auto,
+}
+
+impl Backend {
+    /// `cpu`, `gpu` or `auto`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Gpu => "gpu",
+            Backend::Auto => "auto",
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Backend::Cpu),
+            "gpu" => Ok(Backend::Gpu),
+            "auto" => Ok(Backend::Auto),
+            other => Err(format!("backend {other:?}: must be cpu, gpu or auto")),
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -23,6 +63,7 @@ impl Default for SimConfig {
             dt: 0.05,
             neighbor_skin: 0.15,
             threads: 0,
+            backend: Backend::Cpu,
         }
     }
 }

@@ -65,9 +65,21 @@ impl Axis {
     }
 }
 
-/// A vector in the 8-dimensional semantic space.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// A vector in the 8-dimensional semantic space. Laid out as eight `f32`s in
+/// axis order (`repr(C)`, no padding), so slices of it upload to the GPU as they are.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    bytemuck::Pod,
+    bytemuck::Zeroable,
+)]
 #[serde(from = "[f32; 8]", into = "[f32; 8]")]
+#[repr(C)]
 pub struct Vec8 {
     /// Axes 0..4.
     pub lo: Vec4,

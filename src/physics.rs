@@ -16,8 +16,9 @@ use crate::cdna::Cdna;
 use crate::components::TokenId;
 use crate::math::Vec8;
 
-/// The per-token values the pair force reads, gathered contiguously.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// The per-token values the pair force reads, gathered contiguously (and uploaded
+/// to the GPU as they are: a `vec4<f32>` per token).
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct TokenParams {
     /// Charge `q`.
@@ -111,7 +112,9 @@ pub fn slot_table(ids: &[TokenId]) -> Vec<u32> {
 }
 
 /// One link end as the force loop sees it: the other end's index, weight, rest length.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// `repr(C)`, so the table uploads to the GPU as it is.
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct LinkEnd {
     /// Index of the other token in the gathered arrays.
     pub other: u32,
@@ -242,6 +245,21 @@ impl LinkTable {
         } else {
             &self.ends[self.offsets[i] as usize..self.offsets[i + 1] as usize]
         }
+    }
+
+    /// Where token `i`'s row sits in [`ends`](Self::ends): `(start, len)`.
+    #[inline]
+    pub fn placement(&self, i: usize) -> (u32, u32) {
+        if self.offsets.is_empty() {
+            (0, 0)
+        } else {
+            (self.offsets[i], self.offsets[i + 1] - self.offsets[i])
+        }
+    }
+
+    /// Every link end, row after row.
+    pub fn ends(&self) -> &[LinkEnd] {
+        &self.ends
     }
 
     /// Total link ends (twice the number of links).

@@ -5,14 +5,14 @@
 //! detection as an error, and the strictly chained [`SimSystems`] sets of the tick.
 //! Every other plugin only adds systems to one set. Users order their own systems
 //! around ours with the same sets, and swap a stage with
-//! `NeuroGraphPlugins::default().build().disable::<CpuForcesPlugin>().add(Mine)`.
+//! `NeuroGraphPlugins::default().build().disable::<ForcesPlugin>().add(Mine)`.
 
 use crate::cdna::{Cdna, CdnaHistory};
 use crate::commands::{CommandLog, CommandQueue};
 use crate::config::{Quotas, SimConfig};
 use crate::registry::{LinkGraph, SimClock, SimRng, SpatialDirty, TokenRegistry};
 use crate::systems::{
-    ConstrainPlugin, CpuForcesPlugin, IngestPlugin, IntegratePlugin, JournalPlugin, LearnPlugin,
+    ConstrainPlugin, ForcesPlugin, IngestPlugin, IntegratePlugin, JournalPlugin, LearnPlugin,
     OrganizePlugin,
 };
 use bevy_app::{App, FixedUpdate, Plugin, PluginGroup, PluginGroupBuilder};
@@ -127,7 +127,7 @@ impl PluginGroup for NeuroGraphPlugins {
                 driver: self.driver,
             })
             .add(IngestPlugin)
-            .add(CpuForcesPlugin)
+            .add(ForcesPlugin)
             .add(IntegratePlugin)
             .add(ConstrainPlugin)
             .add(LearnPlugin)

@@ -3,6 +3,7 @@
 //! It is a `bevy_app::App` with [`NeuroGraphPlugins`] whose [`SimTick`](crate::plugin::SimTick) schedule is
 //! run on demand, plus a small typed API over the command set.
 
+use crate::backend::ForceBackend;
 use crate::cdna::{Cdna, CdnaError, CdnaViolations};
 use crate::commands::{
     CommandError, CommandLog, CommandOutcome, CommandQueue, SimCommand, apply_command,
@@ -25,6 +26,9 @@ pub enum SimError {
     /// Bad constitution.
     #[error(transparent)]
     Cdna(#[from] CdnaError),
+    /// `backend = gpu` and no GPU could be used.
+    #[error("the gpu backend cannot start: {0}")]
+    Gpu(String),
 }
 
 /// Everything a simulation starts from.
@@ -79,6 +83,9 @@ impl Simulation {
         if app.plugins_state() == PluginsState::Ready {
             app.finish();
             app.cleanup();
+        }
+        if let Some(e) = app.world().resource::<ForceBackend>().error() {
+            return Err(SimError::Gpu(e.to_string()));
         }
         Ok(Self { app })
     }
@@ -209,6 +216,11 @@ impl Simulation {
     /// Learning counters.
     pub fn learn_stats(&self) -> crate::systems::LearnStats {
         *self.world().resource::<crate::systems::LearnStats>()
+    }
+
+    /// The force backend: what was asked for, what runs, the adapter, timings.
+    pub fn backend(&self) -> &ForceBackend {
+        self.app.world().resource::<ForceBackend>()
     }
 
     /// Worker threads of the compute pool.

@@ -433,7 +433,14 @@ pub struct NeighborList {
     cap: Vec<u32>,
     waste: usize,
     skin: f32,
+    /// Unique per full build, so a copy of the lists elsewhere (the GPU's) knows
+    /// when it must be rebuilt rather than patched.
+    generation: u64,
+    /// Blocks whose arena changed since [`take_touched`](Self::take_touched).
+    touched: Vec<bool>,
 }
+
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Tokens per arena block (and per parallel work item of a full build).
 pub const BLOCK: usize = 256;
@@ -494,6 +501,8 @@ impl NeighborList {
         // 3. Arenas with spare room, filled from both ends of every pair.
         let mut out = Self {
             skin: input.skin,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            touched: vec![false; blocks],
             ..Default::default()
         };
         out.start.reserve_exact(n);
@@ -569,6 +578,7 @@ impl NeighborList {
 
     /// Moves row `i` to the end of its block's arena with room for `need` entries.
     fn relocate(&mut self, i: usize, need: usize) {
+        self.touched[i / BLOCK] = true;
         let arena = &mut self.blocks[i / BLOCK];
         let (s, l) = (self.start[i] as usize, self.len[i] as usize);
         let c = spare(need);
@@ -588,6 +598,7 @@ impl NeighborList {
         let s = self.start[i] as usize;
         self.blocks[i / BLOCK][s..s + row.len()].copy_from_slice(row);
         self.len[i] = row.len() as u32;
+        self.touched[i / BLOCK] = true;
     }
 
     fn insert_sorted(&mut self, j: usize, i: u32, ids: &[TokenId]) {
@@ -605,6 +616,7 @@ impl NeighborList {
         arena.copy_within(s + pos..s + l, s + pos + 1);
         arena[s + pos] = i;
         self.len[j] += 1;
+        self.touched[j / BLOCK] = true;
     }
 
     /// The candidate neighbours of token `i`, ascending by id.
@@ -617,6 +629,33 @@ impl NeighborList {
     /// Number of tokens covered.
     pub fn len(&self) -> usize {
         self.start.len()
+    }
+
+    /// Identifies the full build these lists come from (refreshes keep it).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The arena of each block of [`BLOCK`] tokens; row `i` is
+    /// `arenas()[i / BLOCK][start..start + len]` with `(start, len) = placement(i)`.
+    pub fn arenas(&self) -> &[Vec<u32>] {
+        &self.blocks
+    }
+
+    /// Where row `i` sits in its block's arena: `(start, len)`.
+    #[inline]
+    pub fn placement(&self, i: usize) -> (u32, u32) {
+        (self.start[i], self.len[i])
+    }
+
+    /// The blocks whose arena (rows or placement) changed since the last call or
+    /// the build, ascending; clears the record.
+    pub fn take_touched(&mut self) -> Vec<usize> {
+        let out = (0..self.touched.len())
+            .filter(|&b| self.touched[b])
+            .collect();
+        self.touched.fill(false);
+        out
     }
 
     /// Whether the list covers no token.
@@ -828,7 +867,7 @@ mod tests {
                 *p += step;
                 *path += step.length();
             }
-            // The engine's rule (see `cpu_forces`).
+            // The engine's rule (see `forces`).
             let stale = travel.past_half_skin(skin);
             tree.refit(&pts);
             nl.refresh(

@@ -1,6 +1,7 @@
 //! `Forces`: gather the tokens into contiguous arrays, keep the Verlet neighbour
 //! lists valid, and compute every token's force (DESIGN §4) in parallel.
 
+use crate::backend::ForceBackend;
 use crate::cdna::Cdna;
 use crate::components::*;
 use crate::config::SimConfig;
@@ -13,13 +14,22 @@ use bevy_app::{App, Plugin};
 use bevy_ecs::prelude::*;
 use rayon::prelude::*;
 
-/// Adds [`cpu_forces`] to `Forces`.
-pub struct CpuForcesPlugin;
+/// Adds [`forces`] to `Forces`, and the [`ForceBackend`] that `SimConfig::backend`
+/// asks for (unless the app already has one).
+pub struct ForcesPlugin;
 
-impl Plugin for CpuForcesPlugin {
+impl Plugin for ForcesPlugin {
     fn build(&self, app: &mut App) {
+        if !app.world().contains_resource::<ForceBackend>() {
+            let asked = app
+                .world()
+                .get_resource::<SimConfig>()
+                .map(|c| c.backend)
+                .unwrap_or_default();
+            app.insert_resource(ForceBackend::resolve(asked));
+        }
         app.init_resource::<ForceBuffers>()
-            .add_systems(SimTick, cpu_forces.in_set(SimSystems::Forces));
+            .add_systems(SimTick, forces.in_set(SimSystems::Forces));
     }
 }
 
@@ -81,6 +91,11 @@ impl ForceBuffers {
     /// the slots, so readers need not rebuild it every tick.
     pub fn slot_of(&self) -> &[u32] {
         &self.slot_of
+    }
+
+    /// The link table of the last pass (slot order).
+    pub fn links(&self) -> &LinkTable {
+        &self.links
     }
 
     /// The smallest field radius of the gathered tokens (infinity for none).
@@ -294,9 +309,11 @@ fn params_of(q: &Charge, m: &Mass, field: &Field) -> TokenParams {
     }
 }
 
-/// The CPU force system.
+/// The force system: gathers the tokens, keeps the neighbour lists and the link
+/// table current (on the CPU), then computes the forces on the backend of
+/// [`ForceBackend`]; a GPU pass that fails is redone on the CPU.
 #[allow(clippy::too_many_arguments)]
-pub fn cpu_forces(
+pub fn forces(
     tokens: Query<(&TokenId, &Position, &Charge, &Mass, &Field)>,
     mut buf: ResMut<ForceBuffers>,
     mut dirty: ResMut<SpatialDirty>,
@@ -304,6 +321,7 @@ pub fn cpu_forces(
     config: Res<SimConfig>,
     graph: Res<LinkGraph>,
     pool: Res<ComputePool>,
+    mut backend: ResMut<ForceBackend>,
 ) {
     crate::profile_system!("forces");
     let buf = &mut *buf;
@@ -397,16 +415,45 @@ pub fn cpu_forces(
                 .refresh_values(graph.iter().map(|(_, l)| (l.weight, l.rest_length)));
             buf.link_values = graph.version();
         }
-        puffin::profile_scope!("pair_forces");
         // Learn's link proposals ride along when every pair closer than
         // `form_within` is a pair of this pass (within everyone's radius).
         let g = &cdna.graph;
         let propose = g.form_within > 0.0 && g.form_within <= buf.min_radius();
         buf.proposed = propose.then_some(g.form_within);
         buf.nearest.resize(if propose { n } else { 0 }, u32::MAX);
+        let max_degree = g.form_max_degree.min(g.max_degree);
+        let within2 = g.form_within * g.form_within;
+
+        #[cfg(feature = "gpu")]
+        if let Some(gpu) = backend.gpu_mut() {
+            puffin::profile_scope!("gpu_forces");
+            let links_key = (buf.layout, graph.structure_version());
+            let result = gpu.compute(crate::gpu::ForceInput {
+                positions: &buf.positions,
+                params: &buf.params,
+                neighbors: &mut buf.neighbors,
+                links: &buf.links,
+                links_key,
+                fp: &fp,
+                proposals: propose.then_some((within2, max_degree)),
+                forces: &mut buf.forces,
+                nearest: &mut buf.nearest,
+            });
+            match result {
+                Ok(pairs) => {
+                    buf.stats.pairs = pairs;
+                    return;
+                }
+                Err(e) => backend.failed(e.to_string()),
+            }
+        }
+        #[cfg(not(feature = "gpu"))]
+        let _ = &mut backend;
+
+        puffin::profile_scope!("pair_forces");
         let proposals = propose.then(|| Proposals {
-            within2: g.form_within * g.form_within,
-            max_degree: g.form_max_degree.min(g.max_degree) as usize,
+            within2,
+            max_degree: max_degree as usize,
             ids: &buf.ids,
             nearest: &mut buf.nearest,
         });

@@ -3,7 +3,7 @@
 //! | set | plugin | what it does |
 //! |-----|--------|--------------|
 //! | `Ingest` | [`IngestPlugin`] | applies queued commands ([`ingest()`](fn@ingest)) |
-//! | `Forces` | [`CpuForcesPlugin`] | gathers tokens, refreshes neighbour lists, computes forces ([`ForceBuffers`]) |
+//! | `Forces` | [`ForcesPlugin`] | gathers tokens, refreshes neighbour lists, computes forces ([`ForceBuffers`]) |
 //! | `Integrate` | [`IntegratePlugin`] | semi-implicit Euler with damping and a speed limit |
 //! | `Forces` | [`OrganizePlugin`] | optional pull of grouped tokens to their group's centre ([`group_pull`]) |
 //! | `Constrain` | [`ConstrainPlugin`] | enforces the CDNA, counts violations |
@@ -21,7 +21,7 @@ pub mod learn;
 pub mod organize;
 
 pub use constrain::{ConstrainPlugin, constrain_links, constrain_tokens};
-pub use forces::{CpuForcesPlugin, ForceBuffers, ForceStats, compute_forces, cpu_forces};
+pub use forces::{ForceBuffers, ForceStats, ForcesPlugin, compute_forces, forces};
 pub use ingest::{IngestPlugin, ingest};
 pub use integrate::{IntegratePlugin, IntegrateStats, integrate};
 pub use journal::{JournalPlugin, journal};

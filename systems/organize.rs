@@ -23,7 +23,7 @@ use crate::math::Vec8;
 use crate::plugin::{ComputePool, SimSystems, SimTick};
 use crate::registry::{SimClock, SpatialDirty, TokenRegistry};
 use crate::spatial::{KdTree, NeighborList};
-use crate::systems::forces::{ForceBuffers, cpu_forces};
+use crate::systems::forces::{ForceBuffers, forces};
 use bevy_app::{App, Plugin};
 use bevy_ecs::prelude::*;
 use rayon::prelude::*;
@@ -38,10 +38,7 @@ impl Plugin for OrganizePlugin {
             .init_resource::<GroupEntities>()
             .init_resource::<OrganizeStats>()
             .add_systems(SimTick, organize.in_set(SimSystems::Organize))
-            .add_systems(
-                SimTick,
-                group_pull.in_set(SimSystems::Forces).after(cpu_forces),
-            );
+            .add_systems(SimTick, group_pull.in_set(SimSystems::Forces).after(forces));
     }
 }
 

@@ -37,9 +37,7 @@ pub fn scenario_sim(name: &str, tokens: usize, seed: u64, threads: usize) -> Sim
 pub fn assert_forces_match_reference(sim: &mut Simulation) {
     use bevy_ecs::system::RunSystemOnce;
     let world = sim.world_mut();
-    world
-        .run_system_once(neurograph::systems::cpu_forces)
-        .unwrap();
+    world.run_system_once(neurograph::systems::forces).unwrap();
     world
         .run_system_once(neurograph::systems::group_pull)
         .unwrap();

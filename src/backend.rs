@@ -1,0 +1,191 @@
+//! Which backend computes the `Forces` stage: the [`ForceBackend`] resource.
+//!
+//! The choice comes from [`SimConfig::backend`](crate::config::SimConfig) (CLI
+//! `--backend cpu|gpu|auto`); embedders may insert their own `ForceBackend`
+//! before adding the plugins. Either backend writes the same
+//! [`ForceBuffers`](crate::systems::ForceBuffers), so nothing downstream knows
+//! which one ran.
+//!
+//! | asked | GPU usable | runs | on failure |
+//! |-------|-----------|------|------------|
+//! | `cpu` | —         | CPU  | — |
+//! | `gpu` | any adapter, software (lavapipe) included | GPU | setup: [`SimError::Gpu`](crate::sim::SimError); at run time: that tick and later ones on the CPU, [`error`](ForceBackend::error) set (the runner stops) |
+//! | `auto`| hardware adapters only | GPU, else CPU with a warning | the CPU from then on, with a warning |
+
+use crate::config::Backend;
+use bevy_ecs::prelude::*;
+
+/// Wall time of the GPU phases of a pass (or summed over passes), and bytes moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct GpuTimings {
+    /// Seconds writing buffers until the device holds them.
+    pub upload: f64,
+    /// Seconds of the compute dispatch.
+    pub dispatch: f64,
+    /// Seconds copying results back and out of the mapped buffer.
+    pub readback: f64,
+    /// Bytes written to the device.
+    pub uploaded_bytes: u64,
+    /// Bytes read back.
+    pub readback_bytes: u64,
+}
+
+impl GpuTimings {
+    /// Adds `o` to these.
+    pub fn add(&mut self, o: &GpuTimings) {
+        self.upload += o.upload;
+        self.dispatch += o.dispatch;
+        self.readback += o.readback;
+        self.uploaded_bytes += o.uploaded_bytes;
+        self.readback_bytes += o.readback_bytes;
+    }
+}
+
+/// The force backend of a world.
+#[derive(Resource, Debug)]
+pub struct ForceBackend {
+    requested: Backend,
+    #[cfg(feature = "gpu")]
+    gpu: Option<Box<crate::gpu::GpuForces>>,
+    adapter: Option<String>,
+    fallback: Option<String>,
+    error: Option<String>,
+}
+
+impl Default for ForceBackend {
+    fn default() -> Self {
+        Self::cpu()
+    }
+}
+
+impl ForceBackend {
+    /// The CPU.
+    pub fn cpu() -> Self {
+        Self {
+            requested: Backend::Cpu,
+            #[cfg(feature = "gpu")]
+            gpu: None,
+            adapter: None,
+            fallback: None,
+            error: None,
+        }
+    }
+
+    /// Opens what `requested` asks for. Never fails: a GPU that cannot be used
+    /// leaves the CPU in charge, with [`error`](Self::error) set when the GPU was
+    /// required, or [`fallback`](Self::fallback) (and a warning) under `auto`.
+    pub fn resolve(requested: Backend) -> Self {
+        let mut out = Self {
+            requested,
+            ..Self::cpu()
+        };
+        if requested == Backend::Cpu {
+            return out;
+        }
+        #[cfg(feature = "gpu")]
+        {
+            use crate::gpu::{AdapterPolicy, GpuContext, GpuForces};
+            let policy = if requested == Backend::Auto {
+                AdapterPolicy::Hardware
+            } else {
+                AdapterPolicy::Any
+            };
+            match GpuContext::new(policy).and_then(GpuForces::new) {
+                Ok(gpu) => {
+                    let name = gpu.context().describe();
+                    tracing::info!(target: "neurograph::gpu", "forces on the GPU: {name}");
+                    out.adapter = Some(name);
+                    out.gpu = Some(Box::new(gpu));
+                }
+                Err(e) => out.failed(e.to_string()),
+            }
+        }
+        #[cfg(not(feature = "gpu"))]
+        out.failed("this build has no GPU support (built without the `gpu` cargo feature)".into());
+        out
+    }
+
+    /// A backend running on a GPU force pass set up by the caller.
+    #[cfg(feature = "gpu")]
+    pub fn with_gpu(gpu: crate::gpu::GpuForces) -> Self {
+        Self {
+            requested: Backend::Gpu,
+            adapter: Some(gpu.context().describe()),
+            gpu: Some(Box::new(gpu)),
+            ..Self::cpu()
+        }
+    }
+
+    /// What was asked for.
+    pub fn requested(&self) -> Backend {
+        self.requested
+    }
+
+    /// What computes forces now: [`Backend::Cpu`] or [`Backend::Gpu`].
+    pub fn active(&self) -> Backend {
+        #[cfg(feature = "gpu")]
+        if self.gpu.is_some() {
+            return Backend::Gpu;
+        }
+        Backend::Cpu
+    }
+
+    /// The GPU adapter ("name (type, driver)") when the GPU computes forces.
+    pub fn adapter(&self) -> Option<&str> {
+        if self.active() == Backend::Gpu {
+            self.adapter.as_deref()
+        } else {
+            None
+        }
+    }
+
+    /// Why the GPU, required with `gpu`, is not computing forces.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// Why `auto` runs on the CPU.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// The GPU force pass, when active.
+    #[cfg(feature = "gpu")]
+    pub fn gpu(&self) -> Option<&crate::gpu::GpuForces> {
+        self.gpu.as_deref()
+    }
+
+    /// The GPU force pass, when active.
+    #[cfg(feature = "gpu")]
+    pub fn gpu_mut(&mut self) -> Option<&mut crate::gpu::GpuForces> {
+        self.gpu.as_deref_mut()
+    }
+
+    /// The last GPU pass's timings, the sum over every pass, and the pass count
+    /// (`None` when the GPU is not in use).
+    pub fn gpu_timings(&self) -> Option<(GpuTimings, GpuTimings, u64)> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return Some((g.last_timings(), g.total_timings(), g.passes()));
+        }
+        None
+    }
+
+    /// Drops the GPU after a failure: the CPU takes over.
+    pub fn failed(&mut self, reason: String) {
+        #[cfg(feature = "gpu")]
+        {
+            self.gpu = None;
+        }
+        if self.requested == Backend::Auto {
+            tracing::warn!(
+                target: "neurograph::gpu",
+                "backend auto: {reason}; computing forces on the CPU"
+            );
+            self.fallback = Some(reason);
+        } else {
+            tracing::error!(target: "neurograph::gpu", "backend gpu: {reason}");
+            self.error = Some(reason);
+        }
+    }
+}

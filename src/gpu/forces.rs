@@ -1,0 +1,641 @@
+//! The force pass on the GPU (`shaders/forces.wgsl`).
+//!
+//! What lives on the GPU across ticks, and when it is written:
+//!
+//! | buffer | per token | written |
+//! |--------|-----------|---------|
+//! | `pos`  | 32 B      | every tick (the CPU integrates) |
+//! | `tok`  | 16 B      | chunks that changed (charge, mass, field) |
+//! | `rows` | 16 B      | chunks that changed, after a list or link change |
+//! | `cand` | 4 B × candidates | full build: all; refresh: the touched blocks |
+//! | `links`| 12 B × link ends | chunks that changed (weights learn) |
+//! | `force`, `aux` | 32 + 8 B | read back every tick |
+//!
+//! Buffers grow by a quarter past what is needed and shrink when less than a
+//! quarter is used. Every size is checked against the device's limits first:
+//! a world that does not fit is refused with [`GpuError::TooLarge`].
+
+use super::{GpuContext, GpuError};
+pub use crate::backend::GpuTimings;
+use crate::math::Vec8;
+use crate::physics::{ForceParams, LinkEnd, LinkTable, TokenParams};
+use crate::spatial::{BLOCK, NeighborList};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Invocations per workgroup; the shader's `WORKGROUP_SIZE` (a test checks).
+pub const WORKGROUP_SIZE: u32 = 64;
+
+/// Elements compared (and written when different) at a time when mirroring.
+const MIRROR_CHUNK: usize = 4096;
+
+/// How long a tick may wait for the device before it counts as failed.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The uniform block of the force shader (`Params` in WGSL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct GpuParams {
+    /// Tokens.
+    pub n: u32,
+    /// 1: fill the proposals.
+    pub propose: u32,
+    /// Fewer links than this on both ends to propose.
+    pub max_degree: u32,
+    /// Workgroups along x.
+    pub groups_x: u32,
+    /// `k_field`.
+    pub k_field: f32,
+    /// `k_core`.
+    pub k_core: f32,
+    /// `σ`.
+    pub core_radius: f32,
+    /// `k_link`.
+    pub k_link: f32,
+    /// Squared formation distance.
+    pub within2: f32,
+    /// Padding to 16 bytes.
+    pub _pad: [u32; 3],
+}
+
+/// What one force pass reads and writes; the same data the CPU pass takes.
+pub struct ForceInput<'a> {
+    /// Positions, slot order.
+    pub positions: &'a [Vec8],
+    /// Per-token parameters, slot order.
+    pub params: &'a [TokenParams],
+    /// The Verlet lists (their touched blocks are taken).
+    pub neighbors: &'a mut NeighborList,
+    /// The link table.
+    pub links: &'a LinkTable,
+    /// Changes whenever the link table's structure changes.
+    pub links_key: (u64, u64),
+    /// The force constants.
+    pub fp: &'a ForceParams,
+    /// `(within², max_degree)` when `Learn`'s proposals are wanted.
+    pub proposals: Option<(f32, u32)>,
+    /// Out: forces, slot order.
+    pub forces: &'a mut [Vec8],
+    /// Out: proposals, slot order (filled when `proposals` is given).
+    pub nearest: &'a mut [u32],
+}
+
+/// A device buffer that grows and shrinks with the world.
+struct Slab {
+    buf: wgpu::Buffer,
+    cap: u64,
+    usage: wgpu::BufferUsages,
+    label: &'static str,
+}
+
+impl Slab {
+    fn new(ctx: &GpuContext, label: &'static str, usage: wgpu::BufferUsages) -> Self {
+        let cap = 256;
+        Self {
+            buf: create(ctx, label, cap, usage),
+            cap,
+            usage,
+            label,
+        }
+    }
+
+    /// Makes room for `bytes`; true when the buffer was replaced (its contents
+    /// are gone and bind groups must be remade).
+    fn ensure(&mut self, ctx: &GpuContext, bytes: u64) -> Result<bool, GpuError> {
+        let need = bytes.max(256).next_multiple_of(256);
+        let limit = ctx.max_binding();
+        if need > limit {
+            return Err(GpuError::TooLarge {
+                what: self.label,
+                bytes,
+                limit,
+            });
+        }
+        let shrink = self.cap > 1 << 20 && need < self.cap / 4;
+        if need <= self.cap && !shrink {
+            return Ok(false);
+        }
+        let cap = (need + need / 4).next_multiple_of(256).min(limit);
+        self.buf = create(ctx, self.label, cap, self.usage);
+        self.cap = cap;
+        Ok(true)
+    }
+}
+
+fn create(ctx: &GpuContext, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST);
+
+/// A device buffer holding a copy of a host array, patched chunk by chunk.
+struct Mirror<T> {
+    slab: Slab,
+    shadow: Vec<T>,
+}
+
+impl<T: bytemuck::Pod + PartialEq> Mirror<T> {
+    fn new(ctx: &GpuContext, label: &'static str) -> Self {
+        Self {
+            slab: Slab::new(ctx, label, STORAGE),
+            shadow: Vec::new(),
+        }
+    }
+
+    /// Makes the device copy equal `data`, writing only the chunks that differ
+    /// from what was written before. Returns (buffer replaced, bytes written).
+    fn sync(&mut self, ctx: &GpuContext, data: &[T]) -> Result<(bool, u64), GpuError> {
+        let size = size_of_val(data) as u64;
+        let replaced = self.slab.ensure(ctx, size)?;
+        if replaced || self.shadow.len() != data.len() {
+            if !data.is_empty() {
+                ctx.queue
+                    .write_buffer(&self.slab.buf, 0, bytemuck::cast_slice(data));
+            }
+            self.shadow.clear();
+            self.shadow.extend_from_slice(data);
+            return Ok((replaced, size));
+        }
+        let mut written = 0;
+        for (k, (new, old)) in data
+            .chunks(MIRROR_CHUNK)
+            .zip(self.shadow.chunks_mut(MIRROR_CHUNK))
+            .enumerate()
+        {
+            if new != old {
+                let at = (k * MIRROR_CHUNK * size_of::<T>()) as u64;
+                ctx.queue
+                    .write_buffer(&self.slab.buf, at, bytemuck::cast_slice(new));
+                old.copy_from_slice(new);
+                written += size_of_val(new) as u64;
+            }
+        }
+        Ok((false, written))
+    }
+}
+
+/// The device copy of the Verlet lists: each block's arena at its own base, with
+/// room to grow, so a refresh rewrites only the blocks it touched.
+struct Candidates {
+    slab: Slab,
+    generation: u64,
+    /// Per block: base (in u32s) and room.
+    base: Vec<u64>,
+    room: Vec<u64>,
+}
+
+impl Candidates {
+    /// Brings the device copy up to date; returns (layout changed, bytes written).
+    fn sync(
+        &mut self,
+        ctx: &GpuContext,
+        lists: &mut NeighborList,
+    ) -> Result<(bool, u64), GpuError> {
+        let touched = lists.take_touched();
+        let arenas = lists.arenas();
+        let fits = self.generation == lists.generation()
+            && self.base.len() == arenas.len()
+            && touched
+                .iter()
+                .all(|&b| arenas[b].len() as u64 <= self.room[b]);
+        if fits {
+            let mut written = 0;
+            for &b in touched.iter().filter(|&&b| !arenas[b].is_empty()) {
+                ctx.queue.write_buffer(
+                    &self.slab.buf,
+                    self.base[b] * 4,
+                    bytemuck::cast_slice(&arenas[b]),
+                );
+                written += arenas[b].len() as u64 * 4;
+            }
+            return Ok((false, written));
+        }
+        // New layout: every arena with a quarter more room.
+        self.base.clear();
+        self.room.clear();
+        let mut total = 0u64;
+        for a in arenas {
+            let room = (a.len() + a.len() / 4 + 16) as u64;
+            self.base.push(total);
+            self.room.push(room);
+            total += room;
+        }
+        self.slab.ensure(ctx, total * 4)?;
+        let mut written = 0;
+        for (b, a) in arenas.iter().enumerate().filter(|(_, a)| !a.is_empty()) {
+            ctx.queue
+                .write_buffer(&self.slab.buf, self.base[b] * 4, bytemuck::cast_slice(a));
+            written += a.len() as u64 * 4;
+        }
+        self.generation = lists.generation();
+        Ok((true, written))
+    }
+}
+
+/// The force pass on one device.
+pub struct GpuForces {
+    ctx: GpuContext,
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    uniform: wgpu::Buffer,
+    pos: Slab,
+    tok: Mirror<TokenParams>,
+    rows: Mirror<[u32; 4]>,
+    cand: Candidates,
+    links: Mirror<LinkEnd>,
+    force: Slab,
+    aux: Slab,
+    staging: Slab,
+    bind: Option<wgpu::BindGroup>,
+    /// Host scratch for the rows.
+    rows_host: Vec<[u32; 4]>,
+    rows_key: Option<(u64, (u64, u64), usize)>,
+    aux_host: Vec<[u32; 2]>,
+    /// Errors the device reported outside a call (validation, out of memory, lost).
+    errors: Arc<Mutex<Vec<String>>>,
+    last: GpuTimings,
+    total: GpuTimings,
+    passes: u64,
+}
+
+impl std::fmt::Debug for GpuForces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuForces")
+            .field("adapter", &self.ctx.describe())
+            .field("passes", &self.passes)
+            .finish()
+    }
+}
+
+impl GpuForces {
+    /// Compiles the shader and sets up the (empty) buffers on `ctx`.
+    pub fn new(ctx: GpuContext) -> Result<Self, GpuError> {
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        {
+            let errors = errors.clone();
+            ctx.device
+                .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                    tracing::error!(target: "neurograph::gpu", "GPU error: {e}");
+                    if let Ok(mut v) = errors.lock() {
+                        v.push(e.to_string());
+                    }
+                }));
+        }
+        {
+            let errors = errors.clone();
+            ctx.device.set_device_lost_callback(move |reason, message| {
+                if let Ok(mut v) = errors.lock() {
+                    v.push(format!("device lost ({reason:?}): {message}"));
+                }
+            });
+        }
+        if ctx.limits.max_storage_buffers_per_shader_stage < 7 {
+            return Err(GpuError::Device {
+                adapter: ctx.describe(),
+                reason: format!(
+                    "it allows {} storage buffers per shader stage, the force pass needs 7",
+                    ctx.limits.max_storage_buffers_per_shader_stage
+                ),
+            });
+        }
+        let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = ctx
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("forces.wgsl"),
+                source: wgpu::ShaderSource::Wgsl(super::FORCES_WGSL.into()),
+            });
+        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let layout = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("forces"),
+                entries: &[
+                    wgpu::BindGroupLayoutEntry {
+                        binding: 0,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Uniform,
+                            has_dynamic_offset: false,
+                            min_binding_size: wgpu::BufferSize::new(size_of::<GpuParams>() as u64),
+                        },
+                        count: None,
+                    },
+                    storage(1, true),
+                    storage(2, true),
+                    storage(3, true),
+                    storage(4, true),
+                    storage(5, true),
+                    storage(6, false),
+                    storage(7, false),
+                ],
+            });
+        let pipeline_layout = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("forces"),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = ctx
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("forces"),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Failed(format!(
+                "the force shader does not compile: {e}"
+            )));
+        }
+        let uniform = create(
+            &ctx,
+            "params",
+            size_of::<GpuParams>() as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        );
+        let out = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        Ok(Self {
+            pos: Slab::new(&ctx, "positions", STORAGE),
+            tok: Mirror::new(&ctx, "token parameters"),
+            rows: Mirror::new(&ctx, "rows"),
+            cand: Candidates {
+                slab: Slab::new(&ctx, "neighbour candidates", STORAGE),
+                generation: 0,
+                base: Vec::new(),
+                room: Vec::new(),
+            },
+            links: Mirror::new(&ctx, "link ends"),
+            force: Slab::new(&ctx, "forces", out),
+            aux: Slab::new(&ctx, "proposals and pair counts", out),
+            staging: Slab::new(
+                &ctx,
+                "readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+            ctx,
+            pipeline,
+            layout,
+            uniform,
+            bind: None,
+            rows_host: Vec::new(),
+            rows_key: None,
+            aux_host: Vec::new(),
+            errors,
+            last: GpuTimings::default(),
+            total: GpuTimings::default(),
+            passes: 0,
+        })
+    }
+
+    /// The device.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// The last pass's timings.
+    pub fn last_timings(&self) -> GpuTimings {
+        self.last
+    }
+
+    /// The sum over every pass.
+    pub fn total_timings(&self) -> GpuTimings {
+        self.total
+    }
+
+    /// Each token's pair count in the last pass (slot order).
+    pub fn pair_counts(&self) -> impl Iterator<Item = u32> + '_ {
+        self.aux_host.iter().map(|a| a[1])
+    }
+
+    /// Passes run.
+    pub fn passes(&self) -> u64 {
+        self.passes
+    }
+
+    fn check_errors(&self) -> Result<(), GpuError> {
+        let mut v = self
+            .errors
+            .lock()
+            .map_err(|_| GpuError::Failed("error log poisoned".into()))?;
+        if v.is_empty() {
+            Ok(())
+        } else {
+            let msg = v.join("; ");
+            v.clear();
+            Err(GpuError::Failed(msg))
+        }
+    }
+
+    fn wait(&self) -> Result<(), GpuError> {
+        self.ctx
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(WAIT),
+            })
+            .map_err(|e| GpuError::Failed(format!("waiting for the device: {e}")))?;
+        self.check_errors()
+    }
+
+    /// Runs the force pass; returns the ordered pair count. On error the outputs
+    /// are unspecified (the caller computes them on the CPU instead).
+    pub fn compute(&mut self, input: ForceInput<'_>) -> Result<u64, GpuError> {
+        puffin::profile_function!();
+        let n = input.positions.len();
+        let mut t = GpuTimings::default();
+        if n == 0 {
+            self.last = t;
+            return Ok(0);
+        }
+        self.check_errors()?;
+        let groups = (n as u64).div_ceil(WORKGROUP_SIZE as u64);
+        let max_dim = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
+        let groups_x = groups.min(max_dim);
+        let groups_y = groups.div_ceil(groups_x);
+        if groups_y > max_dim {
+            return Err(GpuError::TooLarge {
+                what: "the dispatch grid (tokens)",
+                bytes: n as u64,
+                limit: max_dim * max_dim * WORKGROUP_SIZE as u64,
+            });
+        }
+
+        // 1. Upload what changed.
+        let start = Instant::now();
+        let ctx = &self.ctx;
+        let mut rebind = false;
+        let pos_bytes = size_of_val(input.positions) as u64;
+        rebind |= self.pos.ensure(ctx, pos_bytes)?;
+        ctx.queue
+            .write_buffer(&self.pos.buf, 0, bytemuck::cast_slice(input.positions));
+        t.uploaded_bytes += pos_bytes;
+        let (r, w) = self.tok.sync(ctx, input.params)?;
+        rebind |= r;
+        t.uploaded_bytes += w;
+        let (relayout, w) = self.cand.sync(ctx, input.neighbors)?;
+        rebind |= relayout;
+        t.uploaded_bytes += w;
+        let key = (input.neighbors.generation(), input.links_key, n);
+        if relayout || w > 0 || self.rows_key != Some(key) {
+            let (lists, links, base) = (&*input.neighbors, input.links, &self.cand.base);
+            self.rows_host.clear();
+            self.rows_host.extend((0..n).map(|i| {
+                let (s, l) = lists.placement(i);
+                let (ls, ll) = links.placement(i);
+                [(base[i / BLOCK] + s as u64) as u32, l, ls, ll]
+            }));
+            let (r, w) = self.rows.sync(ctx, &self.rows_host)?;
+            rebind |= r;
+            t.uploaded_bytes += w;
+            self.rows_key = Some(key);
+        }
+        let (r, w) = self.links.sync(ctx, input.links.ends())?;
+        rebind |= r;
+        t.uploaded_bytes += w;
+        rebind |= self.force.ensure(ctx, n as u64 * 32)?;
+        rebind |= self.aux.ensure(ctx, n as u64 * 8)?;
+        self.staging.ensure(ctx, n as u64 * 40)?;
+        let (within2, max_degree) = input.proposals.unwrap_or((0.0, 0));
+        let params = GpuParams {
+            n: n as u32,
+            propose: input.proposals.is_some() as u32,
+            max_degree,
+            groups_x: groups_x as u32,
+            k_field: input.fp.k_field,
+            k_core: input.fp.k_core,
+            core_radius: input.fp.core_radius,
+            k_link: input.fp.k_link,
+            within2,
+            _pad: [0; 3],
+        };
+        ctx.queue
+            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&params));
+        if rebind || self.bind.is_none() {
+            self.bind = Some(self.bind_group());
+        }
+        self.ctx.queue.submit([]);
+        self.wait()?;
+        t.upload = start.elapsed().as_secs_f64();
+
+        // 2. Dispatch.
+        let start = Instant::now();
+        let ctx = &self.ctx;
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("forces"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forces"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, self.bind.as_ref(), &[]);
+            pass.dispatch_workgroups(groups_x as u32, groups_y as u32, 1);
+        }
+        ctx.queue.submit([enc.finish()]);
+        self.wait()?;
+        t.dispatch = start.elapsed().as_secs_f64();
+
+        // 3. Read back forces, proposals and pair counts.
+        let start = Instant::now();
+        let ctx = &self.ctx;
+        let (fb, ab) = (n as u64 * 32, n as u64 * 8);
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        enc.copy_buffer_to_buffer(&self.force.buf, 0, &self.staging.buf, 0, fb);
+        enc.copy_buffer_to_buffer(&self.aux.buf, 0, &self.staging.buf, fb, ab);
+        ctx.queue.submit([enc.finish()]);
+        let mapped: Arc<Mutex<Option<Result<(), wgpu::BufferAsyncError>>>> = Arc::default();
+        {
+            let mapped = mapped.clone();
+            self.staging
+                .buf
+                .map_async(wgpu::MapMode::Read, 0..fb + ab, move |r| {
+                    if let Ok(mut m) = mapped.lock() {
+                        *m = Some(r);
+                    }
+                });
+        }
+        self.wait()?;
+        match mapped.lock().ok().and_then(|mut m| m.take()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(GpuError::Failed(format!("mapping the results: {e}"))),
+            None => return Err(GpuError::Failed("the results were never mapped".into())),
+        }
+        let pairs;
+        {
+            let view = self
+                .staging
+                .buf
+                .get_mapped_range(0..fb + ab)
+                .map_err(|e| GpuError::Failed(format!("reading the results: {e}")))?;
+            bytemuck::cast_slice_mut::<Vec8, u8>(input.forces)
+                .copy_from_slice(&view[..fb as usize]);
+            self.aux_host.resize(n, [0; 2]);
+            bytemuck::cast_slice_mut::<[u32; 2], u8>(&mut self.aux_host)
+                .copy_from_slice(&view[fb as usize..(fb + ab) as usize]);
+            pairs = self.aux_host.iter().map(|a| a[1] as u64).sum();
+            if input.proposals.is_some() {
+                for (out, a) in input.nearest.iter_mut().zip(&self.aux_host) {
+                    *out = a[0];
+                }
+            }
+        }
+        self.staging.buf.unmap();
+        t.readback = start.elapsed().as_secs_f64();
+        t.readback_bytes = fb + ab;
+        self.last = t;
+        self.total.add(&t);
+        self.passes += 1;
+        Ok(pairs)
+    }
+
+    fn bind_group(&self) -> wgpu::BindGroup {
+        fn entry(binding: u32, buf: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
+            wgpu::BindGroupEntry {
+                binding,
+                resource: buf.as_entire_binding(),
+            }
+        }
+        self.ctx
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("forces"),
+                layout: &self.layout,
+                entries: &[
+                    entry(0, &self.uniform),
+                    entry(1, &self.pos.buf),
+                    entry(2, &self.tok.slab.buf),
+                    entry(3, &self.rows.slab.buf),
+                    entry(4, &self.cand.slab.buf),
+                    entry(5, &self.links.slab.buf),
+                    entry(6, &self.force.buf),
+                    entry(7, &self.aux.buf),
+                ],
+            })
+    }
+}

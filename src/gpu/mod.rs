@@ -1,0 +1,163 @@
+//! The GPU context (the `gpu` feature): one wgpu adapter, device and queue, found
+//! without ever unwrapping, with the adapter's own limits so large worlds fit when
+//! the hardware allows. [`GpuForces`] runs the force pass on it.
+
+mod forces;
+
+pub use forces::{ForceInput, GpuForces, GpuParams, GpuTimings, WORKGROUP_SIZE};
+
+/// The WGSL of the force pass, as embedded.
+pub const FORCES_WGSL: &str = include_str!("../../shaders/forces.wgsl");
+
+/// Every WGSL file the library embeds, by file name (for validation).
+pub const SHADERS: &[(&str, &str)] = &[("forces.wgsl", FORCES_WGSL)];
+
+/// Why the GPU cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GpuError {
+    /// No adapter (or none of the kind asked for).
+    #[error("no usable GPU adapter: {0}")]
+    NoAdapter(String),
+    /// The adapter refused a device.
+    #[error("the GPU adapter {adapter} refused a device: {reason}")]
+    Device {
+        /// The adapter's name.
+        adapter: String,
+        /// What wgpu said.
+        reason: String,
+    },
+    /// A buffer the world needs is larger than the device allows.
+    #[error(
+        "the world is too large for the GPU: {what} needs {bytes} bytes, the device allows {limit} bytes per buffer; use the CPU backend"
+    )]
+    TooLarge {
+        /// Which buffer.
+        what: &'static str,
+        /// Bytes needed.
+        bytes: u64,
+        /// The device limit.
+        limit: u64,
+    },
+    /// The device failed while running the pass (lost, out of memory, validation).
+    #[error("the GPU force pass failed: {0}")]
+    Failed(String),
+}
+
+/// What kind of adapter a backend choice accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterPolicy {
+    /// Any adapter, software ones (lavapipe) included.
+    Any,
+    /// Hardware only: integrated, discrete or virtual GPUs.
+    Hardware,
+}
+
+/// An open device.
+pub struct GpuContext {
+    /// The device.
+    pub device: wgpu::Device,
+    /// Its queue.
+    pub queue: wgpu::Queue,
+    /// What the adapter says of itself.
+    pub info: wgpu::AdapterInfo,
+    /// The limits the device was opened with (the adapter's own).
+    pub limits: wgpu::Limits,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.describe())
+            .finish()
+    }
+}
+
+impl GpuContext {
+    /// Opens the first adapter the policy accepts (high performance preferred).
+    pub fn new(policy: AdapterPolicy) -> Result<Self, GpuError> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::VULKAN,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+        if adapters.is_empty() {
+            return Err(GpuError::NoAdapter(
+                "Vulkan lists no adapter (install a driver; for software, Mesa's lavapipe: mesa-vulkan-drivers, libvulkan1)"
+                    .into(),
+            ));
+        }
+        let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        let names: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
+        let adapter = adapters
+            .into_iter()
+            .filter(|a| {
+                policy == AdapterPolicy::Any || a.get_info().device_type != wgpu::DeviceType::Cpu
+            })
+            .min_by_key(rank)
+            .ok_or_else(|| {
+                GpuError::NoAdapter(format!(
+                    "only software adapters ({}); ask for them with --backend gpu",
+                    names.join(", ")
+                ))
+            })?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("neurograph"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| GpuError::Device {
+            adapter: describe(&info),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            device,
+            queue,
+            info,
+            limits,
+        })
+    }
+
+    /// "name (type, driver)".
+    pub fn describe(&self) -> String {
+        describe(&self.info)
+    }
+
+    /// Whether the adapter is a software rasteriser (lavapipe).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The largest buffer a binding may hold.
+    pub fn max_binding(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => "discrete GPU",
+        wgpu::DeviceType::IntegratedGpu => "integrated GPU",
+        wgpu::DeviceType::VirtualGpu => "virtual GPU",
+        wgpu::DeviceType::Cpu => "software",
+        wgpu::DeviceType::Other => "other",
+    };
+    if info.driver.is_empty() {
+        format!("{} ({kind})", info.name)
+    } else {
+        format!(
+            "{} ({kind}, {} {})",
+            info.name, info.driver, info.driver_info
+        )
+    }
+}
