@@ -228,6 +228,11 @@ struct RunArgs {
     /// Worker threads (0 = one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where forces are computed: cpu (default), gpu (wgpu compute shaders; no
+    /// usable adapter is an error), auto (a hardware GPU if there is one, else the
+    /// CPU with a warning). A resumed WAL keeps the backend it was written with.
+    #[arg(long, value_name = "BACKEND")]
+    backend: Option<neurograph::config::Backend>,
     /// CDNA file (TOML).
     #[arg(long)]
     cdna: Option<PathBuf>,
@@ -323,6 +328,9 @@ fn run(
     over!(scenario, tokens, ticks, seed, cdna, profile, input);
     if let Some(t) = args.threads {
         config.sim.threads = t;
+    }
+    if let Some(b) = args.backend {
+        config.sim.backend = b;
     }
     if let Some(d) = args.durability {
         config.wal.durability = d;

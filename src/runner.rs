@@ -147,6 +147,9 @@ pub enum RunError {
     /// The write-ahead log failed.
     #[error("WAL: {0}")]
     Wal(#[from] WalError),
+    /// The GPU backend, required with `--backend gpu`, failed during the run.
+    #[error("GPU: {0}")]
+    Gpu(String),
     /// A tick panicked and the run could not (or may no longer) recover.
     #[error(
         "tick {tick} panicked: {message}; {outcome}{}",
@@ -167,6 +170,23 @@ pub enum RunError {
         /// Where the black box was dumped.
         dump: Option<PathBuf>,
     },
+}
+
+/// Where the GPU force passes of a run spent their time.
+#[derive(Clone, Debug, Serialize)]
+pub struct GpuRunStats {
+    /// Passes run.
+    pub passes: u64,
+    /// Seconds uploading, in all.
+    pub upload_seconds: f64,
+    /// Seconds dispatching, in all.
+    pub dispatch_seconds: f64,
+    /// Seconds reading back, in all.
+    pub readback_seconds: f64,
+    /// Bytes uploaded, in all.
+    pub uploaded_bytes: u64,
+    /// Bytes read back, in all.
+    pub readback_bytes: u64,
 }
 
 /// The summary of a run; `--json` prints it as one object.
@@ -241,6 +261,16 @@ pub struct RunSummary {
     pub group_events: GroupEvents,
     /// The tick of the last group detection.
     pub last_organized: Option<u64>,
+    /// The force backend asked for: `cpu`, `gpu` or `auto`.
+    pub backend_requested: String,
+    /// The force backend that computed the last tick: `cpu` or `gpu`.
+    pub backend: String,
+    /// The GPU adapter, when the GPU computed forces.
+    pub gpu_adapter: Option<String>,
+    /// Why `auto` ran on the CPU.
+    pub backend_fallback: Option<String>,
+    /// GPU phase totals over the run, when the GPU computed forces.
+    pub gpu: Option<GpuRunStats>,
     /// The WAL's durability policy, when journaling.
     pub wal_durability: Option<String>,
     /// Bytes written to the WAL (records, headers, snapshots).
@@ -445,9 +475,13 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
             }
             let truth = source.spawn(&mut sim, &cdna, seed)?;
             if let Some(dir) = wal_dir {
+                // The WAL replays with the backend that wrote it (`auto` resolved).
                 let manifest = Manifest {
                     format_version: wal::FORMAT_VERSION,
-                    sim: c.sim.clone(),
+                    sim: SimConfig {
+                        backend: sim.backend().active(),
+                        ..c.sim.clone()
+                    },
                     quotas: c.quotas.clone(),
                     run: source.identity(c, &cdna, seed)?,
                 };
@@ -616,6 +650,17 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
             first_tick_seconds = start.elapsed().as_secs_f64();
         }
         t += 1;
+        if let Some(e) = sim.backend().error() {
+            let err = RunError::Gpu(format!(
+                "at tick {}: {e}; that tick's forces were computed on the CPU",
+                sim.tick()
+            ));
+            if let Some(live) = &opts.live {
+                live.fail(err.to_string());
+            }
+            fatal_dump(&mut sim, opts, &err);
+            return Err(err);
+        }
         if let Some(j) = sim.world().get_resource::<Journal>() {
             if let Some(f) = j.failure() {
                 let err = RunError::Wal(WalError::WriterFailed(format!(
@@ -734,6 +779,21 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
         links_pruned: learn.links_pruned,
         group_events: hier.events,
         last_organized: hier.last_organized,
+        backend_requested: sim.backend().requested().name().to_string(),
+        backend: sim.backend().active().name().to_string(),
+        gpu_adapter: sim.backend().adapter().map(str::to_string),
+        backend_fallback: sim.backend().fallback().map(str::to_string),
+        gpu: sim
+            .backend()
+            .gpu_timings()
+            .map(|(_, total, passes)| GpuRunStats {
+                passes,
+                upload_seconds: total.upload,
+                dispatch_seconds: total.dispatch,
+                readback_seconds: total.readback,
+                uploaded_bytes: total.uploaded_bytes,
+                readback_bytes: total.readback_bytes,
+            }),
         wal_durability: durability,
         wal_bytes: wal_stats.bytes,
         wal_fsyncs: wal_stats.fsyncs,
@@ -834,6 +894,27 @@ impl RunSummary {
         );
         let _ = writeln!(s, "  token-steps/s    {:>14.0}", self.token_steps_per_s);
         let _ = writeln!(s, "  threads          {:>14}", self.threads);
+        let _ = writeln!(
+            s,
+            "  backend          {:>14}  (asked: {}{})",
+            self.backend,
+            self.backend_requested,
+            match (&self.gpu_adapter, &self.backend_fallback) {
+                (Some(a), _) => format!("; {a}"),
+                (None, Some(f)) => format!("; {f}"),
+                _ => String::new(),
+            }
+        );
+        if let Some(g) = &self.gpu {
+            let _ = writeln!(
+                s,
+                "  GPU phases       {:>14}  upload {:.3} s, dispatch {:.3} s, readback {:.3} s",
+                format!("{} passes", g.passes),
+                g.upload_seconds,
+                g.dispatch_seconds,
+                g.readback_seconds
+            );
+        }
         let _ = writeln!(s, "  avg neighbours   {:>14.2}", self.avg_neighbors);
         let _ = writeln!(s, "  list rebuilds    {:>14}", self.neighbor_rebuilds);
         let _ = writeln!(

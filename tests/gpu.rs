@@ -146,6 +146,17 @@ fn contract(
     ticks: u32,
     settings_of: impl Fn(Backend) -> SimSettings,
 ) {
+    contract_with(label, tokens, ticks, settings_of, |_, _| {});
+}
+
+/// [`contract`], with `edit(tick, sim)` applied to both worlds before each tick.
+fn contract_with(
+    label: &str,
+    tokens: &[TokenSpec],
+    ticks: u32,
+    settings_of: impl Fn(Backend) -> SimSettings,
+    edit: impl Fn(u32, &mut Simulation),
+) {
     let Some((mut cpu, mut gpu)) = pair(&settings_of) else {
         return;
     };
@@ -157,6 +168,8 @@ fn contract(
     let mut boundary_flips = 0u64;
     let mut total_pairs = 0u64;
     for t in 1..=ticks {
+        edit(t, &mut cpu);
+        edit(t, &mut gpu);
         cpu.step();
         gpu.step();
         let fp = ForceParams::from_cdna(cpu.cdna());
@@ -252,8 +265,9 @@ fn contract(
         e <= POSITION_TOLERANCE,
         "{label}: position error {e:e} after {ticks} ticks > {POSITION_TOLERANCE:e}"
     );
-    let passes = if tokens.is_empty() { 0 } else { ticks as u64 };
-    assert_eq!(gpu.backend().gpu_timings().map(|t| t.2), Some(passes));
+    if !tokens.is_empty() {
+        assert_eq!(gpu.backend().gpu_timings().map(|t| t.2), Some(ticks as u64));
+    }
 }
 
 #[test]
@@ -303,4 +317,211 @@ fn all_tokens_at_one_point() {
     // Every pair is coincident: counted, no force; the core never divides by zero.
     let tokens = vec![TokenSpec::at(Vec8::splat(0.1)); 100];
     contract("one point", &tokens, 5, settings);
+}
+
+#[test]
+fn buffers_follow_spawns_and_despawns() {
+    // The world grows 4x, then shrinks to a tenth, between ticks: the device
+    // buffers are reallocated both ways and the results stay the CPU's.
+    let first = scenario_tokens("clusters", 1000, 21);
+    let more = scenario_tokens("clusters", 3000, 22);
+    let held = std::cell::RefCell::new(Vec::new());
+    let device_bytes = |sim: &Simulation| sim.backend().gpu().map(|g| g.device_bytes());
+    contract_with("spawn/despawn", &first, 30, settings, |t, sim| {
+        if let Some(b) = device_bytes(sim).filter(|_| [10, 20, 30].contains(&t)) {
+            held.borrow_mut().push(b);
+        }
+        if t == 10 {
+            for chunk in more.chunks(1000) {
+                sim.spawn_batch(chunk.to_vec()).unwrap();
+            }
+        }
+        if t == 20 {
+            let ids: Vec<TokenId> = sim.world().resource::<ForceBuffers>().ids.clone();
+            let mut ids = ids;
+            ids.sort();
+            for id in ids.into_iter().skip(400) {
+                sim.apply(SimCommand::Despawn(id)).unwrap();
+            }
+        }
+    });
+    let held = held.into_inner();
+    if !held.is_empty() {
+        // Device memory before the spawn, after it, after the despawn.
+        assert!(held[1] > held[0] && held[2] < held[1], "{held:?}");
+    }
+}
+
+#[test]
+fn links_learn_the_same_way() {
+    // Learning on (the default CDNA forms links within 0.5): the GPU pass makes
+    // the proposals, weights change every tick, links are pruned and formed.
+    contract_with(
+        "learning",
+        &scenario_tokens("clusters", 1500, 23),
+        60,
+        settings,
+        |t, sim| {
+            if t == 30 {
+                let ids = sim.world().resource::<ForceBuffers>().ids.clone();
+                for w in ids.windows(2).take(50) {
+                    let _ = sim.apply(SimCommand::Link {
+                        a: w[0],
+                        b: w[1],
+                        spec: LinkSpec::new(0.5, 0.3),
+                    });
+                }
+            }
+        },
+    );
+}
+
+fn neurograph(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_neurograph"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn run_backend_gpu_json_end_to_end() {
+    if pair(&settings).is_none() {
+        return;
+    }
+    let common = [
+        "run", "--tokens", "1500", "--ticks", "40", "--json", "--quiet",
+    ];
+    let gpu = neurograph(&[&common[..], &["--backend", "gpu"]].concat());
+    assert!(
+        gpu.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gpu.stderr)
+    );
+    let cpu = neurograph(&[&common[..], &["--backend", "cpu"]].concat());
+    assert!(cpu.status.success());
+    let (g, c) = (json_of(&gpu), json_of(&cpu));
+    assert_eq!(g["backend"], "gpu");
+    assert_eq!(g["backend_requested"], "gpu");
+    assert!(g["gpu_adapter"].as_str().is_some_and(|a| !a.is_empty()));
+    assert_eq!(g["gpu"]["passes"], 40);
+    assert!(g["gpu"]["readback_bytes"].as_u64().unwrap() >= 40 * 1500 * 40);
+    assert_eq!(c["backend"], "cpu");
+    assert!(c["gpu"].is_null());
+    assert_eq!(g["tokens"], c["tokens"]);
+    // Same physics: the neighbourhoods and the groups found agree closely.
+    let (gn, cn) = (
+        g["avg_neighbors"].as_f64().unwrap(),
+        c["avg_neighbors"].as_f64().unwrap(),
+    );
+    assert!((gn - cn).abs() <= 0.01 * cn, "avg neighbours {gn} vs {cn}");
+    let (ga, ca) = (
+        g["ari_level1"].as_f64().unwrap(),
+        c["ari_level1"].as_f64().unwrap(),
+    );
+    assert!((ga - ca).abs() <= 0.05, "ARI {ga} vs {ca}");
+}
+
+#[test]
+fn auto_uses_a_hardware_gpu_or_warns_and_runs_on_the_cpu() {
+    let out = neurograph(&[
+        "run",
+        "--tokens",
+        "300",
+        "--ticks",
+        "3",
+        "--json",
+        "--quiet",
+        "--backend",
+        "auto",
+    ]);
+    assert!(out.status.success());
+    let j = json_of(&out);
+    assert_eq!(j["backend_requested"], "auto");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match j["backend"].as_str().unwrap() {
+        "gpu" => assert!(!j["gpu_adapter"].as_str().unwrap().contains("software")),
+        "cpu" => {
+            let why = j["backend_fallback"].as_str().expect("a reason");
+            assert!(
+                stderr.contains("WARN") && stderr.contains(why.lines().next().unwrap()),
+                "{stderr}"
+            );
+        }
+        other => panic!("backend {other}"),
+    }
+}
+
+#[test]
+fn a_gpu_wal_replays_and_verifies_on_the_gpu() {
+    if pair(&settings).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let wal = wal.to_str().unwrap();
+    let out = neurograph(&[
+        "run",
+        "--tokens",
+        "800",
+        "--ticks",
+        "35",
+        "--json",
+        "--quiet",
+        "--backend",
+        "gpu",
+        "--wal",
+        wal,
+        "--snapshot-every",
+        "10",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = json_of(&out)["digest"].as_str().unwrap().to_string();
+    let manifest = std::fs::read_to_string(dir.path().join("wal/manifest.json")).unwrap();
+    assert!(manifest.contains("\"backend\": \"gpu\""), "{manifest}");
+    // Drop the final snapshot: recovery replays ticks 31..35 on the GPU and
+    // checks every digest.
+    std::fs::remove_file(dir.path().join("wal/snap-00000000000000000035.snap")).unwrap();
+    let rec = neurograph(&["recover", "--wal", wal]);
+    let text = String::from_utf8_lossy(&rec.stdout);
+    assert!(
+        rec.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    assert!(
+        text.contains(&format!("recovered tick 35 (digest {digest})")),
+        "{text}"
+    );
+    assert!(text.contains("5 records"), "{text}");
+}
+
+#[test]
+fn an_embedder_can_choose_the_backend_resource() {
+    // A ForceBackend inserted before the plugins wins over SimConfig::backend.
+    let mut app = bevy_app::App::new();
+    app.insert_resource(ForceBackend::cpu());
+    app.add_plugins(NeuroGraphPlugins {
+        config: SimConfig {
+            backend: Backend::Gpu,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let b = app.world().resource::<ForceBackend>();
+    assert_eq!((b.requested(), b.active()), (Backend::Cpu, Backend::Cpu));
+    assert!(b.error().is_none());
 }

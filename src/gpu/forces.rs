@@ -12,7 +12,7 @@
 //! | `force`, `aux` | 32 + 8 B | read back every tick |
 //!
 //! Buffers grow by a quarter past what is needed and shrink when less than a
-//! quarter is used. Every size is checked against the device's limits first:
+//! quarter is used (above 64 KiB). Every size is checked against the device's limits first:
 //! a world that does not fit is refused with [`GpuError::TooLarge`].
 
 use super::{GpuContext, GpuError};
@@ -111,7 +111,7 @@ impl Slab {
                 limit,
             });
         }
-        let shrink = self.cap > 1 << 20 && need < self.cap / 4;
+        let shrink = self.cap > 64 << 10 && need < self.cap / 4;
         if need <= self.cap && !shrink {
             return Ok(false);
         }
@@ -424,6 +424,23 @@ impl GpuForces {
     /// Each token's pair count in the last pass (slot order).
     pub fn pair_counts(&self) -> impl Iterator<Item = u32> + '_ {
         self.aux_host.iter().map(|a| a[1])
+    }
+
+    /// Bytes of device memory the pass holds now.
+    pub fn device_bytes(&self) -> u64 {
+        [
+            &self.pos,
+            &self.tok.slab,
+            &self.rows.slab,
+            &self.cand.slab,
+            &self.links.slab,
+            &self.force,
+            &self.aux,
+            &self.staging,
+        ]
+        .iter()
+        .map(|s| s.cap)
+        .sum()
     }
 
     /// Passes run.

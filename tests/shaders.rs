@@ -1,0 +1,131 @@
+//! The WGSL shaders, checked with naga (no GPU needed): every file parses and
+//! validates, every file is embedded, and the Rust side agrees with the WGSL on
+//! the uniform block's layout and the workgroup size.
+
+use std::path::Path;
+
+fn shader_files() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("shaders/ exists") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wgsl") {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            out.push((name, std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn module(name: &str, src: &str) -> naga::Module {
+    naga::front::wgsl::parse_str(src)
+        .unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(src)))
+}
+
+#[test]
+fn every_wgsl_file_validates() {
+    let files = shader_files();
+    assert!(!files.is_empty(), "shaders/ holds the force pass");
+    for (name, src) in &files {
+        let m = module(name, src);
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        )
+        .validate(&m)
+        .unwrap_or_else(|e| panic!("{name} does not validate:\n{}", e.emit_to_string(src)));
+        assert!(!m.entry_points.is_empty(), "{name} has no entry point");
+    }
+}
+
+#[cfg(feature = "gpu")]
+mod embedded {
+    use super::*;
+    use neurograph::gpu::{FORCES_WGSL, GpuParams, SHADERS, WORKGROUP_SIZE};
+
+    #[test]
+    fn every_file_is_embedded_as_it_is() {
+        for (name, src) in shader_files() {
+            let (_, embedded) = SHADERS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap_or_else(|| panic!("{name} is not in gpu::SHADERS"));
+            assert_eq!(*embedded, src, "{name}");
+        }
+    }
+
+    #[test]
+    fn workgroup_size_matches_the_rust_constant() {
+        let m = module("forces.wgsl", FORCES_WGSL);
+        let main = m
+            .entry_points
+            .iter()
+            .find(|e| e.name == "main")
+            .expect("entry point main");
+        assert_eq!(main.workgroup_size, [WORKGROUP_SIZE, 1, 1]);
+        let (_, c) = m
+            .constants
+            .iter()
+            .find(|(_, c)| c.name.as_deref() == Some("WORKGROUP_SIZE"))
+            .expect("const WORKGROUP_SIZE");
+        match m.global_expressions[c.init] {
+            naga::Expression::Literal(naga::Literal::U32(v)) => assert_eq!(v, WORKGROUP_SIZE),
+            ref other => panic!("WORKGROUP_SIZE is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn uniform_layout_matches_gpu_params() {
+        let m = module("forces.wgsl", FORCES_WGSL);
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(m.to_ctx()).expect("layout");
+        let (handle, ty) = m
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some("Params"))
+            .expect("struct Params");
+        let naga::TypeInner::Struct { members, span } = &ty.inner else {
+            panic!("Params is not a struct");
+        };
+        assert_eq!(*span as usize, size_of::<GpuParams>(), "size");
+        assert_eq!(layouter[handle].size as usize, size_of::<GpuParams>());
+        let rust = [
+            ("n", std::mem::offset_of!(GpuParams, n)),
+            ("propose", std::mem::offset_of!(GpuParams, propose)),
+            ("max_degree", std::mem::offset_of!(GpuParams, max_degree)),
+            ("groups_x", std::mem::offset_of!(GpuParams, groups_x)),
+            ("k_field", std::mem::offset_of!(GpuParams, k_field)),
+            ("k_core", std::mem::offset_of!(GpuParams, k_core)),
+            ("core_radius", std::mem::offset_of!(GpuParams, core_radius)),
+            ("k_link", std::mem::offset_of!(GpuParams, k_link)),
+            ("within2", std::mem::offset_of!(GpuParams, within2)),
+        ];
+        for (name, offset) in rust {
+            let member = members
+                .iter()
+                .find(|mm| mm.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("Params.{name} missing in WGSL"));
+            assert_eq!(member.offset as usize, offset, "Params.{name}");
+        }
+        // The padding: three u32 after `within2`, nothing else.
+        assert_eq!(members.len(), rust.len() + 3);
+    }
+
+    #[test]
+    fn link_ends_and_positions_match_the_wgsl_strides() {
+        // LinkEnd { other, weight, rest }: 12 bytes; positions two vec4 per token.
+        assert_eq!(size_of::<neurograph::physics::LinkEnd>(), 12);
+        assert_eq!(size_of::<neurograph::math::Vec8>(), 32);
+        assert_eq!(size_of::<neurograph::physics::TokenParams>(), 16);
+        let m = module("forces.wgsl", FORCES_WGSL);
+        let (h, _) = m
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some("LinkEnd"))
+            .expect("struct LinkEnd");
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(m.to_ctx()).expect("layout");
+        assert_eq!(layouter[h].to_stride() as usize, 12);
+    }
+}
