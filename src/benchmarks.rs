@@ -860,3 +860,301 @@ impl ObserveBenchReport {
         s
     }
 }
+
+/// What `bench gpu` measures.
+#[derive(Clone, Debug)]
+pub struct GpuBenchOptions {
+    /// Scenario name (`uniform` has ~30 neighbours per token).
+    pub scenario: String,
+    /// World sizes.
+    pub sizes: Vec<usize>,
+    /// Ticks timed per size and backend (after one untimed tick).
+    pub ticks: u64,
+    /// Worker threads for the CPU side (0 = one per core).
+    pub threads: usize,
+}
+
+/// One world size, both backends.
+#[derive(Clone, Debug, Serialize)]
+pub struct GpuBenchSize {
+    /// Tokens.
+    pub tokens: usize,
+    /// Average pairs per token at the first tick.
+    pub avg_neighbors: f64,
+    /// Median whole tick on the CPU backend, seconds.
+    pub cpu_tick: f64,
+    /// Median `Forces` stage on the CPU backend, seconds.
+    pub cpu_forces: f64,
+    /// Median whole tick on the GPU backend (None: refused or failed).
+    pub gpu_tick: Option<f64>,
+    /// Median `Forces` stage on the GPU backend (CPU-side list upkeep included).
+    pub gpu_forces: Option<f64>,
+    /// Median GPU upload, dispatch and readback per tick.
+    pub gpu_upload: Option<f64>,
+    /// See `gpu_upload`.
+    pub gpu_dispatch: Option<f64>,
+    /// See `gpu_upload`.
+    pub gpu_readback: Option<f64>,
+    /// Median bytes uploaded per tick.
+    pub gpu_uploaded_bytes: Option<u64>,
+    /// Bytes read back per tick.
+    pub gpu_readback_bytes: Option<u64>,
+    /// `cpu_forces / gpu_forces`.
+    pub forces_speedup: Option<f64>,
+    /// `cpu_tick / gpu_tick`.
+    pub tick_speedup: Option<f64>,
+    /// Largest per-token force difference at the first tick (same state on both),
+    /// relative to max(|F_cpu|, median |F_cpu|).
+    pub first_tick_force_error: Option<f64>,
+    /// Why the GPU did not run this size.
+    pub gpu_refused: Option<String>,
+}
+
+/// The `bench gpu` report.
+#[derive(Clone, Debug, Serialize)]
+pub struct GpuBenchReport {
+    /// Scenario.
+    pub scenario: String,
+    /// Ticks timed per size and backend.
+    pub ticks: u64,
+    /// CPU worker threads.
+    pub threads: usize,
+    /// The GPU adapter, or why there is none.
+    pub adapter: String,
+    /// Per size.
+    pub sizes: Vec<GpuBenchSize>,
+}
+
+/// GPU against CPU, tick by tick in turn on two copies of the same world.
+pub fn gpu_vs_cpu(o: &GpuBenchOptions) -> Result<GpuBenchReport, String> {
+    use crate::config::Backend;
+    use crate::plugin::{SimSystems, StageTimes};
+    let sc = scenario::find(&o.scenario)?;
+    let make = |backend: Backend, n: usize| -> Result<Simulation, String> {
+        let mut sim = Simulation::new(SimSettings {
+            config: SimConfig {
+                threads: o.threads,
+                backend,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
+        sc.spawn_into(
+            &mut sim,
+            &ScenarioParams {
+                tokens: n,
+                seed: 42,
+            },
+            65536,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(sim)
+    };
+    let mut adapter = String::from("none");
+    let mut sizes = Vec::new();
+    for &n in &o.sizes {
+        let mut cpu = make(Backend::Cpu, n)?;
+        let mut gpu = match make(Backend::Gpu, n) {
+            Ok(g) => {
+                adapter = g.backend().adapter().unwrap_or("?").to_string();
+                Some(g)
+            }
+            Err(e) => {
+                adapter = e.clone();
+                None
+            }
+        };
+        let forces_of = |sim: &Simulation| {
+            sim.world()
+                .resource::<StageTimes>()
+                .last_of(SimSystems::Forces)
+        };
+        // The first tick on the same state: compare, untimed.
+        cpu.step();
+        let mut refused = None;
+        let mut first_error = None;
+        if let Some(g) = gpu.as_mut() {
+            g.step();
+            if let Some(e) = g.backend().error() {
+                refused = Some(e.to_string());
+            } else {
+                first_error = Some(force_difference(&cpu, g));
+            }
+        }
+        if refused.is_some() {
+            gpu = None;
+        }
+        if gpu.is_none() && refused.is_none() {
+            refused = Some(adapter.clone());
+        }
+        let avg_neighbors = cpu.last_pair_count() as f64 / n.max(1) as f64;
+        let (mut ct, mut cf) = (Vec::new(), Vec::new());
+        let (mut gt, mut gf, mut gu, mut gd, mut gr, mut gb) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        let mut readback_bytes = None;
+        for t in 0..o.ticks {
+            let mut cpu_turn = |cpu: &mut Simulation| {
+                let s = Instant::now();
+                cpu.step();
+                ct.push(s.elapsed().as_secs_f64());
+                cf.push(forces_of(cpu));
+            };
+            let mut gpu_turn = |g: &mut Simulation| -> Option<String> {
+                let s = Instant::now();
+                g.step();
+                gt.push(s.elapsed().as_secs_f64());
+                gf.push(forces_of(g));
+                if let Some(e) = g.backend().error() {
+                    return Some(e.to_string());
+                }
+                let (last, _, _) = g.backend().gpu_timings()?;
+                gu.push(last.upload);
+                gd.push(last.dispatch);
+                gr.push(last.readback);
+                gb.push(last.uploaded_bytes as f64);
+                readback_bytes = Some(last.readback_bytes);
+                None
+            };
+            // Take turns going first.
+            let failed = match gpu.as_mut() {
+                Some(g) if t % 2 == 0 => {
+                    cpu_turn(&mut cpu);
+                    gpu_turn(g)
+                }
+                Some(g) => {
+                    let f = gpu_turn(g);
+                    cpu_turn(&mut cpu);
+                    f
+                }
+                None => {
+                    cpu_turn(&mut cpu);
+                    None
+                }
+            };
+            if let Some(e) = failed {
+                refused = Some(e);
+                gpu = None;
+            }
+        }
+        let ran = gpu.is_some();
+        let med = |v: &mut Vec<f64>| (ran && !v.is_empty()).then(|| median(v));
+        let (cpu_tick, cpu_forces) = (median(&mut ct), median(&mut cf));
+        let (gpu_tick, gpu_forces) = (med(&mut gt), med(&mut gf));
+        sizes.push(GpuBenchSize {
+            tokens: n,
+            avg_neighbors,
+            cpu_tick,
+            cpu_forces,
+            gpu_tick,
+            gpu_forces,
+            gpu_upload: med(&mut gu),
+            gpu_dispatch: med(&mut gd),
+            gpu_readback: med(&mut gr),
+            gpu_uploaded_bytes: med(&mut gb).map(|b| b as u64),
+            gpu_readback_bytes: readback_bytes.filter(|_| ran),
+            forces_speedup: gpu_forces.map(|g| cpu_forces / g),
+            tick_speedup: gpu_tick.map(|g| cpu_tick / g),
+            first_tick_force_error: first_error.filter(|_| ran),
+            gpu_refused: refused,
+        });
+    }
+    Ok(GpuBenchReport {
+        scenario: o.scenario.clone(),
+        ticks: o.ticks,
+        threads: crate::config::SimConfig {
+            threads: o.threads,
+            ..Default::default()
+        }
+        .resolved_threads(),
+        adapter,
+        sizes,
+    })
+}
+
+/// The largest per-token difference of the two worlds' last forces (same slots),
+/// relative to max(|F_a|, median |F_a|).
+fn force_difference(a: &Simulation, b: &Simulation) -> f64 {
+    use crate::systems::ForceBuffers;
+    let (fa, fb) = (
+        a.world().resource::<ForceBuffers>(),
+        b.world().resource::<ForceBuffers>(),
+    );
+    if fa.ids != fb.ids {
+        return f64::NAN;
+    }
+    let mut mags: Vec<f64> = fa.forces.iter().map(|f| f.length() as f64).collect();
+    let median = if mags.is_empty() {
+        0.0
+    } else {
+        median(&mut mags)
+    };
+    fa.forces
+        .iter()
+        .zip(&fb.forces)
+        .map(|(x, y)| (*y - *x).length() as f64 / (x.length() as f64).max(median).max(1e-30))
+        .fold(0.0, f64::max)
+}
+
+impl GpuBenchReport {
+    /// A table.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "GPU vs CPU — scenario {}, {} timed ticks per size, {} CPU threads\nGPU: {}\n",
+            self.scenario, self.ticks, self.threads, self.adapter
+        );
+        let _ = writeln!(
+            s,
+            "{:>9} {:>6} | {:>10} {:>10} | {:>10} {:>10} {:>9} {:>9} {:>9} | {:>8} {:>8} | {:>8}",
+            "tokens",
+            "nbrs",
+            "CPU tick",
+            "CPU force",
+            "GPU tick",
+            "GPU force",
+            "upload",
+            "dispatch",
+            "readback",
+            "force x",
+            "tick x",
+            "F err"
+        );
+        let ms = |x: Option<f64>| x.map_or("—".to_string(), |v| format!("{:.2} ms", v * 1e3));
+        for z in &self.sizes {
+            let _ = writeln!(
+                s,
+                "{:>9} {:>6.1} | {:>10} {:>10} | {:>10} {:>10} {:>9} {:>9} {:>9} | {:>8} {:>8} | {:>8}",
+                z.tokens,
+                z.avg_neighbors,
+                ms(Some(z.cpu_tick)),
+                ms(Some(z.cpu_forces)),
+                ms(z.gpu_tick),
+                ms(z.gpu_forces),
+                ms(z.gpu_upload),
+                ms(z.gpu_dispatch),
+                ms(z.gpu_readback),
+                z.forces_speedup.map_or("—".into(), |x| format!("{x:.2}")),
+                z.tick_speedup.map_or("—".into(), |x| format!("{x:.2}")),
+                z.first_tick_force_error
+                    .map_or("—".into(), |x| format!("{x:.1e}")),
+            );
+            if let Some(r) = &z.gpu_refused {
+                let _ = writeln!(s, "{:>9}   GPU: {r}", "");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nMedians per tick. \"GPU force\" is the whole Forces stage on the GPU backend (the CPU keeps\nthe neighbour lists); upload/dispatch/readback are its device phases. On a software adapter\n(lavapipe) this shows correctness, not speed."
+        );
+        s
+    }
+}

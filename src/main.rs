@@ -58,6 +58,28 @@ enum BenchCommand {
     /// metrics, the black box, all together, and with a batched WAL with and
     /// without the production set, stepped in turn on identical worlds.
     Observe(ObserveBenchArgs),
+    /// GPU against CPU force backends at several world sizes: whole tick, Forces
+    /// stage, and the GPU's upload, dispatch and readback, side by side.
+    Gpu(GpuBenchArgs),
+}
+
+#[derive(Args)]
+struct GpuBenchArgs {
+    /// Scenario name (`uniform`: ~30 neighbours per token).
+    #[arg(long, default_value = "uniform")]
+    scenario: String,
+    /// World sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![10_000usize, 100_000, 1_000_000])]
+    tokens: Vec<usize>,
+    /// Ticks timed per size and backend (after one untimed tick).
+    #[arg(long, default_value_t = 10)]
+    ticks: u64,
+    /// CPU worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -580,6 +602,16 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
             let report = in_scratch("bench-observe", |dir| {
                 neurograph::benchmarks::observe_overhead(&options, dir)
             })?;
+            print_report(a.json, &report, report.to_text())
+        }
+        BenchCommand::Gpu(a) => {
+            let report =
+                neurograph::benchmarks::gpu_vs_cpu(&neurograph::benchmarks::GpuBenchOptions {
+                    scenario: a.scenario,
+                    sizes: a.tokens,
+                    ticks: a.ticks.max(1),
+                    threads: a.threads,
+                })?;
             print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Hierarchy(a) => {

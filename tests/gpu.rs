@@ -219,17 +219,15 @@ fn contract_with(
         if pairs != cpu_pairs {
             // Allowed only for tokens with a candidate within float rounding of
             // its cutoff (the two sides round `r²` differently: FMA, sum order).
-            let counts: Vec<u32> = pass.pair_counts().collect();
-            for i in 0..n {
+            for (i, gpu_count) in pass.pair_counts().enumerate() {
                 let cpu_count = cpu_pair_count(buf, i);
-                if counts[i] != cpu_count {
+                if gpu_count != cpu_count {
                     let ambiguous = count_pairs(buf, i, 1e-5) != count_pairs(buf, i, -1e-5);
                     assert!(
                         ambiguous,
-                        "{label}: tick {t}: token slot {i} has {} pairs on the GPU, {cpu_count} on the CPU, and no candidate near its cutoff",
-                        counts[i]
+                        "{label}: tick {t}: token slot {i} has {gpu_count} pairs on the GPU, {cpu_count} on the CPU, and no candidate near its cutoff"
                     );
-                    boundary_flips += counts[i].abs_diff(cpu_count) as u64;
+                    boundary_flips += gpu_count.abs_diff(cpu_count) as u64;
                 }
             }
         }
@@ -524,4 +522,40 @@ fn an_embedder_can_choose_the_backend_resource() {
     let b = app.world().resource::<ForceBackend>();
     assert_eq!((b.requested(), b.active()), (Backend::Cpu, Backend::Cpu));
     assert!(b.error().is_none());
+}
+
+#[test]
+fn gpu_phases_reach_the_metrics_and_failures_the_black_box() {
+    let Some((_, mut gpu)) = pair(&settings) else {
+        return;
+    };
+    load(&mut gpu, &scenario_tokens("clusters", 500, 31), 7);
+    let recorder = neurograph::observe::metrics::prometheus_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || gpu.run(4));
+    let text = handle.render();
+    for phase in ["upload", "dispatch", "readback"] {
+        let line = format!("neurograph_gpu_phase_seconds_count{{phase=\"{phase}\"}} 4");
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+    }
+    let readback = format!(
+        "neurograph_gpu_transfer_bytes_total{{direction=\"readback\"}} {}",
+        4 * 500 * 40
+    );
+    assert!(text.contains(&readback), "{readback} missing:\n{text}");
+
+    // A failure at run time: the CPU takes over, the error is kept and reaches
+    // the black box once.
+    gpu.world_mut()
+        .resource_mut::<ForceBackend>()
+        .failed("simulated device loss".into());
+    gpu.run(2);
+    assert_eq!(gpu.backend().active(), Backend::Cpu);
+    assert_eq!(gpu.backend().error(), Some("simulated device loss"));
+    let bb = gpu.world().resource::<neurograph::observe::BlackBox>();
+    let hits = bb
+        .events()
+        .filter(|e| e.message.contains("simulated device loss"))
+        .count();
+    assert_eq!(hits, 1);
 }

@@ -89,9 +89,16 @@ pub const PANICS_TOTAL: &str = "neurograph_panics_total";
 pub const RECOVERIES_TOTAL: &str = "neurograph_recoveries_total";
 /// Always 1, labelled with the version.
 pub const INFO: &str = "neurograph_info";
+/// Seconds of a GPU force pass phase (label `phase`: upload, dispatch, readback);
+/// only when the GPU computes forces.
+pub const GPU_PHASE_SECONDS: &str = "neurograph_gpu_phase_seconds";
+/// Bytes moved to and from the GPU (label `direction`: upload, readback); only
+/// when the GPU computes forces.
+pub const GPU_TRANSFER_BYTES_TOTAL: &str = "neurograph_gpu_transfer_bytes_total";
 
-/// Every metric name, for tests and documentation.
-pub const ALL: [&str; 25] = [
+/// Every metric name, for tests and documentation (the `GPU_*` ones appear only
+/// when the GPU backend runs).
+pub const ALL: [&str; 27] = [
     TICK_SECONDS,
     STAGE_SECONDS,
     TICKS_TOTAL,
@@ -117,6 +124,8 @@ pub const ALL: [&str; 25] = [
     PANICS_TOTAL,
     RECOVERIES_TOTAL,
     INFO,
+    GPU_PHASE_SECONDS,
+    GPU_TRANSFER_BYTES_TOTAL,
 ];
 
 /// Bucket bounds of the `*_seconds` histograms: 10 µs to 10 s.

@@ -175,6 +175,10 @@ struct Seen {
     started: bool,
     wal_snapshots: u64,
     wal_failure: bool,
+    /// A GPU error or fallback went to the black box.
+    gpu_problem: bool,
+    /// GPU passes seen, so each pass's phases are recorded once.
+    gpu_passes: u64,
     organized: Option<u64>,
     events: GroupEvents,
     levels: usize,
@@ -206,7 +210,12 @@ fn observe(
     violations: Res<CdnaViolations>,
     commands: Res<CommandLog>,
     hierarchy: Res<Hierarchy>,
-    (learn, forces, times): (Res<LearnStats>, Res<ForceBuffers>, Res<StageTimes>),
+    (learn, forces, times, backend): (
+        Res<LearnStats>,
+        Res<ForceBuffers>,
+        Res<StageTimes>,
+        Option<Res<crate::backend::ForceBackend>>,
+    ),
     journal: Option<Res<Journal>>,
     trace: Option<Res<TraceControl>>,
     live: Option<Res<Live>>,
@@ -329,6 +338,30 @@ fn observe(
                 bb.record(tick, EventKind::Error, format!("WAL failed: {f}"));
             }
         }
+        if let Some(b) = &backend {
+            let problem = b
+                .error()
+                .map(|e| {
+                    (
+                        EventKind::Error,
+                        format!("GPU failed, forces on the CPU: {e}"),
+                    )
+                })
+                .or_else(|| {
+                    b.fallback().map(|f| {
+                        (
+                            EventKind::Note,
+                            format!("backend auto runs on the CPU: {f}"),
+                        )
+                    })
+                });
+            if let Some((kind, text)) = problem
+                && !seen.gpu_problem
+            {
+                bb.record(tick, kind, text);
+                seen.gpu_problem = true;
+            }
+        }
         let added = bb.recorded() - before;
         if settings.metrics && added > 0 {
             ::metrics::counter!(metrics::BLACKBOX_EVENTS_TOTAL).increment(added);
@@ -410,6 +443,21 @@ fn observe(
         histogram!(metrics::STAGE_SECONDS, "stage" => stage.name()).record(s);
     }
     histogram!(metrics::TICK_SECONDS).record(total);
+    if let Some((last, _, passes)) = backend.as_ref().and_then(|b| b.gpu_timings())
+        && passes > std::mem::replace(&mut seen.gpu_passes, passes)
+    {
+        for (phase, s) in [
+            ("upload", last.upload),
+            ("dispatch", last.dispatch),
+            ("readback", last.readback),
+        ] {
+            histogram!(metrics::GPU_PHASE_SECONDS, "phase" => phase).record(s);
+        }
+        counter!(metrics::GPU_TRANSFER_BYTES_TOTAL, "direction" => "upload")
+            .increment(last.uploaded_bytes);
+        counter!(metrics::GPU_TRANSFER_BYTES_TOTAL, "direction" => "readback")
+            .increment(last.readback_bytes);
+    }
     counter!(metrics::TICKS_TOTAL).increment(1);
     gauge!(metrics::TICK).set(tick as f64);
     gauge!(metrics::TOKENS).set(registry.len() as f64);
