@@ -21,8 +21,10 @@ const NONE: u32 = 0xffffffffu;
 
 // Mirrors `gpu::forces::GpuParams` (a test checks the layout with naga).
 struct Params {
-    // Tokens.
+    // Tokens of this dispatch (one per chunk of the candidate lists).
     n: u32,
+    // The slot of its first token.
+    first: u32,
     // 1: fill the proposals; 0: leave them NONE.
     propose: u32,
     // Fewer links than this on both ends to propose.
@@ -37,7 +39,6 @@ struct Params {
     within2: f32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 // One link end: the other token's slot, the weight, the rest length.
@@ -54,7 +55,8 @@ struct LinkEnd {
 @group(0) @binding(2) var<storage, read> tok: array<vec4<f32>>;
 // Per token: candidates start, candidates count, links start, links count.
 @group(0) @binding(3) var<storage, read> rows: array<vec4<u32>>;
-// Candidate slots, each row ascending by token id.
+// Candidate slots, each row ascending by token id (this chunk's part; a row's
+// start is relative to it).
 @group(0) @binding(4) var<storage, read> cand: array<u32>;
 // Link ends, each row ascending by partner id.
 @group(0) @binding(5) var<storage, read> links: array<LinkEnd>;
@@ -77,10 +79,11 @@ fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = (wg.y * p.groups_x + wg.x) * WORKGROUP_SIZE + local;
-    if i >= p.n {
+    let k = (wg.y * p.groups_x + wg.x) * WORKGROUP_SIZE + local;
+    if k >= p.n {
         return;
     }
+    let i = p.first + k;
     let xi0 = pos[2u * i];
     let xi1 = pos[2u * i + 1u];
     let ti = tok[i];

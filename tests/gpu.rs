@@ -71,6 +71,31 @@ fn scenario_tokens(name: &str, n: usize, seed: u64) -> Vec<TokenSpec> {
         .tokens
 }
 
+/// The pairs counted differently by the GPU (`gpu_counts`, per slot) and the
+/// CPU on `buf`; fails unless each such token has a candidate within float
+/// rounding (1e-5) of its cutoff: the two sides round `r²` differently (FMA,
+/// summation order).
+fn boundary_flips_of(
+    label: &str,
+    t: u32,
+    buf: &ForceBuffers,
+    gpu_counts: impl Iterator<Item = u32>,
+) -> u64 {
+    let mut flips = 0;
+    for (i, gpu_count) in gpu_counts.enumerate() {
+        let cpu_count = cpu_pair_count(buf, i);
+        if gpu_count != cpu_count {
+            let ambiguous = count_pairs(buf, i, 1e-5) != count_pairs(buf, i, -1e-5);
+            assert!(
+                ambiguous,
+                "{label}: tick {t}: token slot {i} has {gpu_count} pairs on the GPU, {cpu_count} on the CPU, and no candidate near its cutoff"
+            );
+            flips += gpu_count.abs_diff(cpu_count) as u64;
+        }
+    }
+    flips
+}
+
 /// Token `i`'s pairs as the CPU pass counts them.
 fn cpu_pair_count(buf: &ForceBuffers, i: usize) -> u32 {
     let (xi, ri) = (buf.positions[i], buf.params[i].radius);
@@ -166,6 +191,7 @@ fn contract_with(
         .expect("the force pass");
     let mut worst_force = 0.0f32;
     let mut boundary_flips = 0u64;
+    let mut free_flips = 0u64;
     let mut total_pairs = 0u64;
     for t in 1..=ticks {
         edit(t, &mut cpu);
@@ -217,19 +243,7 @@ fn contract_with(
             "the reference is the tick's pass"
         );
         if pairs != cpu_pairs {
-            // Allowed only for tokens with a candidate within float rounding of
-            // its cutoff (the two sides round `r²` differently: FMA, sum order).
-            for (i, gpu_count) in pass.pair_counts().enumerate() {
-                let cpu_count = cpu_pair_count(buf, i);
-                if gpu_count != cpu_count {
-                    let ambiguous = count_pairs(buf, i, 1e-5) != count_pairs(buf, i, -1e-5);
-                    assert!(
-                        ambiguous,
-                        "{label}: tick {t}: token slot {i} has {gpu_count} pairs on the GPU, {cpu_count} on the CPU, and no candidate near its cutoff"
-                    );
-                    boundary_flips += gpu_count.abs_diff(cpu_count) as u64;
-                }
-            }
+            boundary_flips += boundary_flips_of(label, t, buf, pass.pair_counts());
         }
         if proposals.is_some() {
             assert_eq!(
@@ -238,6 +252,24 @@ fn contract_with(
             );
         }
         total_pairs += cpu_pairs;
+        // The free-running GPU world (incremental uploads, row patches): its
+        // pair count equals the CPU pass's on its own buffers.
+        {
+            let gb = gpu.world().resource::<ForceBuffers>();
+            let mut scratch = vec![Vec8::ZERO; gb.ids.len()];
+            let reference = neurograph::systems::compute_forces(
+                &gb.positions,
+                &gb.params,
+                &gb.neighbors,
+                gb.links(),
+                &ForceParams::from_cdna(gpu.cdna()),
+                &mut scratch,
+            );
+            if reference != gb.stats.pairs {
+                let counts = gpu.backend().gpu().expect("on the GPU").pair_counts();
+                free_flips += boundary_flips_of(label, t, gb, counts);
+            }
+        }
         let e = force_error(&cpu_forces, &forces);
         assert!(
             e <= FORCE_TOLERANCE,
@@ -254,6 +286,10 @@ fn contract_with(
     eprintln!(
         "{label}: {} tokens, {ticks} ticks, {total_pairs} pairs in all, {boundary_flips} at the cutoff counted differently: worst force error {worst_force:e}, position error {e:e}",
         tokens.len(),
+    );
+    assert!(
+        free_flips * 1_000_000 <= total_pairs.max(1),
+        "{label}: the free-running GPU world counted {free_flips} pairs differently"
     );
     assert!(
         boundary_flips * 1_000_000 <= total_pairs.max(1),
@@ -558,4 +594,68 @@ fn gpu_phases_reach_the_metrics_and_failures_the_black_box() {
         .filter(|e| e.message.contains("simulated device loss"))
         .count();
     assert_eq!(hits, 1);
+}
+
+/// Runs `pass` on the gathered buffers of `sim`'s last tick.
+fn run_pass(
+    pass: &mut GpuForces,
+    sim: &Simulation,
+) -> Result<(u64, Vec<Vec8>, Vec<u32>), neurograph::gpu::GpuError> {
+    let buf = sim.world().resource::<ForceBuffers>();
+    let n = buf.ids.len();
+    let g = &sim.cdna().graph;
+    let mut neighbors = buf.neighbors.clone();
+    let (mut forces, mut nearest) = (vec![Vec8::ZERO; n], vec![u32::MAX; n]);
+    let pairs = pass.compute(ForceInput {
+        positions: &buf.positions,
+        params: &buf.params,
+        neighbors: &mut neighbors,
+        links: buf.links(),
+        links_key: (sim.tick(), 0),
+        fp: &ForceParams::from_cdna(sim.cdna()),
+        proposals: buf
+            .proposed
+            .map(|w| (w * w, g.form_max_degree.min(g.max_degree))),
+        forces: &mut forces,
+        nearest: &mut nearest,
+    })?;
+    Ok((pairs, forces, nearest))
+}
+
+#[test]
+fn a_world_larger_than_one_binding_is_split_and_a_too_large_one_refused() {
+    if pair(&settings).is_none() {
+        return;
+    }
+    let mut sim = Simulation::new(settings(Backend::Cpu)).unwrap();
+    load(&mut sim, &scenario_tokens("clusters", 3000, 41), 7);
+    let open = || GpuForces::new(GpuContext::new(AdapterPolicy::Any).unwrap()).unwrap();
+    let mut whole = open();
+    let mut split = open();
+    // A device that allows 256 KiB per binding: the ~1 MB of candidates go
+    // into several buffers, one dispatch each.
+    split.context_mut().limits.max_storage_buffer_binding_size = 256 << 10;
+    for _ in 0..15 {
+        sim.step();
+        let a = run_pass(&mut whole, &sim).unwrap();
+        let b = run_pass(&mut split, &sim).unwrap();
+        assert_eq!(whole.candidate_chunks(), 1);
+        assert!(
+            split.candidate_chunks() >= 3,
+            "{}",
+            split.candidate_chunks()
+        );
+        // Same invocations, same inputs: bit-identical.
+        assert_eq!(a, b);
+        assert_eq!(a.0, sim.last_pair_count());
+    }
+    // 4 KiB per binding cannot hold 3,000 positions: refused, naming the
+    // buffer, the bytes and the limit.
+    let mut tiny = open();
+    tiny.context_mut().limits.max_storage_buffer_binding_size = 4 << 10;
+    let err = run_pass(&mut tiny, &sim).unwrap_err().to_string();
+    assert!(
+        err.contains("positions") && err.contains("96000 bytes") && err.contains("4096 bytes"),
+        "{err}"
+    );
 }

@@ -36,8 +36,10 @@ const WAIT: Duration = Duration::from_secs(120);
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct GpuParams {
-    /// Tokens.
+    /// Tokens of this dispatch.
     pub n: u32,
+    /// The slot of its first token.
+    pub first: u32,
     /// 1: fill the proposals.
     pub propose: u32,
     /// Fewer links than this on both ends to propose.
@@ -55,7 +57,7 @@ pub struct GpuParams {
     /// Squared formation distance.
     pub within2: f32,
     /// Padding to 16 bytes.
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
 }
 
 /// What one force pass reads and writes; the same data the CPU pass takes.
@@ -179,24 +181,52 @@ impl<T: bytemuck::Pod + PartialEq> Mirror<T> {
     }
 }
 
-/// The device copy of the Verlet lists: each block's arena at its own base, with
-/// room to grow, so a refresh rewrites only the blocks it touched.
-struct Candidates {
+/// One device buffer of candidates: the rows of the tokens of blocks
+/// `blocks` (a world larger than one binding allows is split into several),
+/// with its own uniform block and bind group.
+struct CandChunk {
     slab: Slab,
+    blocks: std::ops::Range<usize>,
+    uniform: wgpu::Buffer,
+}
+
+impl<T: bytemuck::Pod> Mirror<T> {
+    /// Writes `data` at element `start` (within what the last `sync` sized);
+    /// returns the bytes written.
+    fn write_range(&mut self, ctx: &GpuContext, start: usize, data: &[T]) -> u64 {
+        if data.is_empty() {
+            return 0;
+        }
+        ctx.queue.write_buffer(
+            &self.slab.buf,
+            (start * size_of::<T>()) as u64,
+            bytemuck::cast_slice(data),
+        );
+        self.shadow[start..start + data.len()].copy_from_slice(data);
+        size_of_val(data) as u64
+    }
+}
+
+/// The device copy of the Verlet lists: each block's arena at its own base in
+/// its chunk, with room to grow, so a refresh rewrites only the blocks it touched.
+struct Candidates {
+    chunks: Vec<CandChunk>,
     generation: u64,
-    /// Per block: base (in u32s) and room.
+    /// Per block: its chunk, and its base (in u32s) and room there.
+    chunk_of: Vec<usize>,
     base: Vec<u64>,
     room: Vec<u64>,
 }
 
 impl Candidates {
-    /// Brings the device copy up to date; returns (layout changed, bytes written).
+    /// Brings the device copy up to date after the blocks `touched` changed;
+    /// returns (layout changed, a buffer was replaced, bytes written).
     fn sync(
         &mut self,
         ctx: &GpuContext,
-        lists: &mut NeighborList,
-    ) -> Result<(bool, u64), GpuError> {
-        let touched = lists.take_touched();
+        lists: &NeighborList,
+        touched: &[usize],
+    ) -> Result<(bool, bool, u64), GpuError> {
         let arenas = lists.arenas();
         let fits = self.generation == lists.generation()
             && self.base.len() == arenas.len()
@@ -207,34 +237,78 @@ impl Candidates {
             let mut written = 0;
             for &b in touched.iter().filter(|&&b| !arenas[b].is_empty()) {
                 ctx.queue.write_buffer(
-                    &self.slab.buf,
+                    &self.chunks[self.chunk_of[b]].slab.buf,
                     self.base[b] * 4,
                     bytemuck::cast_slice(&arenas[b]),
                 );
                 written += arenas[b].len() as u64 * 4;
             }
-            return Ok((false, written));
+            return Ok((false, false, written));
         }
-        // New layout: every arena with a quarter more room.
+        // New layout: every arena with a quarter more room, packed into chunks
+        // of at most one binding each.
+        let limit = ctx.max_binding() / 4;
+        self.chunk_of.clear();
         self.base.clear();
         self.room.clear();
-        let mut total = 0u64;
-        for a in arenas {
+        let mut plan: Vec<(std::ops::Range<usize>, u64)> = Vec::new();
+        for (b, a) in arenas.iter().enumerate() {
             let room = (a.len() + a.len() / 4 + 16) as u64;
-            self.base.push(total);
+            if room > limit {
+                return Err(GpuError::TooLarge {
+                    what: "the neighbour candidates of one 256-token block",
+                    bytes: room * 4,
+                    limit: limit * 4,
+                });
+            }
+            match plan.last_mut() {
+                Some((blocks, total)) if *total + room <= limit => {
+                    blocks.end = b + 1;
+                    self.base.push(*total);
+                    *total += room;
+                }
+                _ => {
+                    plan.push((b..b + 1, room));
+                    self.base.push(0);
+                }
+            }
+            self.chunk_of.push(plan.len() - 1);
             self.room.push(room);
-            total += room;
         }
-        self.slab.ensure(ctx, total * 4)?;
+        let mut replaced = self.chunks.len() != plan.len();
+        self.chunks.truncate(plan.len());
+        while self.chunks.len() < plan.len() {
+            self.chunks.push(CandChunk {
+                slab: Slab::new(ctx, "neighbour candidates", STORAGE),
+                blocks: 0..0,
+                uniform: uniform_buffer(ctx),
+            });
+        }
+        for (chunk, (blocks, total)) in self.chunks.iter_mut().zip(plan) {
+            replaced |= chunk.slab.ensure(ctx, total * 4)?;
+            chunk.blocks = blocks;
+        }
         let mut written = 0;
         for (b, a) in arenas.iter().enumerate().filter(|(_, a)| !a.is_empty()) {
-            ctx.queue
-                .write_buffer(&self.slab.buf, self.base[b] * 4, bytemuck::cast_slice(a));
+            ctx.queue.write_buffer(
+                &self.chunks[self.chunk_of[b]].slab.buf,
+                self.base[b] * 4,
+                bytemuck::cast_slice(a),
+            );
             written += a.len() as u64 * 4;
         }
         self.generation = lists.generation();
-        Ok((true, written))
+        Ok((true, replaced, written))
     }
+}
+
+fn uniform_buffer(ctx: &GpuContext) -> wgpu::Buffer {
+    create(
+        ctx,
+        "params",
+        size_of::<GpuParams>() as u64,
+        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+    )
 }
 
 /// The force pass on one device.
@@ -242,7 +316,6 @@ pub struct GpuForces {
     ctx: GpuContext,
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
-    uniform: wgpu::Buffer,
     pos: Slab,
     tok: Mirror<TokenParams>,
     rows: Mirror<[u32; 4]>,
@@ -251,7 +324,8 @@ pub struct GpuForces {
     force: Slab,
     aux: Slab,
     staging: Slab,
-    bind: Option<wgpu::BindGroup>,
+    /// One bind group per candidate chunk.
+    binds: Vec<wgpu::BindGroup>,
     /// Host scratch for the rows.
     rows_host: Vec<[u32; 4]>,
     rows_key: Option<(u64, (u64, u64), usize)>,
@@ -366,20 +440,15 @@ impl GpuForces {
                 "the force shader does not compile: {e}"
             )));
         }
-        let uniform = create(
-            &ctx,
-            "params",
-            size_of::<GpuParams>() as u64,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        );
         let out = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         Ok(Self {
             pos: Slab::new(&ctx, "positions", STORAGE),
             tok: Mirror::new(&ctx, "token parameters"),
             rows: Mirror::new(&ctx, "rows"),
             cand: Candidates {
-                slab: Slab::new(&ctx, "neighbour candidates", STORAGE),
+                chunks: Vec::new(),
                 generation: 0,
+                chunk_of: Vec::new(),
                 base: Vec::new(),
                 room: Vec::new(),
             },
@@ -394,8 +463,7 @@ impl GpuForces {
             ctx,
             pipeline,
             layout,
-            uniform,
-            bind: None,
+            binds: Vec::new(),
             rows_host: Vec::new(),
             rows_key: None,
             aux_host: Vec::new(),
@@ -426,13 +494,23 @@ impl GpuForces {
         self.aux_host.iter().map(|a| a[1])
     }
 
+    /// How many buffers the candidate lists are split into (one per binding's
+    /// worth, see [`GpuContext::max_binding`]).
+    pub fn candidate_chunks(&self) -> usize {
+        self.cand.chunks.len()
+    }
+
+    /// Mutable access to the device context, e.g. to lower its limits in tests.
+    pub fn context_mut(&mut self) -> &mut GpuContext {
+        &mut self.ctx
+    }
+
     /// Bytes of device memory the pass holds now.
     pub fn device_bytes(&self) -> u64 {
         [
             &self.pos,
             &self.tok.slab,
             &self.rows.slab,
-            &self.cand.slab,
             &self.links.slab,
             &self.force,
             &self.aux,
@@ -440,7 +518,8 @@ impl GpuForces {
         ]
         .iter()
         .map(|s| s.cap)
-        .sum()
+        .sum::<u64>()
+            + self.cand.chunks.iter().map(|c| c.slab.cap).sum::<u64>()
     }
 
     /// Passes run.
@@ -484,17 +563,21 @@ impl GpuForces {
             return Ok(0);
         }
         self.check_errors()?;
-        let groups = (n as u64).div_ceil(WORKGROUP_SIZE as u64);
         let max_dim = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-        let groups_x = groups.min(max_dim);
-        let groups_y = groups.div_ceil(groups_x);
-        if groups_y > max_dim {
-            return Err(GpuError::TooLarge {
-                what: "the dispatch grid (tokens)",
-                bytes: n as u64,
-                limit: max_dim * max_dim * WORKGROUP_SIZE as u64,
-            });
-        }
+        // The grid of a chunk of `count` tokens: (x, y) workgroups.
+        let grid = |count: u64| -> Result<(u64, u64), GpuError> {
+            let groups = count.div_ceil(WORKGROUP_SIZE as u64).max(1);
+            let x = groups.min(max_dim);
+            let y = groups.div_ceil(x);
+            if y > max_dim {
+                return Err(GpuError::TooLarge {
+                    what: "the dispatch grid (tokens)",
+                    bytes: count,
+                    limit: max_dim * max_dim * WORKGROUP_SIZE as u64,
+                });
+            }
+            Ok((x, y))
+        };
 
         // 1. Upload what changed.
         let start = Instant::now();
@@ -508,22 +591,36 @@ impl GpuForces {
         let (r, w) = self.tok.sync(ctx, input.params)?;
         rebind |= r;
         t.uploaded_bytes += w;
-        let (relayout, w) = self.cand.sync(ctx, input.neighbors)?;
-        rebind |= relayout;
+        let touched = input.neighbors.take_touched();
+        let (relayout, r, w) = self.cand.sync(ctx, input.neighbors, &touched)?;
+        rebind |= r;
         t.uploaded_bytes += w;
+        // Rows: all of them after a new layout, a new build or new links; else
+        // only the blocks a refresh touched.
+        let (lists, links, cand) = (&*input.neighbors, input.links, &self.cand);
+        let row = |i: usize| {
+            let (s, l) = lists.placement(i);
+            let (ls, ll) = links.placement(i);
+            [(cand.base[i / BLOCK] + s as u64) as u32, l, ls, ll]
+        };
         let key = (input.neighbors.generation(), input.links_key, n);
-        if relayout || w > 0 || self.rows_key != Some(key) {
-            let (lists, links, base) = (&*input.neighbors, input.links, &self.cand.base);
+        if relayout || self.rows_key != Some(key) {
             self.rows_host.clear();
-            self.rows_host.extend((0..n).map(|i| {
-                let (s, l) = lists.placement(i);
-                let (ls, ll) = links.placement(i);
-                [(base[i / BLOCK] + s as u64) as u32, l, ls, ll]
-            }));
+            self.rows_host.extend((0..n).map(row));
             let (r, w) = self.rows.sync(ctx, &self.rows_host)?;
             rebind |= r;
             t.uploaded_bytes += w;
             self.rows_key = Some(key);
+        } else {
+            for &b in &touched {
+                let range = b * BLOCK..((b + 1) * BLOCK).min(n);
+                for i in range.clone() {
+                    self.rows_host[i] = row(i);
+                }
+                t.uploaded_bytes += self
+                    .rows
+                    .write_range(ctx, range.start, &self.rows_host[range]);
+            }
         }
         let (r, w) = self.links.sync(ctx, input.links.ends())?;
         rebind |= r;
@@ -532,28 +629,38 @@ impl GpuForces {
         rebind |= self.aux.ensure(ctx, n as u64 * 8)?;
         self.staging.ensure(ctx, n as u64 * 40)?;
         let (within2, max_degree) = input.proposals.unwrap_or((0.0, 0));
-        let params = GpuParams {
-            n: n as u32,
-            propose: input.proposals.is_some() as u32,
-            max_degree,
-            groups_x: groups_x as u32,
-            k_field: input.fp.k_field,
-            k_core: input.fp.k_core,
-            core_radius: input.fp.core_radius,
-            k_link: input.fp.k_link,
-            within2,
-            _pad: [0; 3],
-        };
-        ctx.queue
-            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&params));
-        if rebind || self.bind.is_none() {
-            self.bind = Some(self.bind_group());
+        let mut grids = Vec::with_capacity(self.cand.chunks.len());
+        for chunk in &self.cand.chunks {
+            let first = chunk.blocks.start * BLOCK;
+            let count = (chunk.blocks.end * BLOCK).min(n) - first;
+            let (gx, gy) = grid(count as u64)?;
+            grids.push((gx as u32, gy as u32));
+            let params = GpuParams {
+                n: count as u32,
+                first: first as u32,
+                propose: input.proposals.is_some() as u32,
+                max_degree,
+                groups_x: gx as u32,
+                k_field: input.fp.k_field,
+                k_core: input.fp.k_core,
+                core_radius: input.fp.core_radius,
+                k_link: input.fp.k_link,
+                within2,
+                _pad: [0; 2],
+            };
+            ctx.queue
+                .write_buffer(&chunk.uniform, 0, bytemuck::bytes_of(&params));
+        }
+        if rebind || self.binds.len() != self.cand.chunks.len() {
+            self.binds = (0..self.cand.chunks.len())
+                .map(|c| self.bind_group(c))
+                .collect();
         }
         self.ctx.queue.submit([]);
         self.wait()?;
         t.upload = start.elapsed().as_secs_f64();
 
-        // 2. Dispatch.
+        // 2. Dispatch, chunk after chunk.
         let start = Instant::now();
         let ctx = &self.ctx;
         let mut enc = ctx
@@ -567,8 +674,10 @@ impl GpuForces {
                 timestamp_writes: None,
             });
             pass.set_pipeline(&self.pipeline);
-            pass.set_bind_group(0, self.bind.as_ref(), &[]);
-            pass.dispatch_workgroups(groups_x as u32, groups_y as u32, 1);
+            for (bind, &(gx, gy)) in self.binds.iter().zip(&grids) {
+                pass.set_bind_group(0, bind, &[]);
+                pass.dispatch_workgroups(gx, gy, 1);
+            }
         }
         ctx.queue.submit([enc.finish()]);
         self.wait()?;
@@ -631,7 +740,8 @@ impl GpuForces {
         Ok(pairs)
     }
 
-    fn bind_group(&self) -> wgpu::BindGroup {
+    fn bind_group(&self, chunk: usize) -> wgpu::BindGroup {
+        let chunk = &self.cand.chunks[chunk];
         fn entry(binding: u32, buf: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
             wgpu::BindGroupEntry {
                 binding,
@@ -644,11 +754,11 @@ impl GpuForces {
                 label: Some("forces"),
                 layout: &self.layout,
                 entries: &[
-                    entry(0, &self.uniform),
+                    entry(0, &chunk.uniform),
                     entry(1, &self.pos.buf),
                     entry(2, &self.tok.slab.buf),
                     entry(3, &self.rows.slab.buf),
-                    entry(4, &self.cand.slab.buf),
+                    entry(4, &chunk.slab.buf),
                     entry(5, &self.links.slab.buf),
                     entry(6, &self.force.buf),
                     entry(7, &self.aux.buf),
