@@ -324,6 +324,14 @@ struct RunArgs {
     /// Test-only fault hook: make tick TICK panic (once).
     #[arg(long, value_name = "TICK", hide = true)]
     fault_panic_at: Option<u64>,
+    /// Test-only fault hook: the GPU backend fails as tick TICK starts.
+    #[arg(
+        long,
+        value_name = "TICK",
+        hide = true,
+        conflicts_with = "fault_panic_at"
+    )]
+    fault_gpu_loss_at: Option<u64>,
 }
 
 #[derive(Args)]
@@ -418,7 +426,10 @@ fn run(
         live: Some(live),
         fault: args
             .fault_panic_at
-            .map(neurograph::observe::FaultHook::panic_at),
+            .map(neurograph::observe::FaultHook::panic_at)
+            .or(args
+                .fault_gpu_loss_at
+                .map(neurograph::observe::FaultHook::gpu_loss_at)),
         ..Default::default()
     });
     let (summary, sim) = match result {

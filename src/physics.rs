@@ -257,6 +257,11 @@ impl LinkTable {
         }
     }
 
+    /// Tokens covered (0 for a table without links).
+    pub fn rows(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
     /// Every link end, row after row.
     pub fn ends(&self) -> &[LinkEnd] {
         &self.ends

@@ -1,9 +1,10 @@
 //! The headless runner behind `neurograph run`: config file + flags → a simulation
 //! → ticks with progress → a [`RunSummary`].
 
+use crate::backend::ForceBackend;
 use crate::cdna::{Cdna, CdnaError, Profile, ViolationKind};
 use crate::commands::CommandError;
-use crate::config::{Quotas, SimConfig};
+use crate::config::{Backend, Quotas, SimConfig};
 use crate::hierarchy::{self, GroupEvents};
 use crate::input::{InputError, load_csv};
 use crate::observe::{
@@ -459,7 +460,17 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
                 )));
             }
             recovery = Some(rec.report.clone());
-            let sim = wal::resume(rec, &c.wal)?;
+            let mut sim = wal::resume(rec, &c.wal)?;
+            // The run goes on with the backend the WAL was written with, or the
+            // one this command asks for (gpu, auto); every record says which
+            // backend computed it, so the log may mix them.
+            if c.sim.backend != Backend::Cpu && sim.backend().requested() != c.sim.backend {
+                let b = ForceBackend::resolve(c.sim.backend);
+                if let Some(e) = b.error() {
+                    return Err(RunError::Sim(SimError::Gpu(e.to_string())));
+                }
+                sim.world_mut().insert_resource(b);
+            }
             (sim, source.truth(&cdna, seed)?)
         }
         wal_dir => {
@@ -650,9 +661,18 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
             first_tick_seconds = start.elapsed().as_secs_f64();
         }
         t += 1;
-        if let Some(e) = sim.backend().error() {
+        if let Some(e) = sim.backend().error().map(str::to_string) {
+            // Required and lost: stop. The tick was computed on the CPU and
+            // journaled as a CPU tick; the WAL is closed with a final snapshot.
+            let closed = match wal::close(&mut sim) {
+                Ok(_) if opts.wal_dir.is_some() => {
+                    "; the WAL is closed with a snapshot of this tick"
+                }
+                Ok(_) => "",
+                Err(_) => "; closing the WAL failed (it recovers to the last journaled tick)",
+            };
             let err = RunError::Gpu(format!(
-                "at tick {}: {e}; that tick's forces were computed on the CPU",
+                "at tick {}: {e}; that tick's forces were computed on the CPU{closed}",
                 sim.tick()
             ));
             if let Some(live) = &opts.live {

@@ -311,7 +311,8 @@ fn params_of(q: &Charge, m: &Mass, field: &Field) -> TokenParams {
 
 /// The force system: gathers the tokens, keeps the neighbour lists and the link
 /// table current (on the CPU), then computes the forces on the backend of
-/// [`ForceBackend`]; a GPU pass that fails is redone on the CPU.
+/// [`ForceBackend`] (the CPU without one); a GPU pass that fails is redone on
+/// the CPU.
 #[allow(clippy::too_many_arguments)]
 pub fn forces(
     tokens: Query<(&TokenId, &Position, &Charge, &Mass, &Field)>,
@@ -321,7 +322,7 @@ pub fn forces(
     config: Res<SimConfig>,
     graph: Res<LinkGraph>,
     pool: Res<ComputePool>,
-    mut backend: ResMut<ForceBackend>,
+    mut backend: Option<ResMut<ForceBackend>>,
 ) {
     crate::profile_system!("forces");
     let buf = &mut *buf;
@@ -425,7 +426,9 @@ pub fn forces(
         let within2 = g.form_within * g.form_within;
 
         #[cfg(feature = "gpu")]
-        if let Some(gpu) = backend.gpu_mut() {
+        if let Some(backend) = backend.as_deref_mut()
+            && let Some(gpu) = backend.gpu_mut()
+        {
             puffin::profile_scope!("gpu_forces");
             let links_key = (buf.layout, graph.structure_version());
             let result = gpu.compute(crate::gpu::ForceInput {

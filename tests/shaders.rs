@@ -114,6 +114,39 @@ mod embedded {
     }
 
     #[test]
+    fn bindings_match_the_rust_layout() {
+        use neurograph::gpu::{BINDINGS, BindingAccess};
+        let m = module("forces.wgsl", FORCES_WGSL);
+        let mut seen = vec![None; BINDINGS.len()];
+        for (_, var) in m.global_variables.iter() {
+            let Some(b) = &var.binding else { continue };
+            assert_eq!(b.group, 0, "{:?}", var.name);
+            let access = match var.space {
+                naga::AddressSpace::Uniform => BindingAccess::Uniform,
+                naga::AddressSpace::Storage { access } if access == naga::StorageAccess::LOAD => {
+                    BindingAccess::Read
+                }
+                naga::AddressSpace::Storage { access }
+                    if access == naga::StorageAccess::LOAD | naga::StorageAccess::STORE =>
+                {
+                    BindingAccess::ReadWrite
+                }
+                other => panic!("{:?}: address space {other:?}", var.name),
+            };
+            let slot = seen
+                .get_mut(b.binding as usize)
+                .unwrap_or_else(|| panic!("binding {} is not in BINDINGS", b.binding));
+            assert!(slot.is_none(), "binding {} twice", b.binding);
+            *slot = Some(access);
+        }
+        let wgsl: Vec<BindingAccess> = seen
+            .into_iter()
+            .map(|a| a.expect("every binding is declared"))
+            .collect();
+        assert_eq!(wgsl, BINDINGS);
+    }
+
+    #[test]
     fn link_ends_and_positions_match_the_wgsl_strides() {
         // LinkEnd { other, weight, rest }: 12 bytes; positions two vec4 per token.
         assert_eq!(size_of::<neurograph::physics::LinkEnd>(), 12);
@@ -128,5 +161,27 @@ mod embedded {
         let mut layouter = naga::proc::Layouter::default();
         layouter.update(m.to_ctx()).expect("layout");
         assert_eq!(layouter[h].to_stride() as usize, 12);
+        // The element strides of the per-token arrays, from the WGSL.
+        let stride = |name: &str| -> u32 {
+            let (_, var) = m
+                .global_variables
+                .iter()
+                .find(|(_, v)| v.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("{name}"));
+            match m.types[var.ty].inner {
+                naga::TypeInner::Array { stride, .. } => stride,
+                ref other => panic!("{name}: {other:?}"),
+            }
+        };
+        assert_eq!(stride("pos") * 2, 32, "two vec4 per Vec8");
+        assert_eq!(stride("force") * 2, 32);
+        assert_eq!(
+            stride("tok") as usize,
+            size_of::<neurograph::physics::TokenParams>()
+        );
+        assert_eq!(stride("rows"), 16, "[u32; 4] per token");
+        assert_eq!(stride("aux"), 8, "[u32; 2] per token");
+        assert_eq!(stride("cand"), 4);
+        assert_eq!(stride("links"), 12);
     }
 }

@@ -26,6 +26,25 @@ use std::time::{Duration, Instant};
 /// Invocations per workgroup; the shader's `WORKGROUP_SIZE` (a test checks).
 pub const WORKGROUP_SIZE: u32 = 64;
 
+/// How the force shader uses each binding of group 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingAccess {
+    /// `var<uniform>`.
+    Uniform,
+    /// `var<storage, read>`.
+    Read,
+    /// `var<storage, read_write>`.
+    ReadWrite,
+}
+
+/// The bind group layout, binding `k` at index `k`: params, positions, token
+/// parameters, rows, candidates, link ends; forces and proposals written.
+/// The pipeline is built from it and a test checks it against the WGSL.
+pub const BINDINGS: [BindingAccess; 8] = {
+    use BindingAccess::*;
+    [Uniform, Read, Read, Read, Read, Read, ReadWrite, ReadWrite]
+};
+
 /// Elements compared (and written when different) at a time when mirroring.
 const MIRROR_CHUNK: usize = 4096;
 
@@ -90,6 +109,9 @@ struct Slab {
     label: &'static str,
 }
 
+/// Grow by a quarter; shrink (above this size) when less than a quarter is used.
+const SHRINK_ABOVE: u64 = 64 << 10;
+
 impl Slab {
     fn new(ctx: &GpuContext, label: &'static str, usage: wgpu::BufferUsages) -> Self {
         let cap = 256;
@@ -104,8 +126,14 @@ impl Slab {
     /// Makes room for `bytes`; true when the buffer was replaced (its contents
     /// are gone and bind groups must be remade).
     fn ensure(&mut self, ctx: &GpuContext, bytes: u64) -> Result<bool, GpuError> {
+        // Bound buffers answer to the binding limit; the readback buffer (never
+        // bound) to the buffer limit.
+        let limit = if self.usage.contains(wgpu::BufferUsages::STORAGE) {
+            ctx.max_binding()
+        } else {
+            ctx.max_buffer()
+        };
         let need = bytes.max(256).next_multiple_of(256);
-        let limit = ctx.max_binding();
         if need > limit {
             return Err(GpuError::TooLarge {
                 what: self.label,
@@ -113,7 +141,7 @@ impl Slab {
                 limit,
             });
         }
-        let shrink = self.cap > 64 << 10 && need < self.cap / 4;
+        let shrink = self.cap > SHRINK_ABOVE && need < self.cap / 4;
         if need <= self.cap && !shrink {
             return Ok(false);
         }
@@ -141,7 +169,7 @@ struct Mirror<T> {
     shadow: Vec<T>,
 }
 
-impl<T: bytemuck::Pod + PartialEq> Mirror<T> {
+impl<T: bytemuck::Pod> Mirror<T> {
     fn new(ctx: &GpuContext, label: &'static str) -> Self {
         Self {
             slab: Slab::new(ctx, label, STORAGE),
@@ -169,7 +197,7 @@ impl<T: bytemuck::Pod + PartialEq> Mirror<T> {
             .zip(self.shadow.chunks_mut(MIRROR_CHUNK))
             .enumerate()
         {
-            if new != old {
+            if bytemuck::cast_slice::<T, u8>(new) != bytemuck::cast_slice::<T, u8>(old) {
                 let at = (k * MIRROR_CHUNK * size_of::<T>()) as u64;
                 ctx.queue
                     .write_buffer(&self.slab.buf, at, bytemuck::cast_slice(new));
@@ -384,39 +412,33 @@ impl GpuForces {
                 label: Some("forces.wgsl"),
                 source: wgpu::ShaderSource::Wgsl(super::FORCES_WGSL.into()),
             });
-        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        };
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = BINDINGS
+            .iter()
+            .enumerate()
+            .map(|(binding, access)| wgpu::BindGroupLayoutEntry {
+                binding: binding as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match access {
+                        BindingAccess::Uniform => wgpu::BufferBindingType::Uniform,
+                        BindingAccess::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        BindingAccess::ReadWrite => {
+                            wgpu::BufferBindingType::Storage { read_only: false }
+                        }
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: (*access == BindingAccess::Uniform)
+                        .then(|| wgpu::BufferSize::new(size_of::<GpuParams>() as u64))
+                        .flatten(),
+                },
+                count: None,
+            })
+            .collect();
         let layout = ctx
             .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some("forces"),
-                entries: &[
-                    wgpu::BindGroupLayoutEntry {
-                        binding: 0,
-                        visibility: wgpu::ShaderStages::COMPUTE,
-                        ty: wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Uniform,
-                            has_dynamic_offset: false,
-                            min_binding_size: wgpu::BufferSize::new(size_of::<GpuParams>() as u64),
-                        },
-                        count: None,
-                    },
-                    storage(1, true),
-                    storage(2, true),
-                    storage(3, true),
-                    storage(4, true),
-                    storage(5, true),
-                    storage(6, false),
-                    storage(7, false),
-                ],
+                entries: &entries,
             });
         let pipeline_layout = ctx
             .device
@@ -553,9 +575,59 @@ impl GpuForces {
     }
 
     /// Runs the force pass; returns the ordered pair count. On error the outputs
-    /// are unspecified (the caller computes them on the CPU instead).
+    /// are unspecified (the caller computes them on the CPU instead), and the
+    /// device copy is dropped, so a later pass uploads everything again.
     pub fn compute(&mut self, input: ForceInput<'_>) -> Result<u64, GpuError> {
         puffin::profile_function!();
+        let n = input.positions.len();
+        let lengths = [
+            ("params", input.params.len()),
+            ("neighbour lists", input.neighbors.len()),
+            ("forces", input.forces.len()),
+        ];
+        for (what, len) in lengths {
+            if len != n {
+                return Err(GpuError::BadInput(format!(
+                    "{what} cover {len} tokens, the positions {n}"
+                )));
+            }
+        }
+        if input.proposals.is_some() && input.nearest.len() != n {
+            return Err(GpuError::BadInput(format!(
+                "proposals asked for, but `nearest` holds {} slots for {n} tokens",
+                input.nearest.len()
+            )));
+        }
+        if !input.links.is_empty() && input.links.rows() != n {
+            return Err(GpuError::BadInput(format!(
+                "the link table covers {} tokens, the positions {n}",
+                input.links.rows()
+            )));
+        }
+        let result = self.pass(input);
+        if result.is_err() {
+            self.invalidate();
+        }
+        result
+    }
+
+    /// Forgets the device copy: every buffer is written in full by the next pass.
+    fn invalidate(&mut self) {
+        self.binds.clear();
+        self.cand.generation = 0;
+        self.rows_key = None;
+        self.tok.shadow.clear();
+        self.rows.shadow.clear();
+        self.links.shadow.clear();
+        // The readback buffer may be left mapped: replace it.
+        self.staging = Slab::new(
+            &self.ctx,
+            "readback",
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+    }
+
+    fn pass(&mut self, input: ForceInput<'_>) -> Result<u64, GpuError> {
         let n = input.positions.len();
         let mut t = GpuTimings::default();
         if n == 0 {
@@ -563,16 +635,15 @@ impl GpuForces {
             return Ok(0);
         }
         self.check_errors()?;
-        let max_dim = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
+        let max_dim = (self.ctx.limits.max_compute_workgroups_per_dimension as u64).max(1);
         // The grid of a chunk of `count` tokens: (x, y) workgroups.
         let grid = |count: u64| -> Result<(u64, u64), GpuError> {
             let groups = count.div_ceil(WORKGROUP_SIZE as u64).max(1);
             let x = groups.min(max_dim);
             let y = groups.div_ceil(x);
             if y > max_dim {
-                return Err(GpuError::TooLarge {
-                    what: "the dispatch grid (tokens)",
-                    bytes: count,
+                return Err(GpuError::TooManyTokens {
+                    tokens: count,
                     limit: max_dim * max_dim * WORKGROUP_SIZE as u64,
                 });
             }

@@ -4,7 +4,9 @@
 
 mod forces;
 
-pub use forces::{ForceInput, GpuForces, GpuParams, GpuTimings, WORKGROUP_SIZE};
+pub use forces::{
+    BINDINGS, BindingAccess, ForceInput, GpuForces, GpuParams, GpuTimings, WORKGROUP_SIZE,
+};
 
 /// The WGSL of the force pass, as embedded.
 pub const FORCES_WGSL: &str = include_str!("../../shaders/forces.wgsl");
@@ -38,6 +40,19 @@ pub enum GpuError {
         /// The device limit.
         limit: u64,
     },
+    /// More tokens than one dispatch grid can address.
+    #[error(
+        "the world is too large for the GPU: {tokens} tokens in one dispatch, the device addresses at most {limit}; use the CPU backend"
+    )]
+    TooManyTokens {
+        /// Tokens.
+        tokens: u64,
+        /// The most the grid allows.
+        limit: u64,
+    },
+    /// The inputs of a pass disagree in length (a caller's bug).
+    #[error("bad input to the GPU force pass: {0}")]
+    BadInput(String),
     /// The device failed while running the pass (lost, out of memory, validation).
     #[error("the GPU force pass failed: {0}")]
     Failed(String),
@@ -136,11 +151,18 @@ impl GpuContext {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
 
-    /// The largest buffer a binding may hold.
+    /// The largest buffer a binding may hold (rounded down to 256 bytes).
     pub fn max_binding(&self) -> u64 {
-        self.limits
+        let limit = self
+            .limits
             .max_storage_buffer_binding_size
-            .min(self.limits.max_buffer_size)
+            .min(self.limits.max_buffer_size);
+        (limit / 256) * 256
+    }
+
+    /// The largest buffer, bound or not (rounded down to 256 bytes).
+    pub fn max_buffer(&self) -> u64 {
+        (self.limits.max_buffer_size / 256) * 256
     }
 }
 

@@ -92,8 +92,10 @@ pub struct Live(pub Arc<LiveStatus>);
 /// `Forces`), once per hook, however often the world is rebuilt with it.
 #[derive(Resource, Clone, Debug)]
 pub struct FaultHook {
-    /// The tick that panics.
+    /// The tick that panics (or loses its GPU).
     pub tick: u64,
+    /// Instead of panicking, the GPU backend fails at the start of `tick`.
+    pub gpu_loss: bool,
     fired: Arc<AtomicBool>,
 }
 
@@ -102,7 +104,16 @@ impl FaultHook {
     pub fn panic_at(tick: u64) -> Self {
         Self {
             tick,
+            gpu_loss: false,
             fired: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A hook that makes the GPU backend fail (once) as tick `tick` starts.
+    pub fn gpu_loss_at(tick: u64) -> Self {
+        Self {
+            gpu_loss: true,
+            ..Self::panic_at(tick)
         }
     }
 
@@ -112,11 +123,24 @@ impl FaultHook {
     }
 }
 
-fn fault_hook(hook: Option<Res<FaultHook>>, clock: Res<SimClock>) {
+fn fault_hook(
+    hook: Option<Res<FaultHook>>,
+    clock: Res<SimClock>,
+    backend: Option<ResMut<crate::backend::ForceBackend>>,
+) {
     if let Some(h) = hook
         && clock.tick == h.tick
         && !h.fired.swap(true, Ordering::Relaxed)
     {
+        if h.gpu_loss {
+            if let Some(mut b) = backend {
+                b.failed(format!(
+                    "fault hook: injected GPU loss at tick {}",
+                    clock.tick
+                ));
+            }
+            return;
+        }
         panic!("fault hook: injected panic at tick {}", clock.tick);
     }
 }

@@ -41,7 +41,7 @@
 //! | 4 | CRC32 over `len`, `kind`, `tick` and the payload, in that order |
 //! | 1 | kind ([`RecordKind`]) |
 //! | 8 | tick |
-//! | len | payload: rmp-serde (positional) of [`TickRecord`] for kind 1 |
+//! | len | payload: rmp-serde (positional) of [`TickRecord`] for kind 1 (`[commands, digest]`, or `[commands, digest, true]` for a tick the GPU computed) |
 //!
 //! A record of kind [`RecordKind::Tick`] is written for every tick, with the
 //! commands applied at or before the start of that tick (in order) and the state
@@ -118,6 +118,10 @@ pub struct TickRecord {
     pub commands: Vec<SimCommand>,
     /// State digest after the tick.
     pub digest: u64,
+    /// The GPU computed this tick's forces (replay must use it too). Absent,
+    /// and so `false`, in CPU ticks: their records are as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gpu: bool,
 }
 
 /// Encodes a segment header.

@@ -169,6 +169,16 @@ pub enum WalError {
         /// Each snapshot tried and why it was refused.
         tried: Vec<String>,
     },
+    /// A tick the GPU computed cannot be replayed: no GPU can be used here.
+    #[error(
+        "tick {tick} was computed on the GPU and must be replayed there, but the GPU cannot be used: {reason}"
+    )]
+    Backend {
+        /// The tick.
+        tick: u64,
+        /// Why the GPU cannot be used.
+        reason: String,
+    },
     /// A replayed tick's digest differs from the recorded one.
     #[error(
         "replay diverged at tick {tick}: the record says digest {recorded}, replay gives {replayed}"
@@ -365,7 +375,12 @@ impl Journal {
         let digest = crate::digest::state_digest(world);
         let snap = (snapshot_every > 0 && tick.is_multiple_of(snapshot_every))
             .then(|| capture(world, Some(digest)));
-        let result = encode_tick(tick, commands, digest);
+        // Whether the GPU computed this tick (a pass that failed was redone on
+        // the CPU and dropped the GPU, so this is what replay must use).
+        let gpu = world
+            .get_resource::<crate::backend::ForceBackend>()
+            .is_some_and(|b| b.active() == crate::config::Backend::Gpu);
+        let result = encode_tick(tick, commands, digest, gpu);
         let mut j = world.resource_mut::<Journal>();
         let result = result
             .and_then(|frame| j.writer.append(tick, frame))
@@ -409,10 +424,12 @@ pub fn encode_tick(
     tick: u64,
     commands: Vec<SimCommand>,
     digest: StateDigest,
+    gpu: bool,
 ) -> Result<Vec<u8>, WalError> {
     let record = TickRecord {
         commands,
         digest: digest.0,
+        gpu,
     };
     // The payload is encoded in place after its frame header: one buffer.
     let mut frame = Vec::with_capacity(64);
@@ -667,7 +684,12 @@ fn load_snapshot(
 /// beside it, or are the defaults.
 pub fn open_snapshot(path: &Path, threads: usize) -> Result<Simulation, WalError> {
     let base = match path.parent().map(Manifest::load) {
-        Some(Ok(m)) => settings(&m, threads),
+        // Inspection ticks nothing: no GPU needed.
+        Some(Ok(m)) => {
+            let mut s = settings(&m, threads);
+            s.config.backend = crate::config::Backend::Cpu;
+            s
+        }
         _ => SimSettings {
             config: SimConfig {
                 threads,
@@ -708,7 +730,20 @@ fn load_snapshot_file(
     // The world is built with the snapshot's own constitution.
     let mut s = base;
     s.cdna = snap.cdna.clone();
-    let mut sim = Simulation::new(s).map_err(|e| e.to_string())?;
+    let mut sim = match Simulation::new(s.clone()) {
+        // Restoring computes nothing: without a GPU the world loads on the CPU,
+        // and a replayed GPU tick then fails with `WalError::Backend`.
+        Err(crate::sim::SimError::Gpu(reason)) => {
+            tracing::warn!(
+                target: "neurograph::gpu",
+                "the WAL names the gpu backend, which cannot start ({reason}); loading on the CPU"
+            );
+            s.config.backend = crate::config::Backend::Cpu;
+            Simulation::new(s)
+        }
+        other => other,
+    }
+    .map_err(|e| e.to_string())?;
     // `restore` checks that the world's digest is the one recorded.
     restore(sim.world_mut(), &snap)?;
     Ok((sim, StateDigest(snap.digest)))
@@ -930,6 +965,22 @@ pub fn replay_tick(
             index,
             source,
         })?;
+    }
+    use crate::backend::ForceBackend;
+    use crate::config::Backend;
+    // The backend that computed the tick computes it again.
+    let active = sim.backend().active();
+    if rec.gpu && active != Backend::Gpu {
+        let gpu = ForceBackend::resolve(Backend::Gpu);
+        if let Some(e) = gpu.error() {
+            return Err(WalError::Backend {
+                tick,
+                reason: e.to_string(),
+            });
+        }
+        sim.world_mut().insert_resource(gpu);
+    } else if !rec.gpu && active == Backend::Gpu {
+        sim.world_mut().insert_resource(ForceBackend::cpu());
     }
     // Without the `tick` span: a replayed tick is not traced again.
     sim.world_mut().run_schedule(crate::plugin::SimTick);
