@@ -6,14 +6,20 @@
 //! |--------|-----------|---------|
 //! | `pos`  | 32 B      | every tick (the CPU integrates) |
 //! | `tok`  | 16 B      | chunks that changed (charge, mass, field) |
-//! | `rows` | 16 B      | chunks that changed, after a list or link change |
-//! | `cand` | 4 B × candidates | full build: all; refresh: the touched blocks |
+//! | `rows` | 16 B      | after a rebuild, link change or new layout: the chunks that changed; after a refresh: the touched blocks |
+//! | `cand` | 4 B × candidates | rebuild, or a block outgrowing its room: all; refresh: the touched blocks |
 //! | `links`| 12 B × link ends | chunks that changed (weights learn) |
 //! | `force`, `aux` | 32 + 8 B | read back every tick |
 //!
+//! ("chunks": 4,096 elements compared byte for byte with what was last written;
+//! "blocks": the 256-token blocks of [`NeighborList`].)
+//!
 //! Buffers grow by a quarter past what is needed and shrink when less than a
-//! quarter is used (above 64 KiB). Every size is checked against the device's limits first:
-//! a world that does not fit is refused with [`GpuError::TooLarge`].
+//! quarter is used (above 64 KiB). Every size is checked against the device's
+//! limits first. Candidate lists larger than one binding are split into several
+//! buffers, one dispatch each; a per-token buffer that does not fit is refused
+//! with [`GpuError::TooLarge`]. After any error the device copy is dropped and
+//! the next pass writes everything again.
 
 use super::{GpuContext, GpuError};
 pub use crate::backend::GpuTimings;
