@@ -468,7 +468,7 @@ fn observe(
     }
     histogram!(metrics::TICK_SECONDS).record(total);
     if let Some((last, _, passes)) = backend.as_ref().and_then(|b| b.gpu_timings())
-        && passes > std::mem::replace(&mut seen.gpu_passes, passes)
+        && passes != std::mem::replace(&mut seen.gpu_passes, passes)
     {
         for (phase, s) in [
             ("upload", last.upload),
