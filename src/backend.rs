@@ -41,6 +41,11 @@ impl GpuTimings {
     }
 }
 
+/// A force backend set aside while another computes (WAL replay switches
+/// between the backends its records name without reopening a device).
+#[derive(Resource, Debug)]
+pub struct SpareBackend(pub ForceBackend);
+
 /// The force backend of a world.
 #[derive(Resource, Debug)]
 pub struct ForceBackend {

@@ -413,6 +413,11 @@ fn run(
             follow_cdna: args.trace_rate.is_none(),
         }
     });
+    // Resuming a WAL: the backend asked for here (flag or config file), else
+    // the WAL's own.
+    let asked_backend = args
+        .backend
+        .or(Some(config.sim.backend).filter(|&b| b != neurograph::config::Backend::Cpu));
     let result = runner::run_keep(&RunOptions {
         config,
         progress: !args.quiet,
@@ -430,6 +435,7 @@ fn run(
             .or(args
                 .fault_gpu_loss_at
                 .map(neurograph::observe::FaultHook::gpu_loss_at)),
+        backend: asked_backend,
         ..Default::default()
     });
     let (summary, sim) = match result {

@@ -97,6 +97,10 @@ pub struct RunOptions {
     pub live: Option<Arc<LiveStatus>>,
     /// Test-only: make this tick panic once.
     pub fault: Option<FaultHook>,
+    /// The force backend asked for by the command (`--backend`). A run that
+    /// resumes a WAL goes on with it, or, when `None`, with the backend the WAL
+    /// started with (its manifest). New runs use `config.sim.backend`.
+    pub backend: Option<Backend>,
 }
 
 /// Recoveries allowed by default ([`RunOptions::panic_retries`]).
@@ -117,6 +121,7 @@ impl Default for RunOptions {
             trace: None,
             live: None,
             fault: None,
+            backend: None,
         }
     }
 }
@@ -431,6 +436,38 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     run_keep(opts).map(|(summary, _)| summary)
 }
 
+/// The force backend a run resuming the WAL in `dir` goes on with: the one the
+/// command asks for, else the one the WAL started with. Opened before recovery,
+/// so that a GPU that cannot start stops the run before the WAL is touched.
+fn continuing_backend(opts: &RunOptions, dir: &Path) -> Result<ForceBackend, RunError> {
+    let asked = match opts.backend {
+        Some(b) => b,
+        None => Manifest::load(dir)?.sim.backend,
+    };
+    let b = ForceBackend::resolve(asked);
+    match b.error() {
+        Some(e) => Err(RunError::Sim(SimError::Gpu(format!(
+            "{e} (resuming {} on the {} backend{})",
+            dir.display(),
+            asked.name(),
+            if opts.backend.is_some() {
+                ""
+            } else {
+                " its manifest names; --backend cpu resumes it on the CPU"
+            }
+        )))),
+        None => Ok(b),
+    }
+}
+
+/// Puts `backend` in charge of a recovered simulation (replay may have left
+/// another one, and a spare, in its world).
+fn install_backend(sim: &mut Simulation, backend: ForceBackend) {
+    let world = sim.world_mut();
+    world.remove_resource::<crate::backend::SpareBackend>();
+    world.insert_resource(backend);
+}
+
 /// [`run`], and hand back the finished simulation (its WAL closed) to look at.
 pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError> {
     let c = &opts.config;
@@ -444,6 +481,8 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
         Some(dir) if wal::exists(dir) => {
             c.wal.validate().map_err(RunError::Config)?;
             let identity = source.identity(c, &cdna, seed)?;
+            // Before the WAL is touched: a GPU that cannot start stops here.
+            let backend = continuing_backend(opts, dir)?;
             let rec = wal::recover(
                 dir,
                 &RecoverOptions {
@@ -461,16 +500,7 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
             }
             recovery = Some(rec.report.clone());
             let mut sim = wal::resume(rec, &c.wal)?;
-            // The run goes on with the backend the WAL was written with, or the
-            // one this command asks for (gpu, auto); every record says which
-            // backend computed it, so the log may mix them.
-            if c.sim.backend != Backend::Cpu && sim.backend().requested() != c.sim.backend {
-                let b = ForceBackend::resolve(c.sim.backend);
-                if let Some(e) = b.error() {
-                    return Err(RunError::Sim(SimError::Gpu(e.to_string())));
-                }
-                sim.world_mut().insert_resource(b);
-            }
+            install_backend(&mut sim, backend);
             (sim, source.truth(&cdna, seed)?)
         }
         wal_dir => {
@@ -616,6 +646,7 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
             // Replaying can hit the same bug (a panic after the Journal stage
             // was journaled): that, or a recovery error, ends the run here.
             let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let backend = continuing_backend(opts, dir)?;
                 let rec = wal::recover(
                     dir,
                     &RecoverOptions {
@@ -624,7 +655,9 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
                     },
                 )?;
                 let r = rec.report.clone();
-                wal::resume(rec, &c.wal).map(|sim| (sim, r))
+                let mut sim = wal::resume(rec, &c.wal)?;
+                install_backend(&mut sim, backend);
+                Ok::<_, RunError>((sim, r))
             }));
             let (resumed, r) = match recovered {
                 Ok(Ok(ok)) => ok,
@@ -669,7 +702,7 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
                     "; the WAL is closed with a snapshot of this tick"
                 }
                 Ok(_) => "",
-                Err(_) => "; closing the WAL failed (it recovers to the last journaled tick)",
+                Err(e) => &*format!("; closing the WAL: {e}"),
             };
             let err = RunError::Gpu(format!(
                 "at tick {}: {e}; that tick's forces were computed on the CPU{closed}",

@@ -84,6 +84,9 @@ pub struct ForceBuffers {
     pub nearest: Vec<u32>,
     /// See `nearest`.
     pub proposed: Option<f32>,
+    /// Whether the GPU computed this tick's forces (journaled with the tick,
+    /// so that replay uses the same backend).
+    pub gpu_pass: bool,
 }
 
 impl ForceBuffers {
@@ -424,6 +427,7 @@ pub fn forces(
         buf.nearest.resize(if propose { n } else { 0 }, u32::MAX);
         let max_degree = g.form_max_degree.min(g.max_degree);
         let within2 = g.form_within * g.form_within;
+        buf.gpu_pass = false;
 
         #[cfg(feature = "gpu")]
         if let Some(backend) = backend.as_deref_mut()
@@ -445,6 +449,7 @@ pub fn forces(
             match result {
                 Ok(pairs) => {
                     buf.stats.pairs = pairs;
+                    buf.gpu_pass = n > 0;
                     return;
                 }
                 Err(e) => backend.failed(e.to_string()),

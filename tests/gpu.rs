@@ -834,3 +834,112 @@ fn a_gpu_run_that_loses_its_gpu_stops_with_its_wal_whole() {
     );
     assert_eq!(j["backend"], "gpu");
 }
+
+/// `neurograph` with Vulkan shown no driver at all (the loader's own variable).
+fn neurograph_without_gpu(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_neurograph"))
+        .args(args)
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn gpu_ticks_need_a_gpu_to_replay_and_say_so() {
+    if pair(&settings).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    let wal = wal_dir.to_str().unwrap();
+    let run = |backend: &'static str, ticks: &'static str| {
+        vec![
+            "run",
+            "--tokens",
+            "500",
+            "--ticks",
+            ticks,
+            "--json",
+            "--quiet",
+            "--backend",
+            backend,
+            "--wal",
+            wal,
+            "--snapshot-every",
+            "10",
+        ]
+    };
+    let out = neurograph(&run("gpu", "15"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Ticks 11..15 must now be replayed from the snapshot of tick 10.
+    std::fs::remove_file(wal_dir.join("snap-00000000000000000015.snap")).unwrap();
+    let listing = || {
+        let mut v: Vec<String> = std::fs::read_dir(&wal_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing();
+
+    // Without a GPU: a clear error naming the tick, and nothing changed.
+    let rec = neurograph_without_gpu(&["recover", "--wal", wal]);
+    let stderr = String::from_utf8_lossy(&rec.stderr);
+    assert_eq!(rec.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("tick 11 was computed on the GPU and must be replayed there")
+            && stderr.contains("no usable GPU adapter"),
+        "{stderr}"
+    );
+    let resumed = neurograph_without_gpu(&run("cpu", "20"));
+    assert_eq!(resumed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("tick 11 was computed on the GPU"));
+    let mut plain = run("cpu", "20");
+    plain.retain(|a| *a != "--backend" && *a != "cpu");
+    let resumed = neurograph_without_gpu(&plain);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert_eq!(resumed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--backend cpu resumes it on the CPU"),
+        "{stderr}"
+    );
+    assert_eq!(
+        listing(),
+        before,
+        "a refused recovery leaves the WAL as it was"
+    );
+    // A snapshot opens without a GPU.
+    let snap = wal_dir.join("snap-00000000000000000010.snap");
+    let tree = neurograph_without_gpu(&["inspect", "--tree", "--snapshot", snap.to_str().unwrap()]);
+    assert!(
+        tree.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tree.stderr)
+    );
+
+    // With the GPU back, `--backend cpu` replays 11..15 on the GPU and goes on
+    // on the CPU; the log then holds both kinds of tick and recovers.
+    let out = neurograph(&run("cpu", "20"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json_of(&out);
+    assert_eq!(j["backend"], "cpu");
+    assert_eq!(j["recovery"]["records_replayed"], 5);
+    std::fs::remove_file(wal_dir.join("snap-00000000000000000020.snap")).unwrap();
+    let rec = neurograph(&["recover", "--wal", wal, "--json"]);
+    assert!(
+        rec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    assert_eq!(json_of(&rec)["digest"], j["digest"]);
+}

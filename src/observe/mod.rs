@@ -133,7 +133,9 @@ fn fault_hook(
         && !h.fired.swap(true, Ordering::Relaxed)
     {
         if h.gpu_loss {
-            if let Some(mut b) = backend {
+            if let Some(mut b) = backend
+                && b.active() == crate::config::Backend::Gpu
+            {
                 b.failed(format!(
                     "fault hook: injected GPU loss at tick {}",
                     clock.tick

@@ -20,6 +20,7 @@ use crate::commands::{CommandError, CommandLog, SimCommand, apply_command};
 use crate::config::{Quotas, SimConfig};
 use crate::digest::StateDigest;
 use crate::sim::{SimSettings, Simulation};
+use crate::systems::ForceBuffers;
 use bevy_ecs::prelude::*;
 use format::{HeaderError, RecordKind};
 use serde::{Deserialize, Serialize};
@@ -375,11 +376,11 @@ impl Journal {
         let digest = crate::digest::state_digest(world);
         let snap = (snapshot_every > 0 && tick.is_multiple_of(snapshot_every))
             .then(|| capture(world, Some(digest)));
-        // Whether the GPU computed this tick (a pass that failed was redone on
-        // the CPU and dropped the GPU, so this is what replay must use).
+        // Whether the GPU computed this tick's forces (a pass that failed was
+        // redone on the CPU), so that replay uses the same backend.
         let gpu = world
-            .get_resource::<crate::backend::ForceBackend>()
-            .is_some_and(|b| b.active() == crate::config::Backend::Gpu);
+            .get_resource::<ForceBuffers>()
+            .is_some_and(|b| b.gpu_pass);
         let result = encode_tick(tick, commands, digest, gpu);
         let mut j = world.resource_mut::<Journal>();
         let result = result
@@ -652,10 +653,13 @@ pub struct RecoverOptions {
     pub exclusive: bool,
 }
 
+/// The settings a snapshot is loaded with: the manifest's, on the CPU (restoring
+/// computes nothing; [`replay_tick`] opens the GPU for the ticks that used it).
 fn settings(manifest: &Manifest, threads: usize) -> SimSettings {
     SimSettings {
         config: SimConfig {
             threads,
+            backend: crate::config::Backend::Cpu,
             ..manifest.sim.clone()
         },
         cdna: Default::default(),
@@ -684,12 +688,7 @@ fn load_snapshot(
 /// beside it, or are the defaults.
 pub fn open_snapshot(path: &Path, threads: usize) -> Result<Simulation, WalError> {
     let base = match path.parent().map(Manifest::load) {
-        // Inspection ticks nothing: no GPU needed.
-        Some(Ok(m)) => {
-            let mut s = settings(&m, threads);
-            s.config.backend = crate::config::Backend::Cpu;
-            s
-        }
+        Some(Ok(m)) => settings(&m, threads),
         _ => SimSettings {
             config: SimConfig {
                 threads,
@@ -730,20 +729,7 @@ fn load_snapshot_file(
     // The world is built with the snapshot's own constitution.
     let mut s = base;
     s.cdna = snap.cdna.clone();
-    let mut sim = match Simulation::new(s.clone()) {
-        // Restoring computes nothing: without a GPU the world loads on the CPU,
-        // and a replayed GPU tick then fails with `WalError::Backend`.
-        Err(crate::sim::SimError::Gpu(reason)) => {
-            tracing::warn!(
-                target: "neurograph::gpu",
-                "the WAL names the gpu backend, which cannot start ({reason}); loading on the CPU"
-            );
-            s.config.backend = crate::config::Backend::Cpu;
-            Simulation::new(s)
-        }
-        other => other,
-    }
-    .map_err(|e| e.to_string())?;
+    let mut sim = Simulation::new(s).map_err(|e| e.to_string())?;
     // `restore` checks that the world's digest is the one recorded.
     restore(sim.world_mut(), &snap)?;
     Ok((sim, StateDigest(snap.digest)))
@@ -966,24 +952,46 @@ pub fn replay_tick(
             source,
         })?;
     }
-    use crate::backend::ForceBackend;
+    use crate::backend::{ForceBackend, SpareBackend};
     use crate::config::Backend;
-    // The backend that computed the tick computes it again.
-    let active = sim.backend().active();
-    if rec.gpu && active != Backend::Gpu {
-        let gpu = ForceBackend::resolve(Backend::Gpu);
-        if let Some(e) = gpu.error() {
+    // The backend that computed the tick computes it again; the other one is
+    // kept aside, so a log that switches back does not open a new device.
+    let world = sim.world_mut();
+    let active = world
+        .get_resource::<ForceBackend>()
+        .map_or(Backend::Cpu, ForceBackend::active);
+    if rec.gpu != (active == Backend::Gpu) {
+        let spare = world
+            .remove_resource::<SpareBackend>()
+            .map(|s| s.0)
+            .filter(|b| (b.active() == Backend::Gpu) == rec.gpu);
+        let next = match spare {
+            Some(b) => b,
+            None if rec.gpu => ForceBackend::resolve(Backend::Gpu),
+            None => ForceBackend::cpu(),
+        };
+        if let Some(e) = next.error() {
             return Err(WalError::Backend {
                 tick,
                 reason: e.to_string(),
             });
         }
-        sim.world_mut().insert_resource(gpu);
-    } else if !rec.gpu && active == Backend::Gpu {
-        sim.world_mut().insert_resource(ForceBackend::cpu());
+        if let Some(old) = world.remove_resource::<ForceBackend>() {
+            world.insert_resource(SpareBackend(old));
+        }
+        world.insert_resource(next);
     }
     // Without the `tick` span: a replayed tick is not traced again.
-    sim.world_mut().run_schedule(crate::plugin::SimTick);
+    world.run_schedule(crate::plugin::SimTick);
+    if rec.gpu && !world.resource::<ForceBuffers>().gpu_pass {
+        // The GPU failed during the tick (the CPU redid it): say so rather
+        // than report a diverging digest. (A GPU record always has tokens.)
+        let reason = world
+            .get_resource::<ForceBackend>()
+            .and_then(|b| b.error().or(b.fallback()).map(str::to_string))
+            .unwrap_or_else(|| "the tick did not run on the GPU".into());
+        return Err(WalError::Backend { tick, reason });
+    }
     let replayed = sim.digest();
     if replayed.0 != rec.digest || sim.tick() != tick {
         return Err(WalError::DigestMismatch {
