@@ -252,7 +252,8 @@ struct RunArgs {
     threads: Option<usize>,
     /// Where forces are computed: cpu (default), gpu (wgpu compute shaders; no
     /// usable adapter is an error), auto (a hardware GPU if there is one, else the
-    /// CPU with a warning). A resumed WAL keeps the backend it was written with.
+    /// CPU with a warning). A resumed WAL goes on with the backend given here,
+    /// else with the one it was started with; each tick replays on its own.
     #[arg(long, value_name = "BACKEND")]
     backend: Option<neurograph::config::Backend>,
     /// CDNA file (TOML).
