@@ -52,7 +52,6 @@ pub struct ForceBackend {
     requested: Backend,
     #[cfg(feature = "gpu")]
     gpu: Option<Box<crate::gpu::GpuForces>>,
-    adapter: Option<String>,
     fallback: Option<String>,
     error: Option<String>,
 }
@@ -70,7 +69,6 @@ impl ForceBackend {
             requested: Backend::Cpu,
             #[cfg(feature = "gpu")]
             gpu: None,
-            adapter: None,
             fallback: None,
             error: None,
         }
@@ -99,7 +97,6 @@ impl ForceBackend {
                 Ok(gpu) => {
                     let name = gpu.context().describe();
                     tracing::info!(target: "neurograph::gpu", "forces on the GPU: {name}");
-                    out.adapter = Some(name);
                     out.gpu = Some(Box::new(gpu));
                 }
                 Err(e) => out.failed(e.to_string()),
@@ -115,7 +112,6 @@ impl ForceBackend {
     pub fn with_gpu(gpu: crate::gpu::GpuForces) -> Self {
         Self {
             requested: Backend::Gpu,
-            adapter: Some(gpu.context().describe()),
             gpu: Some(Box::new(gpu)),
             ..Self::cpu()
         }
@@ -136,12 +132,12 @@ impl ForceBackend {
     }
 
     /// The GPU adapter ("name (type, driver)") when the GPU computes forces.
-    pub fn adapter(&self) -> Option<&str> {
-        if self.active() == Backend::Gpu {
-            self.adapter.as_deref()
-        } else {
-            None
+    pub fn adapter(&self) -> Option<String> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return Some(g.context().describe());
         }
+        None
     }
 
     /// Why the GPU, required with `gpu`, is not computing forces.

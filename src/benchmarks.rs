@@ -957,7 +957,7 @@ pub fn gpu_vs_cpu(o: &GpuBenchOptions) -> Result<GpuBenchReport, String> {
         let mut cpu = make(Backend::Cpu, n)?;
         let mut gpu = match make(Backend::Gpu, n) {
             Ok(g) => {
-                adapter = g.backend().adapter().unwrap_or("?").to_string();
+                adapter = g.backend().adapter().unwrap_or_else(|| "?".into());
                 Some(g)
             }
             Err(e) => {
@@ -1078,8 +1078,8 @@ pub fn gpu_vs_cpu(o: &GpuBenchOptions) -> Result<GpuBenchReport, String> {
     })
 }
 
-/// The largest per-token difference of the two worlds' last forces (same slots),
-/// relative to max(|F_a|, median |F_a|).
+/// The largest per-token difference of the two worlds' last forces (see
+/// [`max_relative_difference`](crate::physics::max_relative_difference)).
 fn force_difference(a: &Simulation, b: &Simulation) -> f64 {
     use crate::systems::ForceBuffers;
     let (fa, fb) = (
@@ -1089,17 +1089,7 @@ fn force_difference(a: &Simulation, b: &Simulation) -> f64 {
     if fa.ids != fb.ids {
         return f64::NAN;
     }
-    let mut mags: Vec<f64> = fa.forces.iter().map(|f| f.length() as f64).collect();
-    let median = if mags.is_empty() {
-        0.0
-    } else {
-        median(&mut mags)
-    };
-    fa.forces
-        .iter()
-        .zip(&fb.forces)
-        .map(|(x, y)| (*y - *x).length() as f64 / (x.length() as f64).max(median).max(1e-30))
-        .fold(0.0, f64::max)
+    crate::physics::max_relative_difference(&fa.forces, &fb.forces) as f64
 }
 
 impl GpuBenchReport {

@@ -99,6 +99,27 @@ pub fn link_force(xi: Vec8, xj: Vec8, k_w: f32, rest: f32) -> Vec8 {
     }
 }
 
+/// The largest per-token difference of `other` from `reference` (same slots),
+/// relative to max(|F_ref|, median |F_ref|): how backends are compared. The
+/// median keeps tokens whose forces nearly cancel from dominating. NaN when the
+/// lengths differ or any difference is not finite.
+pub fn max_relative_difference(reference: &[Vec8], other: &[Vec8]) -> f32 {
+    if reference.len() != other.len() {
+        return f32::NAN;
+    }
+    let mut mags: Vec<f32> = reference.iter().map(|f| f.length()).collect();
+    mags.sort_by(f32::total_cmp);
+    let median = mags.get(mags.len() / 2).copied().unwrap_or(0.0);
+    reference.iter().zip(other).fold(0.0f32, |worst, (a, b)| {
+        let e = (*b - *a).length() / a.length().max(median).max(f32::MIN_POSITIVE);
+        if e.is_nan() || worst.is_nan() {
+            f32::NAN
+        } else {
+            worst.max(e)
+        }
+    })
+}
+
 /// The slot of each token id in `ids` (slot order): a table indexed by id,
 /// `u32::MAX` for ids not present. Ids are dense (handed out in order, never
 /// reused), so the table is at most the id space seen so far.
@@ -379,5 +400,18 @@ mod tests {
         let f = link_force(Vec8::ZERO, xj, 0.5 * 3.0, 0.5);
         assert!((f[1] - 1.5 * 1.5).abs() < 1e-6);
         assert_eq!(link_force(Vec8::ONE, Vec8::ONE, 1.0, 1.0), Vec8::ZERO);
+    }
+
+    #[test]
+    fn relative_difference_scales_by_the_larger_of_own_and_median_magnitude() {
+        let e = |x: f32| Vec8::from_array([x, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let reference = [e(1.0), e(2.0), e(4.0), e(0.0)];
+        // Median |F| is 2: the zero force is measured against 2, the 4 against 4.
+        let other = [e(1.0), e(2.0), e(4.2), e(0.1)];
+        assert!((max_relative_difference(&reference, &other) - 0.05).abs() < 1e-6);
+        assert_eq!(max_relative_difference(&reference, &reference), 0.0);
+        let bad = [e(1.0), e(f32::NAN), e(4.0), e(0.0)];
+        assert!(max_relative_difference(&reference, &bad).is_nan());
+        assert!(max_relative_difference(&reference, &other[..2]).is_nan());
     }
 }

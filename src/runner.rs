@@ -460,12 +460,40 @@ fn continuing_backend(opts: &RunOptions, dir: &Path) -> Result<ForceBackend, Run
     }
 }
 
-/// Puts `backend` in charge of a recovered simulation (replay may have left
-/// another one, and a spare, in its world).
-fn install_backend(sim: &mut Simulation, backend: ForceBackend) {
+/// Recovers the WAL in `dir` and resumes journaling on it, with the backend
+/// [`continuing_backend`] picks (opened before the WAL is touched). With
+/// `identity`, a WAL of another run is refused before anything is changed.
+fn reopen_wal(
+    opts: &RunOptions,
+    dir: &Path,
+    identity: Option<&BTreeMap<String, String>>,
+) -> Result<(Simulation, RecoveryReport), RunError> {
+    let c = &opts.config;
+    let backend = continuing_backend(opts, dir)?;
+    let rec = wal::recover(
+        dir,
+        &RecoverOptions {
+            threads: c.sim.threads,
+            exclusive: true,
+        },
+    )?;
+    if let Some(identity) = identity {
+        let diffs = rec.manifest.differences(identity);
+        if !diffs.is_empty() {
+            return Err(RunError::Config(format!(
+                "{} holds the WAL of another run; not resuming it (use another --wal directory):\n  {}",
+                dir.display(),
+                diffs.join("\n  ")
+            )));
+        }
+    }
+    let report = rec.report.clone();
+    let mut sim = wal::resume(rec, &c.wal)?;
+    // Replay may have left another backend, and a spare, in the world.
     let world = sim.world_mut();
     world.remove_resource::<crate::backend::SpareBackend>();
     world.insert_resource(backend);
+    Ok((sim, report))
 }
 
 /// [`run`], and hand back the finished simulation (its WAL closed) to look at.
@@ -481,26 +509,8 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
         Some(dir) if wal::exists(dir) => {
             c.wal.validate().map_err(RunError::Config)?;
             let identity = source.identity(c, &cdna, seed)?;
-            // Before the WAL is touched: a GPU that cannot start stops here.
-            let backend = continuing_backend(opts, dir)?;
-            let rec = wal::recover(
-                dir,
-                &RecoverOptions {
-                    threads: c.sim.threads,
-                    exclusive: true,
-                },
-            )?;
-            let diffs = rec.manifest.differences(&identity);
-            if !diffs.is_empty() {
-                return Err(RunError::Config(format!(
-                    "{} holds the WAL of another run; not resuming it (use another --wal directory):\n  {}",
-                    dir.display(),
-                    diffs.join("\n  ")
-                )));
-            }
-            recovery = Some(rec.report.clone());
-            let mut sim = wal::resume(rec, &c.wal)?;
-            install_backend(&mut sim, backend);
+            let (sim, report) = reopen_wal(opts, dir, Some(&identity))?;
+            recovery = Some(report);
             (sim, source.truth(&cdna, seed)?)
         }
         wal_dir => {
@@ -516,7 +526,8 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
             }
             let truth = source.spawn(&mut sim, &cdna, seed)?;
             if let Some(dir) = wal_dir {
-                // The WAL replays with the backend that wrote it (`auto` resolved).
+                // The backend the run starts on (`auto` resolved): a resumed run
+                // goes on with it unless its command asks for another.
                 let manifest = Manifest {
                     format_version: wal::FORMAT_VERSION,
                     sim: SimConfig {
@@ -646,18 +657,7 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
             // Replaying can hit the same bug (a panic after the Journal stage
             // was journaled): that, or a recovery error, ends the run here.
             let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let backend = continuing_backend(opts, dir)?;
-                let rec = wal::recover(
-                    dir,
-                    &RecoverOptions {
-                        threads: c.sim.threads,
-                        exclusive: true,
-                    },
-                )?;
-                let r = rec.report.clone();
-                let mut sim = wal::resume(rec, &c.wal)?;
-                install_backend(&mut sim, backend);
-                Ok::<_, RunError>((sim, r))
+                reopen_wal(opts, dir, None)
             }));
             let (resumed, r) = match recovered {
                 Ok(Ok(ok)) => ok,
@@ -834,7 +834,7 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
         last_organized: hier.last_organized,
         backend_requested: sim.backend().requested().name().to_string(),
         backend: sim.backend().active().name().to_string(),
-        gpu_adapter: sim.backend().adapter().map(str::to_string),
+        gpu_adapter: sim.backend().adapter(),
         backend_fallback: sim.backend().fallback().map(str::to_string),
         gpu: sim
             .backend()

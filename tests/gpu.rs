@@ -58,6 +58,38 @@ fn pair(settings_of: &impl Fn(Backend) -> SimSettings) -> Option<(Simulation, Si
     }
 }
 
+/// Whether the GPU tests can run here (printing `SKIPPED` when not; failing
+/// when `NEUROGRAPH_REQUIRE_GPU` is set).
+fn gpu_available() -> bool {
+    pair(&settings).is_some()
+}
+
+/// `run` arguments for `tokens` tokens up to tick `ticks` on `backend`,
+/// journaled in `wal` with a snapshot every `every` ticks.
+fn wal_run<'a>(
+    wal: &'a str,
+    tokens: &'a str,
+    backend: &'a str,
+    ticks: &'a str,
+    every: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--tokens",
+        tokens,
+        "--ticks",
+        ticks,
+        "--json",
+        "--quiet",
+        "--backend",
+        backend,
+        "--wal",
+        wal,
+        "--snapshot-every",
+        every,
+    ]
+}
+
 fn load(sim: &mut Simulation, tokens: &[TokenSpec], seed: u64) {
     sim.world_mut().insert_resource(SimRng::seeded(seed));
     for chunk in tokens.chunks(4096) {
@@ -161,16 +193,10 @@ fn count_pairs(buf: &ForceBuffers, i: usize, rel: f64) -> u32 {
 /// relative to max(|F_cpu|, median |F_cpu|).
 fn force_error(a: &[Vec8], b: &[Vec8]) -> f32 {
     assert_eq!(a.len(), b.len());
-    let mut mags: Vec<f32> = a.iter().map(|f| f.length()).collect();
-    mags.sort_by(f32::total_cmp);
-    let median = mags.get(mags.len() / 2).copied().unwrap_or(0.0);
-    let mut worst = 0.0f32;
-    for (s, (fa, &fb)) in a.iter().zip(b).enumerate() {
+    for (s, fb) in b.iter().enumerate() {
         assert!(fb.is_finite(), "GPU force of slot {s} is {fb:?}");
-        let scale = fa.length().max(median).max(f32::MIN_POSITIVE);
-        worst = worst.max((fb - *fa).length() / scale);
     }
-    worst
+    neurograph::physics::max_relative_difference(a, b)
 }
 
 /// The largest coordinate difference after the same ticks, relative to the
@@ -466,7 +492,7 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
 
 #[test]
 fn run_backend_gpu_json_end_to_end() {
-    if pair(&settings).is_none() {
+    if !gpu_available() {
         return;
     }
     let common = [
@@ -535,27 +561,13 @@ fn auto_uses_a_hardware_gpu_or_warns_and_runs_on_the_cpu() {
 
 #[test]
 fn a_gpu_wal_replays_and_verifies_on_the_gpu() {
-    if pair(&settings).is_none() {
+    if !gpu_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let wal = dir.path().join("wal");
     let wal = wal.to_str().unwrap();
-    let out = neurograph(&[
-        "run",
-        "--tokens",
-        "800",
-        "--ticks",
-        "35",
-        "--json",
-        "--quiet",
-        "--backend",
-        "gpu",
-        "--wal",
-        wal,
-        "--snapshot-every",
-        "10",
-    ]);
+    let out = neurograph(&wal_run(wal, "800", "gpu", "35", "10"));
     assert!(
         out.status.success(),
         "{}",
@@ -662,7 +674,7 @@ fn run_pass(
 
 #[test]
 fn a_world_larger_than_one_binding_is_split_and_a_too_large_one_refused() {
-    if pair(&settings).is_none() {
+    if !gpu_available() {
         return;
     }
     let mut sim = Simulation::new(settings(Backend::Cpu)).unwrap();
@@ -775,29 +787,13 @@ fn a_wal_mixing_gpu_and_cpu_ticks_replays_each_on_its_own_backend() {
 
 #[test]
 fn a_gpu_run_that_loses_its_gpu_stops_with_its_wal_whole() {
-    if pair(&settings).is_none() {
+    if !gpu_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let wal = dir.path().join("wal");
     let wal = wal.to_str().unwrap();
-    let args = |ticks: &'static str| {
-        vec![
-            "run",
-            "--tokens",
-            "600",
-            "--ticks",
-            ticks,
-            "--json",
-            "--quiet",
-            "--backend",
-            "gpu",
-            "--wal",
-            wal,
-            "--snapshot-every",
-            "100",
-        ]
-    };
+    let args = |ticks| wal_run(wal, "600", "gpu", ticks, "100");
     let mut first = args("20");
     first.extend(["--fault-gpu-loss-at", "10"]);
     let out = neurograph(&first);
@@ -847,29 +843,13 @@ fn neurograph_without_gpu(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn gpu_ticks_need_a_gpu_to_replay_and_say_so() {
-    if pair(&settings).is_none() {
+    if !gpu_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let wal_dir = dir.path().join("wal");
     let wal = wal_dir.to_str().unwrap();
-    let run = |backend: &'static str, ticks: &'static str| {
-        vec![
-            "run",
-            "--tokens",
-            "500",
-            "--ticks",
-            ticks,
-            "--json",
-            "--quiet",
-            "--backend",
-            backend,
-            "--wal",
-            wal,
-            "--snapshot-every",
-            "10",
-        ]
-    };
+    let run = |backend, ticks| wal_run(wal, "500", backend, ticks, "10");
     let out = neurograph(&run("gpu", "15"));
     assert!(
         out.status.success(),
