@@ -9,7 +9,7 @@ use neurograph::physics::{ForceParams, LinkTable, TokenParams, reference_forces}
 use neurograph::prelude::*;
 use neurograph::scenario::{self, ScenarioParams};
 use neurograph::spatial::{KdTree, NeighborList, SearchInput};
-use neurograph::systems::compute_forces;
+use neurograph::systems::{compute_densities, compute_forces};
 use std::time::Duration;
 
 fn uniform_sim(tokens: usize) -> Simulation {
@@ -99,6 +99,7 @@ fn forces_vs_reference(c: &mut Criterion) {
     let skin = SimConfig::default().neighbor_skin;
     let links = LinkTable::default();
     let mut out = vec![Vec8::ZERO; n];
+    let mut rho = vec![0.0f32; n];
     let mut g = c.benchmark_group("forces_10k");
     g.sample_size(10).throughput(Throughput::Elements(n as u64));
     g.bench_function("reference_o_n2", |b| {
@@ -112,7 +113,8 @@ fn forces_vs_reference(c: &mut Criterion) {
                 ids: &d.ids,
                 skin,
             });
-            compute_forces(&d.pts, &d.params, &nl, &links, &fp, &mut out)
+            compute_densities(&d.pts, &d.params, &nl, &mut rho);
+            compute_forces(&d.pts, &d.params, &rho, &nl, &links, &fp, &mut out)
         })
     });
     let nl = NeighborList::build(SearchInput {
@@ -122,7 +124,10 @@ fn forces_vs_reference(c: &mut Criterion) {
         skin,
     });
     g.bench_function("fast_valid_list", |b| {
-        b.iter(|| compute_forces(&d.pts, &d.params, &nl, &links, &fp, &mut out))
+        b.iter(|| {
+            compute_densities(&d.pts, &d.params, &nl, &mut rho);
+            compute_forces(&d.pts, &d.params, &rho, &nl, &links, &fp, &mut out)
+        })
     });
     g.finish();
 }

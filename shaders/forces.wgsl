@@ -1,20 +1,28 @@
-// NeuroGraph force pass (DESIGN §4) on the GPU: one invocation per token.
+// NeuroGraph force pass (DESIGN §4, `src/physics.rs`) on the GPU: two entry
+// points, one invocation per token each.
 //
-// It computes exactly what `compute_forces_proposing` computes on the CPU, in the
-// same order, from the same Verlet candidate lists (built on the CPU, uploaded
-// when they change):
+// They compute exactly what `compute_densities` and `compute_forces_proposing`
+// compute on the CPU, in the same order, from the same Verlet candidate lists
+// (built on the CPU, uploaded when they change). With u = r / R_ij,
+// R_ij = max(R_i, R_j):
 //
-//   for each candidate j of token i (ascending id), when r < R_ij = max(R_i, R_j):
-//     field: F_i += k_field · s_i s_j · q_i q_j · m_j · (1 − r/R_ij)² · d/r
-//     core:  F_i −= k_core · (1 − r/σ)² · d/r          (r < σ)
-//   then for each link of i (ascending partner id):
-//     link:  F_i += k_link · w · (r − L) · d/r
+//   `density` (dispatched first, over every chunk):
+//     rho_i = sum over candidates j within R_ij (ascending id) of W(u) = (1 − u⁸)²
+//   `main`:
+//     p_i = (rho_i / rho_0)²
+//     for each candidate j of token i (ascending id), when r < R_ij:
+//       F_i += [k_field · s_i s_j · q_i q_j · m_j − k_density · (p_i + p_j)/2]
+//              · 16 u⁶ (1 − u⁸) / R_ij · d                 (= w(u) · d/r)
+//       F_i −= k_core · (1 − r/σ)² · d/r                    (r < σ)
+//     then for each link of i (ascending partner id):
+//       F_i += k_link · w · (r − L) · d/r
 //
-// Coincident tokens (r = 0) count as a pair and exert no force. Each token's sum
-// is one invocation's loop, so the result does not depend on scheduling; no
-// atomics are used. Besides the force, each invocation writes its pair count and
+// Coincident tokens (r = 0) count as a pair and exert no force. Each token's
+// sums are one invocation's loops, so the result does not depend on scheduling;
+// no atomics are used. Besides the force, `main` writes the pair count and
 // `Learn`'s proposal: the nearest unlinked candidate closer than `within` (ties:
-// the smaller id, i.e. the first found), both ends below `max_degree` links.
+// the smaller id, i.e. the first found), both ends below `max_degree` links and
+// at most the target density (p ≤ 1).
 
 const WORKGROUP_SIZE: u32 = 64u;
 const NONE: u32 = 0xffffffffu;
@@ -37,8 +45,9 @@ struct Params {
     k_link: f32,
     // Squared formation distance.
     within2: f32,
-    _pad0: u32,
-    _pad1: u32,
+    k_density: f32,
+    // 1 / rho_0.
+    inv_target_density: f32,
 }
 
 // One link end: the other token's slot, the weight, the rest length.
@@ -64,6 +73,8 @@ struct LinkEnd {
 @group(0) @binding(6) var<storage, read_write> force: array<vec4<f32>>;
 // Out per token: the proposed partner's slot (NONE for none), the pair count.
 @group(0) @binding(7) var<storage, read_write> aux: array<vec2<u32>>;
+// Per token: the local density (written by `density`, read by `main`).
+@group(0) @binding(8) var<storage, read_write> rho: array<f32>;
 
 fn is_linked(row: vec4<u32>, j: u32) -> bool {
     for (var k = 0u; k < row.w; k++) {
@@ -72,6 +83,47 @@ fn is_linked(row: vec4<u32>, j: u32) -> bool {
         }
     }
     return false;
+}
+
+// 1 − u⁸ for u² = r2 / cutoff², as `one_minus_u8` on the CPU.
+fn one_minus_u8(u2: f32) -> f32 {
+    let u4 = u2 * u2;
+    return 1.0 - u4 * u4;
+}
+
+fn pressure(density: f32) -> f32 {
+    let x = density * p.inv_target_density;
+    return x * x;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn density(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let k = (wg.y * p.groups_x + wg.x) * WORKGROUP_SIZE + local;
+    if k >= p.n {
+        return;
+    }
+    let i = p.first + k;
+    let xi0 = pos[2u * i];
+    let xi1 = pos[2u * i + 1u];
+    let ti = tok[i];
+    let row = rows[i];
+    var sum = 0.0;
+    for (var k = 0u; k < row.y; k++) {
+        let j = cand[row.x + k];
+        let d0 = pos[2u * j] - xi0;
+        let d1 = pos[2u * j + 1u] - xi1;
+        let r2 = dot(d0, d0) + dot(d1, d1);
+        let cutoff = max(ti.z, tok[j].z);
+        let c2 = cutoff * cutoff;
+        if r2 < c2 {
+            let t = one_minus_u8(r2 / c2);
+            sum += t * t;
+        }
+    }
+    rho[i] = sum;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -88,7 +140,8 @@ fn main(
     let xi1 = pos[2u * i + 1u];
     let ti = tok[i];
     let row = rows[i];
-    let propose = p.propose != 0u && row.w < p.max_degree;
+    let pi = pressure(rho[i]);
+    let propose = p.propose != 0u && row.w < p.max_degree && pi <= 1.0;
 
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
@@ -107,19 +160,24 @@ fn main(
             continue;
         }
         pairs += 1u;
+        let pj = pressure(rho[j]);
         if r2 > 0.0 {
-            let r = sqrt(r2);
-            let u = 1.0 - r / cutoff;
-            var magnitude = p.k_field * ti.w * tj.w * ti.x * tj.x * tj.y * u * u;
-            if r < p.core_radius {
+            let inv_c = 1.0 / cutoff;
+            let u2 = r2 * (inv_c * inv_c);
+            let u6 = u2 * u2 * u2;
+            let profile = 16.0 * u6 * one_minus_u8(u2) * inv_c;
+            let coupling = p.k_field * ti.w * tj.w * ti.x * tj.x * tj.y
+                - p.k_density * 0.5 * (pi + pj);
+            var s = coupling * profile;
+            if r2 < p.core_radius * p.core_radius {
+                let r = sqrt(r2);
                 let c = 1.0 - r / p.core_radius;
-                magnitude -= p.k_core * c * c;
+                s -= p.k_core * c * c / r;
             }
-            let s = magnitude / r;
             acc0 += d0 * s;
             acc1 += d1 * s;
         }
-        if propose && r2 < p.within2 && (best == NONE || r2 < best_d2)
+        if propose && r2 < p.within2 && pj <= 1.0 && (best == NONE || r2 < best_d2)
             && rows[j].w < p.max_degree && !is_linked(row, j) {
             best = j;
             best_d2 = r2;

@@ -104,13 +104,24 @@ pub struct FieldLimits {
     pub max_charge: f32,
 }
 
-/// Physical constants of DESIGN §4.
+/// Physical constants of DESIGN §4 (the law is in [`crate::physics`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Physics {
-    /// Field coupling `k_field`.
+    /// Field coupling `k_field`: attraction of like charges, repulsion of
+    /// opposite ones.
     pub k_field: f32,
-    /// Core repulsion `k_core`.
+    /// Density repulsion `k_density` at the target density, in `(0, 1000]` and at
+    /// least `k_field / 4`. Fully charged fields settle where `ρ/ρ₀ = √(k_field /
+    /// k_density)`: at the target when the two are equal (the default).
+    #[serde(default = "defaults::k_density")]
+    pub k_density: f32,
+    /// The number of neighbours within the field radius a settled field of fully
+    /// charged tokens has in its bulk, in `[2, 10000]` (sets the target density
+    /// `ρ₀`, see [`crate::physics::target_density`]).
+    #[serde(default = "defaults::target_neighbors")]
+    pub target_neighbors: f32,
+    /// Core repulsion `k_core` (excluded volume at short range).
     pub k_core: f32,
     /// Core radius `σ` (below every field radius).
     pub core_radius: f32,
@@ -166,9 +177,10 @@ pub struct HierarchyParams {
     pub organize_every: u32,
     /// Levels above the tokens (0 = none; at most 8).
     pub depth: u8,
-    /// Linking length ℓ₁ of level 1 (friends-of-friends over level-0 tokens).
+    /// Linking length ℓ₁ of level 1 (friends-of-friends over level-0 tokens); 0
+    /// (the default) follows the density, see [`HierarchyParams::level1_link_length`].
     pub link_length: f32,
-    /// ℓ of level k+1 is ℓ of level k times this (> 1).
+    /// ℓ of level k+1 is ℓ of level k times this (≥ 1).
     pub level_scale: f32,
     /// Fewest tokens in a level-1 group.
     pub min_size: u32,
@@ -183,13 +195,33 @@ pub struct HierarchyParams {
     pub group_pull: f32,
 }
 
+impl HierarchyParams {
+    /// Friends within ℓ₁ per token of a settled field that the derived linking
+    /// length aims for: friends-of-friends holds a group together only above the
+    /// continuum percolation threshold, a mean of about 1–2 friends in 8D.
+    pub const FRIENDS: f32 = 5.0;
+
+    /// The linking length ℓ₁ of level 1: `link_length` when set, else derived from
+    /// the density, `ℓ₁ = R (FRIENDS / target_neighbors)^{1/8}` for the field
+    /// radius `R` (the median of the tokens'), so that a field settled at the
+    /// target has about [`FRIENDS`](Self::FRIENDS) friends per token by the
+    /// uniform-ball estimate (0.8 R at the default 30 neighbours).
+    pub fn level1_link_length(&self, target_neighbors: f32, field_radius: f32) -> f32 {
+        if self.link_length > 0.0 {
+            self.link_length
+        } else {
+            field_radius * (Self::FRIENDS / target_neighbors).powf(1.0 / DIM as f32)
+        }
+    }
+}
+
 impl Default for HierarchyParams {
     fn default() -> Self {
         Self {
             organize_every: 10,
             depth: 2,
-            link_length: 0.6,
-            level_scale: 10.0,
+            link_length: 0.0,
+            level_scale: 15.0,
             min_size: 5,
             min_children: 2,
             attach_within: 0.9,
@@ -201,6 +233,12 @@ impl Default for HierarchyParams {
 /// Defaults of fields added after a block's first version (files without them
 /// still parse).
 mod defaults {
+    pub fn k_density() -> f32 {
+        1.0
+    }
+    pub fn target_neighbors() -> f32 {
+        30.0
+    }
     pub fn prune_below() -> f32 {
         0.05
     }
@@ -393,6 +431,8 @@ impl Cdna {
             },
             physics: Physics {
                 k_field: 1.0,
+                k_density: defaults::k_density(),
+                target_neighbors: defaults::target_neighbors(),
                 k_core: 10.0,
                 core_radius: 0.4,
                 k_link: 0.5,
@@ -445,6 +485,9 @@ impl Cdna {
                 c.dimensions.max = [10000.0; DIM];
                 c.field.max_radius = 20.0;
                 c.physics.k_field = 1.5;
+                // As strong a density repulsion: the fields are as dense as the
+                // default's, held more stiffly.
+                c.physics.k_density = 1.5;
                 c.graph.max_degree = 128;
                 c.evolution.evolution_rate = 0.1;
             }
@@ -513,6 +556,20 @@ impl Cdna {
         );
         let p = &self.physics;
         c.range("physics.k_field", p.k_field, 0.0, 1000.0);
+        c.positive("physics.k_density", p.k_density, 1000.0);
+        if p.k_density.is_finite() && p.k_field.is_finite() && p.k_field > 4.0 * p.k_density {
+            // Past this the density of a settled field is more than twice the
+            // target's, and the target no longer says what the run will do.
+            c.0.push(FieldError {
+                field: "physics.k_density".into(),
+                value: p.k_density.to_string(),
+                limit: format!(
+                    "must be at least physics.k_field / 4 = {} (fields settle at √(k_field / k_density) × the target density)",
+                    p.k_field / 4.0
+                ),
+            });
+        }
+        c.range("physics.target_neighbors", p.target_neighbors, 2.0, 10000.0);
         c.range("physics.k_core", p.k_core, 0.0, 10000.0);
         c.positive("physics.core_radius", p.core_radius, 1000.0);
         if p.core_radius.is_finite() && f.min_radius.is_finite() && p.core_radius >= f.min_radius {
@@ -568,7 +625,7 @@ impl Cdna {
                 limit: "must be in [0, 8]".into(),
             });
         }
-        c.positive("hierarchy.link_length", h.link_length, 1e6);
+        c.range("hierarchy.link_length", h.link_length, 0.0, 1e6);
         c.range("hierarchy.level_scale", h.level_scale, 1.0, 1e6);
         for (name, v) in [
             ("hierarchy.min_size", h.min_size),

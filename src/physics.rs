@@ -1,20 +1,99 @@
 //! The physics of DESIGN §4, as plain functions shared by every backend, and the
 //! O(N²) reference the fast path is tested against.
 //!
-//! | term  | force on token *i* (`d = x_j − x_i`, `r = |d|`, `R_ij = max(R_i, R_j)`) | when |
-//! |-------|------------------------------------------------------------------------|------|
-//! | field | `+k_field · s_i s_j · q_i q_j · m_j · (1 − r/R_ij)² · d/r`               | `0 < r < R_ij` |
-//! | core  | `−k_core · (1 − r/σ)² · d/r`                                             | `0 < r < min(σ, R_ij)` |
-//! | link  | `+k_link · w_ij · (r − L_ij) · d/r`                                      | `r > 0`, per link |
+//! # The law: many-body DPD with a density-dependent repulsion
+//!
+//! For a pair `i, j` with `d = x_j − x_i`, `r = |d|`, cutoff `R_ij = max(R_i, R_j)` and
+//! `u = r / R_ij < 1`, two dimensionless weights (D = 8, the dimension):
+//!
+//! | weight | formula | role |
+//! |--------|---------|------|
+//! | density weight `W(u)` | `(1 − u⁸)²` | what a neighbour adds to the local density |
+//! | force weight `w(u)`   | `−dW/du = 16 u⁷ (1 − u⁸)` | the profile of every pair force |
+//!
+//! Each token's **local density** is `ρ_i = Σ_j W(u_ij)` over its neighbours within
+//! the cutoff, and its **pressure** is `p_i = (ρ_i / ρ₀)²`, where `ρ₀` is the target
+//! density ([`target_density`]: the CDNA's `physics.target_neighbors` times
+//! [`DENSITY_PER_NEIGHBOR`]). Then, on token *i*:
+//!
+//! | term | force on *i* | when |
+//! |------|--------------|------|
+//! | field and density | `+[k_field · s_i s_j · q_i q_j · m_j − k_density · (p_i + p_j)/2] · w(u) · d/r` | `0 < r < R_ij` |
+//! | core  | `−k_core · (1 − r/σ)² · d/r` | `0 < r < min(σ, R_ij)` |
+//! | link  | `+k_link · w_ij · (r − L_ij) · d/r` | `r > 0`, per link |
+//!
+//! A like-charged pair attracts while the two tokens' mean pressure is below
+//! `k_field · s_i s_j q_i q_j m_j / k_density` and repels above it; an opposite pair
+//! always repels. With the defaults (`k_density = k_field`) a field of fully charged,
+//! unit-mass tokens comes to rest where `p = 1`, that is at `ρ = ρ₀`: the density is
+//! a set point, not an outcome of the initial conditions.
+//!
+//! **Why this law.** It is the many-body dissipative particle dynamics of
+//! Pagonabarraga & Frenkel (J. Chem. Phys. 115, 5015, 2001) — a potential
+//! `U = Σ_i ψ(ρ_i)` of the local densities — together with a pair attraction, as in
+//! Warren's many-body DPD (Phys. Rev. E 68, 066702, 2003), noise-free (the integrator
+//! damps). For tokens of one radius and one mass the pair terms are `−R · ∇U` of
+//!
+//! `U = Σ_i (k_density ρ₀ / 6) (ρ_i/ρ₀)³ − Σ_{i<j} k_field s_i s_j q_i q_j m W(u_ij) + U_core`,
+//!
+//! and `U` is bounded below by `−N · (k_field m)^{3/2} ρ₀ / (3 √k_density)`
+//! (each attraction term is at most `k_field m W`, and `Σ_j W = ρ_i`; minimise the
+//! cubic per token), so the law is H-stable in Ruelle's sense: no group can collapse
+//! into an ever-denser blob. The first version of this law, a bounded soft core
+//! under a pair attraction, was not: in 8D the core ball holds (σ/R)⁸ ≈ 0.07% of
+//! the field ball, and groups contracted until every member saw every other.
+//!
+//! Two choices are specific to eight dimensions:
+//!
+//! - **The weight `W = (1 − u⁸)²`**, where `u⁸` is the fraction of the field ball's
+//!   volume closer than `r`. In 8D 83% of that volume lies beyond `u = 0.8`; weights
+//!   peaked at the centre (Warren's `(1 − u)²`, the Lucy kernel) give those
+//!   neighbours under 4% and cannot see most of the field, so the neighbour count
+//!   drifts far from the density they control. `W` keeps every neighbour's weight
+//!   above ½ up to `u = 0.87`, and its mean over a uniform ball is exactly ⅓. It
+//!   needs no square root (`u⁸ = (r²/R²)⁴`), nor does the force profile
+//!   (`w(u)/r = 16 u⁶ (1 − u⁸) / R`).
+//! - **The soft core stays**, as excluded volume: one neighbour at contact adds
+//!   `W(0)/ρ₀ ≈ 0.06` to `ρ/ρ₀`, too little for the density term to keep two tokens
+//!   apart, so without it pairs and triples of tokens would fuse. It is a positive
+//!   pair potential and does not affect the bound above.
+//!
+//! The pressure is quadratic (`ψ` cubic, a third-order virial expansion) rather than
+//! linear as in Warren's form so that fields of partly charged tokens still settle
+//! near the target: the rest density is `ρ₀ · √(k_field c / k_density)` for a mean
+//! coupling `c = s_i s_j q_i q_j m_j`, so `c = 0.56` (charges uniform in [0.5, 1])
+//! gives 0.75 ρ₀ instead of 0.56 ρ₀.
+//!
+//! # Calibration
+//!
+//! `ρ₀` is a density, the target a number of neighbours within the cutoff; the two
+//! are tied by the structure the law settles into, which has more near neighbours
+//! than a uniform ball (whose mean `W` would make the factor ⅓).
+//! [`DENSITY_PER_NEIGHBOR`] was measured: `examples/calibrate_density.rs` settles
+//! 2,000 like-charged tokens from a ball of radius 0.05 under several factors and
+//! reports the mean neighbour count at rest (see `docs/physics.md` for the run).
+//!
+//! # Order of summation
 //!
 //! Coincident tokens (`r = 0`) count as a pair but exert no force: the direction
-//! `d/r` is undefined. Each token's force is summed in a fixed order — pair terms by
-//! ascending neighbour [`TokenId`], then link terms by ascending partner id — so the
-//! result is bit-identical whatever the thread count or the spatial index.
+//! `d/r` is undefined. Each token's density and force are sums in a fixed order —
+//! pair terms by ascending neighbour [`TokenId`], then link terms by ascending partner
+//! id — so the result is bit-identical whatever the thread count or the spatial index.
 
 use crate::cdna::Cdna;
 use crate::components::TokenId;
 use crate::math::Vec8;
+
+/// The target density `ρ₀` per target neighbour: `ρ₀ = target_neighbors ×
+/// DENSITY_PER_NEIGHBOR`. Calibrated in 8D with the default CDNA (see the module
+/// docs); a uniform ball would give ⅓.
+pub const DENSITY_PER_NEIGHBOR: f32 = 0.52;
+
+/// The target density `ρ₀` (in units of the density weight `W`) for a target
+/// number of neighbours within the cutoff.
+pub fn target_density(target_neighbors: f32) -> f32 {
+    target_neighbors * DENSITY_PER_NEIGHBOR
+}
 
 /// The per-token values the pair force reads, gathered contiguously (and uploaded
 /// to the GPU as they are: a `vec4<f32>` per token).
@@ -36,6 +115,10 @@ pub struct TokenParams {
 pub struct ForceParams {
     /// `k_field`.
     pub k_field: f32,
+    /// `k_density`: the density repulsion at the target density.
+    pub k_density: f32,
+    /// `1 / ρ₀`, the inverse target density.
+    pub inv_target_density: f32,
     /// `k_core`.
     pub k_core: f32,
     /// `σ`.
@@ -49,20 +132,59 @@ impl ForceParams {
     pub fn from_cdna(c: &Cdna) -> Self {
         Self {
             k_field: c.physics.k_field,
+            k_density: c.physics.k_density,
+            inv_target_density: 1.0 / target_density(c.physics.target_neighbors),
             k_core: c.physics.k_core,
             core_radius: c.physics.core_radius,
             k_link: c.physics.k_link,
         }
     }
+
+    /// The pressure `p = (ρ/ρ₀)²` of a token with local density `density`.
+    #[inline(always)]
+    pub fn pressure(&self, density: f32) -> f32 {
+        let x = density * self.inv_target_density;
+        x * x
+    }
 }
 
-/// The pair force on `i` from `j`, or `None` when they are not a pair (`r ≥ R_ij`).
+/// `1 − u⁸` for `u² = r2 / cutoff²`: the square root of the density weight, and a
+/// factor of the force profile. Negative past the cutoff.
+#[inline(always)]
+fn one_minus_u8(u2: f32) -> f32 {
+    let u4 = u2 * u2;
+    1.0 - u4 * u4
+}
+
+/// The density weight `W = (1 − u⁸)²` of a pair at squared distance `r2` with
+/// cutoff `cutoff`, or `None` when they are not a pair (`r ≥ cutoff`, or NaN).
+#[inline(always)]
+pub fn density_weight(r2: f32, cutoff: f32) -> Option<f32> {
+    // Written so that NaN is "not a pair".
+    let within = r2 < cutoff * cutoff;
+    if !within {
+        return None;
+    }
+    let t = one_minus_u8(r2 / (cutoff * cutoff));
+    Some(t * t)
+}
+
+/// What `j` adds to the local density of `i`, or `None` when they are not a pair.
+#[inline(always)]
+pub fn pair_density(xi: Vec8, pi: &TokenParams, xj: Vec8, pj: &TokenParams) -> Option<f32> {
+    density_weight((xj - xi).length_squared(), pi.radius.max(pj.radius))
+}
+
+/// The pair force on `i` from `j` given both pressures (`p = (ρ/ρ₀)²`, see
+/// [`ForceParams::pressure`]), or `None` when they are not a pair (`r ≥ R_ij`).
 #[inline(always)]
 pub fn pair_force(
     xi: Vec8,
     pi: &TokenParams,
+    pressure_i: f32,
     xj: Vec8,
     pj: &TokenParams,
+    pressure_j: f32,
     fp: &ForceParams,
 ) -> Option<Vec8> {
     let d = xj - xi;
@@ -76,15 +198,35 @@ pub fn pair_force(
     if r2 == 0.0 {
         return Some(Vec8::ZERO);
     }
-    let r = r2.sqrt();
-    let u = 1.0 - r / cutoff;
-    let mut magnitude =
-        fp.k_field * pi.strength * pj.strength * pi.charge * pj.charge * pj.mass * u * u;
-    if r < fp.core_radius {
+    Some(d * pair_magnitude(r2, cutoff, pi, pressure_i, pj, pressure_j, fp))
+}
+
+/// The scalar `s` of the pair force `s · d` (see [`pair_force`]) for a pair within
+/// its cutoff at `0 < r2`.
+#[inline(always)]
+pub fn pair_magnitude(
+    r2: f32,
+    cutoff: f32,
+    pi: &TokenParams,
+    pressure_i: f32,
+    pj: &TokenParams,
+    pressure_j: f32,
+    fp: &ForceParams,
+) -> f32 {
+    let inv_c = 1.0 / cutoff;
+    let u2 = r2 * (inv_c * inv_c);
+    let u6 = u2 * u2 * u2;
+    // w(u)/r = 16 u⁶ (1 − u⁸) / R.
+    let profile = 16.0 * u6 * one_minus_u8(u2) * inv_c;
+    let coupling = fp.k_field * pi.strength * pj.strength * pi.charge * pj.charge * pj.mass
+        - fp.k_density * 0.5 * (pressure_i + pressure_j);
+    let mut s = coupling * profile;
+    if r2 < fp.core_radius * fp.core_radius {
+        let r = r2.sqrt();
         let c = 1.0 - r / fp.core_radius;
-        magnitude -= fp.k_core * c * c;
+        s -= fp.k_core * c * c / r;
     }
-    Some(d * (magnitude / r))
+    s
 }
 
 /// The spring force on `i` from a link to `j` with `k_w = k_link · w` and rest length `rest`.
@@ -299,8 +441,39 @@ impl LinkTable {
     }
 }
 
-/// Forces and pair count by brute force: every token against every other, in
-/// ascending id order. `pairs` counts ordered pairs (each unordered pair twice).
+/// Every token's local density `ρ_i = Σ_j W(u_ij)` by brute force, summed in
+/// ascending id order (the order of the fast path).
+pub fn reference_densities(
+    positions: &[Vec8],
+    params: &[TokenParams],
+    ids: &[TokenId],
+) -> Vec<f32> {
+    let order = id_order(ids);
+    (0..positions.len())
+        .map(|i| {
+            let mut rho = 0.0f32;
+            for &j in &order {
+                if j != i
+                    && let Some(w) =
+                        pair_density(positions[i], &params[i], positions[j], &params[j])
+                {
+                    rho += w;
+                }
+            }
+            rho
+        })
+        .collect()
+}
+
+fn id_order(ids: &[TokenId]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i]);
+    order
+}
+
+/// Forces and pair count by brute force: the densities of
+/// [`reference_densities`], then every token against every other, in ascending
+/// id order. `pairs` counts ordered pairs (each unordered pair twice).
 pub fn reference_forces(
     positions: &[Vec8],
     params: &[TokenParams],
@@ -309,8 +482,11 @@ pub fn reference_forces(
     fp: &ForceParams,
 ) -> (Vec<Vec8>, u64) {
     let n = positions.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| ids[i]);
+    let order = id_order(ids);
+    let pressure: Vec<f32> = reference_densities(positions, params, ids)
+        .into_iter()
+        .map(|rho| fp.pressure(rho))
+        .collect();
     let mut forces = vec![Vec8::ZERO; n];
     let mut pairs = 0;
     for i in 0..n {
@@ -319,7 +495,9 @@ pub fn reference_forces(
             if j == i {
                 continue;
             }
-            if let Some(fij) = pair_force(positions[i], &params[i], positions[j], &params[j], fp) {
+            let (xi, xj) = (positions[i], positions[j]);
+            let fij = pair_force(xi, &params[i], pressure[i], xj, &params[j], pressure[j], fp);
+            if let Some(fij) = fij {
                 f += fij;
                 pairs += 1;
             }
@@ -352,33 +530,102 @@ mod tests {
 
     const FP: ForceParams = ForceParams {
         k_field: 2.0,
+        k_density: 1.5,
+        inv_target_density: 0.1,
         k_core: 10.0,
         core_radius: 0.4,
         k_link: 0.5,
     };
 
+    /// `w(u) / r` in f64, from the formula `w = 16 u⁷ (1 − u⁸)`.
+    fn profile(r: f64, cutoff: f64) -> f64 {
+        let u = r / cutoff;
+        16.0 * u.powi(7) * (1.0 - u.powi(8)) / r
+    }
+
     #[test]
-    fn field_term_matches_the_formula_in_f64() {
+    fn field_and_density_terms_match_the_formula_in_f64() {
         // r = 0.5 along axis 2, R_ij = max(1, 0.8) = 1; outside the core.
         let xi = Vec8::ZERO;
         let xj = Vec8::from_array([0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0]);
         let (pi, pj) = (p(0.5, 1.0, 1.0, 0.9), p(0.8, 3.0, 0.8, 0.7));
-        let f = pair_force(xi, &pi, xj, &pj, &FP).unwrap();
-        let expect = 2.0f64 * 0.9 * 0.7 * 0.5 * 0.8 * 3.0 * (1.0 - 0.5f64).powi(2);
+        let (pri, prj) = (0.3f32, 0.7f32);
+        let f = pair_force(xi, &pi, pri, xj, &pj, prj, &FP).unwrap();
+        let coupling = 2.0f64 * 0.9 * 0.7 * 0.5 * 0.8 * 3.0 - 1.5 * 0.5 * (0.3 + 0.7);
+        let expect = coupling * profile(0.5, 1.0) * 0.5;
         assert!((f[2] as f64 - expect).abs() < 1e-6, "{} vs {expect}", f[2]);
         assert_eq!(f[0], 0.0);
-        // Like charges attract: the force points towards j.
+        // Below the balance pressure like charges attract: the force points towards j.
         assert!(f[2] > 0.0);
-        // Opposite charges repel.
-        let g = pair_force(xi, &p(-0.5, 1.0, 1.0, 0.9), xj, &pj, &FP).unwrap();
-        assert!((g[2] + f[2]).abs() < 1e-7);
+        // Opposite charges repel, and more so than the density term alone.
+        let g = pair_force(xi, &p(-0.5, 1.0, 1.0, 0.9), pri, xj, &pj, prj, &FP).unwrap();
+        let alone = pair_force(xi, &p(0.0, 1.0, 1.0, 0.9), pri, xj, &pj, prj, &FP).unwrap();
+        assert!(g[2] < alone[2] && alone[2] < 0.0, "{} {}", g[2], alone[2]);
+        // Above the balance pressure the same like-charged pair repels.
+        let h = pair_force(xi, &pi, 2.0, xj, &pj, 2.0, &FP).unwrap();
+        assert!(h[2] < 0.0);
+    }
+
+    #[test]
+    fn the_pair_force_vanishes_at_the_target_density() {
+        // Unit charges, masses and strengths with k_density = k_field: the pair
+        // force is zero exactly when both tokens sit at ρ₀ (p = 1).
+        let fp = ForceParams {
+            k_density: FP.k_field,
+            ..FP
+        };
+        let one = p(1.0, 1.0, 1.0, 1.0);
+        let xj = Vec8::from_array([0.0, 0.7, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let at = fp.pressure(10.0);
+        assert_eq!(at, 1.0);
+        let f = pair_force(Vec8::ZERO, &one, at, xj, &one, at, &fp).unwrap();
+        assert_eq!(f, Vec8::ZERO);
+        assert!(pair_force(Vec8::ZERO, &one, 0.5, xj, &one, 0.5, &fp).unwrap()[1] > 0.0);
+        assert!(pair_force(Vec8::ZERO, &one, 1.5, xj, &one, 1.5, &fp).unwrap()[1] < 0.0);
+    }
+
+    #[test]
+    fn force_weight_is_minus_the_derivative_of_the_density_weight() {
+        // Central differences of W(u) = (1 − u⁸)² against w(u) = 16 u⁷ (1 − u⁸).
+        for k in 1..20 {
+            let u = k as f64 / 20.0;
+            let w = |u: f64| (1.0 - u.powi(8)).powi(2);
+            let h = 1e-6;
+            let numeric = -(w(u + h) - w(u - h)) / (2.0 * h);
+            let analytic = profile(u, 1.0) * u;
+            assert!(
+                (numeric - analytic).abs() < 1e-6,
+                "u = {u}: {numeric} vs {analytic}"
+            );
+        }
+        // The density weight itself, in f32, and its cutoff.
+        let got = density_weight(0.25, 1.0).unwrap() as f64;
+        assert!((got - (1.0 - 0.5f64.powi(8)).powi(2)).abs() < 1e-7);
+        assert_eq!(density_weight(0.0, 2.0), Some(1.0));
+        assert_eq!(density_weight(4.0, 2.0), None);
+        assert_eq!(density_weight(f32::NAN, 2.0), None);
+    }
+
+    #[test]
+    fn the_mean_density_weight_over_a_uniform_ball_is_a_third() {
+        // ∫₀¹ (1 − u⁸)² · 8u⁷ du = ∫₀¹ (1 − v)² dv = 1/3 (v = u⁸, the volume fraction).
+        let n = 100_000;
+        let mean: f64 = (0..n)
+            .map(|k| {
+                let v = (k as f64 + 0.5) / n as f64;
+                let u = v.powf(1.0 / 8.0) as f32;
+                density_weight(u * u, 1.0).unwrap() as f64
+            })
+            .sum::<f64>()
+            / n as f64;
+        assert!((mean - 1.0 / 3.0).abs() < 1e-4, "{mean}");
     }
 
     #[test]
     fn core_term_repels_inside_sigma() {
         let xj = Vec8::from_array([0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         let zero = p(0.0, 1.0, 1.0, 1.0);
-        let f = pair_force(Vec8::ZERO, &zero, xj, &zero, &FP).unwrap();
+        let f = pair_force(Vec8::ZERO, &zero, 0.0, xj, &zero, 0.0, &FP).unwrap();
         let expect = -10.0f64 * (1.0 - 0.1f64 / 0.4).powi(2);
         assert!((f[0] as f64 - expect).abs() < 1e-5, "{} vs {expect}", f[0]);
     }
@@ -387,11 +634,30 @@ mod tests {
     fn cutoff_is_exclusive_and_coincident_is_a_forceless_pair() {
         let one = p(1.0, 1.0, 1.0, 1.0);
         let at_cutoff = Vec8::from_array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        assert!(pair_force(Vec8::ZERO, &one, at_cutoff, &one, &FP).is_none());
+        assert!(pair_force(Vec8::ZERO, &one, 1.0, at_cutoff, &one, 1.0, &FP).is_none());
+        assert!(pair_density(Vec8::ZERO, &one, at_cutoff, &one).is_none());
         assert_eq!(
-            pair_force(Vec8::ONE, &one, Vec8::ONE, &one, &FP),
+            pair_force(Vec8::ONE, &one, 1.0, Vec8::ONE, &one, 1.0, &FP),
             Some(Vec8::ZERO)
         );
+        assert_eq!(pair_density(Vec8::ONE, &one, Vec8::ONE, &one), Some(1.0));
+    }
+
+    #[test]
+    fn the_energy_per_token_is_bounded_below() {
+        // U_i(x) = (k_d ρ₀/6) x³ − (k_f ρ₀/2) x for x = ρ/ρ₀: its minimum over x ≥ 0
+        // is −ρ₀ k_f^{3/2} / (3 √k_d), reached at x = √(k_f/k_d), whatever the density.
+        let (kf, kd, rho0) = (2.0f64, 1.5f64, 10.0f64);
+        let u = |x: f64| kd * rho0 / 6.0 * x.powi(3) - kf * rho0 / 2.0 * x;
+        let bound = -rho0 * kf.powf(1.5) / (3.0 * kd.sqrt());
+        let lowest = (0..100_000)
+            .map(|k| u(k as f64 * 1e-3))
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            lowest >= bound - 1e-9 && lowest - bound < 1e-4,
+            "{lowest} {bound}"
+        );
+        assert!((u((kf / kd).sqrt()) - bound).abs() < 1e-9);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! | name | what |
 //! |------|------|
-//! | `clusters` | a planted hierarchical Gaussian mixture: 4 groups × 5 subgroups, with ground-truth labels |
+//! | `clusters` | a planted hierarchical Gaussian mixture: 4 groups × 5 subgroups, with ground-truth labels, spaced so that settled subgroups stay apart ([`ClusterGeometry`]) |
 //! | `uniform` | tokens uniform in a cube sized for ~30 neighbours within the cutoff (boundary included) |
+//! | `collapse` | like-charged tokens started inside a ball of radius 0.05: they must expand to the target density |
 //!
 //! Scenarios generate lazily ([`Scenario::stream`]) so that large worlds are spawned
 //! in batches without holding every spec in memory at once.
@@ -90,6 +91,12 @@ pub static SCENARIOS: &[Scenario] = &[
         description: "uniform in a cube sized for ~30 neighbours within the cutoff",
         default_tokens: 100_000,
         make: uniform,
+    },
+    Scenario {
+        name: "collapse",
+        description: "like charges started inside a ball of radius 0.05, which must expand to the target density",
+        default_tokens: 2_000,
+        make: collapse,
     },
 ];
 
@@ -199,29 +206,76 @@ fn unit(rng: &mut ChaCha8Rng) -> Vec8 {
 pub const CLUSTER_GROUPS: u32 = 4;
 /// Subgroups per group.
 pub const CLUSTER_SUBGROUPS: u32 = 5;
-const GROUP_DISTANCE: f32 = 12.0;
-const SUBGROUP_DISTANCE: f32 = 2.5;
-const MEMBER_SIGMA: f32 = 0.35;
+/// The geometry of `clusters` for `tokens` tokens, in field radii (R = 1).
+///
+/// Each subgroup of `M` tokens settles into a droplet of radius about
+/// `a = (M / 30)^{1/8}` (30 neighbours within R is the default CDNA's target).
+/// Members start Gaussian with `σ = 0.8 a / √8`: their mean distance from the
+/// centre is then 0.8 a, every member is close enough to the bulk to be drawn
+/// in, and a token starts with about 120 neighbours on average whatever `M` (a
+/// fixed σ would give every token all `M` of its subgroup's members once `M`
+/// is large). Subgroup centres sit `3a + 1` from their group's centre and at
+/// least that far apart, so settled droplets stay more than a field radius
+/// apart; group centres `6 ×` that from the origin and from each other.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClusterGeometry {
+    /// Gaussian σ of the members around their subgroup's centre, per axis.
+    pub member_sigma: f32,
+    /// Distance of a subgroup's centre from its group's, and least distance
+    /// between the subgroup centres of a group.
+    pub subgroup_distance: f32,
+    /// Distance of a group's centre from the origin, and least distance between
+    /// group centres.
+    pub group_distance: f32,
+}
+
+/// `σ` of the members in units of `a / √8` (see [`ClusterGeometry`]).
+const MEMBER_SPREAD: f32 = 0.8;
+
+impl ClusterGeometry {
+    /// The geometry for `tokens` tokens.
+    pub fn for_tokens(tokens: usize) -> Self {
+        let per_subgroup = tokens
+            .div_ceil((CLUSTER_GROUPS * CLUSTER_SUBGROUPS) as usize)
+            .max(1);
+        let a = (per_subgroup as f64 / UNIFORM_TARGET_NEIGHBORS).powf(1.0 / DIM as f64) as f32;
+        let subgroup_distance = 3.0 * a + 1.0;
+        Self {
+            member_sigma: MEMBER_SPREAD * a / (DIM as f32).sqrt(),
+            subgroup_distance,
+            group_distance: 6.0 * subgroup_distance,
+        }
+    }
+}
+
+/// `count` points at `distance` from `centre` in random directions, each at
+/// least `distance` from the others (rejection sampling; in 8D two random
+/// directions are that far apart, 60° or more, about four times in five).
+fn spread(rng: &mut ChaCha8Rng, centre: Vec8, distance: f32, count: u32) -> Vec<Vec8> {
+    let mut out: Vec<Vec8> = Vec::with_capacity(count as usize);
+    while out.len() < count as usize {
+        let x = centre + unit(rng) * distance;
+        if out.iter().all(|y| (x - *y).length() >= distance) {
+            out.push(x);
+        }
+    }
+    out
+}
 
 fn clusters(p: &ScenarioParams) -> Stream {
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
-    let groups: Vec<Vec8> = (0..CLUSTER_GROUPS)
-        .map(|_| unit(&mut rng) * GROUP_DISTANCE)
-        .collect();
+    let geo = ClusterGeometry::for_tokens(p.tokens);
+    let groups = spread(&mut rng, Vec8::ZERO, geo.group_distance, CLUSTER_GROUPS);
     let subs: Vec<Vec8> = groups
         .iter()
-        .flat_map(|g| {
-            (0..CLUSTER_SUBGROUPS)
-                .map(|_| *g + unit(&mut rng) * SUBGROUP_DISTANCE)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|&g| spread(&mut rng, g, geo.subgroup_distance, CLUSTER_SUBGROUPS))
         .collect();
     let k = subs.len();
     let n = p.tokens;
     Box::new((0..n).map(move |i| {
         // Round-robin keeps subgroup sizes within one of each other.
         let s = i % k;
-        let spec = TokenSpec::at(subs[s] + gaussian(&mut rng) * MEMBER_SIGMA)
+        let spec = TokenSpec::at(subs[s] + gaussian(&mut rng) * geo.member_sigma)
             .with_charge(rng.random_range(0.5..1.0));
         Generated {
             spec,
@@ -290,6 +344,22 @@ fn uniform(p: &ScenarioParams) -> Stream {
     }))
 }
 
+/// Radius of the ball the `collapse` scenario starts in.
+pub const COLLAPSE_RADIUS: f32 = 0.05;
+
+fn collapse(p: &ScenarioParams) -> Stream {
+    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+    Box::new((0..p.tokens).map(move |_| {
+        // Uniform in the 8-ball: a direction, and a radius with density ∝ r⁷.
+        let r = COLLAPSE_RADIUS * rng.random_range(0.0f32..1.0).powf(1.0 / DIM as f32);
+        Generated {
+            spec: TokenSpec::at(unit(&mut rng) * r),
+            label: None,
+            group: None,
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,7 +368,7 @@ mod tests {
     fn registry_lookup() {
         assert_eq!(find("clusters").unwrap().name, "clusters");
         let e = find("nope").err().unwrap();
-        assert!(e.contains("known: clusters, uniform"), "{e}");
+        assert!(e.contains("known: clusters, uniform, collapse"), "{e}");
         assert_eq!(default_scenario().name, "clusters");
     }
 

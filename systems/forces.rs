@@ -1,12 +1,16 @@
 //! `Forces`: gather the tokens into contiguous arrays, keep the Verlet neighbour
-//! lists valid, and compute every token's force (DESIGN §4) in parallel.
+//! lists valid, and compute every token's force (DESIGN §4, [`crate::physics`]) in
+//! parallel: a density pass (each token's `ρ_i` over its neighbour row), then the
+//! force pass, which reads the densities of both ends of every pair.
 
 use crate::backend::ForceBackend;
 use crate::cdna::Cdna;
 use crate::components::*;
 use crate::config::SimConfig;
 use crate::math::Vec8;
-use crate::physics::{ForceParams, LinkTable, TokenParams, link_force, pair_force, slot_table};
+use crate::physics::{
+    ForceParams, LinkTable, TokenParams, density_weight, link_force, pair_force, slot_table,
+};
 use crate::plugin::{ComputePool, SimSystems, SimTick};
 use crate::registry::{LinkGraph, SpatialDirty};
 use crate::spatial::{CHUNK, KdTree, NeighborList, SearchInput, Travel};
@@ -60,6 +64,8 @@ pub struct ForceBuffers {
     pub positions: Vec<Vec8>,
     /// Charge, mass, radius, strength, gathered order.
     pub params: Vec<TokenParams>,
+    /// Local densities `ρ` computed this tick (the density pass), gathered order.
+    pub density: Vec<f32>,
     /// Forces computed this tick.
     pub forces: Vec<Vec8>,
     /// Verlet lists over the gathered order.
@@ -186,24 +192,59 @@ impl ForceBuffers {
     }
 }
 
-/// Computes `forces[i]` for every token from the neighbour lists and the link table,
-/// in parallel on the current rayon pool. Returns the ordered pair count.
+/// Computes every token's local density `ρ_i = Σ_j W(u_ij)` over its neighbour
+/// row (ascending id, so bit-identical to
+/// [`reference_densities`](crate::physics::reference_densities)), in parallel on
+/// the current rayon pool. `density` has one entry per token.
+pub fn compute_densities(
+    positions: &[Vec8],
+    params: &[TokenParams],
+    neighbors: &NeighborList,
+    density: &mut [f32],
+) {
+    density
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, out)| {
+            puffin::profile_scope!("density_chunk");
+            for (k, rho) in out.iter_mut().enumerate() {
+                let i = c * CHUNK + k;
+                let (xi, pi) = (positions[i], &params[i]);
+                let mut sum = 0.0f32;
+                // Branch-free: a candidate past its cutoff adds exactly 0.
+                for &j in neighbors.row(i) {
+                    let pj = &params[j as usize];
+                    let r2 = (positions[j as usize] - xi).length_squared();
+                    sum += density_weight(r2, pi.radius.max(pj.radius)).unwrap_or(0.0);
+                }
+                *rho = sum;
+            }
+        });
+}
+
+/// Computes `forces[i]` for every token from the neighbour lists, the densities
+/// of [`compute_densities`] and the link table, in parallel on the current rayon
+/// pool. Returns the ordered pair count.
 pub fn compute_forces(
     positions: &[Vec8],
     params: &[TokenParams],
+    density: &[f32],
     neighbors: &NeighborList,
     links: &LinkTable,
     fp: &ForceParams,
     forces: &mut [Vec8],
 ) -> u64 {
-    compute_forces_proposing(positions, params, neighbors, links, fp, forces, None)
+    compute_forces_proposing(
+        positions, params, density, neighbors, links, fp, forces, None,
+    )
 }
 
 /// What the force pass proposes to `Learn` while it visits the pairs: for each
 /// token, its nearest partner closer than `sqrt(within2)` that it has no link
-/// to, both having fewer than `max_degree` links (ties: the smaller id). Valid
-/// when `sqrt(within2)` is at most every token's field radius, as the pass only
-/// sees pairs within their cutoff.
+/// to, both having fewer than `max_degree` links and a local density at most the
+/// target (`ρ ≤ ρ₀`: links form in settled fields, not in a crowd that is still
+/// spreading out) (ties: the smaller id). Valid when `sqrt(within2)` is at most
+/// every token's field radius, as the pass only sees pairs within their cutoff.
 pub struct Proposals<'a> {
     /// Squared formation distance.
     pub within2: f32,
@@ -216,9 +257,11 @@ pub struct Proposals<'a> {
 }
 
 /// [`compute_forces`], also filling `proposals` when given.
+#[allow(clippy::too_many_arguments)]
 pub fn compute_forces_proposing(
     positions: &[Vec8],
     params: &[TokenParams],
+    density: &[f32],
     neighbors: &NeighborList,
     links: &LinkTable,
     fp: &ForceParams,
@@ -235,6 +278,7 @@ pub fn compute_forces_proposing(
         for (k, f) in out.iter_mut().enumerate() {
             let i = c * CHUNK + k;
             let (xi, pi) = (positions[i], &params[i]);
+            let pressure_i = fp.pressure(density[i]);
             // Pass 1, branch-free: keep the candidates within their cutoff (the
             // same test `pair_force` makes), in row order. An unpredictable
             // branch per candidate costs more than the arithmetic.
@@ -253,17 +297,21 @@ pub fn compute_forces_proposing(
             // Pass 2: the forces of the pairs, in the same (id) order, and the
             // nearest unlinked partner for `Learn`.
             let lrow = links.row(i);
-            let propose = near.is_some() && lrow.len() < max_degree;
+            let propose = near.is_some() && lrow.len() < max_degree && pressure_i <= 1.0;
             let mut best: Option<(f32, TokenId, u32)> = None;
             let mut acc = Vec8::ZERO;
             for &j in &within[..n] {
                 let j = j as usize;
-                if let Some(fij) = pair_force(xi, pi, positions[j], &params[j], fp) {
+                let pressure_j = fp.pressure(density[j]);
+                if let Some(fij) =
+                    pair_force(xi, pi, pressure_i, positions[j], &params[j], pressure_j, fp)
+                {
                     acc += fij;
                 }
                 if propose {
                     let d2 = (positions[j] - xi).length_squared();
                     if d2 < within2
+                        && pressure_j <= 1.0
                         && best.is_none_or(|(bd, bid, _)| (d2, ids[j]) < (bd, bid))
                         && links.row(j).len() < max_degree
                         && !lrow.iter().any(|l| l.other as usize == j)
@@ -365,6 +413,7 @@ pub fn forces(
         }
     }
     buf.forces.resize(n, Vec8::ZERO);
+    buf.density.resize(n, 0.0);
     let fp = ForceParams::from_cdna(&cdna);
     pool.0.install(|| {
         let skin = config.neighbor_skin;
@@ -443,6 +492,7 @@ pub fn forces(
                 links_key,
                 fp: &fp,
                 proposals: propose.then_some((within2, max_degree)),
+                density: &mut buf.density,
                 forces: &mut buf.forces,
                 nearest: &mut buf.nearest,
             });
@@ -458,6 +508,15 @@ pub fn forces(
         #[cfg(not(feature = "gpu"))]
         let _ = &mut backend;
 
+        {
+            puffin::profile_scope!("densities");
+            compute_densities(
+                &buf.positions,
+                &buf.params,
+                &buf.neighbors,
+                &mut buf.density,
+            );
+        }
         puffin::profile_scope!("pair_forces");
         let proposals = propose.then(|| Proposals {
             within2,
@@ -468,6 +527,7 @@ pub fn forces(
         buf.stats.pairs = compute_forces_proposing(
             &buf.positions,
             &buf.params,
+            &buf.density,
             &buf.neighbors,
             &buf.links,
             &fp,

@@ -9,8 +9,10 @@
 //! - `w` is kept in `[min_weight, max_weight]`, and a link whose weight falls below
 //!   `prune_below` is removed.
 //!
-//! Then each token proposes a link to its nearest unlinked neighbour closer than
-//! `form_within`. When `form_within` is at most every field radius, the force pass
+//! Then each token at most at the target density (`ρ ≤ ρ₀`, the density of the
+//! force pass: links form in settled fields, not in a crowd that is still
+//! spreading out) proposes a link to its nearest unlinked neighbour closer than
+//! `form_within` that is settled too. When `form_within` is at most every field radius, the force pass
 //! made the proposals (at the positions, links and degrees of the start of the
 //! tick); otherwise they are searched here, after this tick's pruning (so a link
 //! pruned now may form again at once), in the neighbour lists or a k-d tree.
@@ -28,7 +30,7 @@ use crate::cdna::Cdna;
 use crate::components::*;
 use crate::config::Quotas;
 use crate::math::Vec8;
-use crate::physics::slot_table;
+use crate::physics::{ForceParams, slot_table};
 use crate::plugin::{ComputePool, SimSystems, SimTick};
 use crate::registry::{LinkGraph, SpatialDirty};
 use crate::spatial::{CHUNK, KdTree};
@@ -199,6 +201,17 @@ pub fn learn(
         let lists = &buf.neighbors;
         let degree: Vec<usize> = ids.iter().map(|&id| graph.degree(id)).collect();
         let degree = &degree;
+        // Links form in settled fields only (ρ ≤ ρ₀ at the start of the tick), as
+        // in the force pass's proposals.
+        let fp = ForceParams::from_cdna(&cdna);
+        let settled: Vec<bool> = (0..n)
+            .map(|s| {
+                buf.density
+                    .get(s)
+                    .is_none_or(|&rho| fp.pressure(rho) <= 1.0)
+            })
+            .collect();
+        let settled = &settled;
         pool.0.install(|| {
             (0..n.div_ceil(CHUNK))
                 .into_par_iter()
@@ -207,7 +220,7 @@ pub fn learn(
                     let mut out = Vec::new();
                     for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
                         let (idi, xi) = (ids[i], pos[i]);
-                        if degree[i] >= max_degree {
+                        if degree[i] >= max_degree || !settled[i] {
                             continue;
                         }
                         let linked = graph.neighbors(idi);
@@ -227,7 +240,11 @@ pub fn learn(
                             }
                             let idj = ids[j as usize];
                             let closer = best.is_none_or(|(bd, bid)| (d2, idj) < (bd, bid));
-                            if closer && degree[j as usize] < max_degree && !linked.contains(&idj) {
+                            if closer
+                                && degree[j as usize] < max_degree
+                                && settled[j as usize]
+                                && !linked.contains(&idj)
+                            {
                                 best = Some((d2, idj));
                             }
                         }

@@ -2,7 +2,8 @@
 //! (DESIGN §5) and mirror it in the ECS.
 //!
 //! Level 1 is friends-of-friends over the level-0 tokens with the linking length
-//! ℓ₁ = `hierarchy.link_length`; a component of at least `min_size` tokens is a
+//! ℓ₁ of [`HierarchyParams::level1_link_length`](crate::cdna::HierarchyParams::level1_link_length)
+//! (by default it follows the target density); a component of at least `min_size` tokens is a
 //! group. Level k+1 repeats this on the centres of the level-k groups with
 //! ℓ₍ₖ₊₁₎ = ℓₖ · `level_scale` and `min_children`. Each group is matched to the
 //! previous detection of its level ([`match_groups`]) so that it keeps its
@@ -20,6 +21,7 @@ use crate::cdna::Cdna;
 use crate::components::*;
 use crate::hierarchy::{Candidates, Group, GroupId, Hierarchy, friends_of_friends, match_groups};
 use crate::math::Vec8;
+use crate::physics::ForceParams;
 use crate::plugin::{ComputePool, SimSystems, SimTick};
 use crate::registry::{SimClock, SpatialDirty, TokenRegistry};
 use crate::spatial::{KdTree, NeighborList};
@@ -119,6 +121,18 @@ fn gather(world: &mut World, link: f32, halo: f32) -> Gathered {
     g
 }
 
+/// The median field radius of the level-0 tokens (1 for none), which a derived
+/// linking length is measured in.
+fn median_radius(world: &mut World) -> f32 {
+    let mut q = world.query_filtered::<&Field, With<TokenId>>();
+    let mut radii: Vec<f32> = q.iter(world).map(|f| f.radius).collect();
+    if radii.is_empty() {
+        return 1.0;
+    }
+    let mid = radii.len() / 2;
+    *radii.select_nth_unstable_by(mid, f32::total_cmp).1
+}
+
 /// A freshly detected group before matching.
 struct Fresh {
     members: Vec<u64>,
@@ -206,10 +220,13 @@ fn attach_halos(
 /// Detects the hierarchy now (whatever the tick) and mirrors it in the ECS.
 pub fn organize_now(world: &mut World) {
     puffin::profile_function!();
-    let params = world.resource::<Cdna>().hierarchy.clone();
+    let cdna = world.resource::<Cdna>();
+    let params = cdna.hierarchy.clone();
+    let target = cdna.physics.target_neighbors;
     let tick = world.resource::<SimClock>().tick;
     let pool = world.resource::<ComputePool>().0.clone();
-    let g = gather(world, params.link_length, params.attach_within);
+    let link1 = params.level1_link_length(target, median_radius(world));
+    let g = gather(world, link1, params.attach_within);
     let mut previous = std::mem::take(&mut *world.resource_mut::<Hierarchy>());
     let mut next = Hierarchy {
         levels: Vec::new(),
@@ -219,7 +236,7 @@ pub fn organize_now(world: &mut World) {
     };
     let used_lists = g.lists_ok;
     pool.install(|| {
-        let mut link = params.link_length;
+        let mut link = link1;
         for level in 1..=params.depth {
             let fresh: Vec<Fresh> = if level == 1 {
                 let lists = world.resource::<ForceBuffers>();
@@ -488,9 +505,11 @@ fn parent_changes(a: &Hierarchy, b: &Hierarchy, level: usize) -> Vec<(u64, Optio
     out
 }
 
-/// With `hierarchy.group_pull > 0`, pulls every grouped level-0 token towards
-/// its level-1 group's centre: `F += group_pull · m · (c − x)`, added to the
-/// force of [`ForceBuffers`] after the pair and link forces.
+/// With `hierarchy.group_pull > 0`, pulls every grouped level-0 token below the
+/// target density towards its level-1 group's centre:
+/// `F += group_pull · m · (1 − ρ/ρ₀)₊ · (c − x)`, added to the force of
+/// [`ForceBuffers`] after the pair and link forces. It gathers a group's halo,
+/// and fades out at the target density so that it never compresses the field.
 pub fn group_pull(
     tokens: Query<(&TokenId, &Position, &Mass, &ChildOf)>,
     groups: Query<&Position, With<GroupId>>,
@@ -503,6 +522,7 @@ pub fn group_pull(
         return;
     }
     let buf = &mut *buf;
+    let inv_rho0 = ForceParams::from_cdna(&cdna).inv_target_density;
     for (id, x, m, parent) in tokens.iter() {
         let s = buf
             .slot_of()
@@ -510,7 +530,10 @@ pub fn group_pull(
             .copied()
             .unwrap_or(u32::MAX);
         if let (Ok(c), true) = (groups.get(parent.parent()), s != u32::MAX) {
-            buf.forces[s as usize] += (c.0 - x.0) * (k * m.0);
+            let s = s as usize;
+            let rho = buf.density.get(s).copied().unwrap_or(0.0);
+            let below = (1.0 - rho * inv_rho0).max(0.0);
+            buf.forces[s] += (c.0 - x.0) * (k * m.0 * below);
         }
     }
 }

@@ -137,6 +137,18 @@ fn the_documented_example_file_loads() {
     let c = Cdna::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.profile, Profile::Custom);
     c.validate().unwrap();
+    // It documents every field, with the default values.
+    assert_eq!(c, Cdna::profile(Profile::Custom));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let defaults = Cdna::default().to_toml();
+    for line in defaults.lines() {
+        if let Some((key, _)) = line.split_once(" = ")
+            && key != "checksum"
+        {
+            let written = text.lines().any(|l| l.starts_with(&format!("{key} = ")));
+            assert!(written, "examples/cdna.toml does not set `{key}`");
+        }
+    }
 }
 
 #[test]

@@ -28,7 +28,7 @@ fn digest_after(name: &str, tokens: usize, ticks: u64, threads: usize, skin: f32
 
 #[test]
 fn digest_is_identical_with_1_2_and_4_threads() {
-    for name in ["clusters", "uniform"] {
+    for name in ["clusters", "uniform", "collapse"] {
         let d1 = digest_after(name, 3000, 25, 1, 0.15);
         let d2 = digest_after(name, 3000, 25, 2, 0.15);
         let d4 = digest_after(name, 3000, 25, 4, 0.15);

@@ -97,6 +97,7 @@ fn many_ticks_of_refreshed_lists_never_miss_a_pair() {
     // Fast, lightly damped motion so that rows are refreshed and rebuilt often.
     let mut cdna = Cdna::profile(Profile::Explorer);
     cdna.physics.k_field = 5.0;
+    cdna.physics.k_density = 5.0;
     let mut sim = Simulation::new(SimSettings {
         config: SimConfig {
             threads: 2,

@@ -8,14 +8,15 @@
 
 mod common;
 
+use common::scenario_tokens;
+
 use neurograph::gpu::{AdapterPolicy, ForceInput, GpuContext, GpuForces};
 use neurograph::physics::ForceParams;
 use neurograph::prelude::*;
 use neurograph::registry::SimRng;
-use neurograph::scenario::{self, ScenarioParams};
 use neurograph::sim::SimError;
 use neurograph::systems::ForceBuffers;
-use neurograph::systems::forces::{Proposals, compute_forces_proposing};
+use neurograph::systems::forces::{Proposals, compute_densities, compute_forces_proposing};
 use neurograph::wal;
 
 /// Per tick, every token's GPU force is within this of the CPU's, relative to
@@ -95,13 +96,6 @@ fn load(sim: &mut Simulation, tokens: &[TokenSpec], seed: u64) {
     for chunk in tokens.chunks(4096) {
         sim.spawn_batch(chunk.to_vec()).expect("valid tokens");
     }
-}
-
-fn scenario_tokens(name: &str, n: usize, seed: u64) -> Vec<TokenSpec> {
-    scenario::find(name)
-        .unwrap()
-        .generate(&ScenarioParams { tokens: n, seed })
-        .tokens
 }
 
 /// The pairs counted differently by the GPU (`gpu_counts`, per slot) and the
@@ -199,6 +193,22 @@ fn force_error(a: &[Vec8], b: &[Vec8]) -> f32 {
     neurograph::physics::max_relative_difference(a, b)
 }
 
+/// The largest per-token density difference of `gpu` against `cpu` (same slots),
+/// relative to max(ρ_cpu, median ρ_cpu), as forces are compared.
+fn density_error(cpu: &[f32], gpu: &[f32]) -> f32 {
+    assert_eq!(cpu.len(), gpu.len());
+    let mut sorted = cpu.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    cpu.iter()
+        .zip(gpu)
+        .enumerate()
+        .fold(0.0f32, |worst, (s, (a, b))| {
+            assert!(b.is_finite(), "GPU density of slot {s} is {b}");
+            worst.max((a - b).abs() / a.max(median).max(f32::MIN_POSITIVE))
+        })
+}
+
 /// The largest coordinate difference after the same ticks, relative to the
 /// extent of the world.
 fn position_error(cpu: &Simulation, gpu: &Simulation) -> f32 {
@@ -262,6 +272,7 @@ fn contract_with(
         let mut neighbors = buf.neighbors.clone();
         let mut forces = vec![Vec8::ZERO; n];
         let mut nearest = vec![u32::MAX; n];
+        let mut density = vec![0.0f32; n];
         let g = &cpu.cdna().graph;
         let proposals = buf
             .proposed
@@ -275,6 +286,7 @@ fn contract_with(
                 links_key: (t as u64, 0),
                 fp: &fp,
                 proposals,
+                density: &mut density,
                 forces: &mut forces,
                 nearest: &mut nearest,
             })
@@ -282,9 +294,23 @@ fn contract_with(
         // The CPU pass on the same buffers (`buf.forces` also holds the group pull).
         let mut cpu_forces = vec![Vec8::ZERO; n];
         let mut cpu_nearest = vec![u32::MAX; n];
+        let mut cpu_density = vec![0.0f32; n];
+        compute_densities(
+            &buf.positions,
+            &buf.params,
+            &buf.neighbors,
+            &mut cpu_density,
+        );
+        assert_eq!(cpu_density, buf.density, "the reference is the tick's pass");
+        let e = density_error(&cpu_density, &density);
+        assert!(
+            e <= FORCE_TOLERANCE,
+            "{label}: tick {t}: density error {e:e} > {FORCE_TOLERANCE:e}"
+        );
         let cpu_pairs = compute_forces_proposing(
             &buf.positions,
             &buf.params,
+            &cpu_density,
             &buf.neighbors,
             buf.links(),
             &fp,
@@ -316,6 +342,7 @@ fn contract_with(
             let reference = neurograph::systems::compute_forces(
                 &gb.positions,
                 &gb.params,
+                &gb.density,
                 &gb.neighbors,
                 gb.links(),
                 &ForceParams::from_cdna(gpu.cdna()),
@@ -511,8 +538,8 @@ fn run_backend_gpu_json_end_to_end() {
     assert_eq!(g["backend_requested"], "gpu");
     assert!(g["gpu_adapter"].as_str().is_some_and(|a| !a.is_empty()));
     assert_eq!(g["gpu"]["passes"], 40);
-    // Forces (32 B), proposal and pair count (8 B) per token per tick.
-    assert_eq!(g["gpu"]["readback_bytes"], 40 * 1500 * 40);
+    // Forces (32 B), proposal and pair count (8 B), density (4 B) per token per tick.
+    assert_eq!(g["gpu"]["readback_bytes"], 40 * 1500 * 44);
     assert_eq!(c["backend"], "cpu");
     assert!(c["gpu"].is_null());
     assert_eq!(g["tokens"], c["tokens"]);
@@ -626,7 +653,7 @@ fn gpu_phases_reach_the_metrics_and_failures_the_black_box() {
     }
     let readback = format!(
         "neurograph_gpu_transfer_bytes_total{{direction=\"readback\"}} {}",
-        4 * 500 * 40
+        4 * 500 * 44
     );
     assert!(text.contains(&readback), "{readback} missing:\n{text}");
 
@@ -656,6 +683,7 @@ fn run_pass(
     let g = &sim.cdna().graph;
     let mut neighbors = buf.neighbors.clone();
     let (mut forces, mut nearest) = (vec![Vec8::ZERO; n], vec![u32::MAX; n]);
+    let mut density = vec![0.0f32; n];
     let pairs = pass.compute(ForceInput {
         positions: &buf.positions,
         params: &buf.params,
@@ -666,6 +694,7 @@ fn run_pass(
         proposals: buf
             .proposed
             .map(|w| (w * w, g.form_max_degree.min(g.max_degree))),
+        density: &mut density,
         forces: &mut forces,
         nearest: &mut nearest,
     })?;

@@ -141,7 +141,11 @@ fn organize_finds_exactly_the_friends_of_friends_groups_of_the_world() {
     let mut cdna = Cdna::default();
     cdna.hierarchy.attach_within = 0.0;
     let mut sim = scenario_sim_with("clusters", 1500, 5, 2, cdna);
-    let link = sim.cdna().hierarchy.link_length;
+    // All radii are 1: the derived ℓ₁ is measured in them.
+    let link = sim
+        .cdna()
+        .hierarchy
+        .level1_link_length(sim.cdna().physics.target_neighbors, 1.0);
     let min = sim.cdna().hierarchy.min_size as usize;
     for _ in 0..3 {
         sim.run(10);

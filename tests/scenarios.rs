@@ -33,6 +33,13 @@ fn clusters_plant_4_groups_of_5_subgroups_far_apart() {
             seed: 9,
         });
     let t = d.truth.unwrap();
+    let geo = scenario::ClusterGeometry::for_tokens(2000);
+    let sub = geo.subgroup_distance;
+    // 100 tokens per subgroup settle into droplets of radius (100/30)^(1/8).
+    assert!(
+        (sub - (3.0 * (100.0f32 / 30.0).powf(0.125) + 1.0)).abs() < 1e-5,
+        "{sub}"
+    );
     let mut centres = vec![(Vec8::ZERO, 0usize); 20];
     for (tok, &l) in d.tokens.iter().zip(&t.labels) {
         centres[l as usize].0 += tok.position;
@@ -45,11 +52,40 @@ fn clusters_plant_4_groups_of_5_subgroups_far_apart() {
     for a in 0..20 {
         for b in a + 1..20 {
             let d = (c[a] - c[b]).length();
+            // Subgroup centres are `sub` from their group's and at least `sub`
+            // apart; group centres at least `6 sub` apart (centroids of 100
+            // tokens are off by about 0.1).
             if a / 5 == b / 5 {
-                assert!(d > 1.5 && d < 8.0, "subgroups {a},{b} of one group at {d}");
+                assert!(
+                    d > sub - 0.5 && d < 2.0 * sub + 0.5,
+                    "subgroups {a},{b} of one group at {d}"
+                );
             } else {
-                assert!(d > 8.0, "groups of {a},{b} too close: {d}");
+                assert!(d > 4.0 * sub - 0.5, "groups of {a},{b} too close: {d}");
             }
         }
     }
+}
+
+#[test]
+fn collapse_starts_like_charged_inside_a_tiny_ball() {
+    let d = scenario::find("collapse")
+        .unwrap()
+        .generate(&ScenarioParams {
+            tokens: 2000,
+            seed: 3,
+        });
+    assert_eq!(d.tokens.len(), 2000);
+    assert!(d.truth.is_none());
+    let radius = scenario::COLLAPSE_RADIUS;
+    let mut far = 0.0f32;
+    for t in &d.tokens {
+        assert_eq!(
+            (t.charge, t.mass, t.radius, t.strength),
+            (1.0, 1.0, 1.0, 1.0)
+        );
+        far = far.max(t.position.length());
+    }
+    // Uniform in the 8-ball: most of the volume is near its edge.
+    assert!(far <= radius && far > 0.95 * radius, "{far}");
 }

@@ -58,12 +58,16 @@ mod embedded {
     #[test]
     fn workgroup_size_matches_the_rust_constant() {
         let m = module("forces.wgsl", FORCES_WGSL);
-        let main = m
-            .entry_points
-            .iter()
-            .find(|e| e.name == "main")
-            .expect("entry point main");
-        assert_eq!(main.workgroup_size, [WORKGROUP_SIZE, 1, 1]);
+        // Every entry point the host dispatches, in its order, and no other.
+        let names: Vec<&str> = m.entry_points.iter().map(|e| e.name.as_str()).collect();
+        let mut expected = neurograph::gpu::ENTRY_POINTS.to_vec();
+        let mut found = names.clone();
+        expected.sort_unstable();
+        found.sort_unstable();
+        assert_eq!(found, expected, "entry points {names:?}");
+        for e in &m.entry_points {
+            assert_eq!(e.workgroup_size, [WORKGROUP_SIZE, 1, 1], "{}", e.name);
+        }
         let (_, c) = m
             .constants
             .iter()
@@ -101,6 +105,11 @@ mod embedded {
             ("core_radius", std::mem::offset_of!(GpuParams, core_radius)),
             ("k_link", std::mem::offset_of!(GpuParams, k_link)),
             ("within2", std::mem::offset_of!(GpuParams, within2)),
+            ("k_density", std::mem::offset_of!(GpuParams, k_density)),
+            (
+                "inv_target_density",
+                std::mem::offset_of!(GpuParams, inv_target_density),
+            ),
         ];
         for (name, offset) in rust {
             let member = members
@@ -109,8 +118,9 @@ mod embedded {
                 .unwrap_or_else(|| panic!("Params.{name} missing in WGSL"));
             assert_eq!(member.offset as usize, offset, "Params.{name}");
         }
-        // The padding: two u32 after `within2`, nothing else.
-        assert_eq!(members.len(), rust.len() + 2);
+        // Nothing else (no padding: 12 four-byte fields fill 48 bytes).
+        assert_eq!(members.len(), rust.len());
+        assert_eq!(size_of::<GpuParams>(), 48);
     }
 
     #[test]
@@ -182,6 +192,7 @@ mod embedded {
         assert_eq!(stride("rows"), 16, "[u32; 4] per token");
         assert_eq!(stride("aux"), 8, "[u32; 2] per token");
         assert_eq!(stride("cand"), 4);
+        assert_eq!(stride("rho"), 4, "f32 per token");
         assert_eq!(stride("links"), 12);
     }
 }

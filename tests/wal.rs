@@ -541,7 +541,8 @@ fn write_fixture() {
 
 #[test]
 fn older_format_versions_are_refused_by_name() {
-    // Version 1 ticks had no Learn or Organize stage: replay cannot reproduce them.
+    // Version 1 ticks had no Learn or Organize stage, version 2 ticks the old
+    // force law: replay cannot reproduce them.
     for version in 1..wal::FORMAT_VERSION {
         let e = recover(&fixture_dir(version)).err().expect("refused");
         assert!(
@@ -557,6 +558,10 @@ fn older_format_versions_are_refused_by_name() {
                 "format version {version}; this build reads version"
             )),
             "{e}"
+        );
+        assert!(
+            e.to_string().contains("force law"),
+            "the reason is given: {e}"
         );
     }
 }

@@ -9,6 +9,7 @@
 //! | `rows` | 16 B      | after a rebuild, link change or new layout: the chunks that changed; after a refresh: the touched blocks |
 //! | `cand` | 4 B × candidates | rebuild, or a block outgrowing its room: all; refresh: the touched blocks |
 //! | `links`| 12 B × link ends | chunks that changed (weights learn) |
+//! | `rho`  | 4 B       | by the density entry point every tick, read back with the forces |
 //! | `force`, `aux` | 32 + 8 B | read back every tick |
 //!
 //! ("chunks": 4,096 elements compared byte for byte with what was last written;
@@ -44,12 +45,19 @@ pub enum BindingAccess {
 }
 
 /// The bind group layout, binding `k` at index `k`: params, positions, token
-/// parameters, rows, candidates, link ends; forces and proposals written.
-/// The pipeline is built from it and a test checks it against the WGSL.
-pub const BINDINGS: [BindingAccess; 8] = {
+/// parameters, rows, candidates, link ends; forces and proposals written; the
+/// densities (written by the `density` entry point, read by `main`).
+/// Both pipelines are built from it and a test checks it against the WGSL.
+pub const BINDINGS: [BindingAccess; 9] = {
     use BindingAccess::*;
-    [Uniform, Read, Read, Read, Read, Read, ReadWrite, ReadWrite]
+    [
+        Uniform, Read, Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite,
+    ]
 };
+
+/// The shader's entry points, in dispatch order: every token's density, then
+/// the forces.
+pub const ENTRY_POINTS: [&str; 2] = ["density", "main"];
 
 /// Elements compared (and written when different) at a time when mirroring.
 const MIRROR_CHUNK: usize = 4096;
@@ -81,8 +89,10 @@ pub struct GpuParams {
     pub k_link: f32,
     /// Squared formation distance.
     pub within2: f32,
-    /// Padding to 16 bytes.
-    pub _pad: [u32; 2],
+    /// `k_density`.
+    pub k_density: f32,
+    /// `1 / ρ₀`.
+    pub inv_target_density: f32,
 }
 
 /// What one force pass reads and writes; the same data the CPU pass takes.
@@ -101,6 +111,8 @@ pub struct ForceInput<'a> {
     pub fp: &'a ForceParams,
     /// `(within², max_degree)` when `Learn`'s proposals are wanted.
     pub proposals: Option<(f32, u32)>,
+    /// Out: local densities, slot order.
+    pub density: &'a mut [f32],
     /// Out: forces, slot order.
     pub forces: &'a mut [Vec8],
     /// Out: proposals, slot order (filled when `proposals` is given).
@@ -348,7 +360,8 @@ fn uniform_buffer(ctx: &GpuContext) -> wgpu::Buffer {
 /// The force pass on one device.
 pub struct GpuForces {
     ctx: GpuContext,
-    pipeline: wgpu::ComputePipeline,
+    /// One pipeline per entry of [`ENTRY_POINTS`].
+    pipelines: Vec<wgpu::ComputePipeline>,
     layout: wgpu::BindGroupLayout,
     pos: Slab,
     tok: Mirror<TokenParams>,
@@ -357,6 +370,7 @@ pub struct GpuForces {
     links: Mirror<LinkEnd>,
     force: Slab,
     aux: Slab,
+    rho: Slab,
     staging: Slab,
     /// One bind group per candidate chunk.
     binds: Vec<wgpu::BindGroup>,
@@ -402,11 +416,12 @@ impl GpuForces {
                 }
             });
         }
-        if ctx.limits.max_storage_buffers_per_shader_stage < 7 {
+        let storage = BINDINGS.len() as u32 - 1;
+        if ctx.limits.max_storage_buffers_per_shader_stage < storage {
             return Err(GpuError::Device {
                 adapter: ctx.describe(),
                 reason: format!(
-                    "it allows {} storage buffers per shader stage, the force pass needs 7",
+                    "it allows {} storage buffers per shader stage, the force pass needs {storage}",
                     ctx.limits.max_storage_buffers_per_shader_stage
                 ),
             });
@@ -453,16 +468,20 @@ impl GpuForces {
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
-        let pipeline = ctx
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("forces"),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
-            });
+        let pipelines = ENTRY_POINTS
+            .iter()
+            .map(|entry| {
+                ctx.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(entry),
+                        layout: Some(&pipeline_layout),
+                        module: &module,
+                        entry_point: Some(entry),
+                        compilation_options: Default::default(),
+                        cache: None,
+                    })
+            })
+            .collect();
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(GpuError::Failed(format!(
                 "the force shader does not compile: {e}"
@@ -483,13 +502,14 @@ impl GpuForces {
             links: Mirror::new(&ctx, "link ends"),
             force: Slab::new(&ctx, "forces", out),
             aux: Slab::new(&ctx, "proposals and pair counts", out),
+            rho: Slab::new(&ctx, "densities", out),
             staging: Slab::new(
                 &ctx,
                 "readback",
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             ),
             ctx,
-            pipeline,
+            pipelines,
             layout,
             binds: Vec::new(),
             rows_host: Vec::new(),
@@ -542,6 +562,7 @@ impl GpuForces {
             &self.links.slab,
             &self.force,
             &self.aux,
+            &self.rho,
             &self.staging,
         ]
         .iter()
@@ -589,6 +610,7 @@ impl GpuForces {
         let lengths = [
             ("params", input.params.len()),
             ("neighbour lists", input.neighbors.len()),
+            ("densities", input.density.len()),
             ("forces", input.forces.len()),
         ];
         for (what, len) in lengths {
@@ -704,7 +726,8 @@ impl GpuForces {
         t.uploaded_bytes += w;
         rebind |= self.force.ensure(ctx, n as u64 * 32)?;
         rebind |= self.aux.ensure(ctx, n as u64 * 8)?;
-        self.staging.ensure(ctx, n as u64 * 40)?;
+        rebind |= self.rho.ensure(ctx, n as u64 * 4)?;
+        self.staging.ensure(ctx, n as u64 * 44)?;
         let (within2, max_degree) = input.proposals.unwrap_or((0.0, 0));
         let mut grids = Vec::with_capacity(self.cand.chunks.len());
         for chunk in &self.cand.chunks {
@@ -723,7 +746,8 @@ impl GpuForces {
                 core_radius: input.fp.core_radius,
                 k_link: input.fp.k_link,
                 within2,
-                _pad: [0; 2],
+                k_density: input.fp.k_density,
+                inv_target_density: input.fp.inv_target_density,
             };
             ctx.queue
                 .write_buffer(&chunk.uniform, 0, bytemuck::bytes_of(&params));
@@ -737,7 +761,8 @@ impl GpuForces {
         self.wait()?;
         t.upload = start.elapsed().as_secs_f64();
 
-        // 2. Dispatch, chunk after chunk.
+        // 2. Dispatch, chunk after chunk: every density first (one compute pass),
+        // then every force (a second pass, so it sees all densities).
         let start = Instant::now();
         let ctx = &self.ctx;
         let mut enc = ctx
@@ -745,12 +770,12 @@ impl GpuForces {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("forces"),
             });
-        {
+        for (pipeline, label) in self.pipelines.iter().zip(ENTRY_POINTS) {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("forces"),
+                label: Some(label),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(&self.pipeline);
+            pass.set_pipeline(pipeline);
             for (bind, &(gx, gy)) in self.binds.iter().zip(&grids) {
                 pass.set_bind_group(0, bind, &[]);
                 pass.dispatch_workgroups(gx, gy, 1);
@@ -760,10 +785,10 @@ impl GpuForces {
         self.wait()?;
         t.dispatch = start.elapsed().as_secs_f64();
 
-        // 3. Read back forces, proposals and pair counts.
+        // 3. Read back forces, proposals and pair counts, and densities.
         let start = Instant::now();
         let ctx = &self.ctx;
-        let (fb, ab) = (n as u64 * 32, n as u64 * 8);
+        let (fb, ab, db) = (n as u64 * 32, n as u64 * 8, n as u64 * 4);
         let mut enc = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -771,13 +796,14 @@ impl GpuForces {
             });
         enc.copy_buffer_to_buffer(&self.force.buf, 0, &self.staging.buf, 0, fb);
         enc.copy_buffer_to_buffer(&self.aux.buf, 0, &self.staging.buf, fb, ab);
+        enc.copy_buffer_to_buffer(&self.rho.buf, 0, &self.staging.buf, fb + ab, db);
         ctx.queue.submit([enc.finish()]);
         let mapped: Arc<Mutex<Option<Result<(), wgpu::BufferAsyncError>>>> = Arc::default();
         {
             let mapped = mapped.clone();
             self.staging
                 .buf
-                .map_async(wgpu::MapMode::Read, 0..fb + ab, move |r| {
+                .map_async(wgpu::MapMode::Read, 0..fb + ab + db, move |r| {
                     if let Ok(mut m) = mapped.lock() {
                         *m = Some(r);
                     }
@@ -794,13 +820,15 @@ impl GpuForces {
             let view = self
                 .staging
                 .buf
-                .get_mapped_range(0..fb + ab)
+                .get_mapped_range(0..fb + ab + db)
                 .map_err(|e| GpuError::Failed(format!("reading the results: {e}")))?;
             bytemuck::cast_slice_mut::<Vec8, u8>(input.forces)
                 .copy_from_slice(&view[..fb as usize]);
             self.aux_host.resize(n, [0; 2]);
             bytemuck::cast_slice_mut::<[u32; 2], u8>(&mut self.aux_host)
                 .copy_from_slice(&view[fb as usize..(fb + ab) as usize]);
+            bytemuck::cast_slice_mut::<f32, u8>(input.density)
+                .copy_from_slice(&view[(fb + ab) as usize..(fb + ab + db) as usize]);
             pairs = self.aux_host.iter().map(|a| a[1] as u64).sum();
             if input.proposals.is_some() {
                 for (out, a) in input.nearest.iter_mut().zip(&self.aux_host) {
@@ -810,7 +838,7 @@ impl GpuForces {
         }
         self.staging.buf.unmap();
         t.readback = start.elapsed().as_secs_f64();
-        t.readback_bytes = fb + ab;
+        t.readback_bytes = fb + ab + db;
         self.last = t;
         self.total.add(&t);
         self.passes += 1;
@@ -839,6 +867,7 @@ impl GpuForces {
                     entry(5, &self.links.slab.buf),
                     entry(6, &self.force.buf),
                     entry(7, &self.aux.buf),
+                    entry(8, &self.rho.buf),
                 ],
             })
     }

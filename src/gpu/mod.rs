@@ -5,7 +5,8 @@
 mod forces;
 
 pub use forces::{
-    BINDINGS, BindingAccess, ForceInput, GpuForces, GpuParams, GpuTimings, WORKGROUP_SIZE,
+    BINDINGS, BindingAccess, ENTRY_POINTS, ForceInput, GpuForces, GpuParams, GpuTimings,
+    WORKGROUP_SIZE,
 };
 
 /// The WGSL of the force pass, as embedded.

@@ -1,9 +1,17 @@
-//! The on-disk format of the write-ahead log, version 2.
+//! The on-disk format of the write-ahead log, version 3.
 //!
-//! Version 2 added the emergent hierarchy and the learning counters to snapshots,
-//! and its ticks run the `Learn` and `Organize` stages. Replay re-simulates each
-//! tick, so a version-1 log (whose ticks had neither) cannot be replayed by this
-//! build: it is refused as `UnsupportedVersion`.
+//! Replay re-simulates each tick and checks its digest, so a log can only be
+//! replayed under the physics that wrote it. Older versions are refused as
+//! `UnsupportedVersion`, naming the version found:
+//!
+//! | version | what changed |
+//! |---------|--------------|
+//! | 1 | the first format |
+//! | 2 | snapshots carry the emergent hierarchy and the learning counters; ticks run the `Learn` and `Organize` stages |
+//! | 3 | the stable force law (many-body DPD, [`crate::physics`]): ticks compute a density pass, the CDNA carries `physics.k_density` and `physics.target_neighbors`, links form only in settled fields, the group pull fades at the target density, the level-1 linking length follows the density |
+//!
+//! The bytes of the framing below are the same in all three; what differs is
+//! what a tick computes and what a snapshot's CDNA holds.
 //!
 //! All integers are little-endian. CRC32 is the IEEE polynomial (`crc32fast`).
 //!
@@ -24,7 +32,7 @@
 //! | bytes | field |
 //! |-------|-------|
 //! | 8 | magic `NGWALSEG` |
-//! | 4 | format version (`2`) |
+//! | 4 | format version (`3`) |
 //! | 4 | reserved, `0` |
 //! | 8 | first tick: the tick of the segment's first record |
 //! | 4 | reserved, `0` |
@@ -64,7 +72,7 @@
 //! | bytes | field |
 //! |-------|-------|
 //! | 8 | magic `NGSNAPSH` |
-//! | 4 | format version (`2`) |
+//! | 4 | format version (`3`) |
 //! | 4 | reserved, `0` |
 //! | 8 | tick |
 //! | 8 | payload length |
@@ -77,7 +85,19 @@ use crate::commands::SimCommand;
 use serde::{Deserialize, Serialize};
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+
+/// Why a log of format `version` cannot be replayed by this build, as a clause
+/// to append to the refusal (empty for versions this build knows nothing of).
+pub fn why_unsupported(version: u32) -> &'static str {
+    match version {
+        1 => " (version 1 ticks ran neither Learn nor Organize, and the first force law)",
+        2 => {
+            " (version 2 ticks ran the first force law, whose fields collapse; replay cannot reproduce them)"
+        }
+        _ => "",
+    }
+}
 /// Segment file magic.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"NGWALSEG";
 /// Bytes of a segment header.
@@ -501,8 +521,16 @@ mod tests {
         assert_eq!(decode_segment_header(&h[..10]), Err(HeaderError::Short(10)));
         h[17] ^= 1;
         assert_eq!(decode_segment_header(&h), Err(HeaderError::Crc));
-        let v3 = encode_segment_header_version(9, 3);
-        assert_eq!(decode_segment_header(&v3), Err(HeaderError::Version(3)));
+        let next = encode_segment_header_version(9, FORMAT_VERSION + 1);
+        assert_eq!(
+            decode_segment_header(&next),
+            Err(HeaderError::Version(FORMAT_VERSION + 1))
+        );
+        let old = encode_segment_header_version(9, FORMAT_VERSION - 1);
+        assert_eq!(
+            decode_segment_header(&old),
+            Err(HeaderError::Version(FORMAT_VERSION - 1))
+        );
     }
 
     #[test]

@@ -68,7 +68,11 @@ pub enum WalError {
         reason: String,
     },
     /// A file was written by a format version this build cannot read.
-    #[error("{}: format version {found}; this build reads version {supported}", path.display())]
+    #[error(
+        "{}: format version {found}; this build reads version {supported}{}",
+        path.display(),
+        format::why_unsupported(*found)
+    )]
     UnsupportedVersion {
         /// The file.
         path: PathBuf,

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests (included with `mod common;`).
 #![allow(dead_code)]
 
-use neurograph::physics::{ForceParams, LinkTable, reference_forces};
+use neurograph::physics::{ForceParams, LinkTable, reference_densities, reference_forces};
 use neurograph::prelude::*;
 use neurograph::scenario::{self, ScenarioParams};
 use neurograph::systems::ForceBuffers;
@@ -29,6 +29,14 @@ pub fn scenario_sim(name: &str, tokens: usize, seed: u64, threads: usize) -> Sim
         .spawn_into(&mut sim, &ScenarioParams { tokens, seed }, 4096)
         .unwrap();
     sim
+}
+
+/// A scenario's tokens, in spawn order.
+pub fn scenario_tokens(name: &str, n: usize, seed: u64) -> Vec<TokenSpec> {
+    scenario::find(name)
+        .unwrap()
+        .generate(&ScenarioParams { tokens: n, seed })
+        .tokens
 }
 
 /// Runs the `Forces` stage on the current state (as the next tick would: the
@@ -61,7 +69,14 @@ pub fn assert_forces_match_reference(sim: &mut Simulation) {
         buf.stats.pairs, pairs,
         "pair count differs from the O(N²) reference"
     );
-    // Plus the pull of each grouped token towards its level-1 group's centre.
+    // Plus the pull of each grouped token below the target density towards its
+    // level-1 group's centre, `group_pull · m · (1 − ρ/ρ₀)₊ · (c − x)`.
+    let density = reference_densities(&buf.positions, &buf.params, &buf.ids);
+    assert_eq!(
+        density, buf.density,
+        "densities differ from the O(N²) reference"
+    );
+    let fp = ForceParams::from_cdna(cdna);
     let mut want = want;
     let k = cdna.hierarchy.group_pull;
     if k != 0.0 {
@@ -71,7 +86,8 @@ pub fn assert_forces_match_reference(sim: &mut Simulation) {
             let e = registry.get(*id).unwrap();
             if let Some(parent) = world.get::<bevy_ecs::prelude::ChildOf>(e) {
                 let c = world.get::<Position>(parent.parent()).unwrap().0;
-                want[s] += (c - buf.positions[s]) * (k * buf.params[s].mass);
+                let below = (1.0 - density[s] * fp.inv_target_density).max(0.0);
+                want[s] += (c - buf.positions[s]) * (k * buf.params[s].mass * below);
             }
         }
     }
