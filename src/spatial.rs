@@ -431,7 +431,9 @@ pub struct NeighborList {
     start: Vec<u32>,
     len: Vec<u32>,
     cap: Vec<u32>,
+    /// Arena entries left behind by relocated rows, in all and per block.
     waste: usize,
+    block_waste: Vec<usize>,
     skin: f32,
     /// Unique per full build, so a copy of the lists elsewhere (the GPU's) knows
     /// when it must be rebuilt rather than patched.
@@ -503,6 +505,7 @@ impl NeighborList {
             skin: input.skin,
             generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             touched: vec![false; blocks],
+            block_waste: vec![0; blocks],
             ..Default::default()
         };
         out.start.reserve_exact(n);
@@ -574,20 +577,55 @@ impl NeighborList {
                 self.insert_sorted(j as usize, i, input.ids);
             }
         }
+        // A block whose relocated rows left half its arena unused is repacked,
+        // so a block holds at most about twice its rows however long refreshes
+        // go on.
+        for b in 0..self.blocks.len() {
+            if self.block_waste[b] > self.blocks[b].len() / 2 {
+                self.compact(b);
+            }
+        }
     }
 
     /// Moves row `i` to the end of its block's arena with room for `need` entries.
+    /// An arena grows by a quarter at a time; [`refresh`](Self::refresh) compacts
+    /// it once abandoned rows fill half of it.
     fn relocate(&mut self, i: usize, need: usize) {
-        self.touched[i / BLOCK] = true;
-        let arena = &mut self.blocks[i / BLOCK];
+        let b = i / BLOCK;
+        self.touched[b] = true;
+        let arena = &mut self.blocks[b];
         let (s, l) = (self.start[i] as usize, self.len[i] as usize);
         let c = spare(need);
         let new_start = arena.len();
+        if arena.capacity() < new_start + c {
+            arena.reserve_exact((new_start / 4).max(c));
+        }
         arena.extend_from_within(s..s + l);
         arena.resize(new_start + c, 0);
         self.waste += self.cap[i] as usize;
+        self.block_waste[b] += self.cap[i] as usize;
         self.start[i] = new_start as u32;
         self.cap[i] = c as u32;
+    }
+
+    /// Repacks the rows of block `b` into a new arena of exactly their size with
+    /// spare room, dropping the space of relocated rows.
+    fn compact(&mut self, b: usize) {
+        let rows = b * BLOCK..((b + 1) * BLOCK).min(self.start.len());
+        let total: usize = rows.clone().map(|i| spare(self.len[i] as usize)).sum();
+        let mut fresh = Vec::with_capacity(total);
+        for i in rows {
+            let (s, l) = (self.start[i] as usize, self.len[i] as usize);
+            let c = spare(l);
+            self.start[i] = fresh.len() as u32;
+            self.cap[i] = c as u32;
+            fresh.extend_from_slice(&self.blocks[b][s..s + l]);
+            fresh.resize(fresh.len() - l + c, 0);
+        }
+        self.waste -= self.block_waste[b];
+        self.block_waste[b] = 0;
+        self.blocks[b] = fresh;
+        self.touched[b] = true;
     }
 
     fn set_row(&mut self, i: usize, row: &[u32]) {
@@ -882,6 +920,25 @@ mod tests {
             );
             travel.clear(&stale);
             refreshed += stale.len();
+            // Relocated rows do not pile up: each arena holds at most about
+            // twice its rows with their spare room, and rows stay in id order.
+            for (b, arena) in nl.blocks.iter().enumerate() {
+                let rows = b * BLOCK..((b + 1) * BLOCK).min(n);
+                let live: usize = rows.clone().map(|i| spare(nl.len[i] as usize)).sum();
+                assert!(nl.block_waste[b] <= arena.len() / 2);
+                assert!(
+                    arena.capacity() <= 3 * live,
+                    "block {b}: {} for {live}",
+                    arena.capacity()
+                );
+                for i in rows {
+                    assert!(
+                        nl.row(i)
+                            .windows(2)
+                            .all(|w| ids[w[0] as usize] < ids[w[1] as usize])
+                    );
+                }
+            }
             for i in 0..n {
                 for j in i + 1..n {
                     let c = radii[i].max(radii[j]);
