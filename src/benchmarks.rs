@@ -28,6 +28,8 @@ pub struct WalBenchOptions {
     pub threads: usize,
     /// Snapshot interval of the journaled variants.
     pub snapshot_every: u64,
+    /// Ticks run first (once, then copied into every variant); 0 = none.
+    pub warmup: u64,
 }
 
 /// One variant's tick times.
@@ -81,9 +83,65 @@ fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
+/// The state `ticks` ticks into a scenario (on the CPU, `threads` workers), from
+/// which the benches start so that they time a settled world rather than its
+/// first ticks; `None` for 0 ticks (start from the scenario itself).
+///
+/// # Errors
+///
+/// An unknown scenario or invalid settings.
+pub fn warm_up(
+    scenario: &str,
+    tokens: usize,
+    seed: u64,
+    threads: usize,
+    ticks: u64,
+) -> Result<Option<wal::WorldSnapshot>, String> {
+    if ticks == 0 {
+        return Ok(None);
+    }
+    let mut sim = Simulation::new(SimSettings {
+        config: SimConfig {
+            threads,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    load_world(&mut sim, scenario, tokens, seed, None)?;
+    sim.run(ticks);
+    Ok(Some(wal::capture(sim.world_mut(), None)))
+}
+
+/// Fills a fresh `sim` with the scenario's tokens (and seeds its RNG), or with
+/// the warmed-up state `warm`.
+fn load_world(
+    sim: &mut Simulation,
+    scenario: &str,
+    tokens: usize,
+    seed: u64,
+    warm: Option<&wal::WorldSnapshot>,
+) -> Result<(), String> {
+    match warm {
+        Some(snap) => wal::restore(sim.world_mut(), snap),
+        None => {
+            sim.world_mut()
+                .insert_resource(crate::registry::SimRng::seeded(seed));
+            scenario::find(scenario)?
+                .spawn_into(
+                    sim,
+                    &ScenarioParams { tokens, seed },
+                    crate::runner::SPAWN_BATCH,
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
 /// Runs `bench wal` with WAL directories under `scratch`.
 pub fn wal_overhead(o: &WalBenchOptions, scratch: &Path) -> Result<WalBenchReport, String> {
-    let s = scenario::find(&o.scenario)?;
+    let warm = warm_up(&o.scenario, o.tokens, 42, o.threads, o.warmup)?;
     let config = SimConfig {
         threads: o.threads,
         ..Default::default()
@@ -96,15 +154,7 @@ pub fn wal_overhead(o: &WalBenchOptions, scratch: &Path) -> Result<WalBenchRepor
             ..Default::default()
         })
         .map_err(|e| e.to_string())?;
-        s.spawn_into(
-            &mut sim,
-            &ScenarioParams {
-                tokens: o.tokens,
-                seed: 42,
-            },
-            crate::runner::SPAWN_BATCH,
-        )
-        .map_err(|e| e.to_string())?;
+        load_world(&mut sim, &o.scenario, o.tokens, 42, warm.as_ref())?;
         if i > 0 {
             let durability: Durability = name.parse()?;
             let manifest = Manifest {
@@ -272,6 +322,8 @@ pub struct HierarchyBenchOptions {
     pub threads: usize,
     /// Seed.
     pub seed: u64,
+    /// Ticks run before the timed ones; 0 = none.
+    pub warmup: u64,
 }
 
 /// Stage costs of the hierarchy and learning stages next to the force stage.
@@ -329,18 +381,8 @@ pub fn hierarchy(opts: &HierarchyBenchOptions) -> Result<HierarchyBenchReport, S
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;
-    sim.world_mut()
-        .insert_resource(crate::registry::SimRng::seeded(opts.seed));
-    scenario::find(&opts.scenario)?
-        .spawn_into(
-            &mut sim,
-            &ScenarioParams {
-                tokens: opts.tokens,
-                seed: opts.seed,
-            },
-            65_536,
-        )
-        .map_err(|e| e.to_string())?;
+    load_world(&mut sim, &opts.scenario, opts.tokens, opts.seed, None)?;
+    sim.run(opts.warmup);
     sim.step();
     let every = sim.cdna().hierarchy.organize_every as u64;
     let (mut forces, mut learn, mut organize, mut tick) = (vec![], vec![], vec![], vec![]);
@@ -441,6 +483,8 @@ pub struct ObserveBenchOptions {
     pub ticks: u64,
     /// Worker threads (0 = one per core).
     pub threads: usize,
+    /// Ticks run first (once, then copied into every variant); 0 = none.
+    pub warmup: u64,
 }
 
 /// One observability variant's tick times.
@@ -641,7 +685,7 @@ pub fn observe_overhead(
     use crate::observe::{ObserveSettings, sampler};
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
-    let s = scenario::find(&o.scenario)?;
+    let warm = warm_up(&o.scenario, o.tokens, 42, o.threads, o.warmup)?;
     std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let config = SimConfig {
         threads: o.threads,
@@ -668,15 +712,7 @@ pub fn observe_overhead(
             metrics: v.metrics,
             black_box: v.black_box,
         });
-        s.spawn_into(
-            &mut sim,
-            &ScenarioParams {
-                tokens: o.tokens,
-                seed: 42,
-            },
-            crate::runner::SPAWN_BATCH,
-        )
-        .map_err(|e| e.to_string())?;
+        load_world(&mut sim, &o.scenario, o.tokens, 42, warm.as_ref())?;
         if v.wal {
             let manifest = Manifest {
                 format_version: wal::FORMAT_VERSION,
@@ -872,6 +908,9 @@ pub struct GpuBenchOptions {
     pub ticks: u64,
     /// Worker threads for the CPU side (0 = one per core).
     pub threads: usize,
+    /// Ticks run first on the CPU (once per size, then copied into both
+    /// worlds); 0 = none.
+    pub warmup: u64,
 }
 
 /// One world size, both backends.
@@ -929,8 +968,11 @@ pub struct GpuBenchReport {
 pub fn gpu_vs_cpu(o: &GpuBenchOptions) -> Result<GpuBenchReport, String> {
     use crate::config::Backend;
     use crate::plugin::{SimSystems, StageTimes};
-    let sc = scenario::find(&o.scenario)?;
-    let make = |backend: Backend, n: usize| -> Result<Simulation, String> {
+    scenario::find(&o.scenario)?;
+    let make = |backend: Backend,
+                n: usize,
+                warm: Option<&wal::WorldSnapshot>|
+     -> Result<Simulation, String> {
         let mut sim = Simulation::new(SimSettings {
             config: SimConfig {
                 threads: o.threads,
@@ -940,22 +982,15 @@ pub fn gpu_vs_cpu(o: &GpuBenchOptions) -> Result<GpuBenchReport, String> {
             ..Default::default()
         })
         .map_err(|e| e.to_string())?;
-        sc.spawn_into(
-            &mut sim,
-            &ScenarioParams {
-                tokens: n,
-                seed: 42,
-            },
-            65536,
-        )
-        .map_err(|e| e.to_string())?;
+        load_world(&mut sim, &o.scenario, n, 42, warm)?;
         Ok(sim)
     };
     let mut adapter = String::from("none");
     let mut sizes = Vec::new();
     for &n in &o.sizes {
-        let mut cpu = make(Backend::Cpu, n)?;
-        let mut gpu = match make(Backend::Gpu, n) {
+        let warm = warm_up(&o.scenario, n, 42, o.threads, o.warmup)?;
+        let mut cpu = make(Backend::Cpu, n, warm.as_ref())?;
+        let mut gpu = match make(Backend::Gpu, n, warm.as_ref()) {
             Ok(g) => {
                 adapter = g.backend().adapter().unwrap_or_else(|| "?".into());
                 Some(g)
@@ -1146,5 +1181,264 @@ impl GpuBenchReport {
             "\nMedians per tick. \"GPU force\" is the whole Forces stage on the GPU backend (the CPU keeps\nthe neighbour lists); upload/dispatch/readback are its device phases. On a software adapter\n(lavapipe) this shows correctness, not speed."
         );
         s
+    }
+}
+
+/// What `bench steady` runs.
+#[derive(Clone, Debug)]
+pub struct SteadyBenchOptions {
+    /// Scenario name.
+    pub scenario: String,
+    /// Tokens (the scenario's default when `None`).
+    pub tokens: Option<usize>,
+    /// Ticks in all.
+    pub ticks: u64,
+    /// Ticks per reported window.
+    pub window: u64,
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+    /// Seed of the scenario and the run.
+    pub seed: u64,
+    /// Force backend.
+    pub backend: crate::config::Backend,
+}
+
+/// One window of ticks of `bench steady`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SteadyWindow {
+    /// First tick of the window (1-based, inclusive).
+    pub first_tick: u64,
+    /// Last tick of the window (inclusive).
+    pub last_tick: u64,
+    /// Mean over the window's ticks of ordered pairs within the cutoff per token.
+    pub avg_neighbors: f64,
+    /// Mean neighbour-list candidates per token at the window's end.
+    pub candidates_per_token: f64,
+    /// Ticks per second (wall time of the window's ticks).
+    pub ticks_per_s: f64,
+    /// Mean seconds per tick.
+    pub mean_tick_s: f64,
+    /// Token-steps per second.
+    pub token_steps_per_s: f64,
+    /// Ordered pairs within the cutoff per second: each is evaluated twice a
+    /// tick (its density weight, then its force).
+    pub pairs_per_s: f64,
+    /// Full neighbour-list rebuilds in the window.
+    pub rebuilds: u64,
+    /// Rows refreshed one by one in the window.
+    pub refreshed_rows: u64,
+    /// Resident set size at the window's end (VmRSS), bytes.
+    pub rss_bytes: u64,
+    /// Peak resident set size of the process so far (VmHWM), bytes.
+    pub peak_rss_bytes: u64,
+    /// Links at the window's end.
+    pub links: u64,
+    /// Heap bytes of the Verlet neighbour lists at the window's end.
+    pub neighbor_list_bytes: u64,
+}
+
+/// The report of `bench steady`: how the cost of a tick evolves over a long run.
+#[derive(Clone, Debug, Serialize)]
+pub struct SteadyBenchReport {
+    /// Scenario.
+    pub scenario: String,
+    /// Tokens.
+    pub tokens: u64,
+    /// Ticks run.
+    pub ticks: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// Backend that ran (`cpu` or `gpu`).
+    pub backend: String,
+    /// The CDNA's target neighbours within the field radius.
+    pub target_neighbors: f64,
+    /// The windows, in order.
+    pub windows: Vec<SteadyWindow>,
+    /// Mean seconds per tick over ticks 51–100 (`None` for shorter runs).
+    pub early_tick_s: Option<f64>,
+    /// Mean seconds per tick over the last 100 ticks (`None` below 200 ticks).
+    pub late_tick_s: Option<f64>,
+    /// `late_tick_s / early_tick_s`: 1 means a flat cost.
+    pub slowdown: Option<f64>,
+    /// Peak RSS after tick 20, bytes.
+    pub peak_rss_at_20: Option<u64>,
+    /// Peak RSS at the end, bytes.
+    pub peak_rss_end: u64,
+    /// `peak_rss_end / peak_rss_at_20`.
+    pub rss_growth: Option<f64>,
+    /// `avg_neighbors` of the last tick.
+    pub last_avg_neighbors: f64,
+}
+
+/// This process's resident set size (VmRSS), if the OS tells.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Runs a scenario for `ticks` ticks and reports, per window of `window` ticks,
+/// the neighbours per token, the speed, the pairs per second and the memory;
+/// then the late-over-early tick ratio and the memory growth. `progress` gets
+/// each window as it is measured. Run it in a process of its own: the peak RSS
+/// is the process's.
+///
+/// # Errors
+///
+/// An unknown scenario, invalid settings, or a backend that cannot start.
+pub fn steady(
+    o: &SteadyBenchOptions,
+    mut progress: impl FnMut(&SteadyWindow),
+) -> Result<SteadyBenchReport, String> {
+    let sc = scenario::find(&o.scenario)?;
+    let tokens = o.tokens.unwrap_or(sc.default_tokens);
+    let mut sim = Simulation::new(SimSettings {
+        config: SimConfig {
+            threads: o.threads,
+            backend: o.backend,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    sim.world_mut()
+        .insert_resource(crate::registry::SimRng::seeded(o.seed));
+    sc.spawn_into(
+        &mut sim,
+        &ScenarioParams {
+            tokens,
+            seed: o.seed,
+        },
+        65_536,
+    )
+    .map_err(|e| e.to_string())?;
+    let n = sim.token_count().max(1) as f64;
+    let window = o.window.max(1);
+    let mut times: Vec<f64> = Vec::with_capacity(o.ticks as usize);
+    let mut windows = Vec::new();
+    let mut peak_rss_at_20 = None;
+    let (mut pairs, mut neighbors) = (0u64, 0.0f64);
+    let mut last = sim.force_stats();
+    let mut first_tick = 1;
+    for t in 1..=o.ticks {
+        let start = Instant::now();
+        sim.step();
+        times.push(start.elapsed().as_secs_f64());
+        if let Some(e) = sim.backend().error() {
+            return Err(format!("the {} backend failed: {e}", o.backend.name()));
+        }
+        let stats = sim.force_stats();
+        pairs += stats.pairs;
+        neighbors += stats.pairs as f64 / n;
+        if t == 20 {
+            peak_rss_at_20 = crate::runner::peak_rss_bytes();
+        }
+        if t % window == 0 || t == o.ticks {
+            let ticks = t + 1 - first_tick;
+            let secs: f64 = times[first_tick as usize - 1..].iter().sum();
+            let w = SteadyWindow {
+                first_tick,
+                last_tick: t,
+                avg_neighbors: neighbors / ticks as f64,
+                candidates_per_token: stats.candidates as f64 / n,
+                ticks_per_s: ticks as f64 / secs,
+                mean_tick_s: secs / ticks as f64,
+                token_steps_per_s: ticks as f64 * n / secs,
+                pairs_per_s: pairs as f64 / secs,
+                rebuilds: stats.rebuilds - last.rebuilds,
+                refreshed_rows: stats.refreshed_rows - last.refreshed_rows,
+                rss_bytes: rss_bytes().unwrap_or(0),
+                peak_rss_bytes: crate::runner::peak_rss_bytes().unwrap_or(0),
+                links: sim.link_count(),
+                neighbor_list_bytes: sim
+                    .world()
+                    .resource::<crate::systems::ForceBuffers>()
+                    .neighbors
+                    .heap_bytes() as u64,
+            };
+            progress(&w);
+            windows.push(w);
+            (pairs, neighbors, last, first_tick) = (0, 0.0, stats, t + 1);
+        }
+    }
+    let mean =
+        |r: std::ops::Range<usize>| r.clone().map(|k| times[k]).sum::<f64>() / r.len() as f64;
+    let early_tick_s = (times.len() >= 100).then(|| mean(50..100));
+    let late_tick_s = (times.len() >= 200).then(|| mean(times.len() - 100..times.len()));
+    let peak_rss_end = crate::runner::peak_rss_bytes().unwrap_or(0);
+    let last_avg_neighbors = sim.force_stats().pairs as f64 / n;
+    Ok(SteadyBenchReport {
+        scenario: o.scenario.clone(),
+        tokens: sim.token_count(),
+        ticks: o.ticks,
+        threads: sim.threads(),
+        backend: sim.backend().active().name().into(),
+        target_neighbors: sim.cdna().physics.target_neighbors as f64,
+        windows,
+        slowdown: early_tick_s.zip(late_tick_s).map(|(e, l)| l / e),
+        early_tick_s,
+        late_tick_s,
+        rss_growth: peak_rss_at_20
+            .filter(|&r| r > 0)
+            .map(|r| peak_rss_end as f64 / r as f64),
+        peak_rss_at_20,
+        peak_rss_end,
+        last_avg_neighbors,
+    })
+}
+
+impl SteadyWindow {
+    /// The header of [`to_row`](Self::to_row).
+    pub const HEADER: &str = "   ticks        neighbours  candidates  ticks/s   token-steps/s   pairs/s   rebuilds  refreshed      RSS MB  peak MB";
+
+    /// One line of the text report.
+    pub fn to_row(&self) -> String {
+        format!(
+            "{:>5}-{:<5} {:>10.1} {:>11.1} {:>8.2} {:>15.0} {:>9.3e} {:>9} {:>10} {:>11.1} {:>8.1}",
+            self.first_tick,
+            self.last_tick,
+            self.avg_neighbors,
+            self.candidates_per_token,
+            self.ticks_per_s,
+            self.token_steps_per_s,
+            self.pairs_per_s,
+            self.rebuilds,
+            self.refreshed_rows,
+            self.rss_bytes as f64 / 1048576.0,
+            self.peak_rss_bytes as f64 / 1048576.0,
+        )
+    }
+}
+
+impl SteadyBenchReport {
+    /// The human-readable summary (the windows are printed as they come).
+    pub fn to_text(&self) -> String {
+        let opt = |x: Option<f64>, scale: f64, unit: &str| {
+            x.map_or("n/a".to_string(), |v| format!("{:.3}{unit}", v * scale))
+        };
+        format!(
+            "{} × {} tokens, {} ticks, {} threads, {} backend; target {} neighbours\n\
+             last tick: {:.1} neighbours per token\n\
+             mean tick, ticks 51-100: {}; last 100 ticks: {}; slowdown {}\n\
+             peak RSS after tick 20: {}; at the end: {:.1} MB; growth {}",
+            self.scenario,
+            self.tokens,
+            self.ticks,
+            self.threads,
+            self.backend,
+            self.target_neighbors,
+            self.last_avg_neighbors,
+            opt(self.early_tick_s, 1e3, " ms"),
+            opt(self.late_tick_s, 1e3, " ms"),
+            opt(self.slowdown, 1.0, "×"),
+            opt(
+                self.peak_rss_at_20.map(|b| b as f64),
+                1.0 / 1048576.0,
+                " MB"
+            ),
+            self.peak_rss_end as f64 / 1048576.0,
+            opt(self.rss_growth, 1.0, "×"),
+        )
     }
 }

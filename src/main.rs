@@ -61,6 +61,38 @@ enum BenchCommand {
     /// GPU against CPU force backends at several world sizes: whole tick, Forces
     /// stage, and the GPU's upload, dispatch and readback, side by side.
     Gpu(GpuBenchArgs),
+    /// A long run of one scenario, reported per window of ticks: neighbours per
+    /// token, ticks/s, pairs/s, rebuilds and memory, then the late-over-early
+    /// tick ratio and the memory growth (does the cost stay flat?).
+    Steady(SteadyBenchArgs),
+}
+
+#[derive(Args)]
+struct SteadyBenchArgs {
+    /// Scenario name (see `neurograph scenarios`).
+    #[arg(long, default_value = "uniform")]
+    scenario: String,
+    /// Tokens (default: the scenario's).
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Ticks in all.
+    #[arg(long, default_value_t = 1000)]
+    ticks: u64,
+    /// Ticks per reported window.
+    #[arg(long, default_value_t = 100)]
+    window: u64,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Force backend: cpu or gpu.
+    #[arg(long, default_value = "cpu")]
+    backend: neurograph::config::Backend,
+    /// Print the report as one JSON object (windows still go to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -77,6 +109,10 @@ struct GpuBenchArgs {
     /// CPU worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Ticks run first, untimed (a long run's later ticks are what is measured;
+    /// 0 = time the scenario's first ticks).
+    #[arg(long, default_value_t = 500)]
+    warmup: u64,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -96,6 +132,10 @@ struct ObserveBenchArgs {
     /// Worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Ticks run first, untimed (a long run's later ticks are what is measured;
+    /// 0 = time the scenario's first ticks).
+    #[arg(long, default_value_t = 500)]
+    warmup: u64,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -121,6 +161,10 @@ struct HierarchyBenchArgs {
     /// Seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Ticks run first, untimed (a long run's later ticks are what is measured;
+    /// 0 = time the scenario's first ticks).
+    #[arg(long, default_value_t = 500)]
+    warmup: u64,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -196,6 +240,10 @@ struct WalBenchArgs {
     /// Snapshot interval of the journaled variants.
     #[arg(long, default_value_t = 100)]
     snapshot_every: u64,
+    /// Ticks run first, untimed (a long run's later ticks are what is measured;
+    /// 0 = time the scenario's first ticks).
+    #[arg(long, default_value_t = 500)]
+    warmup: u64,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -604,6 +652,7 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                 ticks: a.ticks.max(2),
                 threads: a.threads,
                 snapshot_every: a.snapshot_every,
+                warmup: a.warmup,
             };
             let report = in_scratch("bench", |dir| {
                 neurograph::benchmarks::wal_overhead(&options, dir)
@@ -616,6 +665,7 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                 tokens: a.tokens,
                 ticks: a.ticks.max(2),
                 threads: a.threads,
+                warmup: a.warmup,
             };
             let report = in_scratch("bench-observe", |dir| {
                 neurograph::benchmarks::observe_overhead(&options, dir)
@@ -629,7 +679,22 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                     sizes: a.tokens,
                     ticks: a.ticks.max(1),
                     threads: a.threads,
+                    warmup: a.warmup,
                 })?;
+            print_report(a.json, &report, report.to_text())
+        }
+        BenchCommand::Steady(a) => {
+            let options = neurograph::benchmarks::SteadyBenchOptions {
+                scenario: a.scenario,
+                tokens: a.tokens,
+                ticks: a.ticks.max(1),
+                window: a.window.max(1),
+                threads: a.threads,
+                seed: a.seed,
+                backend: a.backend,
+            };
+            eprintln!("{}", neurograph::benchmarks::SteadyWindow::HEADER);
+            let report = neurograph::benchmarks::steady(&options, |w| eprintln!("{}", w.to_row()))?;
             print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Hierarchy(a) => {
@@ -641,6 +706,7 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                     organize_runs: a.organize_runs,
                     threads: a.threads,
                     seed: a.seed,
+                    warmup: a.warmup,
                 },
             )?;
             print_report(a.json, &report, report.to_text())
