@@ -1,15 +1,17 @@
-//! Criterion benchmarks of the engine core.
+//! Criterion benchmarks of the engine core, on settled worlds: each world is run
+//! for [`WARMUP`] ticks before anything is timed (a long run's later ticks are
+//! the workload, not its first).
 //!
 //! `cargo bench --bench tick` runs all; filter with a name, e.g.
-//! `cargo bench --bench tick -- forces_10k`. The 1M-token tick needs ~2 GB and a few
-//! minutes; it runs only with `NEUROGRAPH_BENCH_1M=1`.
+//! `cargo bench --bench tick -- forces_10k`. The 1M-token tick needs ~2 GB and
+//! its warm-up about half an hour; it runs only with `NEUROGRAPH_BENCH_1M=1`.
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use neurograph::physics::{ForceParams, LinkTable, TokenParams, reference_forces};
 use neurograph::prelude::*;
 use neurograph::scenario::{self, ScenarioParams};
 use neurograph::spatial::{KdTree, NeighborList, SearchInput};
-use neurograph::systems::{compute_densities, compute_forces};
+use neurograph::systems::{ForceBuffers, compute_densities, compute_forces};
 use std::time::Duration;
 
 fn uniform_sim(tokens: usize) -> Simulation {
@@ -25,10 +27,12 @@ fn uniform_sim(tokens: usize) -> Simulation {
         .unwrap()
         .spawn_into(&mut sim, &ScenarioParams { tokens, seed: 42 }, 65_536)
         .unwrap();
-    // The first tick builds every neighbour row; measure steady ticks after it.
-    sim.run(3);
+    sim.run(WARMUP);
     sim
 }
+
+/// Ticks run before a world is timed.
+const WARMUP: u64 = 500;
 
 fn tick(c: &mut Criterion) {
     let mut sizes = vec![10_000usize, 100_000];
@@ -52,24 +56,15 @@ struct Gathered {
     ids: Vec<TokenId>,
 }
 
+/// The gathered arrays of a settled `uniform` world of `n` tokens.
 fn gathered(n: usize) -> Gathered {
-    let d = scenario::find("uniform")
-        .unwrap()
-        .generate(&ScenarioParams { tokens: n, seed: 7 });
+    let sim = uniform_sim(n);
+    let buf = sim.world().resource::<ForceBuffers>();
     Gathered {
-        pts: d.tokens.iter().map(|t| t.position).collect(),
-        params: d
-            .tokens
-            .iter()
-            .map(|t| TokenParams {
-                charge: t.charge,
-                mass: t.mass,
-                radius: t.radius,
-                strength: t.strength,
-            })
-            .collect(),
-        radii: d.tokens.iter().map(|t| t.radius).collect(),
-        ids: (0..n as u64).map(TokenId).collect(),
+        pts: buf.positions.clone(),
+        params: buf.params.clone(),
+        radii: buf.params.iter().map(|p| p.radius).collect(),
+        ids: buf.ids.clone(),
     }
 }
 

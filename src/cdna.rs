@@ -908,6 +908,67 @@ mod tests {
     }
 
     #[test]
+    fn the_density_law_fields_are_validated_with_their_limits() {
+        let mut c = Cdna::default();
+        c.physics.k_field = 2.0;
+        c.physics.k_density = 0.4;
+        c.physics.target_neighbors = 1.0;
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("physics.k_density = 0.4: must be at least physics.k_field / 4 = 0.5"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("physics.target_neighbors = 1: must be a finite number in [2, 10000]"),
+            "{msg}"
+        );
+        c.physics.k_density = 0.0;
+        c.physics.target_neighbors = f32::NAN;
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("physics.k_density = 0: must be a finite number in (0, 1000]"),
+            "{msg}"
+        );
+        assert!(msg.contains("physics.target_neighbors = NaN"), "{msg}");
+        // At the bound it is accepted.
+        c.physics.k_density = 0.5;
+        c.physics.target_neighbors = 2.0;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn files_without_the_density_law_fields_load_with_the_defaults() {
+        let text: String = Cdna::default()
+            .to_toml()
+            .lines()
+            .filter(|l| {
+                !l.starts_with("checksum")
+                    && !l.starts_with("k_density")
+                    && !l.starts_with("target_neighbors")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Cdna::from_toml(&text, "old.toml").unwrap();
+        assert_eq!(c, Cdna::default());
+    }
+
+    #[test]
+    fn the_derived_linking_length_follows_the_target_density() {
+        let h = HierarchyParams::default();
+        assert_eq!(h.link_length, 0.0);
+        // 5 friends out of 30 neighbours: (1/6)^(1/8) field radii.
+        let l = h.level1_link_length(30.0, 1.0);
+        assert!((l - (1.0f32 / 6.0).powf(0.125)).abs() < 1e-6, "{l}");
+        assert!((h.level1_link_length(30.0, 2.0) - 2.0 * l).abs() < 1e-6);
+        assert!(h.level1_link_length(60.0, 1.0) < l);
+        let fixed = HierarchyParams {
+            link_length: 0.6,
+            ..h
+        };
+        assert_eq!(fixed.level1_link_length(30.0, 1.0), 0.6);
+    }
+
+    #[test]
     fn core_radius_must_stay_below_field_radius() {
         let mut c = Cdna::default();
         c.physics.core_radius = c.field.min_radius;

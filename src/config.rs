@@ -186,7 +186,8 @@ impl Quotas {
     /// Estimated resident bytes per token: ECS columns and change ticks, entity
     /// metadata, the id table, the gathered force arrays and the neighbour rows at
     /// ~30 neighbours within the cutoff, with the transient of a full rebuild
-    /// (measured peak: 940 B/token at 1M `uniform` tokens; see the README).
+    /// (measured peak: 940 B/token at 1M `uniform` tokens under the first force
+    /// law; the real footprint is larger now, see docs/embedding.md).
     pub const BYTES_PER_TOKEN: u64 = 960;
     /// Estimated bytes per link (map entry, adjacency, force table).
     pub const BYTES_PER_LINK: u64 = 96;

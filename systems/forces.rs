@@ -187,6 +187,8 @@ impl ForceBuffers {
             ids: &self.ids,
             skin,
         };
+        // Free the old lists first: the build's own transients are large enough.
+        self.neighbors = NeighborList::default();
         self.neighbors = NeighborList::build_with(input, &self.tree);
         self.travel.reset(n);
     }
