@@ -154,14 +154,31 @@ fn token_chunk_hashes(world: &mut World, pool: Option<&rayon::ThreadPool>) -> (u
             }
         }
     }
-    // General path: gather every row, sort by id, hash the chunks.
-    let mut rows: Vec<DigestRow> = q.iter(world).map(|r| DigestRow::new(&r)).collect();
-    rows.sort_unstable_by_key(|r| u64::from_le(r.id));
+    // General path (tokens in several tables, e.g. with and without `ChildOf`,
+    // as at steady state): gather every row, sort the (id, index) pairs rather
+    // than the 96-byte rows, and hash the chunks in id order, each built in a
+    // small buffer as above.
+    let rows: Vec<DigestRow> = q.iter(world).map(|r| DigestRow::new(&r)).collect();
+    let mut order: Vec<(u64, u32)> = rows
+        .iter()
+        .enumerate()
+        .map(|(k, r)| (u64::from_le(r.id), k as u32))
+        .collect();
+    order.sort_unstable();
+    let chunk = |buf: &mut Vec<DigestRow>, part: &[(u64, u32)]| {
+        buf.clear();
+        buf.extend(part.iter().map(|&(_, k)| rows[k as usize]));
+        hash_rows(buf)
+    };
     let hashes = maybe_parallel(pool, rows.len(), |parallel| {
         if parallel {
-            rows.par_chunks(CHUNK).map(hash_rows).collect()
+            order
+                .par_chunks(CHUNK)
+                .map_init(|| Vec::with_capacity(CHUNK), chunk)
+                .collect()
         } else {
-            rows.chunks(CHUNK).map(hash_rows).collect()
+            let mut buf = Vec::with_capacity(CHUNK.min(rows.len()));
+            order.chunks(CHUNK).map(|c| chunk(&mut buf, c)).collect()
         }
     });
     (rows.len(), hashes)
