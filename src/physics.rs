@@ -50,7 +50,7 @@
 //!   peaked at the centre (Warren's `(1 − u)²`, the Lucy kernel) give those
 //!   neighbours under 4% and cannot see most of the field, so the neighbour count
 //!   drifts far from the density they control. `W` keeps every neighbour's weight
-//!   above ½ up to `u = 0.87`, and its mean over a uniform ball is exactly ⅓. It
+//!   above ½ up to `u = 0.86`, and its mean over a uniform ball is exactly ⅓. It
 //!   needs no square root (`u⁸ = (r²/R²)⁴`), nor does the force profile
 //!   (`w(u)/r = 16 u⁶ (1 − u⁸) / R`).
 //! - **The soft core stays**, as excluded volume: one neighbour at contact adds
@@ -70,8 +70,9 @@
 //! are tied by the structure the law settles into, which has more near neighbours
 //! than a uniform ball (whose mean `W` would make the factor ⅓).
 //! [`DENSITY_PER_NEIGHBOR`] was measured: `examples/calibrate_density.rs` settles
-//! 2,000 like-charged tokens from a ball of radius 0.05 under several factors and
-//! reports the mean neighbour count at rest (see `docs/physics.md` for the run).
+//! 2,000 like-charged tokens from a ball of radius 0.05 under several targets and
+//! reports the mean neighbour count at rest and the factor each count implies
+//! (see `docs/physics.md` for the run).
 //!
 //! # Order of summation
 //!
