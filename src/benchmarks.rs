@@ -1291,8 +1291,9 @@ pub fn steady(
     o: &SteadyBenchOptions,
     mut progress: impl FnMut(&SteadyWindow),
 ) -> Result<SteadyBenchReport, String> {
-    let sc = scenario::find(&o.scenario)?;
-    let tokens = o.tokens.unwrap_or(sc.default_tokens);
+    let tokens = o
+        .tokens
+        .unwrap_or(scenario::find(&o.scenario)?.default_tokens);
     let mut sim = Simulation::new(SimSettings {
         config: SimConfig {
             threads: o.threads,
@@ -1302,17 +1303,7 @@ pub fn steady(
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;
-    sim.world_mut()
-        .insert_resource(crate::registry::SimRng::seeded(o.seed));
-    sc.spawn_into(
-        &mut sim,
-        &ScenarioParams {
-            tokens,
-            seed: o.seed,
-        },
-        65_536,
-    )
-    .map_err(|e| e.to_string())?;
+    load_world(&mut sim, &o.scenario, tokens, o.seed, None)?;
     let n = sim.token_count().max(1) as f64;
     let window = o.window.max(1);
     let mut times: Vec<f64> = Vec::with_capacity(o.ticks as usize);

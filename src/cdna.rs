@@ -112,13 +112,16 @@ pub struct Physics {
     /// opposite ones.
     pub k_field: f32,
     /// Density repulsion `k_density` at the target density, in `(0, 1000]` and at
-    /// least `k_field / 4`. Fully charged fields settle where `ρ/ρ₀ = √(k_field /
-    /// k_density)`: at the target when the two are equal (the default).
+    /// least `k_field / 4`. Fields settle where `ρ/ρ₀ = √(k_field · c /
+    /// k_density)` for their mean coupling `c = s_i s_j q_i q_j m_j`: for fully
+    /// charged unit-mass tokens, at the target when the two are equal (the
+    /// default). Heavier tokens attract harder and settle denser.
     #[serde(default = "defaults::k_density")]
     pub k_density: f32,
     /// The number of neighbours within the field radius a settled field of fully
-    /// charged tokens has in its bulk, in `[2, 10000]` (sets the target density
-    /// `ρ₀`, see [`crate::physics::target_density`]).
+    /// charged unit-mass tokens has in its bulk, in `[2, 10000]` (sets the target
+    /// density `ρ₀`, see [`crate::physics::target_density`]; the calibration
+    /// covers 10 to 60, within 8%).
     #[serde(default = "defaults::target_neighbors")]
     pub target_neighbors: f32,
     /// Core repulsion `k_core` (excluded volume at short range).
@@ -564,7 +567,7 @@ impl Cdna {
                 field: "physics.k_density".into(),
                 value: p.k_density.to_string(),
                 limit: format!(
-                    "must be at least physics.k_field / 4 = {} (fields settle at √(k_field / k_density) × the target density)",
+                    "must be at least physics.k_field / 4 = {} (fields of unit charge and mass settle at √(k_field / k_density) × the target density)",
                     p.k_field / 4.0
                 ),
             });

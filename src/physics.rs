@@ -205,7 +205,7 @@ pub fn pair_force(
 /// The scalar `s` of the pair force `s · d` (see [`pair_force`]) for a pair within
 /// its cutoff at `0 < r2`.
 #[inline(always)]
-pub fn pair_magnitude(
+fn pair_magnitude(
     r2: f32,
     cutoff: f32,
     pi: &TokenParams,
@@ -568,6 +568,22 @@ mod tests {
     }
 
     #[test]
+    fn the_law_scales_with_the_pair_cutoff() {
+        // R_ij = max(2, 1.5) = 2, r = 1.2 along axis 5: u = 0.6, outside the core.
+        let xj = Vec8::from_array([0.0, 0.0, 0.0, 0.0, 0.0, 1.2, 0.0, 0.0]);
+        let (pi, pj) = (p(1.0, 1.0, 2.0, 1.0), p(0.5, 2.0, 1.5, 0.8));
+        let f = pair_force(Vec8::ZERO, &pi, 0.4, xj, &pj, 0.9, &FP).unwrap();
+        let coupling = 2.0f64 * 0.8 * 0.5 * 2.0 - 1.5 * 0.5 * (0.4 + 0.9);
+        let expect = coupling * profile(1.2, 2.0) * 1.2;
+        assert!((f[5] as f64 - expect).abs() < 1e-6, "{} vs {expect}", f[5]);
+        let w = pair_density(Vec8::ZERO, &pi, xj, &pj).unwrap() as f64;
+        assert!((w - (1.0 - 0.6f64.powi(8)).powi(2)).abs() < 1e-6, "{w}");
+        // Beyond the larger radius, nothing.
+        let far = Vec8::from_array([0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0]);
+        assert!(pair_force(Vec8::ZERO, &pi, 0.4, far, &pj, 0.9, &FP).is_none());
+    }
+
+    #[test]
     fn the_pair_force_vanishes_at_the_target_density() {
         // Unit charges, masses and strengths with k_density = k_field: the pair
         // force is zero exactly when both tokens sit at ρ₀ (p = 1).
@@ -644,21 +660,91 @@ mod tests {
         assert_eq!(pair_density(Vec8::ONE, &one, Vec8::ONE, &one), Some(1.0));
     }
 
+    /// `U = Σ_i (k_density ρ₀/6)(ρ_i/ρ₀)³ − Σ_{i<j} k_field W(u_ij)` for unit
+    /// charges, masses, strengths and radii, no core: the energy of the module
+    /// docs, in f64 from the formulas.
+    fn energy(x: &[[f64; 8]], fp: &ForceParams) -> f64 {
+        let rho0 = 1.0 / fp.inv_target_density as f64;
+        let w = |a: &[f64; 8], b: &[f64; 8]| {
+            let r2: f64 = (0..8).map(|k| (a[k] - b[k]).powi(2)).sum();
+            if r2 < 1.0 {
+                (1.0 - r2.powi(4)).powi(2)
+            } else {
+                0.0
+            }
+        };
+        let mut u = 0.0;
+        for i in 0..x.len() {
+            let rho: f64 = (0..x.len())
+                .filter(|&j| j != i)
+                .map(|j| w(&x[i], &x[j]))
+                .sum();
+            u += fp.k_density as f64 * rho0 / 6.0 * (rho / rho0).powi(3);
+            for j in i + 1..x.len() {
+                u -= fp.k_field as f64 * w(&x[i], &x[j]);
+            }
+        }
+        u
+    }
+
     #[test]
-    fn the_energy_per_token_is_bounded_below() {
-        // U_i(x) = (k_d ρ₀/6) x³ − (k_f ρ₀/2) x for x = ρ/ρ₀: its minimum over x ≥ 0
-        // is −ρ₀ k_f^{3/2} / (3 √k_d), reached at x = √(k_f/k_d), whatever the density.
-        let (kf, kd, rho0) = (2.0f64, 1.5f64, 10.0f64);
-        let u = |x: f64| kd * rho0 / 6.0 * x.powi(3) - kf * rho0 / 2.0 * x;
-        let bound = -rho0 * kf.powf(1.5) / (3.0 * kd.sqrt());
-        let lowest = (0..100_000)
-            .map(|k| u(k as f64 * 1e-3))
-            .fold(f64::INFINITY, f64::min);
-        assert!(
-            lowest >= bound - 1e-9 && lowest - bound < 1e-4,
-            "{lowest} {bound}"
-        );
-        assert!((u((kf / kd).sqrt()) - bound).abs() < 1e-9);
+    fn forces_are_minus_the_gradient_of_the_documented_energy() {
+        // 14 tokens in a cube of side 0.6: most pairs within the cutoff, some near it.
+        let fp = ForceParams { k_core: 0.0, ..FP };
+        let n = 14;
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 40) as f64 / (1u64 << 24) as f64 - 0.5
+        };
+        let x: Vec<[f64; 8]> = (0..n)
+            .map(|_| std::array::from_fn(|_| 0.6 * next()))
+            .collect();
+        let pos: Vec<Vec8> = x
+            .iter()
+            .map(|a| Vec8::from_array(a.map(|v| v as f32)))
+            .collect();
+        let x: Vec<[f64; 8]> = pos.iter().map(|p| p.to_array().map(|v| v as f64)).collect();
+        let params = vec![p(1.0, 1.0, 1.0, 1.0); n];
+        let ids: Vec<TokenId> = (0..n as u64).map(TokenId).collect();
+        let (forces, pairs) = reference_forces(&pos, &params, &ids, &LinkTable::default(), &fp);
+        assert!(pairs > (n * (n - 1) / 2) as u64, "{pairs}");
+        let scale = forces.iter().map(|f| f.length()).fold(0.0f32, f32::max) as f64;
+        assert!(scale > 0.1, "{scale}");
+        let h = 1e-5;
+        for i in 0..n {
+            for k in 0..8 {
+                let (mut a, mut b) = (x.clone(), x.clone());
+                a[i][k] += h;
+                b[i][k] -= h;
+                let grad = -(energy(&a, &fp) - energy(&b, &fp)) / (2.0 * h);
+                let got = forces[i][k] as f64;
+                assert!(
+                    (got - grad).abs() <= 1e-3 * scale,
+                    "token {i}, axis {k}: force {got} vs −dU/dx {grad}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_collapsed_group_cannot_go_below_the_energy_bound() {
+        // N tokens at one point: every pair within its cutoff, W = 1. The old law's
+        // energy fell as −N²; this one is bounded by −N ρ₀ k_f^{3/2} / (3 √k_d).
+        let fp = ForceParams { k_core: 0.0, ..FP };
+        let rho0 = 1.0 / fp.inv_target_density as f64;
+        let per_token = rho0 * (fp.k_field as f64).powf(1.5) / (3.0 * (fp.k_density as f64).sqrt());
+        let mut lowest = f64::INFINITY;
+        for n in [2usize, 5, 10, 14, 20, 40, 80, 160] {
+            let x = vec![[0.25f64; 8]; n];
+            let u = energy(&x, &fp);
+            assert!(u >= -(n as f64) * per_token - 1e-9, "N = {n}: U = {u}");
+            lowest = lowest.min(u / n as f64);
+        }
+        // The bound is reached near ρ = ρ₀ √(k_f / k_d) (N − 1 ≈ 11.5 here).
+        assert!(lowest < -0.9 * per_token, "{lowest} vs {per_token}");
     }
 
     #[test]

@@ -431,9 +431,9 @@ pub struct NeighborList {
     start: Vec<u32>,
     len: Vec<u32>,
     cap: Vec<u32>,
-    /// Arena entries left behind by relocated rows, in all and per block.
-    waste: usize,
+    /// Arena entries left behind by relocated or shrunk rows, per block.
     block_waste: Vec<usize>,
+    compactions: u64,
     skin: f32,
     /// Unique per full build, so a copy of the lists elsewhere (the GPU's) knows
     /// when it must be rebuilt rather than patched.
@@ -603,7 +603,6 @@ impl NeighborList {
         }
         arena.extend_from_within(s..s + l);
         arena.resize(new_start + c, 0);
-        self.waste += self.cap[i] as usize;
         self.block_waste[b] += self.cap[i] as usize;
         self.start[i] = new_start as u32;
         self.cap[i] = c as u32;
@@ -623,16 +622,29 @@ impl NeighborList {
             fresh.extend_from_slice(&self.blocks[b][s..s + l]);
             fresh.resize(fresh.len() - l + c, 0);
         }
-        self.waste -= self.block_waste[b];
         self.block_waste[b] = 0;
         self.blocks[b] = fresh;
         self.touched[b] = true;
+        self.compactions += 1;
+    }
+
+    /// Arena compactions since the build.
+    pub fn compactions(&self) -> u64 {
+        self.compactions
     }
 
     fn set_row(&mut self, i: usize, row: &[u32]) {
         if row.len() > self.cap[i] as usize {
             self.len[i] = 0;
             self.relocate(i, row.len());
+        } else {
+            // A row that shrank far below its room (a crowd spreading out) gives
+            // the excess up as waste, so that compaction can reclaim it.
+            let (cap, fit) = (self.cap[i] as usize, spare(row.len()));
+            if cap > 2 * fit {
+                self.block_waste[i / BLOCK] += cap - fit;
+                self.cap[i] = fit as u32;
+            }
         }
         let s = self.start[i] as usize;
         self.blocks[i / BLOCK][s..s + row.len()].copy_from_slice(row);
@@ -705,11 +717,6 @@ impl NeighborList {
     /// Total candidates stored (sum of row lengths).
     pub fn candidates(&self) -> usize {
         self.len.iter().map(|&l| l as usize).sum()
-    }
-
-    /// Whether relocated rows left more than half the arenas unused.
-    pub fn fragmented(&self) -> bool {
-        self.waste > self.blocks.iter().map(Vec::len).sum::<usize>() / 2
     }
 
     /// The skin the lists were built with.
@@ -874,6 +881,89 @@ mod tests {
             input.row(&tree, q2, i, &mut scratch);
             let want: Vec<u32> = scratch.iter().map(|(_, j)| *j).collect();
             assert_eq!(nl.row(i), want.as_slice(), "row {i}");
+        }
+    }
+
+    /// Every pair within its cutoff is in both rows, and each arena holds at most
+    /// about 1.4 times its rows with their spare room.
+    fn check_lists(nl: &NeighborList, pts: &[Vec8], radii: &[f32], ids: &[TokenId]) {
+        let n = pts.len();
+        for (b, arena) in nl.blocks.iter().enumerate() {
+            let rows = b * BLOCK..((b + 1) * BLOCK).min(n);
+            let live: usize = rows.clone().map(|i| spare(nl.len[i] as usize)).sum();
+            assert!(nl.block_waste[b] <= arena.len() / 8);
+            assert!(
+                arena.capacity() * 2 <= 3 * live,
+                "block {b}: {} for {live}",
+                arena.capacity()
+            );
+            for i in rows {
+                assert!(
+                    nl.row(i)
+                        .windows(2)
+                        .all(|w| ids[w[0] as usize] < ids[w[1] as usize])
+                );
+            }
+        }
+        for i in 0..n {
+            for j in i + 1..n {
+                let c = radii[i].max(radii[j]);
+                if (pts[j] - pts[i]).length_squared() < c * c {
+                    assert!(
+                        nl.row(i).contains(&(j as u32)),
+                        "({i},{j}) missing from row {i}"
+                    );
+                    assert!(
+                        nl.row(j).contains(&(i as u32)),
+                        "({i},{j}) missing from row {j}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_that_grow_then_shrink_are_repacked() {
+        // A third of the tokens gather into a small ball (their rows grow and move
+        // to the end of their arenas), then spread out again (their rows shrink):
+        // the arenas are compacted and the lists stay exact throughout.
+        let n = 1200;
+        let skin = 0.1;
+        let mut pts = random_points(n, 3.0, 21);
+        let radii = vec![1.0f32; n];
+        let ids: Vec<TokenId> = (0..n as u64).map(TokenId).collect();
+        let mut nl = NeighborList::build(SearchInput {
+            points: &pts,
+            radii: &radii,
+            ids: &ids,
+            skin,
+        });
+        let mut tree = KdTree::build(&pts);
+        let moved: Vec<u32> = (0..n as u32).filter(|i| i % 3 == 0).collect();
+        let original = pts.clone();
+        let centre = Vec8::splat(1.5);
+        for &i in &moved {
+            pts[i as usize] = centre + (pts[i as usize] - centre) * 0.1;
+        }
+        for (stage, targets) in [("gathered", None), ("spread", Some(&original))] {
+            if let Some(o) = targets {
+                for &i in &moved {
+                    pts[i as usize] = o[i as usize];
+                }
+            }
+            tree.refit(&pts);
+            nl.refresh(
+                SearchInput {
+                    points: &pts,
+                    radii: &radii,
+                    ids: &ids,
+                    skin,
+                },
+                &tree,
+                &moved,
+            );
+            check_lists(&nl, &pts, &radii, &ids);
+            assert!(nl.compactions() > 0, "{stage}: no arena was compacted");
         }
     }
 

@@ -198,12 +198,25 @@ impl ForceBuffers {
 /// row (ascending id, so bit-identical to
 /// [`reference_densities`](crate::physics::reference_densities)), in parallel on
 /// the current rayon pool. `density` has one entry per token.
+///
+/// # Panics
+///
+/// When `params`, `neighbors` or `density` do not cover exactly the tokens of
+/// `positions`.
 pub fn compute_densities(
     positions: &[Vec8],
     params: &[TokenParams],
     neighbors: &NeighborList,
     density: &mut [f32],
 ) {
+    let n = positions.len();
+    assert!(
+        params.len() == n && neighbors.len() == n && density.len() == n,
+        "compute_densities: {n} positions, {} params, {} neighbour rows, {} densities",
+        params.len(),
+        neighbors.len(),
+        density.len()
+    );
     density
         .par_chunks_mut(CHUNK)
         .enumerate()
@@ -259,6 +272,11 @@ pub struct Proposals<'a> {
 }
 
 /// [`compute_forces`], also filling `proposals` when given.
+///
+/// # Panics
+///
+/// When `params`, `density`, `neighbors`, `forces` or the proposals' `nearest`
+/// do not cover exactly the tokens of `positions`.
 #[allow(clippy::too_many_arguments)]
 pub fn compute_forces_proposing(
     positions: &[Vec8],
@@ -270,6 +288,22 @@ pub fn compute_forces_proposing(
     forces: &mut [Vec8],
     proposals: Option<Proposals<'_>>,
 ) -> u64 {
+    let n = positions.len();
+    assert!(
+        params.len() == n && density.len() == n && neighbors.len() == n && forces.len() == n,
+        "compute_forces: {n} positions, {} params, {} densities, {} neighbour rows, {} forces",
+        params.len(),
+        density.len(),
+        neighbors.len(),
+        forces.len()
+    );
+    if let Some(p) = &proposals {
+        assert_eq!(
+            p.nearest.len(),
+            n,
+            "compute_forces: proposals for another world"
+        );
+    }
     let (within2, max_degree, ids) = proposals
         .as_ref()
         .map_or((0.0, 0, &[][..]), |p| (p.within2, p.max_degree, p.ids));
@@ -424,8 +458,7 @@ pub fn forces(
             || buf.neighbors.len() != n
             || buf.neighbors.skin() != skin
             || buf.travel.path.len() != n
-            || buf.travel.invalid
-            || buf.neighbors.fragmented();
+            || buf.travel.invalid;
         let stale = if full {
             Vec::new()
         } else {

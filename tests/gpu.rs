@@ -412,6 +412,90 @@ fn uniform_matches_the_cpu_for_100_ticks() {
     );
 }
 
+/// A settled world (300 ticks on the CPU, mixed field radii): near rest each
+/// token's force is a near-cancelling sum, so the GPU's force is compared with
+/// the CPU's relative to the token's force scale, the sum of the magnitudes of
+/// its pair and link terms, and its density relative to its own value.
+#[test]
+fn a_settled_world_agrees_relative_to_each_tokens_force_scale() {
+    if !gpu_available() {
+        return;
+    }
+    let mut cpu = Simulation::new(settings(Backend::Cpu)).unwrap();
+    let tokens: Vec<TokenSpec> = scenario_tokens("clusters", 2000, 17)
+        .into_iter()
+        .enumerate()
+        .map(|(k, t)| t.with_radius(0.8 + 0.4 * ((k * 7919) % 1000) as f32 / 1000.0))
+        .collect();
+    load(&mut cpu, &tokens, 7);
+    cpu.run(300);
+    let mut pass = GpuForces::new(GpuContext::new(AdapterPolicy::Any).expect("an adapter"))
+        .expect("the force pass");
+    let (pairs, gpu_forces, _, gpu_density) = run_pass(&mut pass, &cpu).expect("the GPU pass runs");
+    let buf = cpu.world().resource::<ForceBuffers>();
+    let fp = ForceParams::from_cdna(cpu.cdna());
+    let n = buf.ids.len();
+    let mut density = vec![0.0f32; n];
+    compute_densities(&buf.positions, &buf.params, &buf.neighbors, &mut density);
+    let mut forces = vec![Vec8::ZERO; n];
+    let cpu_pairs = neurograph::systems::compute_forces(
+        &buf.positions,
+        &buf.params,
+        &density,
+        &buf.neighbors,
+        buf.links(),
+        &fp,
+        &mut forces,
+    );
+    assert_eq!(pairs, cpu_pairs);
+    let mut worst = 0.0f64;
+    for i in 0..n {
+        let (xi, pi) = (buf.positions[i], &buf.params[i]);
+        let mut scale = 0.0f64;
+        for &j in buf.neighbors.row(i) {
+            let j = j as usize;
+            let (pri, prj) = (fp.pressure(density[i]), fp.pressure(density[j]));
+            if let Some(f) = neurograph::physics::pair_force(
+                xi,
+                pi,
+                pri,
+                buf.positions[j],
+                &buf.params[j],
+                prj,
+                &fp,
+            ) {
+                scale += f.length() as f64;
+            }
+        }
+        for l in buf.links().row(i) {
+            let f = neurograph::physics::link_force(
+                xi,
+                buf.positions[l.other as usize],
+                fp.k_link * l.weight,
+                l.rest,
+            );
+            scale += f.length() as f64;
+        }
+        let e = (gpu_forces[i] - forces[i]).length() as f64 / scale.max(1e-6);
+        worst = worst.max(e);
+        let de = (gpu_density[i] - density[i]).abs() / density[i].max(1e-3);
+        assert!(
+            de <= 1e-5,
+            "slot {i}: density {} vs {}",
+            gpu_density[i],
+            density[i]
+        );
+    }
+    let old = force_error(&forces, &gpu_forces);
+    eprintln!(
+        "settled: {n} tokens, {pairs} pairs: worst force error {worst:e} of the force scale ({old:e} of max(|F|, median |F|))"
+    );
+    assert!(
+        worst <= 1e-4,
+        "worst force error {worst:e} of the token's force scale"
+    );
+}
+
 #[test]
 fn token_count_not_a_multiple_of_the_workgroup() {
     let n = 64 * 20 + 37;
@@ -674,10 +758,13 @@ fn gpu_phases_reach_the_metrics_and_failures_the_black_box() {
 }
 
 /// Runs `pass` on the gathered buffers of `sim`'s last tick.
+/// What one GPU pass gives: the pair count, forces, proposals and densities.
+type PassOutput = (u64, Vec<Vec8>, Vec<u32>, Vec<f32>);
+
 fn run_pass(
     pass: &mut GpuForces,
     sim: &Simulation,
-) -> Result<(u64, Vec<Vec8>, Vec<u32>), neurograph::gpu::GpuError> {
+) -> Result<PassOutput, neurograph::gpu::GpuError> {
     let buf = sim.world().resource::<ForceBuffers>();
     let n = buf.ids.len();
     let g = &sim.cdna().graph;
@@ -698,7 +785,7 @@ fn run_pass(
         forces: &mut forces,
         nearest: &mut nearest,
     })?;
-    Ok((pairs, forces, nearest))
+    Ok((pairs, forces, nearest, density))
 }
 
 #[test]

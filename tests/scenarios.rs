@@ -89,3 +89,14 @@ fn collapse_starts_like_charged_inside_a_tiny_ball() {
     // Uniform in the 8-ball: most of the volume is near its edge.
     assert!(far <= radius && far > 0.95 * radius, "{far}");
 }
+
+#[test]
+fn every_scenario_is_registered_with_a_description() {
+    let names: Vec<&str> = scenario::SCENARIOS.iter().map(|s| s.name).collect();
+    assert_eq!(names, ["clusters", "uniform", "collapse"]);
+    assert!(
+        scenario::SCENARIOS
+            .iter()
+            .all(|s| !s.description.is_empty())
+    );
+}

@@ -58,7 +58,9 @@ mod embedded {
     #[test]
     fn workgroup_size_matches_the_rust_constant() {
         let m = module("forces.wgsl", FORCES_WGSL);
-        // Every entry point the host dispatches, in its order, and no other.
+        // The host dispatches every density before any force.
+        assert_eq!(neurograph::gpu::ENTRY_POINTS, ["density", "main"]);
+        // Every entry point the host dispatches, and no other.
         let names: Vec<&str> = m.entry_points.iter().map(|e| e.name.as_str()).collect();
         let mut expected = neurograph::gpu::ENTRY_POINTS.to_vec();
         let mut found = names.clone();
