@@ -96,16 +96,24 @@ fn pressure(density: f32) -> f32 {
     return x * x;
 }
 
+// The slot of this invocation's token, or NONE past the dispatch's tokens.
+fn token_slot(wg: vec3<u32>, local: u32) -> u32 {
+    let k = (wg.y * p.groups_x + wg.x) * WORKGROUP_SIZE + local;
+    if k >= p.n {
+        return NONE;
+    }
+    return p.first + k;
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn density(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let k = (wg.y * p.groups_x + wg.x) * WORKGROUP_SIZE + local;
-    if k >= p.n {
+    let i = token_slot(wg, local);
+    if i == NONE {
         return;
     }
-    let i = p.first + k;
     let xi0 = pos[2u * i];
     let xi1 = pos[2u * i + 1u];
     let ti = tok[i];
@@ -131,11 +139,10 @@ fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let k = (wg.y * p.groups_x + wg.x) * WORKGROUP_SIZE + local;
-    if k >= p.n {
+    let i = token_slot(wg, local);
+    if i == NONE {
         return;
     }
-    let i = p.first + k;
     let xi0 = pos[2u * i];
     let xi1 = pos[2u * i + 1u];
     let ti = tok[i];

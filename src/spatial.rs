@@ -1011,40 +1011,7 @@ mod tests {
             );
             travel.clear(&stale);
             refreshed += stale.len();
-            // Relocated rows do not pile up: each arena holds at most about 1.4
-            // times its rows with their spare room, and rows stay in id order.
-            for (b, arena) in nl.blocks.iter().enumerate() {
-                let rows = b * BLOCK..((b + 1) * BLOCK).min(n);
-                let live: usize = rows.clone().map(|i| spare(nl.len[i] as usize)).sum();
-                assert!(nl.block_waste[b] <= arena.len() / 8);
-                assert!(
-                    arena.capacity() * 2 <= 3 * live,
-                    "block {b}: {} for {live}",
-                    arena.capacity()
-                );
-                for i in rows {
-                    assert!(
-                        nl.row(i)
-                            .windows(2)
-                            .all(|w| ids[w[0] as usize] < ids[w[1] as usize])
-                    );
-                }
-            }
-            for i in 0..n {
-                for j in i + 1..n {
-                    let c = radii[i].max(radii[j]);
-                    if (pts[j] - pts[i]).length_squared() < c * c {
-                        assert!(
-                            nl.row(i).contains(&(j as u32)),
-                            "pair ({i},{j}) missing from row {i}"
-                        );
-                        assert!(
-                            nl.row(j).contains(&(i as u32)),
-                            "pair ({i},{j}) missing from row {j}"
-                        );
-                    }
-                }
-            }
+            check_lists(&nl, &pts, &radii, &ids);
         }
         assert!(
             refreshed > 2 * n,
