@@ -12,13 +12,13 @@
 //! Then each token at most at the target density (`ρ ≤ ρ₀`, the density of the
 //! force pass: links form in settled fields, not in a crowd that is still
 //! spreading out) proposes a link to its nearest unlinked neighbour closer than
-//! `form_within` that is settled too. When `form_within` is at most every field radius, the force pass
-//! made the proposals (at the positions, links and degrees of the start of the
-//! tick); otherwise they are searched here, after this tick's pruning (so a link
-//! pruned now may form again at once), in the neighbour lists or a k-d tree.
-//! Proposals are accepted
-//! in id order while both ends have fewer than `form_max_degree` links (at most
-//! `max_degree`) and the link and memory quotas allow.
+//! `form_within` that is settled too. When `form_within` is at most every field
+//! radius, the force pass made the proposals (at the positions, links and degrees
+//! of the start of the tick); otherwise they are searched here, after this tick's
+//! pruning (so a link pruned now may form again at once), in the neighbour lists
+//! or a k-d tree. Proposals are accepted in id order while both ends have fewer
+//! than `form_max_degree` links (at most `max_degree`) and the link and memory
+//! quotas allow.
 //! A formed link is `Associative`, of weight `formed_weight`, rigidity
 //! `min_rigidity` and rest length the distance at which it formed, so it holds the
 //! pair where learning found it.

@@ -2,9 +2,10 @@
 //! (DESIGN §5) and mirror it in the ECS.
 //!
 //! Level 1 is friends-of-friends over the level-0 tokens with the linking length
-//! ℓ₁ of [`HierarchyParams::level1_link_length`](crate::cdna::HierarchyParams::level1_link_length)
-//! (by default it follows the target density); a component of at least `min_size` tokens is a
-//! group. Level k+1 repeats this on the centres of the level-k groups with
+//! ℓ₁ of
+//! [`HierarchyParams::level1_link_length`](crate::cdna::HierarchyParams::level1_link_length)
+//! (by default it follows the target density); a component of at least
+//! `min_size` tokens is a group. Level k+1 repeats this on the centres of the level-k groups with
 //! ℓ₍ₖ₊₁₎ = ℓₖ · `level_scale` and `min_children`. Each group is matched to the
 //! previous detection of its level ([`match_groups`]) so that it keeps its
 //! [`GroupId`] and its entity while most of its members stay.
@@ -225,7 +226,11 @@ pub fn organize_now(world: &mut World) {
     let target = cdna.physics.target_neighbors;
     let tick = world.resource::<SimClock>().tick;
     let pool = world.resource::<ComputePool>().0.clone();
-    let link1 = params.level1_link_length(target, median_radius(world));
+    // The median radius is needed only when ℓ₁ follows the density.
+    let link1 = match params.link_length {
+        l if l > 0.0 => l,
+        _ => params.level1_link_length(target, median_radius(world)),
+    };
     let g = gather(world, link1, params.attach_within);
     let mut previous = std::mem::take(&mut *world.resource_mut::<Hierarchy>());
     let mut next = Hierarchy {
