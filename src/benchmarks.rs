@@ -610,7 +610,7 @@ const OBSERVE_VARIANTS: [ObserveSetup; 10] = {
         OFF,
         ObserveSetup {
             name: "puffin",
-            what: "puffin scopes + frames to a puffin_http server",
+            what: "puffin scopes + frames to the puffin stream server",
             puffin: true,
             ..OFF
         },
@@ -692,8 +692,8 @@ pub fn observe_overhead(
         ..Default::default()
     };
     // Frames go somewhere real, as with `run --puffin` (no viewer connected).
-    let _puffin = puffin_http::Server::new("127.0.0.1:0")
-        .map_err(|e| format!("cannot start the puffin server: {e:#}"))?;
+    let _puffin = crate::observe::puffin_stream::PuffinServer::start("127.0.0.1:0")
+        .map_err(|e| e.to_string())?;
     struct World {
         sim: Simulation,
         dispatch: Option<tracing::Dispatch>,

@@ -14,6 +14,7 @@ pub mod hierarchy;
 pub mod input;
 pub mod math;
 pub mod observe;
+pub mod paths;
 pub mod physics;
 pub mod plot;
 pub mod plugin;

@@ -11,6 +11,47 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+/// Set once a write to stdout failed because its reader went away (exit 141).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Exit status when stdout's reader went away: 128 + SIGPIPE, what a shell
+/// reports for a tool that SIGPIPE ended.
+const EXIT_STDOUT_CLOSED: u8 = 141;
+
+/// Writes to stdout. A closed stdout (its reader went away) is an error that
+/// ends the command quietly with [`EXIT_STDOUT_CLOSED`]; any other failure to
+/// write (a full disk…) is an error with its reason.
+fn write_stdout(args: std::fmt::Arguments) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+            Err("stdout closed".into())
+        }
+        Err(e) => Err(format!("cannot write to stdout: {e}")),
+    }
+}
+
+/// `print!` that returns the error of a closed stdout instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => { write_stdout(format_args!($($t)*))? };
+}
+
+/// `println!` that returns the error of a closed stdout instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($t)*)))? };
+}
+
+/// `eprintln!` that never panics: a closed stderr loses the line, nothing else.
+macro_rules! note {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "neurograph",
@@ -432,11 +473,12 @@ fn run(
     }
     let _puffin = match &args.puffin {
         Some(addr) => {
-            let server =
-                puffin_http::Server::new(addr).map_err(|e| format!("--puffin {addr}: {e:#}"))?;
+            let server = neurograph::observe::puffin_stream::PuffinServer::start(addr)
+                .map_err(|e| e.to_string())?;
             puffin::set_scopes_on(true);
-            eprintln!(
-                "puffin: serving frames on {addr}; view them with `puffin_viewer --url {addr}`"
+            note!(
+                "puffin: serving frames on {0}; view them with `puffin_viewer --url {0}`",
+                server.addr()
             );
             Some(server)
         }
@@ -447,8 +489,9 @@ fn run(
         Some(addr) => {
             let handle = neurograph::observe::metrics::install_prometheus()?;
             let server =
-                neurograph::observe::metrics::MetricsServer::start(addr, handle, live.clone())?;
-            eprintln!("metrics: listening on http://{}/metrics", server.addr());
+                neurograph::observe::metrics::MetricsServer::start(addr, handle, live.clone())
+                    .map_err(|e| e.to_string())?;
+            note!("metrics: listening on http://{}/metrics", server.addr());
             Some(server)
         }
         None => None,
@@ -490,24 +533,24 @@ fn run(
     let (summary, sim) = match result {
         Ok(r) => r,
         Err(e @ runner::RunError::Panicked { .. }) => {
-            eprintln!("error: {e}");
+            note!("error: {e}");
             return Ok(Outcome::Panicked);
         }
         Err(e) => return Err(e.to_string()),
     };
     if args.tree {
-        print!("{}", sim.hierarchy().render_tree(10));
+        out!("{}", sim.hierarchy().render_tree(10));
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&summary).map_err(|e| e.to_string())?
         );
     } else {
-        println!("{}", summary.to_text());
+        outln!("{}", summary.to_text());
     }
     if summary.interrupted {
-        eprintln!(
+        note!(
             "interrupted at tick {}{}",
             summary.final_tick,
             if summary.wal_durability.is_some() {
@@ -559,7 +602,7 @@ fn trace_layer(
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| {
                     format!(
-                        "--trace-slow-ms {ms:?}: must be a positive number of milliseconds below 1.8e22"
+                        "--trace-slow-ms {ms}: must be a positive number of milliseconds below 1.8e22"
                     )
                 })?,
         ),
@@ -588,16 +631,16 @@ fn recover(args: RecoverArgs) -> Result<(), String> {
         let mut v = serde_json::to_value(r).map_err(|e| e.to_string())?;
         // One record per tick: records/s is ticks/s.
         v["replay_records_per_s"] = v["replay_ticks_per_s"].clone();
-        println!("{v}");
+        outln!("{v}");
         return Ok(());
     }
-    println!(
+    outln!(
         "{}: recovered tick {} (digest {})",
         args.wal.display(),
         r.tick,
         r.digest
     );
-    println!(
+    outln!(
         "  snapshot of tick {} restored in {:.3} s; {} records ({} commands) replayed and verified in {:.3} s ({:.1} ticks/s)",
         r.snapshot_tick,
         r.restore_seconds,
@@ -607,25 +650,25 @@ fn recover(args: RecoverArgs) -> Result<(), String> {
         r.replay_ticks_per_s
     );
     for s in &r.snapshots_skipped {
-        println!("  skipped snapshot: {s}");
+        outln!("  skipped snapshot: {s}");
     }
     match &r.tail {
-        Some(t) => println!("  torn tail: {t}"),
-        None => println!("  tail: clean"),
+        Some(t) => outln!("  torn tail: {t}"),
+        None => outln!("  tail: clean"),
     }
-    println!("  {} tokens, {} links", r.tokens, r.links);
+    outln!("  {} tokens, {} links", r.tokens, r.links);
     Ok(())
 }
 
 /// Prints a report as one JSON object or as its text.
 fn print_report(json: bool, report: &impl serde::Serialize, text: String) -> Result<(), String> {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(report).map_err(|e| e.to_string())?
         );
     } else {
-        println!("{text}");
+        outln!("{text}");
     }
     Ok(())
 }
@@ -693,8 +736,8 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                 seed: a.seed,
                 backend: a.backend,
             };
-            eprintln!("{}", neurograph::benchmarks::SteadyWindow::HEADER);
-            let report = neurograph::benchmarks::steady(&options, |w| eprintln!("{}", w.to_row()))?;
+            note!("{}", neurograph::benchmarks::SteadyWindow::HEADER);
+            let report = neurograph::benchmarks::steady(&options, |w| note!("{}", w.to_row()))?;
             print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Hierarchy(a) => {
@@ -740,7 +783,7 @@ fn inspect(args: InspectArgs) -> Result<(), String> {
         let sim = open_state(args.wal.as_ref(), args.snapshot.as_ref(), 0)?;
         let hier = sim.hierarchy();
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "tick": sim.tick(),
@@ -762,7 +805,7 @@ fn inspect(args: InspectArgs) -> Result<(), String> {
                 })
             );
         } else {
-            print!("{}", hier.render_tree(args.max_children));
+            out!("{}", hier.render_tree(args.max_children));
         }
         return Ok(());
     }
@@ -771,33 +814,38 @@ fn inspect(args: InspectArgs) -> Result<(), String> {
     };
     let info = wal::inspect(&dir).map_err(|e| e.to_string())?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&info).map_err(|e| e.to_string())?
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "WAL {} (format version {})",
         dir.display(),
         info.manifest.format_version
     );
     for (k, v) in &info.manifest.run {
-        println!("  {k:<18} {v}");
+        outln!("  {k:<18} {v}");
     }
-    println!("segments:");
+    outln!("segments:");
     for s in &info.segments {
         let ticks = s
             .ticks
             .map_or("-".to_string(), |(a, b)| format!("{a}..={b}"));
-        println!(
+        outln!(
             "  {}  {:>12} B  ticks {:<16} {:>7} records {:>6} commands  {}",
-            s.file, s.bytes, ticks, s.records, s.commands, s.status
+            s.file,
+            s.bytes,
+            ticks,
+            s.records,
+            s.commands,
+            s.status
         );
     }
-    println!("snapshots:");
+    outln!("snapshots:");
     for s in &info.snapshots {
-        println!(
+        outln!(
             "  {}  {:>12} B  tick {:<8} {:>9} tokens {:>9} links  {}",
             s.file,
             s.bytes,
@@ -820,13 +868,16 @@ fn inspect(args: InspectArgs) -> Result<(), String> {
         .map(|t| t.1)
         .max();
     match (first, last) {
-        (Some(a), Some(b)) => println!("ticks {a}..={b} journaled"),
-        _ => println!("no tick records"),
+        (Some(a), Some(b)) => outln!("ticks {a}..={b} journaled"),
+        _ => outln!("no tick records"),
     }
     Ok(())
 }
 
 fn plot(args: PlotArgs) -> Result<(), String> {
+    // Before any work: the picture must be writable.
+    neurograph::plot::check_output(&args.out, args.width, args.height)
+        .map_err(|e| e.to_string())?;
     let mut sim = if args.wal.is_some() || args.snapshot.is_some() {
         open_state(args.wal.as_ref(), args.snapshot.as_ref(), args.threads)?
     } else {
@@ -845,15 +896,18 @@ fn plot(args: PlotArgs) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
         if let (Some(a1), Some(a2)) = (summary.ari_level1, summary.ari_level2) {
-            eprintln!(
+            note!(
                 "ran {} × {} tokens for {} ticks: ARI level 1 {a1:.4}, level 2 {a2:.4}",
-                summary.scenario, summary.tokens, summary.final_tick
+                summary.scenario,
+                summary.tokens,
+                summary.final_tick
             );
         }
         sim
     };
-    let stats = neurograph::plot::plot_world(sim.world_mut(), &args.out, args.width, args.height)?;
-    println!(
+    let stats = neurograph::plot::plot_world(sim.world_mut(), &args.out, args.width, args.height)
+        .map_err(|e| e.to_string())?;
+    outln!(
         "{}: {} tokens at tick {} ({} in level-1 groups), {} level-1 centres (crosses), {} level-2 centres (rings)",
         args.out.display(),
         stats.tokens,
@@ -871,6 +925,7 @@ fn generate(args: GenerateArgs) -> Result<(), String> {
         tokens: args.tokens,
         seed: args.seed,
     };
+    neurograph::paths::check_output_file(&args.out, &[]).map_err(|e| e.to_string())?;
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", args.out.display());
     let mut w = csv::Writer::from_path(&args.out).map_err(|e| err(&e))?;
     w.write_record([
@@ -898,14 +953,14 @@ fn generate(args: GenerateArgs) -> Result<(), String> {
         n += 1;
     }
     w.flush().map_err(|e| err(&e))?;
-    println!("{}: {n} tokens of scenario {}", args.out.display(), sc.name);
+    outln!("{}: {n} tokens of scenario {}", args.out.display(), sc.name);
     Ok(())
 }
 
 fn cdna(args: CdnaArgs) -> Result<(), String> {
     if let Some(path) = args.check {
         let c = Cdna::load(&path).map_err(|e| e.to_string())?;
-        println!(
+        outln!(
             "{}: valid ({} profile, version {}, checksum {})",
             path.display(),
             c.profile.name(),
@@ -918,7 +973,7 @@ fn cdna(args: CdnaArgs) -> Result<(), String> {
         .profile
         .parse()
         .map_err(|e: neurograph::cdna::CdnaError| e.to_string())?;
-    print!("{}", Cdna::profile(p).to_toml());
+    out!("{}", Cdna::profile(p).to_toml());
     Ok(())
 }
 
@@ -932,7 +987,7 @@ fn main() -> ExitCode {
             Ok(Some((layer, handle))) => (Some(layer), Some(handle)),
             Ok(None) => (None, None),
             Err(e) => {
-                eprintln!("error: {e}");
+                note!("error: {e}");
                 return ExitCode::FAILURE;
             }
         },
@@ -940,7 +995,9 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("NEUROGRAPH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // No internal-error report: it is an `eprintln!`, which panics on a closed stderr.
     let log = tracing_subscriber::fmt::layer()
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
@@ -951,32 +1008,38 @@ fn main() -> ExitCode {
         .with(sampling)
         .init();
     let result = match cli.command {
-        Command::Run(a) => match run(*a, handle) {
-            Ok(Outcome::Interrupted) => return ExitCode::from(130),
-            Ok(Outcome::Panicked) => return ExitCode::from(EXIT_PANICKED),
-            other => other.map(|_| ()),
-        },
-        Command::Scenarios => {
-            for s in SCENARIOS {
-                println!(
-                    "{:<10} {:>9} tokens  {}",
-                    s.name, s.default_tokens, s.description
-                );
-            }
-            Ok(())
-        }
-        Command::Cdna(a) => cdna(a),
-        Command::Recover(a) => recover(a),
-        Command::Inspect(a) => inspect(a),
-        Command::Plot(a) => plot(a),
-        Command::Generate(a) => generate(a),
-        Command::Bench(b) => bench(b),
+        Command::Run(a) => run(*a, handle),
+        Command::Scenarios => scenarios().map(|()| Outcome::Done),
+        Command::Cdna(a) => cdna(a).map(|()| Outcome::Done),
+        Command::Recover(a) => recover(a).map(|()| Outcome::Done),
+        Command::Inspect(a) => inspect(a).map(|()| Outcome::Done),
+        Command::Plot(a) => plot(a).map(|()| Outcome::Done),
+        Command::Generate(a) => generate(a).map(|()| Outcome::Done),
+        Command::Bench(b) => bench(b).map(|()| Outcome::Done),
     };
+    // A closed stdout ends any command quietly, whatever else happened.
+    if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+        return ExitCode::from(EXIT_STDOUT_CLOSED);
+    }
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
+        Ok(Outcome::Panicked) => ExitCode::from(EXIT_PANICKED),
         Err(e) => {
-            eprintln!("error: {e}");
+            note!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn scenarios() -> Result<(), String> {
+    for s in SCENARIOS {
+        outln!(
+            "{:<10} {:>9} tokens  {}",
+            s.name,
+            s.default_tokens,
+            s.description
+        );
+    }
+    Ok(())
 }

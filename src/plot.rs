@@ -7,7 +7,51 @@ use crate::math::Vec8;
 use bevy_ecs::prelude::*;
 use plotters::prelude::*;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The smallest and largest image side accepted, in pixels.
+pub const SIDE_RANGE: std::ops::RangeInclusive<u32> = 16..=16_384;
+
+/// Why a picture was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    /// The output file cannot be written (checked before drawing).
+    #[error(transparent)]
+    Output(#[from] crate::paths::OutputPathError),
+    /// A side of the image is out of [`SIDE_RANGE`].
+    #[error("image size {width}×{height}: each side must be in {}..={} pixels", SIDE_RANGE.start(), SIDE_RANGE.end())]
+    Size {
+        /// Width asked for.
+        width: u32,
+        /// Height asked for.
+        height: u32,
+    },
+    /// Drawing failed.
+    #[error("drawing the picture: {0}")]
+    Draw(String),
+    /// Writing the PNG failed.
+    #[error("{}: {reason}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Checks, before any work, that [`plot_world`] can write a `width` × `height`
+/// PNG at `path`.
+///
+/// # Errors
+/// [`PlotError::Size`] for a side out of [`SIDE_RANGE`], [`PlotError::Output`]
+/// when the name does not end in `.png` or its directory cannot take the file.
+pub fn check_output(path: &Path, width: u32, height: u32) -> Result<(), PlotError> {
+    if !SIDE_RANGE.contains(&width) || !SIDE_RANGE.contains(&height) {
+        return Err(PlotError::Size { width, height });
+    }
+    crate::paths::check_output_file(path, &["png"])?;
+    Ok(())
+}
 
 /// What was drawn.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -50,13 +94,18 @@ const PALETTE: [(u8, u8, u8); 20] = [
 /// Draws the level-0 tokens of `world` into a PNG of `width` × `height` pixels at
 /// `path`: PCA projection, one colour per level-1 group (ungrouped tokens light
 /// grey), a black cross on every level-1 centre and a ring on every level-2
-/// centre. No text is drawn (the build carries no font).
+/// centre. No text is drawn (the build carries no font). The file is written
+/// whole or not at all (a temporary file renamed into place).
+///
+/// # Errors
+/// As [`check_output`], and [`PlotError::Write`] when the PNG cannot be written.
 pub fn plot_world(
     world: &mut World,
     path: &Path,
     width: u32,
     height: u32,
-) -> Result<PlotStats, String> {
+) -> Result<PlotStats, PlotError> {
+    check_output(path, width, height)?;
     let mut q = world.query::<(&TokenId, &Position)>();
     let mut tokens: Vec<(TokenId, Vec8)> = q.iter(world).map(|(id, x)| (*id, x.0)).collect();
     tokens.sort_unstable_by_key(|t| t.0);
@@ -98,8 +147,9 @@ pub fn plot_world(
         let p = ((hi - lo) * 0.05).max(1e-3);
         (lo - p)..(hi + p)
     };
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| PlotError::Draw(e.to_string());
+    let mut pixels = vec![0u8; width as usize * height as usize * 3];
+    let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .margin(16)
@@ -131,6 +181,9 @@ pub fn plot_world(
         )
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
+    drop(chart);
+    drop(root);
+    write_png(path, &pixels, width, height)?;
     Ok(PlotStats {
         tokens: tokens.len(),
         grouped: tokens
@@ -140,4 +193,33 @@ pub fn plot_world(
         level1: c1.len(),
         level2: c2.len(),
     })
+}
+
+/// Writes RGB `pixels` as a PNG at `path`, through a temporary file in the same
+/// directory renamed into place.
+fn write_png(path: &Path, pixels: &[u8], width: u32, height: u32) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let written = (|| {
+        let file = std::fs::File::create(&tmp).map_err(|e| err(&e))?;
+        let mut out = std::io::BufWriter::new(file);
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut w = encoder.write_header().map_err(|e| err(&e))?;
+        w.write_image_data(pixels).map_err(|e| err(&e))?;
+        w.finish().map_err(|e| err(&e))?;
+        let file = out.into_inner().map_err(|e| err(&e.error()))?;
+        file.sync_all().map_err(|e| err(&e))?;
+        std::fs::rename(&tmp, path).map_err(|e| err(&e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

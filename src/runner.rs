@@ -75,7 +75,8 @@ pub struct RunOptions {
     /// Journal to a WAL in this directory; resume it if it holds one.
     pub wal_dir: Option<PathBuf>,
     /// Print `durable TICK` on stdout whenever the durable tick advances (for
-    /// crash tests and supervisors).
+    /// crash tests and supervisors). When that write fails (the reader went
+    /// away), the run stops after the current tick as on an interrupt.
     pub report_durable: bool,
     /// Set (e.g. by Ctrl-C) to stop after the current tick; the WAL is closed
     /// cleanly and the summary says `interrupted`.
@@ -153,6 +154,9 @@ pub enum RunError {
     /// The write-ahead log failed.
     #[error("WAL: {0}")]
     Wal(#[from] WalError),
+    /// A file or directory the run would write cannot be written.
+    #[error(transparent)]
+    Output(#[from] crate::paths::OutputPathError),
     /// The GPU backend, required with `--backend gpu`, failed during the run.
     #[error("GPU: {0}")]
     Gpu(String),
@@ -503,6 +507,13 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
     let seed = c.seed.unwrap_or(DEFAULT_SEED);
     let ticks = c.ticks.unwrap_or(DEFAULT_TICKS);
     let source = Source::of(c)?;
+    // Before any work: every file and directory the run will write.
+    if let Some(path) = &opts.blackbox {
+        crate::paths::check_output_file(path, &[])?;
+    }
+    if let Some(dir) = &opts.wal_dir {
+        crate::paths::check_output_dir(dir)?;
+    }
     let spawn_start = Instant::now();
     let mut recovery = None;
     let (mut sim, ground_truth) = match &opts.wal_dir {
@@ -577,11 +588,13 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
     let mut panics = 0u64;
     let mut recoveries = 0u32;
     let mut dumps = Vec::new();
+    let mut reader_gone = false;
     while sim.tick() < ticks {
-        if opts
-            .interrupt
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::Relaxed))
+        if reader_gone
+            || opts
+                .interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
         {
             interrupted = true;
             break;
@@ -731,8 +744,12 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
                 if durable > reported {
                     reported = durable;
                     let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "durable {durable}");
-                    let _ = out.flush();
+                    if let Err(e) = writeln!(out, "durable {durable}").and_then(|()| out.flush()) {
+                        // Whoever reads the reports is gone (or stdout is
+                        // full): stop cleanly, as on Ctrl-C.
+                        tracing::warn!(error = %e, "cannot report the durable tick; stopping");
+                        reader_gone = true;
+                    }
                 }
             }
         }
@@ -768,8 +785,9 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
         let bb = sim.world().resource::<BlackBox>();
         dumps.extend(dump_blackbox(bb, opts.blackbox.as_deref(), "end"));
     }
-    if opts.report_durable && durability.is_some() {
-        println!("durable {}", sim.tick());
+    if opts.report_durable && durability.is_some() && !reader_gone {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "durable {}", sim.tick()).and_then(|()| out.flush());
     }
     let tokens = sim.token_count();
     let violations = sim.violations().clone();
@@ -887,7 +905,8 @@ fn dump_blackbox(bb: &BlackBox, path: Option<&Path>, why: &str) -> Option<PathBu
     let path = path.map_or_else(default_blackbox_path, Path::to_path_buf);
     match bb.dump(&path) {
         Ok(n) => {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "black box ({why}): {n} events written to {}",
                 path.display()
             );

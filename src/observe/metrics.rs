@@ -35,7 +35,7 @@
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -260,38 +260,124 @@ impl LiveStatus {
     }
 }
 
-/// A small HTTP server (one thread) for `/metrics` and `/health`. It also runs
-/// the recorder's upkeep every few seconds, so histograms stay bounded when
-/// nobody scrapes. Stops when dropped.
+/// Bounds that keep one scraper from stalling another or the process.
+///
+/// Every server the process opens for observers (`--metrics`, `--puffin`)
+/// applies bounds like these; see `docs/observability.md` ("Hostile clients").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Connections served at once; a connection beyond this is closed at once.
+    pub max_connections: usize,
+    /// Requests answered on one connection; the last one carries
+    /// `Connection: close`.
+    pub requests_per_connection: u32,
+    /// Time a client has to send a request's headers (a half-sent request is
+    /// dropped after this).
+    pub header_timeout: Duration,
+    /// The longest a connection lives, reading and writing included: a client
+    /// that never reads its answers is dropped after this.
+    pub connection_lifetime: Duration,
+    /// The largest request head accepted, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            requests_per_connection: 100,
+            header_timeout: Duration::from_secs(5),
+            connection_lifetime: Duration::from_secs(30),
+            max_request_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Why the metrics server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The address could not be bound (in use, not local, not an address…).
+    #[error("--metrics {addr}: cannot listen: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server's thread or runtime could not start.
+    #[error("cannot start the metrics server: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// An HTTP/1.1 server for `/metrics` and `/health` (hyper on a one-thread tokio
+/// runtime). It also runs the recorder's upkeep every few seconds, so
+/// histograms stay bounded when nobody scrapes.
+///
+/// Each connection is its own task, so a client that sends half a request or
+/// never reads its answers holds only its own connection, and only until the
+/// [`ServerLimits`] drop it. Dropping the server stops it at once: it never
+/// waits for a client.
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl MetricsServer {
-    /// Binds `addr` (port 0 picks a free one) and serves.
+    /// Binds `addr` (port 0 picks a free one) and serves with the default
+    /// [`ServerLimits`].
+    ///
+    /// # Errors
+    /// [`ServerError::Bind`] when `addr` cannot be bound, [`ServerError::Runtime`]
+    /// when the server's thread cannot start.
     pub fn start(
         addr: &str,
         handle: PrometheusHandle,
         live: Arc<LiveStatus>,
-    ) -> Result<Self, String> {
-        let server = tiny_http::Server::http(addr)
-            .map_err(|e| format!("--metrics {addr}: cannot listen: {e}"))?;
-        let bound = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| format!("--metrics {addr}: not an IP address"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("neurograph-metrics".into())
-            .spawn(move || serve(server, handle, live, flag))
-            .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
+    ) -> Result<Self, ServerError> {
+        Self::start_with(addr, handle, live, ServerLimits::default())
+    }
+
+    /// [`MetricsServer::start`] with the given limits.
+    ///
+    /// # Errors
+    /// As [`MetricsServer::start`].
+    pub fn start_with(
+        addr: &str,
+        handle: PrometheusHandle,
+        live: Arc<LiveStatus>,
+        limits: ServerLimits,
+    ) -> Result<Self, ServerError> {
+        let bind_err = |source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let bound = listener.local_addr().map_err(bind_err)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .thread_name("neurograph-metrics")
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(ServerError::Runtime)?;
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).map_err(bind_err)?
+        };
+        let upkeep = handle.clone();
+        runtime.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        runtime.spawn(accept_loop(listener, handle, live, limits));
         Ok(Self {
             addr: bound,
-            stop,
-            thread: Some(thread),
+            runtime: Some(runtime),
         })
     }
 
@@ -303,57 +389,93 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(rt) = self.runtime.take() {
+            // Connections still open (a client that never reads) are dropped,
+            // not waited for.
+            rt.shutdown_background();
         }
     }
 }
 
-fn serve(
-    server: tiny_http::Server,
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
     live: Arc<LiveStatus>,
-    stop: Arc<AtomicBool>,
+    limits: ServerLimits,
 ) {
-    const UPKEEP: Duration = Duration::from_secs(5);
-    let mut last_upkeep = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if last_upkeep.elapsed() >= UPKEEP {
-            handle.run_upkeep();
-            last_upkeep = Instant::now();
-        }
-        let req = match server.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
             Err(e) => {
                 // E.g. out of file descriptors: do not spin on it.
                 tracing::warn!(error = %e, "metrics server: accept failed");
-                std::thread::sleep(Duration::from_millis(200));
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
-        let header = |v: &str| {
-            tiny_http::Header::from_bytes(&b"Content-Type"[..], v.as_bytes())
-                .expect("a valid header")
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(
+                limit = limits.max_connections,
+                "metrics server: too many connections"
+            );
+            drop(stream);
+            continue;
         };
-        let path = req.url().split('?').next().unwrap_or("").to_string();
-        let get = matches!(
-            req.method(),
-            tiny_http::Method::Get | tiny_http::Method::Head
-        );
-        let response = match (get, path.as_str()) {
-            (true, "/metrics") => tiny_http::Response::from_string(handle.render())
-                .with_header(header("text/plain; version=0.0.4; charset=utf-8")),
-            (true, "/health") => {
-                let (code, body) = live.health();
-                tiny_http::Response::from_string(body)
-                    .with_status_code(code)
-                    .with_header(header("application/json"))
-            }
-            _ => tiny_http::Response::from_string("not found: try /metrics or /health\n")
-                .with_status_code(404),
-        };
-        let _ = req.respond(response);
+        let (handle, live) = (handle.clone(), live.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let served = AtomicU64::new(0);
+            let service = hyper::service::service_fn(|req| {
+                let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+                let last = n >= u64::from(limits.requests_per_connection);
+                std::future::ready(Ok::<_, std::convert::Infallible>(respond(
+                    &req, &handle, &live, last,
+                )))
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(limits.max_request_bytes.max(8192));
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // Past its lifetime the connection is dropped, answers unsent.
+            let _ = tokio::time::timeout(limits.connection_lifetime, conn).await;
+        });
     }
+}
+
+type Body = http_body_util::Full<hyper::body::Bytes>;
+
+fn respond(
+    req: &hyper::Request<hyper::body::Incoming>,
+    handle: &PrometheusHandle,
+    live: &LiveStatus,
+    last: bool,
+) -> hyper::Response<Body> {
+    let get = matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
+    let (code, kind, body) = match (get, req.uri().path()) {
+        (true, "/metrics") => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            handle.render(),
+        ),
+        (true, "/health") => {
+            let (code, body) = live.health();
+            (code, "application/json", body)
+        }
+        _ => (
+            404,
+            "text/plain; charset=utf-8",
+            "not found: try /metrics or /health\n".to_string(),
+        ),
+    };
+    let mut response = hyper::Response::builder()
+        .status(code)
+        .header(hyper::header::CONTENT_TYPE, kind);
+    if last {
+        response = response.header(hyper::header::CONNECTION, "close");
+    }
+    response
+        .body(Body::new(body.into()))
+        .unwrap_or_else(|_| hyper::Response::new(Body::default()))
 }

@@ -16,6 +16,7 @@
 
 pub mod blackbox;
 pub mod metrics;
+pub mod puffin_stream;
 pub mod sampler;
 
 pub use blackbox::{BlackBox, BlackBoxEvent, EventKind};

@@ -1,0 +1,185 @@
+//! Checks of the files a command will write, made before any work starts, so
+//! that a long run never ends in "cannot write the output".
+
+use std::path::{Path, PathBuf};
+
+/// Why an output file cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputPathError {
+    /// The directory the file goes in does not exist.
+    #[error("{}: the directory {} does not exist", path.display(), dir.display())]
+    NoDirectory {
+        /// The output file.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+    },
+    /// What should be the file's directory is not a directory.
+    #[error("{}: {} is not a directory", path.display(), dir.display())]
+    NotADirectory {
+        /// The output file.
+        path: PathBuf,
+        /// Its would-be directory.
+        dir: PathBuf,
+    },
+    /// The output names a directory, not a file.
+    #[error("{}: is a directory; give a file name", path.display())]
+    IsADirectory {
+        /// The output path.
+        path: PathBuf,
+    },
+    /// The directory (or an existing file) cannot be written.
+    #[error("{}: cannot write there: {source}", path.display())]
+    NotWritable {
+        /// The output file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The file name does not say a format the command writes.
+    #[error("{}: unknown format: the file name must end in {}", path.display(), expected.join(" or "))]
+    UnknownFormat {
+        /// The output file.
+        path: PathBuf,
+        /// The extensions accepted (with the dot).
+        expected: Vec<String>,
+    },
+}
+
+/// Checks that a file can be written at `path`: its directory exists and takes
+/// new files, `path` is not a directory (nor a file that cannot be written), and,
+/// when `extensions` is not empty, the name ends in one of them (without the
+/// dot, compared without case). Creates and removes a probe file in the
+/// directory; changes nothing else.
+///
+/// # Errors
+/// The first of the [`OutputPathError`] cases that applies.
+pub fn check_output_file(path: &Path, extensions: &[&str]) -> Result<(), OutputPathError> {
+    if !extensions.is_empty() {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        if !ext.is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(&e))) {
+            return Err(OutputPathError::UnknownFormat {
+                path: path.into(),
+                expected: extensions.iter().map(|e| format!(".{e}")).collect(),
+            });
+        }
+    }
+    if path.is_dir() {
+        return Err(OutputPathError::IsADirectory { path: path.into() });
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    match std::fs::metadata(&dir) {
+        Err(_) => {
+            return Err(OutputPathError::NoDirectory {
+                path: path.into(),
+                dir,
+            });
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(OutputPathError::NotADirectory {
+                path: path.into(),
+                dir,
+            });
+        }
+        Ok(_) => {}
+    }
+    let not_writable = |source| OutputPathError::NotWritable {
+        path: path.into(),
+        source,
+    };
+    if path.exists() {
+        // Opened for writing without truncating: the file stays as it is.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(not_writable)?;
+    }
+    let probe = dir.join(format!(".neurograph-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(not_writable)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Checks that a directory can be written at `dir`: it is a directory that
+/// takes new files, or it does not exist yet and its nearest existing ancestor
+/// is such a directory (so that it can be created). Creates and removes a probe
+/// file; changes nothing else.
+///
+/// # Errors
+/// [`OutputPathError::NotADirectory`] when `dir` or an ancestor is a file,
+/// [`OutputPathError::NotWritable`] when the directory cannot take files.
+pub fn check_output_dir(dir: &Path) -> Result<(), OutputPathError> {
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => existing = p,
+            _ => {
+                existing = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        return Err(OutputPathError::NotADirectory {
+            path: dir.into(),
+            dir: existing.into(),
+        });
+    }
+    let probe = existing.join(format!(".neurograph-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|source| OutputPathError::NotWritable {
+            path: dir.into(),
+            source,
+        })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_a_writable_file_and_names_each_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("x.PNG");
+        check_output_file(&ok, &["png"]).unwrap();
+        assert!(!ok.exists(), "the check writes nothing at the path");
+        let e = check_output_file(&dir.path().join("x"), &["png"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("unknown format: the file name must end in .png"),
+            "{e}"
+        );
+        let e = check_output_file(&dir.path().join("no_such_dir/x.png"), &["png"]).unwrap_err();
+        assert!(matches!(e, OutputPathError::NoDirectory { .. }), "{e}");
+        assert!(e.to_string().contains("no_such_dir does not exist"), "{e}");
+        let e = check_output_file(dir.path(), &[]).unwrap_err();
+        assert!(matches!(e, OutputPathError::IsADirectory { .. }), "{e}");
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let e = check_output_file(&file.join("y.png"), &["png"]).unwrap_err();
+        assert!(matches!(e, OutputPathError::NotADirectory { .. }), "{e}");
+        check_output_dir(&dir.path().join("new/deeper")).unwrap();
+        let e = check_output_dir(&file.join("wal")).unwrap_err();
+        assert!(matches!(e, OutputPathError::NotADirectory { .. }), "{e}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no probe left behind"
+        );
+    }
+}
