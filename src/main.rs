@@ -576,6 +576,60 @@ enum Outcome {
 /// Exit code of a run whose tick panicked without recovery (EX_SOFTWARE).
 const EXIT_PANICKED: u8 = 70;
 
+/// Before any work (and before `--trace` creates its file): the files `run`
+/// writes can be written, none of them is a file the run reads (however named),
+/// and none lands in the WAL directory (which holds only the WAL's files).
+fn check_run_paths(args: &RunArgs) -> Result<(), String> {
+    use neurograph::paths::{check_output_file, in_directory, same_file};
+    let trace = args
+        .trace
+        .as_deref()
+        .filter(|t| *t != "-")
+        .map(PathBuf::from);
+    let outputs = [
+        ("--trace", trace.as_ref()),
+        ("--blackbox", args.blackbox.as_ref()),
+    ];
+    let inputs = [
+        ("--input", args.input.as_ref()),
+        ("--cdna", args.cdna.as_ref()),
+        ("--config", args.config.as_ref()),
+    ];
+    for (flag, path) in outputs {
+        let Some(path) = path else { continue };
+        check_output_file(path, &[]).map_err(|e| format!("{flag} {e}"))?;
+        for (other, input) in inputs {
+            if let Some(input) = input
+                && same_file(path, input)
+            {
+                return Err(format!(
+                    "{flag} {} is the file {other} {} reads; writing it would destroy it",
+                    path.display(),
+                    input.display()
+                ));
+            }
+        }
+        if let Some(dir) = &args.wal
+            && in_directory(path, dir)
+        {
+            return Err(format!(
+                "{flag} {}: the WAL directory {} holds only the WAL's files; write it elsewhere",
+                path.display(),
+                dir.display()
+            ));
+        }
+    }
+    if let (Some(t), Some(b)) = (&trace, &args.blackbox)
+        && (t == b || same_file(t, b))
+    {
+        return Err(format!(
+            "--trace and --blackbox are both {}: give two files",
+            t.display()
+        ));
+    }
+    Ok(())
+}
+
 /// The sampling layer for `run --trace`, and its handle.
 fn trace_layer(
     args: &RunArgs,
@@ -651,6 +705,9 @@ fn recover(args: RecoverArgs) -> Result<(), String> {
     );
     for s in &r.snapshots_skipped {
         outln!("  skipped snapshot: {s}");
+    }
+    for d in &r.duplicates_skipped {
+        outln!("  skipped {d}");
     }
     match &r.tail {
         Some(t) => outln!("  torn tail: {t}"),
@@ -983,7 +1040,7 @@ fn main() -> ExitCode {
     use tracing_subscriber::util::SubscriberInitExt;
     let cli = Cli::parse();
     let (sampling, handle) = match &cli.command {
-        Command::Run(a) => match trace_layer(a) {
+        Command::Run(a) => match check_run_paths(a).and_then(|()| trace_layer(a)) {
             Ok(Some((layer, handle))) => (Some(layer), Some(handle)),
             Ok(None) => (None, None),
             Err(e) => {

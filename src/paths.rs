@@ -148,6 +148,37 @@ pub fn check_output_dir(dir: &Path) -> Result<(), OutputPathError> {
     Ok(())
 }
 
+/// Whether `a` and `b` name the same existing file, by whatever paths (`./x`
+/// and `x`, a symbolic link, a hard link on Unix). `false` when either does not
+/// exist.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
+    }
+}
+
+/// Whether the file `path` would sit directly in the existing directory `dir`
+/// (however either is named). `false` when `dir` does not exist.
+pub fn in_directory(path: &Path, dir: &Path) -> bool {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    same_file(parent, dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -485,9 +485,9 @@ fn reopen_wal(
         let diffs = rec.manifest.differences(identity);
         if !diffs.is_empty() {
             return Err(RunError::Config(format!(
-                "{} holds the WAL of another run; not resuming it (use another --wal directory):\n  {}",
+                "{} holds the WAL of another run; not resuming it (use another --wal directory): {}",
                 dir.display(),
-                diffs.join("\n  ")
+                diffs.join("; ")
             )));
         }
     }

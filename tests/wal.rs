@@ -819,3 +819,96 @@ fn resume_replaces_a_torn_empty_segment_and_refuses_a_touched_recovery() {
     assert_eq!((rec.report.tick, rec.report.records_replayed), (3, 3));
     assert_eq!(rec.report.digest, reference(3)[3].to_string());
 }
+
+/// Appends a byte-for-byte copy of the record at `index` right after it.
+fn duplicate_record(seg: &Path, index: usize) -> usize {
+    let bytes = std::fs::read(seg).unwrap();
+    let scan = format::scan_records(&bytes);
+    let r = &scan.records[index];
+    let end = r.offset + r.frame_len();
+    let mut out = bytes[..end].to_vec();
+    out.extend_from_slice(&bytes[r.offset..end]);
+    out.extend_from_slice(&bytes[end..]);
+    std::fs::write(seg, out).unwrap();
+    end
+}
+
+#[test]
+fn an_exact_duplicate_is_named_skipped_in_the_middle_and_cut_at_the_tail() {
+    let want = reference(12);
+    // At the tail: what an append written twice leaves.
+    let dir = tempfile::tempdir().unwrap();
+    let seg = replay_only_wal(dir.path());
+    let copy_at = duplicate_record(&seg, 11);
+    let info = wal::inspect(dir.path()).unwrap();
+    assert_eq!(
+        info.segments[0].status,
+        format!(
+            "a duplicate of tick 12 at byte {copy_at} (the same bytes as the record at byte {})",
+            {
+                let b = std::fs::read(&seg).unwrap();
+                format::scan_records(&b).records[11].offset
+            }
+        )
+    );
+    let rec = recover_exclusive(dir.path()).unwrap();
+    assert_eq!((rec.report.tick, rec.report.records_replayed), (12, 12));
+    assert_eq!(rec.report.digest, want[12].to_string());
+    assert_eq!(rec.report.duplicates_skipped.len(), 1);
+    let tail = rec.report.tail.clone().expect("the copy is cut");
+    assert!(
+        tail.contains(&format!(
+            "at byte {copy_at} (exact duplicates of tick 12 at the tail)"
+        )),
+        "{tail}"
+    );
+    // Resuming cuts it from disk: the log reads clean afterwards.
+    let mut sim = wal::resume(rec, &opts(Durability::Sync, 0)).unwrap();
+    wal::close(&mut sim).unwrap();
+    drop(sim);
+    assert_eq!(wal::inspect(dir.path()).unwrap().segments[0].status, "ok");
+
+    // In the middle: skipped, named, and the replay is exact.
+    let dir = tempfile::tempdir().unwrap();
+    let seg = replay_only_wal(dir.path());
+    let copy_at = duplicate_record(&seg, 4);
+    let rec = recover(dir.path()).unwrap();
+    assert_eq!((rec.report.tick, rec.report.records_replayed), (12, 12));
+    assert_eq!(rec.report.digest, want[12].to_string());
+    assert_eq!(rec.report.tail, None, "nothing is cut");
+    assert_eq!(rec.report.duplicates_skipped.len(), 1);
+    assert!(
+        rec.report.duplicates_skipped[0]
+            .contains(&format!("a duplicate of tick 5 at byte {copy_at}")),
+        "{:?}",
+        rec.report.duplicates_skipped
+    );
+
+    // A second, different record of one tick is refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let seg = replay_only_wal(dir.path());
+    let bytes = std::fs::read(&seg).unwrap();
+    let r = format::scan_records(&bytes).records[4];
+    let end = r.offset + r.frame_len();
+    let mut out = bytes[..end].to_vec();
+    let mut payload = r.payload.to_vec();
+    payload.push(0);
+    format::encode_record_raw(&mut out, r.kind, r.tick, &payload);
+    out.extend_from_slice(&bytes[end..]);
+    std::fs::write(&seg, out).unwrap();
+    match recover(dir.path()) {
+        Err(e @ WalError::OutOfOrder { .. }) => assert!(
+            e.to_string().contains(&format!(
+                "two different records of tick 5, at bytes {} and {end}",
+                r.offset
+            )),
+            "{e}"
+        ),
+        other => panic!("{:?}", other.map(|r| r.report)),
+    }
+    assert!(
+        wal::inspect(dir.path()).unwrap().segments[0]
+            .status
+            .starts_with("two different records of tick 5"),
+    );
+}

@@ -389,6 +389,110 @@ pub fn scan_records(seg: &[u8]) -> SegmentRecords<'_> {
     }
 }
 
+/// A record that does not follow on from the one before it in its segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderIssue {
+    /// A byte-for-byte copy of the record before it (same kind, tick and
+    /// payload), as an append written twice leaves: harmless, skipped.
+    Duplicate {
+        /// Its tick.
+        tick: u64,
+        /// Offset of the copy.
+        offset: usize,
+        /// Offset of the record it copies.
+        of: usize,
+    },
+    /// A second, different record of the tick before it: which one is right
+    /// cannot be known.
+    Conflict {
+        /// The tick.
+        tick: u64,
+        /// Offset of the second record.
+        offset: usize,
+        /// Offset of the first.
+        first: usize,
+    },
+    /// A record whose tick is below the one before it.
+    Backwards {
+        /// Its tick.
+        tick: u64,
+        /// Its offset.
+        offset: usize,
+        /// The tick before it.
+        after: u64,
+    },
+}
+
+impl OrderIssue {
+    /// Offset of the record at fault.
+    pub fn offset(&self) -> usize {
+        match *self {
+            Self::Duplicate { offset, .. }
+            | Self::Conflict { offset, .. }
+            | Self::Backwards { offset, .. } => offset,
+        }
+    }
+}
+
+impl std::fmt::Display for OrderIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Duplicate { tick, offset, of } => write!(
+                f,
+                "a duplicate of tick {tick} at byte {offset} (the same bytes as the record at byte {of})"
+            ),
+            Self::Conflict {
+                tick,
+                offset,
+                first,
+            } => write!(
+                f,
+                "two different records of tick {tick}, at bytes {first} and {offset}"
+            ),
+            Self::Backwards {
+                tick,
+                offset,
+                after,
+            } => write!(f, "tick {tick} at byte {offset} comes after tick {after}"),
+        }
+    }
+}
+
+/// The records of `records` (one segment's, in file order) that do not follow
+/// on from the record before them. A run of copies is one issue per copy, each
+/// pointing at the original.
+pub fn order_issues(records: &[RawRecord<'_>]) -> Vec<OrderIssue> {
+    let mut issues = Vec::new();
+    let mut prev: Option<&RawRecord<'_>> = None;
+    for r in records {
+        if let Some(p) = prev {
+            if r.tick == p.tick && r.kind == p.kind && r.payload == p.payload {
+                issues.push(OrderIssue::Duplicate {
+                    tick: r.tick,
+                    offset: r.offset,
+                    of: p.offset,
+                });
+                continue;
+            }
+            if r.tick == p.tick {
+                issues.push(OrderIssue::Conflict {
+                    tick: r.tick,
+                    offset: r.offset,
+                    first: p.offset,
+                });
+            } else if r.tick < p.tick {
+                issues.push(OrderIssue::Backwards {
+                    tick: r.tick,
+                    offset: r.offset,
+                    after: p.tick,
+                });
+            }
+        }
+        prev = Some(r);
+    }
+    issues
+}
+
 /// Whether any record after the segment header decodes.
 pub fn has_valid_record(seg: &[u8]) -> bool {
     find_valid_record(seg, SEGMENT_HEADER_LEN.min(seg.len())).is_some()

@@ -131,6 +131,15 @@ pub enum WalError {
         /// Why.
         reason: String,
     },
+    /// A segment's records are out of order: two different records of one tick,
+    /// or a tick below the one before it (exact duplicates are not an error).
+    #[error("{}: {issue}; recovery cannot tell which record is right", path.display())]
+    OutOfOrder {
+        /// The segment.
+        path: PathBuf,
+        /// What is wrong, where.
+        issue: format::OrderIssue,
+    },
     /// Records are missing between two ticks (a segment is missing or a segment's
     /// records do not follow on).
     #[error("missing records: expected tick {expected}, found tick {found} in {}", path.display())]
@@ -282,22 +291,35 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Identity keys that are only hints, beside the key they name: a path
+    /// beside the hash of the file's content. A hint never makes two runs
+    /// differ (the same file may be named by another path); it is shown when
+    /// the key it names differs.
+    pub const HINTS: [(&'static str, &'static str); 1] = [("input", "input_xxh3")];
+
     /// The differences between this manifest's run and `run`, one line each
-    /// (`key: WAL has X, this run has Y`); empty when they match.
+    /// (`key: the WAL has X, this run has Y`); empty when they match. Keys in
+    /// [`Manifest::HINTS`] are not compared.
     pub fn differences(&self, run: &BTreeMap<String, String>) -> Vec<String> {
         let none = String::from("(none)");
         let mut keys: Vec<&String> = self.run.keys().chain(run.keys()).collect();
         keys.sort();
         keys.dedup();
+        let hint_for = |key: &str| Self::HINTS.iter().find(|(_, k)| *k == key).map(|(h, _)| *h);
         keys.into_iter()
+            .filter(|k| !Self::HINTS.iter().any(|(h, _)| h == k))
             .filter_map(|k| {
                 let (a, b) = (self.run.get(k), run.get(k));
                 (a != b).then(|| {
-                    format!(
-                        "{k}: the WAL has {}, this run has {}",
-                        a.unwrap_or(&none),
-                        b.unwrap_or(&none)
-                    )
+                    let (a, b) = (a.unwrap_or(&none), b.unwrap_or(&none));
+                    match hint_for(k) {
+                        Some(h) => format!(
+                            "{k}: the WAL has {a} (from {}), this run has {b} (from {}): not the same content",
+                            self.run.get(h).unwrap_or(&none),
+                            run.get(h).unwrap_or(&none)
+                        ),
+                        None => format!("{k}: the WAL has {a}, this run has {b}"),
+                    }
                 })
             })
             .collect()
@@ -608,6 +630,10 @@ pub struct RecoveryReport {
     pub bytes_dropped: u64,
     /// Why the tail was cut, if it was.
     pub tail: Option<String>,
+    /// Exact duplicates of a record found right after it (an append written
+    /// twice), one line each with the segment and byte offset: skipped in the
+    /// replay, and cut when they end the log.
+    pub duplicates_skipped: Vec<String>,
     /// Segments read.
     pub segments_read: u64,
     /// Live tokens after recovery.
@@ -862,7 +888,34 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
                 next_valid: d.next_valid,
             });
         }
+        let issues = format::order_issues(&scan.records);
+        if let Some(bad) = issues
+            .iter()
+            .find(|i| !matches!(i, format::OrderIssue::Duplicate { .. }))
+        {
+            return Err(WalError::OutOfOrder {
+                path: seg.path.clone(),
+                issue: *bad,
+            });
+        }
+        // Exact copies are skipped; a run of them that ends the log is cut.
+        let copies: Vec<usize> = issues.iter().map(format::OrderIssue::offset).collect();
+        let trailing = scan
+            .records
+            .iter()
+            .rev()
+            .take_while(|r| copies.contains(&r.offset))
+            .last()
+            .map(|r| (r.offset, r.tick));
+        for issue in &issues {
+            report
+                .duplicates_skipped
+                .push(format!("{}: {issue}", seg.path.display()));
+        }
         for r in &scan.records {
+            if copies.contains(&r.offset) {
+                continue;
+            }
             last_record = last_record.max(r.tick);
             if r.tick >= base {
                 reaches_base = true;
@@ -896,7 +949,20 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
             report.commands_replayed += rec.commands.len() as u64;
             expected += 1;
         }
-        if let Some(d) = scan.damage {
+        if last && let Some((cut, copied)) = trailing {
+            // The last records are copies of the one before them (an append
+            // written twice): cut them, and anything after them.
+            let dropped = bytes.len() - cut;
+            report.bytes_dropped += dropped as u64;
+            report.tail = Some(format!(
+                "{}: cut {dropped} bytes at byte {cut} (exact duplicates of tick {copied} at the tail)",
+                seg.path.display()
+            ));
+            fix = TailFix::Truncate {
+                path: seg.path.clone(),
+                len: cut as u64,
+            };
+        } else if let Some(d) = scan.damage {
             let dropped = bytes.len() - d.offset;
             report.bytes_dropped += dropped as u64;
             report.tail = Some(format!(
@@ -1105,7 +1171,7 @@ pub struct SegmentInfo {
     pub records: u64,
     /// Commands in them.
     pub commands: u64,
-    /// `ok`, or what is wrong.
+    /// `ok`, or what is wrong: damage, duplicates, records out of order.
     pub status: String,
 }
 
@@ -1174,8 +1240,13 @@ pub fn inspect(dir: &Path) -> Result<WalInfo, WalError> {
                     .filter_map(|r| rmp_serde::from_slice::<TickRecord>(r.payload).ok())
                     .map(|r| r.commands.len() as u64)
                     .sum();
+                let issues = format::order_issues(&scan.records);
+                if !issues.is_empty() {
+                    let list: Vec<String> = issues.iter().map(ToString::to_string).collect();
+                    seg.status = list.join("; ");
+                }
                 if let Some(d) = scan.damage {
-                    seg.status = match d.next_valid {
+                    let damage = match d.next_valid {
                         Some(n) => format!(
                             "damaged at byte {} ({}); valid records resume at byte {n}",
                             d.offset, d.reason
@@ -1186,6 +1257,11 @@ pub fn inspect(dir: &Path) -> Result<WalInfo, WalError> {
                             d.offset,
                             d.reason
                         ),
+                    };
+                    seg.status = if issues.is_empty() {
+                        damage
+                    } else {
+                        format!("{}; {damage}", seg.status)
                     };
                 }
             }
