@@ -484,8 +484,6 @@ impl Cdna {
                 c.evolution.evolution_rate = 0.0;
             }
             Profile::Creative => {
-                c.dimensions.min = [-10000.0; DIM];
-                c.dimensions.max = [10000.0; DIM];
                 c.field.max_radius = 20.0;
                 c.physics.k_field = 1.5;
                 // As strong a density repulsion: the fields are as dense as the
@@ -498,6 +496,14 @@ impl Cdna {
         c
     }
 
+    /// How far from the origin, in smallest field radii, a position bound may
+    /// lie. f32 positions are spaced 2⁻²³·|x| apart, so below 2048 ×
+    /// `field.min_radius` a move of 1/8192 of the smallest field radius still
+    /// registers; a structure anywhere inside gives the links, groups and
+    /// neighbour counts it gives at the origin (tested), while at 10⁵ (with
+    /// radius 0.5) moves below 0.008 vanish and the physics changes silently.
+    pub const MAX_BOUND_PER_RADIUS: f32 = 2048.0;
+
     /// Checks every field against its limit; reports all that fail.
     pub fn validate(&self) -> Result<(), CdnaError> {
         let mut c = Checker(Vec::new());
@@ -509,18 +515,32 @@ impl Cdna {
                 0.0,
                 10.0,
             );
-            c.range(
-                format!("dimensions.min[{k}] ({n})"),
-                self.dimensions.min[k],
-                -1e6,
-                1e6,
-            );
-            c.range(
-                format!("dimensions.max[{k}] ({n})"),
-                self.dimensions.max[k],
-                -1e6,
-                1e6,
-            );
+            // Beyond ±MAX_BOUND_PER_RADIUS × the smallest field radius, f32
+            // positions cannot represent the moves the physics makes.
+            let reach = Self::MAX_BOUND_PER_RADIUS * self.field.min_radius;
+            for (which, v) in [
+                ("min", self.dimensions.min[k]),
+                ("max", self.dimensions.max[k]),
+            ] {
+                let field = format!("dimensions.{which}[{k}] ({n})");
+                if !v.is_finite() {
+                    c.0.push(FieldError {
+                        field,
+                        value: v.to_string(),
+                        limit: "must be a finite number".into(),
+                    });
+                } else if reach.is_finite() && v.abs() > reach {
+                    c.0.push(FieldError {
+                        field,
+                        value: v.to_string(),
+                        limit: format!(
+                            "must be within ±{reach} ({} × field.min_radius = {}): farther out, f32 positions are too coarse for the physics",
+                            Self::MAX_BOUND_PER_RADIUS,
+                            self.field.min_radius
+                        ),
+                    });
+                }
+            }
             if self.dimensions.min[k] >= self.dimensions.max[k] {
                 c.0.push(FieldError {
                     field: format!("dimensions.min[{k}] ({n})"),
@@ -723,7 +743,7 @@ impl Cdna {
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, CdnaError> {
         let file: CdnaFile = toml::from_str(text).map_err(|e| CdnaError::Parse {
             path: origin.to_string(),
-            message: e.to_string(),
+            message: crate::config::toml_error(text, &e),
         })?;
         if let Some(expected) = file.checksum {
             let actual = file.cdna.checksum_hex();

@@ -282,3 +282,30 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("sim.dt = NaN"));
     }
 }
+
+/// A TOML error as one line: `line L, column C: message` (toml's own `Display`
+/// draws the offending line over several lines).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod toml_error_tests {
+    #[test]
+    fn a_toml_error_is_one_line_with_its_place() {
+        let text = "a = 1\nx = [1,\n";
+        let e = toml::from_str::<toml::Value>(text).unwrap_err();
+        let line = super::toml_error(text, &e);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.starts_with("line 2, column 7: "), "{line}");
+    }
+}

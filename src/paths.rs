@@ -148,25 +148,34 @@ pub fn check_output_dir(dir: &Path) -> Result<(), OutputPathError> {
     Ok(())
 }
 
-/// Whether `a` and `b` name the same existing file, by whatever paths (`./x`
-/// and `x`, a symbolic link, a hard link on Unix). `false` when either does not
-/// exist.
+/// Whether `a` and `b` name the same file, by whatever paths (`./x` and `x`, a
+/// symbolic link, a hard link on Unix). A file that does not exist yet is
+/// compared by its directory (resolved) and its name.
 pub fn same_file(a: &Path, b: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt as _;
-        match (std::fs::metadata(a), std::fs::metadata(b)) {
-            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-            _ => false,
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
         }
     }
-    #[cfg(not(unix))]
-    {
-        match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-            (Ok(x), Ok(y)) => x == y,
-            _ => false,
-        }
+    match (resolved(a), resolved(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
     }
+}
+
+/// `path` with its directory resolved (links and `.`/`..` followed), if that
+/// directory exists.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return Some(p);
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
 }
 
 /// Whether the file `path` would sit directly in the existing directory `dir`

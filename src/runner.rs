@@ -54,7 +54,13 @@ impl RunConfig {
     pub fn load(path: &Path) -> Result<Self, RunError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| RunError::Config(format!("{}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| RunError::Config(format!("{}: {e}", path.display())))
+        toml::from_str(&text).map_err(|e| {
+            RunError::Config(format!(
+                "{}: {}",
+                path.display(),
+                crate::config::toml_error(&text, &e)
+            ))
+        })
     }
 }
 

@@ -22,14 +22,6 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A long run with extra flags, stdout discarded, stderr piped.
 fn long_run(extra: &[&str]) -> Running {
     let child = bin()
@@ -86,15 +78,16 @@ fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
 
 #[test]
 fn puffin_server_streams_one_frame_per_tick_with_system_and_chunk_scopes() {
-    // puffin_http cannot report the port it bound, so a free one is picked
-    // here; another process may take it first, hence the retries.
-    let (_run, addr) = (0..5)
-        .find_map(|_| {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let mut run = long_run(&["--puffin", &addr]);
-            wait_for_line(&mut run.0, "puffin: serving frames on ").map(|_| (run, addr))
-        })
-        .expect("the puffin server starts");
+    // Port 0: the server names the port it bound.
+    let mut run = long_run(&["--puffin", "127.0.0.1:0"]);
+    let line =
+        wait_for_line(&mut run.0, "puffin: serving frames on ").expect("the puffin server starts");
+    let addr = line.split(';').next().unwrap().to_string();
+    // Our stream speaks puffin_http's protocol version.
+    assert_eq!(
+        neurograph::observe::puffin_stream::PROTOCOL_VERSION,
+        puffin_http::PROTOCOL_VERSION
+    );
     let mut stream = TcpStream::connect(&addr).expect("the puffin server accepts a client");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
