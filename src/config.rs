@@ -283,8 +283,8 @@ mod tests {
     }
 }
 
-/// A TOML error as one line: `line L, column C: message` (toml's own `Display`
-/// draws the offending line over several lines).
+/// A TOML error as one line: ``line L, column C (`the line`): message`` (toml's
+/// own `Display` draws the offending line over several lines).
 pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().replace('\n', "; ");
     match e.span() {
@@ -292,7 +292,16 @@ pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {column}: {message}")
+            // The line itself names the key (toml's message often does not).
+            let source: String = text
+                .lines()
+                .nth(line - 1)
+                .unwrap_or("")
+                .trim()
+                .chars()
+                .take(80)
+                .collect();
+            format!("line {line}, column {column} (`{source}`): {message}")
         }
         None => message,
     }
@@ -306,6 +315,6 @@ mod toml_error_tests {
         let e = toml::from_str::<toml::Value>(text).unwrap_err();
         let line = super::toml_error(text, &e);
         assert!(!line.contains('\n'), "{line}");
-        assert!(line.starts_with("line 2, column 7: "), "{line}");
+        assert!(line.starts_with("line 2, column 8 (`x = [1,`): "), "{line}");
     }
 }
