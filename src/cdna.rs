@@ -332,10 +332,12 @@ pub enum CdnaError {
     Invalid(Vec<FieldError>),
     /// The file's checksum does not match its content.
     #[error(
-        "CDNA checksum mismatch: the file says {expected} but its content hashes to {actual} \
+        "CDNA file {path}: checksum mismatch: the file says {expected} but its content hashes to {actual} \
          (remove the checksum line after editing by hand)"
     )]
     ChecksumMismatch {
+        /// The file (or where the text came from).
+        path: String,
         /// Checksum written in the file.
         expected: String,
         /// Checksum of the content.
@@ -748,7 +750,11 @@ impl Cdna {
         if let Some(expected) = file.checksum {
             let actual = file.cdna.checksum_hex();
             if !expected.trim().eq_ignore_ascii_case(&actual) {
-                return Err(CdnaError::ChecksumMismatch { expected, actual });
+                return Err(CdnaError::ChecksumMismatch {
+                    path: origin.to_string(),
+                    expected,
+                    actual,
+                });
             }
         }
         file.cdna.validate()?;

@@ -68,6 +68,9 @@ impl Default for SimConfig {
     }
 }
 
+/// The most worker threads a simulation may ask for.
+pub const MAX_THREADS: usize = 1024;
+
 impl SimConfig {
     /// Checks the values; the error names the field, the value and the limit.
     pub fn validate(&self) -> Result<(), String> {
@@ -86,9 +89,9 @@ impl SimConfig {
                 self.neighbor_skin
             ));
         }
-        if self.threads > 1024 {
+        if self.threads > MAX_THREADS {
             return Err(format!(
-                "sim.threads = {}: must be at most 1024",
+                "sim.threads = {}: must be at most {MAX_THREADS}",
                 self.threads
             ));
         }

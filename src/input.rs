@@ -70,11 +70,48 @@ const OPTIONAL: [&str; 6] = ["charge", "mass", "radius", "strength", "label", "g
 /// Loads tokens (and ground truth, if the file has `label`/`group`) from a CSV file.
 pub fn load_csv(path: &Path, cdna: &Cdna) -> Result<ScenarioData, InputError> {
     let p = path.display().to_string();
+    if path.is_dir() {
+        return Err(InputError::Io {
+            path: p,
+            message: "is a directory, not a CSV file".into(),
+        });
+    }
     let file = std::fs::File::open(path).map_err(|e| InputError::Io {
         path: p.clone(),
         message: e.to_string(),
     })?;
     read_csv(file, &p, cdna)
+}
+
+/// The longest line an input may have, in bytes: a token's row is ~150 bytes,
+/// and a stream without line ends (`/dev/zero`) must not fill the memory.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// A reader that fails once a line runs past [`MAX_LINE_BYTES`].
+struct LineCapped<R> {
+    inner: R,
+    line: usize,
+}
+
+impl<R> LineCapped<R> {
+    fn new(inner: R) -> Self {
+        Self { inner, line: 0 }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for LineCapped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            self.line = if b == b'\n' { 0 } else { self.line + 1 };
+            if self.line > MAX_LINE_BYTES {
+                return Err(std::io::Error::other(format!(
+                    "a line is longer than {MAX_LINE_BYTES} bytes: not a token CSV"
+                )));
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// [`load_csv`] over any reader; `origin` names it in errors.
@@ -86,7 +123,7 @@ pub fn read_csv(
     let path = origin.to_string();
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_reader(reader);
+        .from_reader(LineCapped::new(reader));
     let headers = rdr
         .headers()
         .map_err(|e| InputError::Header {
@@ -248,6 +285,15 @@ mod tests {
         let e = read("x0,x1,x2,x3,x4,x5,x6,x7\n0,0,0,0,0,0,NaN,0\n").unwrap_err();
         assert!(e.to_string().contains("column 7 (x6)"), "{e}");
         let e = read("x0,x1,x2,x3,x4,x5,x6,x7\n0,0,0\n").unwrap_err();
+        let long = format!(
+            "x0,x1,x2,x3,x4,x5,x6,x7\n0,0,0,0,0,0,0,{}\n",
+            "0".repeat(MAX_LINE_BYTES)
+        );
+        let too_long = read(&long).unwrap_err().to_string();
+        assert!(
+            too_long.contains("a line is longer than 65536 bytes"),
+            "{too_long}"
+        );
         assert!(e.to_string().contains("line 2"), "{e}");
     }
 

@@ -346,7 +346,7 @@ struct RunArgs {
     #[arg(long, value_name = "BACKEND")]
     backend: Option<neurograph::config::Backend>,
     /// CDNA file (TOML).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "profile")]
     cdna: Option<PathBuf>,
     /// CDNA profile: default, explorer, analyst, creative, custom.
     #[arg(long)]
@@ -355,7 +355,7 @@ struct RunArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Load tokens from a CSV file instead of a scenario.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["scenario", "tokens"])]
     input: Option<PathBuf>,
     /// Print the summary as one JSON object (the last line of stdout).
     #[arg(long)]
@@ -427,7 +427,7 @@ struct RunArgs {
 #[derive(Args)]
 struct CdnaArgs {
     /// Profile to print.
-    #[arg(long, default_value = "default")]
+    #[arg(long, default_value = "default", conflicts_with = "check")]
     profile: String,
     /// Check this file instead of printing a profile.
     #[arg(long)]
@@ -438,6 +438,7 @@ fn run(
     args: RunArgs,
     trace: Option<neurograph::observe::SamplerHandle>,
 ) -> Result<Outcome, String> {
+    let args_trace = args.trace.clone();
     let mut config = match &args.config {
         Some(p) => RunConfig::load(p).map_err(|e| e.to_string())?,
         None => RunConfig::default(),
@@ -446,6 +447,19 @@ fn run(
         ($($f:ident),*) => { $( if args.$f.is_some() { config.$f = args.$f.clone(); } )* };
     }
     over!(scenario, tokens, ticks, seed, cdna, profile, input);
+    // A flag replaces what the config file says about the same thing.
+    if args.cdna.is_some() {
+        config.profile = None;
+    }
+    if args.profile.is_some() {
+        config.cdna = None;
+    }
+    if args.input.is_some() {
+        (config.scenario, config.tokens) = (None, None);
+    }
+    if args.scenario.is_some() || args.tokens.is_some() {
+        config.input = None;
+    }
     if let Some(t) = args.threads {
         config.sim.threads = t;
     }
@@ -548,6 +562,23 @@ fn run(
         );
     } else {
         outln!("{}", summary.to_text());
+    }
+    if summary.ticks == 0 && summary.start_tick > 0 && !summary.interrupted {
+        note!(
+            "nothing to run: the WAL is at tick {}, and --ticks is the tick a run ends at",
+            summary.start_tick
+        );
+    }
+    // Outputs asked for that could not be written make the run a failure.
+    if let Some(e) = &summary.blackbox_failed {
+        return Err(e.clone());
+    }
+    if let Some(t) = summary.trace.as_ref().filter(|t| t.write_errors > 0) {
+        return Err(format!(
+            "--trace {}: writing failed for {} of the ticks kept (the trace is incomplete)",
+            args_trace.as_deref().unwrap_or("-"),
+            t.write_errors
+        ));
     }
     if summary.interrupted {
         note!(
@@ -793,8 +824,15 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                 seed: a.seed,
                 backend: a.backend,
             };
-            note!("{}", neurograph::benchmarks::SteadyWindow::HEADER);
-            let report = neurograph::benchmarks::steady(&options, |w| note!("{}", w.to_row()))?;
+            // The header comes with the first window, so a refused bench
+            // prints only its error.
+            let mut first = true;
+            let report = neurograph::benchmarks::steady(&options, |w| {
+                if std::mem::take(&mut first) {
+                    note!("{}", neurograph::benchmarks::SteadyWindow::HEADER);
+                }
+                note!("{}", w.to_row())
+            })?;
             print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Hierarchy(a) => {
@@ -976,15 +1014,65 @@ fn plot(args: PlotArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn generate(args: GenerateArgs) -> Result<(), String> {
+fn generate(args: GenerateArgs) -> Result<Outcome, String> {
     let sc = neurograph::scenario::find(&args.scenario)?;
+    // A file `run --input` could not load is refused before it is written.
+    let limit = neurograph::config::Quotas::default().max_tokens;
+    if args.tokens as u64 > limit {
+        return Err(format!(
+            "--tokens {}: must be at most {limit} (quotas.max_tokens: a larger file could not be loaded)",
+            args.tokens
+        ));
+    }
+    if args.tokens == 0 {
+        return Err("--tokens 0: must be at least 1 (an input needs a token)".into());
+    }
+    neurograph::paths::check_output_file(&args.out, &[]).map_err(|e| e.to_string())?;
+    // Ctrl-C or SIGTERM stops the writing; the file is written whole or not at
+    // all (a temporary file renamed into place).
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    let mut name = args.out.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = args.out.with_file_name(name);
+    let written = write_scenario_csv(sc, &args, &tmp, &stop);
+    let renamed = written.and_then(|n| match n {
+        Some(n) => std::fs::rename(&tmp, &args.out)
+            .map(|()| Some(n))
+            .map_err(|e| format!("{}: {e}", args.out.display())),
+        None => Ok(None),
+    });
+    let n = match renamed {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            let _ = std::fs::remove_file(&tmp);
+            note!("interrupted: {} not written", args.out.display());
+            return Ok(Outcome::Interrupted);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    outln!("{}: {n} tokens of scenario {}", args.out.display(), sc.name);
+    Ok(Outcome::Done)
+}
+
+/// Writes `args.tokens` tokens of `sc` as CSV to `path`; the count, or `None`
+/// when `stop` was set first.
+fn write_scenario_csv(
+    sc: &neurograph::scenario::Scenario,
+    args: &GenerateArgs,
+    path: &std::path::Path,
+    stop: &AtomicBool,
+) -> Result<Option<u64>, String> {
     let params = neurograph::scenario::ScenarioParams {
         tokens: args.tokens,
         seed: args.seed,
     };
-    neurograph::paths::check_output_file(&args.out, &[]).map_err(|e| e.to_string())?;
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", args.out.display());
-    let mut w = csv::Writer::from_path(&args.out).map_err(|e| err(&e))?;
+    let mut w = csv::Writer::from_path(path).map_err(|e| err(&e))?;
     w.write_record([
         "x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "charge", "mass", "radius", "strength",
         "label", "group",
@@ -992,6 +1080,9 @@ fn generate(args: GenerateArgs) -> Result<(), String> {
     .map_err(|e| err(&e))?;
     let mut n = 0u64;
     for g in sc.stream(&params) {
+        if n.is_multiple_of(4096) && stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
         let s = &g.spec;
         let mut row: Vec<String> = s
             .position
@@ -1009,9 +1100,9 @@ fn generate(args: GenerateArgs) -> Result<(), String> {
         w.write_record(&row).map_err(|e| err(&e))?;
         n += 1;
     }
-    w.flush().map_err(|e| err(&e))?;
-    outln!("{}: {n} tokens of scenario {}", args.out.display(), sc.name);
-    Ok(())
+    let file = w.into_inner().map_err(|e| err(&e.error()))?;
+    file.sync_all().map_err(|e| err(&e))?;
+    Ok(Some(n))
 }
 
 fn cdna(args: CdnaArgs) -> Result<(), String> {
@@ -1071,7 +1162,7 @@ fn main() -> ExitCode {
         Command::Recover(a) => recover(a).map(|()| Outcome::Done),
         Command::Inspect(a) => inspect(a).map(|()| Outcome::Done),
         Command::Plot(a) => plot(a).map(|()| Outcome::Done),
-        Command::Generate(a) => generate(a).map(|()| Outcome::Done),
+        Command::Generate(a) => generate(a),
         Command::Bench(b) => bench(b).map(|()| Outcome::Done),
     };
     // A closed stdout ends any command quietly, whatever else happened.

@@ -309,6 +309,9 @@ pub struct RunSummary {
     /// Black-box dumps written, in order; a path repeats when a later dump
     /// replaced an earlier one (each dump rewrites the whole file).
     pub blackbox_dumps: Vec<PathBuf>,
+    /// Why the end-of-run black box dump asked for (`--blackbox`) could not be
+    /// written, if it could not.
+    pub blackbox_failed: Option<String>,
     /// The trace sampler's counters, when tracing was on.
     pub trace: Option<SamplerStats>,
 }
@@ -324,7 +327,11 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Loads the CDNA a config asks for.
 pub fn load_cdna(config: &RunConfig) -> Result<Cdna, RunError> {
     match (&config.cdna, &config.profile) {
-        (Some(path), _) => Ok(Cdna::load(path)?),
+        (Some(path), Some(name)) => Err(RunError::Config(format!(
+            "give either cdna ({}) or profile ({name}), not both",
+            path.display()
+        ))),
+        (Some(path), None) => Ok(Cdna::load(path)?),
         (None, Some(name)) => Ok(Cdna::profile(name.parse::<Profile>()?)),
         (None, None) => Ok(Cdna::default()),
     }
@@ -343,6 +350,12 @@ impl Source {
                 return Err(RunError::Config(
                     "give either --input or --scenario, not both".into(),
                 ));
+            }
+            if let Some(n) = c.tokens {
+                return Err(RunError::Config(format!(
+                    "give either input ({}) or tokens ({n}), not both: an input's rows are its tokens",
+                    path.display()
+                )));
             }
             return Ok(Self::Input(path.clone()));
         }
@@ -406,6 +419,7 @@ impl Source {
         Ok(match self {
             Self::Input(path) => {
                 let data = load_csv(path, cdna)?;
+                scenario::check_quotas(sim, data.tokens.len())?;
                 let truth = data.truth.unwrap_or_default();
                 let stream = data
                     .tokens
@@ -509,6 +523,9 @@ fn reopen_wal(
 /// [`run`], and hand back the finished simulation (its WAL closed) to look at.
 pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError> {
     let c = &opts.config;
+    // Bad settings are named as such, before a WAL could blame its snapshots or
+    // call the run another one.
+    c.sim.validate().map_err(RunError::Config)?;
     let cdna = load_cdna(c)?;
     let seed = c.seed.unwrap_or(DEFAULT_SEED);
     let ticks = c.ticks.unwrap_or(DEFAULT_TICKS);
@@ -594,6 +611,7 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
     let mut panics = 0u64;
     let mut recoveries = 0u32;
     let mut dumps = Vec::new();
+    let mut blackbox_failed = None;
     let mut reader_gone = false;
     while sim.tick() < ticks {
         if reader_gone
@@ -789,7 +807,10 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
     };
     if opts.blackbox.is_some() {
         let bb = sim.world().resource::<BlackBox>();
-        dumps.extend(dump_blackbox(bb, opts.blackbox.as_deref(), "end"));
+        match try_dump_blackbox(bb, opts.blackbox.as_deref(), "end") {
+            Ok(p) => dumps.push(p),
+            Err(e) => blackbox_failed = Some(e),
+        }
     }
     if opts.report_durable && durability.is_some() && !reader_gone {
         let mut out = std::io::stdout().lock();
@@ -881,6 +902,7 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
         recoveries: recoveries as u64,
         blackbox_events: sim.world().resource::<BlackBox>().recorded(),
         blackbox_dumps: dumps,
+        blackbox_failed,
         trace: opts.trace.as_ref().map(|t| {
             t.sampler.flush();
             t.sampler.stats()
@@ -906,8 +928,20 @@ fn equip(sim: &mut Simulation, opts: &RunOptions, bb: BlackBox) {
     }
 }
 
-/// Dumps the black box to `path` (or the default path); says where on stderr.
+/// Dumps the black box to `path` (or the default path); says where on stderr,
+/// or why not.
 fn dump_blackbox(bb: &BlackBox, path: Option<&Path>, why: &str) -> Option<PathBuf> {
+    match try_dump_blackbox(bb, path, why) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e}");
+            None
+        }
+    }
+}
+
+/// Dumps the black box to `path` (or the default path); says where on stderr.
+fn try_dump_blackbox(bb: &BlackBox, path: Option<&Path>, why: &str) -> Result<PathBuf, String> {
     let path = path.map_or_else(default_blackbox_path, Path::to_path_buf);
     match bb.dump(&path) {
         Ok(n) => {
@@ -916,12 +950,12 @@ fn dump_blackbox(bb: &BlackBox, path: Option<&Path>, why: &str) -> Option<PathBu
                 "black box ({why}): {n} events written to {}",
                 path.display()
             );
-            Some(path)
+            Ok(path)
         }
-        Err(e) => {
-            tracing::error!(error = %e, path = %path.display(), "cannot write the black box");
-            None
-        }
+        Err(e) => Err(format!(
+            "cannot write the black box ({why}) to {}: {e}",
+            path.display()
+        )),
     }
 }
 

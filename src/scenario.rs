@@ -149,8 +149,21 @@ impl Scenario {
         params: &ScenarioParams,
         batch: usize,
     ) -> Result<GroundTruth, CommandError> {
+        check_quotas(sim, params.tokens)?;
         spawn_stream(sim, self.stream(params), batch)
     }
+}
+
+/// Refuses, before spawning any, `n` more tokens that the quotas would not
+/// admit all of (the error names `n`, not how many went in before the limit).
+///
+/// # Errors
+/// [`CommandError::Quota`] with the quota `n` more tokens would exceed.
+pub fn check_quotas(sim: &Simulation, n: usize) -> Result<(), CommandError> {
+    let quotas = sim.world().resource::<crate::config::Quotas>();
+    quotas
+        .check(sim.token_count(), sim.link_count(), n as u64, 0)
+        .map_err(CommandError::Quota)
 }
 
 /// Spawns generated tokens in batches; returns their ground truth.

@@ -23,8 +23,34 @@ impl Drop for Running {
     }
 }
 
+/// Held while a child is forked: a child forked by another test thread would
+/// inherit, until it execs, the read end of a pipe another test is closing, so
+/// the closed-stdout test forks and closes under it.
+static SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+trait Locked {
+    /// `spawn`, with no other test forking meanwhile.
+    fn locked_spawn(&mut self) -> Child;
+    /// `output`, forked with no other test forking meanwhile.
+    fn locked_output(&mut self) -> Output;
+}
+
+impl Locked for Command {
+    fn locked_spawn(&mut self) -> Child {
+        let _g = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+        self.spawn().expect("the binary starts")
+    }
+
+    fn locked_output(&mut self) -> Output {
+        self.stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.locked_spawn()
+            .wait_with_output()
+            .expect("the child ends")
+    }
+}
+
 fn ok(args: &[&str], dir: &Path) -> Output {
-    let out = bin().args(args).current_dir(dir).output().unwrap();
+    let out = bin().args(args).current_dir(dir).locked_output();
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -79,15 +105,18 @@ fn every_command_ends_cleanly_with_141_when_its_reader_goes_away() {
         ],
     ];
     for args in commands {
+        // The reader goes away before the command writes anything, and no
+        // other process holds a copy of it.
+        let guard = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
         let mut child = bin()
             .args(args)
             .current_dir(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
-        // The reader goes away before the command writes anything.
+            .expect("the binary starts");
         drop(child.stdout.take());
+        drop(guard);
         let out = child.wait_with_output().unwrap();
         let err = stderr_of(&out);
         assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
@@ -118,8 +147,7 @@ fn a_run_reporting_durable_ticks_stops_cleanly_when_its_reader_goes_away() {
             .current_dir(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .locked_spawn(),
     );
     // Read a few reports, then go away as `head -3` does.
     let mut lines = std::io::BufReader::new(child.0.stdout.take().unwrap()).lines();
@@ -170,8 +198,7 @@ fn a_closed_stderr_loses_the_lines_and_nothing_else() {
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .locked_spawn();
     drop(child.stderr.take());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
@@ -193,8 +220,7 @@ fn serving(flags: &[&str], ticks: &str, prefix: &'static str) -> (Running, Strin
             .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .locked_spawn(),
     );
     let err = child.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -309,8 +335,8 @@ fn sigterm_ends_a_run_whose_scraper_never_reads() {
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
-            .status()
-            .unwrap()
+            .locked_output()
+            .status
             .success()
     );
     let status = wait_within(&mut run.0, Duration::from_secs(20))
@@ -420,8 +446,7 @@ fn an_input_is_the_same_by_content_whatever_path_names_it() {
     let out = bin()
         .args(["run", "--input", "base.csv", "--ticks", "90", "--wal", "w"])
         .current_dir(d)
-        .output()
-        .unwrap();
+        .locked_output();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_of(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -460,7 +485,7 @@ fn a_run_never_writes_over_its_own_inputs_or_into_its_wal() {
             "--trace and --blackbox are both",
         ),
     ] {
-        let out = bin().args(&args).current_dir(d).output().unwrap();
+        let out = bin().args(&args).current_dir(d).locked_output();
         let err = stderr_of(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
@@ -572,8 +597,7 @@ fn a_structure_gives_the_same_links_groups_and_neighbours_anywhere_inside_the_bo
     let out = bin()
         .args(["run", "--input", "base.csv", "--cdna", "far.toml"])
         .current_dir(d)
-        .output()
-        .unwrap();
+        .locked_output();
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -588,8 +612,7 @@ fn a_structure_gives_the_same_links_groups_and_neighbours_anywhere_inside_the_bo
     let out = bin()
         .args(["run", "--input", "farther.csv"])
         .current_dir(d)
-        .output()
-        .unwrap();
+        .locked_output();
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -659,7 +682,7 @@ fn output_paths_are_checked_before_any_work_with_one_clear_line() {
     ];
     for (args, says) in cases {
         let t = Instant::now();
-        let out = bin().args(args).current_dir(d).output().unwrap();
+        let out = bin().args(args).current_dir(d).locked_output();
         let err = stderr_of(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
@@ -750,4 +773,288 @@ fn a_record_appended_twice_is_named_by_inspect_and_recover_and_resumed_past() {
     let inspect = String::from_utf8(ok(&["inspect", "--wal", "w"], d).stdout).unwrap();
     assert!(!inspect.contains("duplicate"), "{inspect}");
     assert!(inspect.contains("..=40 journaled"), "{inspect}");
+}
+
+// Found by attacking the CLI with bad inputs.
+
+#[test]
+fn wal_files_without_a_manifest_are_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    small_wal(d);
+    std::fs::remove_file(d.join("w/manifest.json")).unwrap();
+    let before: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(d.join("w"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    let out = bin()
+        .args([
+            "run", "--tokens", "400", "--ticks", "10", "--wal", "w", "--seed", "2",
+        ])
+        .current_dir(d)
+        .locked_output();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "holds WAL files but no manifest.json, and more than a crashed creation leaves"
+        ),
+        "{err}"
+    );
+    for (p, bytes) in before {
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            bytes,
+            "{} unchanged",
+            p.display()
+        );
+    }
+    // Files that only look like a WAL's are not leftovers either.
+    std::fs::create_dir(d.join("u")).unwrap();
+    std::fs::write(d.join("u/wal-00000000000000000001.seg"), "precious").unwrap();
+    std::fs::write(d.join("u/snap-00000000000000000000.snap"), "precious").unwrap();
+    let out = bin()
+        .args(["run", "--tokens", "50", "--ticks", "5", "--wal", "u"])
+        .current_dir(d)
+        .locked_output();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(
+        std::fs::read(d.join("u/wal-00000000000000000001.seg")).unwrap(),
+        b"precious"
+    );
+    assert_eq!(
+        std::fs::read(d.join("u/snap-00000000000000000000.snap")).unwrap(),
+        b"precious"
+    );
+}
+
+#[test]
+fn conflicting_options_are_refused_not_silently_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&["generate", "--tokens", "100", "--out", "x.csv"], d);
+    std::fs::write(d.join("c.toml"), ok(&["cdna"], d).stdout).unwrap();
+    for args in [
+        &["run", "--cdna", "c.toml", "--profile", "explorer"][..],
+        &["run", "--input", "x.csv", "--tokens", "10"],
+        &["run", "--input", "x.csv", "--scenario", "uniform"],
+        &["cdna", "--profile", "explorer", "--check", "c.toml"],
+    ] {
+        let out = bin().args(args).current_dir(d).locked_output();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr_of(&out));
+        assert!(stderr_of(&out).contains("cannot be used with"), "{args:?}");
+    }
+    std::fs::write(
+        d.join("both.toml"),
+        "cdna = \"c.toml\"\nprofile = \"explorer\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args([
+            "run",
+            "--config",
+            "both.toml",
+            "--tokens",
+            "50",
+            "--ticks",
+            "1",
+        ])
+        .current_dir(d)
+        .locked_output();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("give either cdna (c.toml) or profile (explorer), not both"),
+        "{err}"
+    );
+    // A flag replaces the config file's choice instead of clashing with it.
+    let out = ok(
+        &[
+            "run",
+            "--config",
+            "both.toml",
+            "--profile",
+            "analyst",
+            "--tokens",
+            "50",
+            "--ticks",
+            "1",
+            "--json",
+        ],
+        d,
+    );
+    assert_eq!(
+        last_json(&String::from_utf8_lossy(&out.stdout))["cdna_profile"],
+        "analyst"
+    );
+}
+
+#[test]
+fn bad_settings_are_named_as_such_not_blamed_on_a_wal_or_a_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    small_wal(d);
+    for (args, says) in [
+        (
+            &["recover", "--wal", "w", "--threads", "100000"][..],
+            "threads = 100000: must be at most 1024",
+        ),
+        (
+            &[
+                "run",
+                "--tokens",
+                "400",
+                "--ticks",
+                "40",
+                "--wal",
+                "w",
+                "--threads",
+                "5000",
+            ],
+            "sim.threads = 5000: must be at most 1024",
+        ),
+        (
+            &["inspect", "--wal", "no_such_wal"],
+            "no_such_wal: no such directory",
+        ),
+        (
+            &["run", "--input", "/dev/zero", "--ticks", "1"],
+            "/dev/zero: line 1: a line is longer than 65536 bytes",
+        ),
+        (
+            &["run", "--input", ".", "--ticks", "1"],
+            ".: is a directory, not a CSV file",
+        ),
+        (
+            &[
+                "generate",
+                "--tokens",
+                "18446744073709551615",
+                "--out",
+                "g.csv",
+            ],
+            "--tokens 18446744073709551615: must be at most 10000000",
+        ),
+        (
+            &[
+                "bench",
+                "steady",
+                "--tokens",
+                "18446744073709551615",
+                "--ticks",
+                "10",
+            ],
+            "18446744073709551615 requested > max_tokens = 10000000",
+        ),
+    ] {
+        let out = bin().args(args).current_dir(d).locked_output();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("snapshot"), "{args:?}: {err}");
+    }
+    // A quota refusal names the input's whole count, not how many fitted.
+    ok(&["generate", "--tokens", "100", "--out", "x.csv"], d);
+    std::fs::write(d.join("q.toml"), "[quotas]\nmax_tokens = 50\n").unwrap();
+    let out = bin()
+        .args(["run", "--config", "q.toml", "--input", "x.csv"])
+        .current_dir(d)
+        .locked_output();
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("0 live + 100 requested > max_tokens = 50"),
+        "{err}"
+    );
+    // Asking for a tick the WAL has passed says so.
+    let out = ok(
+        &["run", "--tokens", "400", "--ticks", "10", "--wal", "w"],
+        d,
+    );
+    assert!(
+        stderr_of(&out).contains("nothing to run: the WAL is at tick 30"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn generate_writes_its_file_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut child = Running(
+        bin()
+            .args(["generate", "--tokens", "9000000", "--out", "big.csv"])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .locked_spawn(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .locked_output()
+            .status
+            .success()
+    );
+    let status = wait_within(&mut child.0, Duration::from_secs(30)).expect("generate stops");
+    assert_eq!(status.code(), Some(130));
+    let left: Vec<_> = std::fs::read_dir(d).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "no file, whole or partial, is left: {left:?}"
+    );
+}
+
+#[test]
+fn a_black_box_that_cannot_be_written_fails_the_run_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("out")).unwrap();
+    let mut child = Running(
+        bin()
+            .args([
+                "run",
+                "--tokens",
+                "300",
+                "--ticks",
+                "100000000",
+                "--quiet",
+                "--blackbox",
+                "out/bb.jsonl",
+            ])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .locked_spawn(),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    // The directory checked at the start goes away during the run.
+    std::fs::remove_dir(d.join("out")).unwrap();
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .locked_output()
+            .status
+            .success()
+    );
+    let status = wait_within(&mut child.0, Duration::from_secs(30)).expect("the run stops");
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("error: cannot write the black box (end) to out/bb.jsonl: ")),
+        "{err}"
+    );
 }

@@ -45,6 +45,9 @@ pub enum WalError {
     /// The directory has no manifest.
     #[error("{}: not a NeuroGraph WAL (no manifest.json)", .0.display())]
     NotAWal(PathBuf),
+    /// The directory does not exist.
+    #[error("{}: no such directory", .0.display())]
+    NoDirectory(PathBuf),
     /// The directory holds a WAL already (when creating one).
     #[error("{}: holds a WAL already", .0.display())]
     Exists(PathBuf),
@@ -54,6 +57,15 @@ pub enum WalError {
         /// The directory.
         dir: PathBuf,
         /// One of the foreign entries.
+        found: String,
+    },
+    /// The directory holds WAL files but no manifest, and they are more than a
+    /// crashed creation leaves: someone's data, not overwritten.
+    #[error("{}: holds WAL files but no manifest.json, and more than a crashed creation leaves ({found}); not overwriting them: restore manifest.json, or move them away", dir.display())]
+    Orphaned {
+        /// The directory.
+        dir: PathBuf,
+        /// The first file that is more than leftovers, and why.
         found: String,
     },
     /// Another process is writing this WAL.
@@ -153,7 +165,7 @@ pub enum WalError {
     },
     /// The log ends before the snapshot recovery starts from: a segment after it
     /// is missing.
-    #[error("{}: the log ends at tick {last_record} but the snapshot is of tick {snapshot_tick}: a segment is missing", dir.display())]
+    #[error("{}: the log ends at tick {last_record} but the snapshot is of tick {snapshot_tick}: a segment is missing or the log's tail is damaged", dir.display())]
     LogBehindSnapshot {
         /// The directory.
         dir: PathBuf,
@@ -273,7 +285,11 @@ impl Manifest {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(WalError::NotAWal(dir.to_path_buf()));
+                return Err(if dir.exists() {
+                    WalError::NotAWal(dir.to_path_buf())
+                } else {
+                    WalError::NoDirectory(dir.to_path_buf())
+                });
             }
             Err(e) => return Err(WalError::Io { path, source: e }),
         };
@@ -324,6 +340,62 @@ impl Manifest {
             })
             .collect()
     }
+}
+
+/// What a creation that crashed before writing its manifest can leave: at most
+/// one whole snapshot (they are renamed into place) and at most one segment,
+/// the one right after it, holding no record. `None` if the files are that;
+/// else the first file that is more, and why.
+fn not_leftovers(segments: &[WalFile], snapshots: &[WalFile]) -> Option<String> {
+    if snapshots.len() > 1 {
+        return Some(format!(
+            "{} snapshots ({}, …)",
+            snapshots.len(),
+            snapshots[1].path.display()
+        ));
+    }
+    if segments.len() > 1 {
+        return Some(format!(
+            "{} segments ({}, …)",
+            segments.len(),
+            segments[1].path.display()
+        ));
+    }
+    if let Some(snap) = snapshots.first() {
+        let whole = std::fs::read(&snap.path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| format::decode_snapshot_file(&b).map(|_| ()));
+        if let Err(why) = whole {
+            return Some(format!("{} ({why})", snap.path.display()));
+        }
+    }
+    if let Some(seg) = segments.first() {
+        if snapshots
+            .first()
+            .is_some_and(|s| s.tick.checked_add(1) != Some(seg.tick))
+        {
+            return Some(format!(
+                "{} (not the segment right after the snapshot)",
+                seg.path.display()
+            ));
+        }
+        let bytes = std::fs::read(&seg.path).unwrap_or_default();
+        let header_ok = format::decode_segment_header(&bytes).is_ok();
+        let torn_header = bytes.len() < format::SEGMENT_HEADER_LEN;
+        if !(header_ok || torn_header) || format::has_valid_record(&bytes) {
+            return Some(format!(
+                "{} ({} bytes{})",
+                seg.path.display(),
+                bytes.len(),
+                if header_ok {
+                    ", with records"
+                } else {
+                    ", not a segment"
+                }
+            ));
+        }
+    }
+    None
 }
 
 /// Whether `dir` holds a WAL (has a manifest).
@@ -534,7 +606,14 @@ pub fn create(
     if exists(dir) {
         return Err(WalError::Exists(dir.to_path_buf()));
     }
-    // Leftovers of a creation that crashed before its manifest was written.
+    // Leftovers of a creation that crashed before its manifest was written:
+    // only those are removed; WAL files that hold more are someone's data.
+    if let Some(found) = not_leftovers(&segments, &snapshots) {
+        return Err(WalError::Orphaned {
+            dir: dir.to_path_buf(),
+            found,
+        });
+    }
     for f in segments.iter().chain(&snapshots) {
         std::fs::remove_file(&f.path).map_err(|e| WalError::Io {
             path: f.path.clone(),
@@ -795,6 +874,14 @@ fn header_error(path: &Path, e: HeaderError) -> WalError {
 /// corrupt tail of the last segment is cut (and reported); any other damage is an
 /// error. Reads only; [`resume`] repairs the tail before appending.
 pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> {
+    // A bad thread count would otherwise make every snapshot look unusable.
+    if opts.threads > crate::config::MAX_THREADS {
+        return Err(WalError::Options(format!(
+            "threads = {}: must be at most {}",
+            opts.threads,
+            crate::config::MAX_THREADS
+        )));
+    }
     let lock = if opts.exclusive {
         DirLock::exclusive(dir)?
     } else {
