@@ -517,31 +517,13 @@ impl Cdna {
                 0.0,
                 10.0,
             );
-            // Beyond ±MAX_BOUND_PER_RADIUS × the smallest field radius, f32
-            // positions cannot represent the moves the physics makes.
-            let reach = Self::MAX_BOUND_PER_RADIUS * self.field.min_radius;
+            // Bounds farther out than f32 resolves are refused by
+            // `check_reach`, for every CDNA a run starts with.
             for (which, v) in [
                 ("min", self.dimensions.min[k]),
                 ("max", self.dimensions.max[k]),
             ] {
-                let field = format!("dimensions.{which}[{k}] ({n})");
-                if !v.is_finite() {
-                    c.0.push(FieldError {
-                        field,
-                        value: v.to_string(),
-                        limit: "must be a finite number".into(),
-                    });
-                } else if reach.is_finite() && v.abs() > reach {
-                    c.0.push(FieldError {
-                        field,
-                        value: v.to_string(),
-                        limit: format!(
-                            "must be within ±{reach} ({} × field.min_radius = {}): farther out, f32 positions are too coarse for the physics",
-                            Self::MAX_BOUND_PER_RADIUS,
-                            self.field.min_radius
-                        ),
-                    });
-                }
+                c.range(format!("dimensions.{which}[{k}] ({n})"), v, -1e6, 1e6);
             }
             if self.dimensions.min[k] >= self.dimensions.max[k] {
                 c.0.push(FieldError {
@@ -693,6 +675,42 @@ impl Cdna {
         }
     }
 
+    /// Checks that every position bound lies within ±[`Cdna::MAX_BOUND_PER_RADIUS`]
+    /// × `field.min_radius`, where f32 positions still resolve the physics'
+    /// moves. Applied to every CDNA a run starts with or switches to (files,
+    /// profiles, updates), but not by [`validate`](Self::validate): a WAL
+    /// written before this rule, with wider bounds, still recovers.
+    ///
+    /// # Errors
+    /// [`CdnaError::Invalid`] naming each bound too far out, its value and the limit.
+    pub fn check_reach(&self) -> Result<(), CdnaError> {
+        let reach = Self::MAX_BOUND_PER_RADIUS * self.field.min_radius;
+        let mut errors = Vec::new();
+        for (k, axis) in crate::math::Axis::ALL.iter().enumerate() {
+            for (which, v) in [
+                ("min", self.dimensions.min[k]),
+                ("max", self.dimensions.max[k]),
+            ] {
+                if reach.is_finite() && v.abs() > reach {
+                    errors.push(FieldError {
+                        field: format!("dimensions.{which}[{k}] ({})", axis.name()),
+                        value: v.to_string(),
+                        limit: format!(
+                            "must be within ±{reach} ({} × field.min_radius = {}): farther out, f32 positions are too coarse for the physics",
+                            Self::MAX_BOUND_PER_RADIUS,
+                            self.field.min_radius
+                        ),
+                    });
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(CdnaError::Invalid(errors))
+        }
+    }
+
     /// [`validate`](Self::validate), plus the checks that need the run's time step.
     pub fn validate_for(&self, dt: f32) -> Result<(), CdnaError> {
         self.validate()?;
@@ -758,6 +776,7 @@ impl Cdna {
             }
         }
         file.cdna.validate()?;
+        file.cdna.check_reach()?;
         Ok(file.cdna)
     }
 
@@ -895,11 +914,40 @@ mod tests {
             let c = Cdna::profile(p);
             c.validate().unwrap_or_else(|e| panic!("{p:?}: {e}"));
             c.validate_for(0.05).unwrap();
+            c.check_reach().unwrap_or_else(|e| panic!("{p:?}: {e}"));
             assert!(
                 sums.insert(c.checksum()),
                 "{p:?} has the same checksum as another profile"
             );
         }
+    }
+
+    #[test]
+    fn bounds_beyond_f32_reach_are_refused_for_runs_but_not_for_recovery() {
+        let mut c = Cdna::default();
+        c.dimensions.max[3] = 5000.0;
+        c.validate()
+            .expect("validate accepts it: old WALs must recover");
+        let e = c.check_reach().unwrap_err().to_string();
+        assert!(
+            e.contains("dimensions.max[3] (emotional) = 5000: must be within ±1024 (2048 × field.min_radius = 0.5)"),
+            "{e}"
+        );
+        // The reach scales with the smallest radius.
+        c.field.min_radius = 4.0;
+        c.physics.core_radius = 0.4;
+        c.check_reach().unwrap();
+        let e = Cdna::from_toml(
+            &{
+                let mut far = Cdna::default();
+                far.dimensions.min[0] = -2000.0;
+                far.to_toml()
+            },
+            "far.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("dimensions.min[0] (physical) = -2000"), "{e}");
     }
 
     #[test]

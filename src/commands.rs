@@ -523,6 +523,7 @@ fn apply_inner(world: &mut World, cmd: &SimCommand) -> Result<CommandOutcome, Co
         SimCommand::UpdateCdna(new) => {
             let dt = world.resource::<SimConfig>().dt;
             new.validate_for(dt)?;
+            new.check_reach()?;
             let old = world.resource::<Cdna>().clone();
             let mut next = (**new).clone();
             next.version = old.version + 1;

@@ -103,7 +103,11 @@ impl<R: std::io::Read> std::io::Read for LineCapped<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         for &b in &buf[..n] {
-            self.line = if b == b'\n' { 0 } else { self.line + 1 };
+            self.line = if b == b'\n' || b == b'\r' {
+                0
+            } else {
+                self.line + 1
+            };
             if self.line > MAX_LINE_BYTES {
                 return Err(std::io::Error::other(format!(
                     "a line is longer than {MAX_LINE_BYTES} bytes: not a token CSV"
@@ -111,6 +115,34 @@ impl<R: std::io::Read> std::io::Read for LineCapped<R> {
             }
         }
         Ok(n)
+    }
+}
+
+/// The xxh3-64 hash of an input file's bytes, read in chunks under the same
+/// line cap as [`load_csv`] (the identity a WAL keeps of its input).
+///
+/// # Errors
+/// [`InputError::Io`] when the file cannot be read, is a directory, or has a
+/// line longer than [`MAX_LINE_BYTES`].
+pub fn content_hash(path: &Path) -> Result<u64, InputError> {
+    use std::io::Read as _;
+    let err = |message: String| InputError::Io {
+        path: path.display().to_string(),
+        message,
+    };
+    if path.is_dir() {
+        return Err(err("is a directory, not a CSV file".into()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut reader = LineCapped::new(file);
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| err(e.to_string()))?;
+        if n == 0 {
+            return Ok(hasher.digest());
+        }
+        hasher.update(&buf[..n]);
     }
 }
 

@@ -552,6 +552,21 @@ fn run(
         }
         Err(e) => return Err(e.to_string()),
     };
+    // Outputs asked for that could not be written make the run a failure; said
+    // before the summary, so that a closed stdout does not hide it.
+    let failed_output =
+        summary.blackbox_failed.clone().or_else(|| {
+            summary.trace.as_ref().filter(|t| t.write_errors > 0).map(|t| {
+            format!(
+                "--trace {}: writing failed for {} of the ticks kept (the trace is incomplete)",
+                args_trace.as_deref().unwrap_or("-"),
+                t.write_errors
+            )
+        })
+        });
+    if let Some(e) = &failed_output {
+        note!("error: {e}");
+    }
     if args.tree {
         out!("{}", sim.hierarchy().render_tree(10));
     }
@@ -569,16 +584,8 @@ fn run(
             summary.start_tick
         );
     }
-    // Outputs asked for that could not be written make the run a failure.
-    if let Some(e) = &summary.blackbox_failed {
-        return Err(e.clone());
-    }
-    if let Some(t) = summary.trace.as_ref().filter(|t| t.write_errors > 0) {
-        return Err(format!(
-            "--trace {}: writing failed for {} of the ticks kept (the trace is incomplete)",
-            args_trace.as_deref().unwrap_or("-"),
-            t.write_errors
-        ));
+    if failed_output.is_some() {
+        return Ok(Outcome::Failed);
     }
     if summary.interrupted {
         note!(
@@ -602,6 +609,8 @@ enum Outcome {
     Interrupted,
     /// A tick panicked and the run did not recover (exit code 70).
     Panicked,
+    /// Failed, and said why on stderr already (exit code 1).
+    Failed,
 }
 
 /// Exit code of a run whose tick panicked without recovery (EX_SOFTWARE).
@@ -621,10 +630,17 @@ fn check_run_paths(args: &RunArgs) -> Result<(), String> {
         ("--trace", trace.as_ref()),
         ("--blackbox", args.blackbox.as_ref()),
     ];
+    // The config file may name the input and the CDNA too.
+    let from_config = match &args.config {
+        Some(p) => RunConfig::load(p).map_err(|e| e.to_string())?,
+        None => RunConfig::default(),
+    };
     let inputs = [
         ("--input", args.input.as_ref()),
         ("--cdna", args.cdna.as_ref()),
         ("--config", args.config.as_ref()),
+        ("the config's input", from_config.input.as_ref()),
+        ("the config's cdna", from_config.cdna.as_ref()),
     ];
     for (flag, path) in outputs {
         let Some(path) = path else { continue };
@@ -661,6 +677,26 @@ fn check_run_paths(args: &RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// A file created (or truncated) on the first write.
+struct LazyFile {
+    path: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl std::io::Write for LazyFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.file.is_none() {
+            let f = std::fs::File::create(&self.path)?;
+            self.file = Some(std::io::BufWriter::new(f));
+        }
+        self.file.as_mut().map_or(Ok(0), |f| f.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), std::io::Write::flush)
+    }
+}
+
 /// The sampling layer for `run --trace`, and its handle.
 fn trace_layer(
     args: &RunArgs,
@@ -695,8 +731,12 @@ fn trace_layer(
     let out: Box<dyn std::io::Write + Send> = if target == "-" {
         Box::new(std::io::LineWriter::new(std::io::stderr()))
     } else {
-        let f = std::fs::File::create(target).map_err(|e| format!("--trace {target}: {e}"))?;
-        Box::new(std::io::BufWriter::new(f))
+        // Created at the first kept tick, after every check of the run: a
+        // refused run leaves an existing file as it was.
+        Box::new(LazyFile {
+            path: PathBuf::from(target),
+            file: None,
+        })
     };
     // The rate is set from the CDNA (or --trace-rate) when the run starts.
     Ok(Some(neurograph::observe::sampling_layer(out, 0.0, slow)))
@@ -1033,25 +1073,37 @@ fn generate(args: GenerateArgs) -> Result<Outcome, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
-    let mut name = args.out.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = args.out.with_file_name(name);
+    // A device or link (`/dev/null`, `/dev/stdout`) is written through.
+    let through =
+        args.out.symlink_metadata().is_ok() && !neurograph::paths::is_plain_file(&args.out);
+    let tmp = if through {
+        args.out.clone()
+    } else {
+        let mut name = args.out.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".tmp-{}", std::process::id()));
+        args.out.with_file_name(name)
+    };
     let written = write_scenario_csv(sc, &args, &tmp, &stop);
     let renamed = written.and_then(|n| match n {
-        Some(n) => std::fs::rename(&tmp, &args.out)
+        Some(n) if !through => std::fs::rename(&tmp, &args.out)
             .map(|()| Some(n))
             .map_err(|e| format!("{}: {e}", args.out.display())),
-        None => Ok(None),
+        other => Ok(other),
     });
+    let remove_tmp = || {
+        if !through {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    };
     let n = match renamed {
         Ok(Some(n)) => n,
         Ok(None) => {
-            let _ = std::fs::remove_file(&tmp);
+            remove_tmp();
             note!("interrupted: {} not written", args.out.display());
             return Ok(Outcome::Interrupted);
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            remove_tmp();
             return Err(e);
         }
     };
@@ -1101,7 +1153,9 @@ fn write_scenario_csv(
         n += 1;
     }
     let file = w.into_inner().map_err(|e| err(&e.error()))?;
-    file.sync_all().map_err(|e| err(&e))?;
+    if neurograph::paths::is_plain_file(path) {
+        file.sync_all().map_err(|e| err(&e))?;
+    }
     Ok(Some(n))
 }
 
@@ -1173,6 +1227,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Interrupted) => ExitCode::from(130),
         Ok(Outcome::Panicked) => ExitCode::from(EXIT_PANICKED),
+        Ok(Outcome::Failed) => ExitCode::FAILURE,
         Err(e) => {
             note!("error: {e}");
             ExitCode::FAILURE

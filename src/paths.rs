@@ -47,7 +47,8 @@ pub enum OutputPathError {
 }
 
 /// Checks that a file can be written at `path`: its directory exists and takes
-/// new files, `path` is not a directory (nor a file that cannot be written), and,
+/// new files, `path` is not a directory (nor a file that cannot be written; an
+/// existing device, pipe or link only needs to open for writing), and,
 /// when `extensions` is not empty, the name ends in one of them (without the
 /// dot, compared without case). Creates and removes a probe file in the
 /// directory; changes nothing else.
@@ -70,6 +71,19 @@ pub fn check_output_file(path: &Path, extensions: &[&str]) -> Result<(), OutputP
     if path.is_dir() {
         return Err(OutputPathError::IsADirectory { path: path.into() });
     }
+    let not_writable = |source| OutputPathError::NotWritable {
+        path: path.into(),
+        source,
+    };
+    if path.exists() && !is_plain_file(path) {
+        // A device, a pipe or a link (`/dev/null`, `/dev/stdout`): written
+        // through, so only opening it matters.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(not_writable)?;
+        return Ok(());
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -89,10 +103,6 @@ pub fn check_output_file(path: &Path, extensions: &[&str]) -> Result<(), OutputP
         }
         Ok(_) => {}
     }
-    let not_writable = |source| OutputPathError::NotWritable {
-        path: path.into(),
-        source,
-    };
     if path.exists() {
         // Opened for writing without truncating: the file stays as it is.
         std::fs::OpenOptions::new()
@@ -100,7 +110,7 @@ pub fn check_output_file(path: &Path, extensions: &[&str]) -> Result<(), OutputP
             .open(path)
             .map_err(not_writable)?;
     }
-    let probe = dir.join(format!(".neurograph-probe-{}", std::process::id()));
+    let probe = dir.join(probe_name());
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -108,6 +118,19 @@ pub fn check_output_file(path: &Path, extensions: &[&str]) -> Result<(), OutputP
         .map_err(not_writable)?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+/// The probe file's name: ends in `.tmp`, which a WAL directory tolerates
+/// (and a WAL's creation clears), should a kill leave it behind.
+fn probe_name() -> String {
+    format!(".neurograph-probe-{}.tmp", std::process::id())
+}
+
+/// Whether `path` is a regular file itself (not a link, a device or a pipe):
+/// only such a file is replaced through a temporary file renamed into place;
+/// anything else is written through.
+pub fn is_plain_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
 }
 
 /// Checks that a directory can be written at `dir`: it is a directory that
@@ -135,7 +158,7 @@ pub fn check_output_dir(dir: &Path) -> Result<(), OutputPathError> {
             dir: existing.into(),
         });
     }
-    let probe = existing.join(format!(".neurograph-probe-{}", std::process::id()));
+    let probe = existing.join(probe_name());
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -202,9 +202,16 @@ fn write_png(path: &Path, pixels: &[u8], width: u32, height: u32) -> Result<(), 
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(name);
+    // A device or link (`/dev/stdout`) is written through; a file is replaced
+    // whole, through a temporary file.
+    let through = path.symlink_metadata().is_ok() && !crate::paths::is_plain_file(path);
+    let tmp = if through {
+        path.to_path_buf()
+    } else {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".tmp-{}", std::process::id()));
+        path.with_file_name(name)
+    };
     let written = (|| {
         let file = std::fs::File::create(&tmp).map_err(|e| err(&e))?;
         let mut out = std::io::BufWriter::new(file);
@@ -215,10 +222,13 @@ fn write_png(path: &Path, pixels: &[u8], width: u32, height: u32) -> Result<(), 
         w.write_image_data(pixels).map_err(|e| err(&e))?;
         w.finish().map_err(|e| err(&e))?;
         let file = out.into_inner().map_err(|e| err(&e.error()))?;
+        if through {
+            return Ok(());
+        }
         file.sync_all().map_err(|e| err(&e))?;
         std::fs::rename(&tmp, path).map_err(|e| err(&e))
     })();
-    if written.is_err() {
+    if written.is_err() && !through {
         let _ = std::fs::remove_file(&tmp);
     }
     written

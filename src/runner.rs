@@ -332,7 +332,11 @@ pub fn load_cdna(config: &RunConfig) -> Result<Cdna, RunError> {
             path.display()
         ))),
         (Some(path), None) => Ok(Cdna::load(path)?),
-        (None, Some(name)) => Ok(Cdna::profile(name.parse::<Profile>()?)),
+        (None, Some(name)) => {
+            let cdna = Cdna::profile(name.parse::<Profile>()?);
+            cdna.check_reach()?;
+            Ok(cdna)
+        }
         (None, None) => Ok(Cdna::default()),
     }
 }
@@ -391,13 +395,9 @@ impl Source {
         let mut id = BTreeMap::new();
         match self {
             Self::Input(path) => {
-                let bytes = std::fs::read(path)
-                    .map_err(|e| RunError::Config(format!("{}: {e}", path.display())))?;
+                let hash = crate::input::content_hash(path)?;
                 id.insert("input".into(), path.display().to_string());
-                id.insert(
-                    "input_xxh3".into(),
-                    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
-                );
+                id.insert("input_xxh3".into(), format!("{hash:016x}"));
             }
             Self::Scenario(s, tokens) => {
                 id.insert("scenario".into(), s.name.into());

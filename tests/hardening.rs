@@ -278,7 +278,7 @@ fn a_non_reading_or_half_sending_scraper_stalls_no_one_and_the_run_ends_on_time(
     let start = Instant::now();
     let (mut run, addr) = serving(
         &["--metrics", "127.0.0.1:0"],
-        "400",
+        "2000",
         "metrics: listening on ",
     );
     let _pipeliner = non_reader(&addr, 300);
@@ -310,7 +310,7 @@ fn a_non_reading_or_half_sending_scraper_stalls_no_one_and_the_run_ends_on_time(
     let start = Instant::now();
     let (mut alone, _) = serving(
         &["--metrics", "127.0.0.1:0"],
-        "400",
+        "2000",
         "metrics: listening on ",
     );
     wait_within(&mut alone.0, Duration::from_secs(120)).expect("the run ends");
@@ -351,11 +351,22 @@ fn the_connection_bound_holds_and_frees_up() {
         "100000000",
         "metrics: listening on ",
     );
-    // Far more idle connections than the bound: the server keeps serving.
+    // Far more idle connections than the bound: those past it are closed at
+    // once, those within it stay open, and the server keeps serving.
     let idle: Vec<TcpStream> = (0..200)
         .filter_map(|_| TcpStream::connect(&addr).ok())
         .collect();
-    assert!(!idle.is_empty());
+    assert_eq!(idle.len(), 200);
+    let closed = |s: &TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        matches!((&*s).read(&mut [0u8; 1]), Ok(0))
+    };
+    assert!(
+        !closed(&idle[0]),
+        "a connection within the bound stays open"
+    );
+    assert!(closed(&idle[199]), "a connection past the bound is closed");
     drop(idle);
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
@@ -368,7 +379,7 @@ fn a_viewer_that_never_reads_and_too_many_viewers_do_not_hold_the_run() {
     let start = Instant::now();
     let (mut run, addr) = serving(
         &["--puffin", "127.0.0.1:0"],
-        "400",
+        "2000",
         "puffin: serving frames on ",
     );
     // One viewer that never reads, and more viewers than the server takes.
@@ -467,6 +478,7 @@ fn a_run_never_writes_over_its_own_inputs_or_into_its_wal() {
     ok(&["generate", "--tokens", "100", "--out", "in.csv"], d);
     let before = std::fs::read(d.join("in.csv")).unwrap();
     small_wal(d);
+    std::fs::write(d.join("c.toml"), "input = \"in.csv\"\nticks = 3\n").unwrap();
     for (args, says) in [
         (
             vec!["run", "--input", "in.csv", "--trace", "./in.csv"],
@@ -484,6 +496,14 @@ fn a_run_never_writes_over_its_own_inputs_or_into_its_wal() {
             vec!["run", "--trace", "t.jsonl", "--blackbox", "./t.jsonl"],
             "--trace and --blackbox are both",
         ),
+        (
+            vec!["run", "--config", "c.toml", "--trace", "in.csv"],
+            "--trace in.csv is the file the config's input in.csv reads",
+        ),
+        (
+            vec!["run", "--config", "c.toml", "--blackbox", "./in.csv"],
+            "--blackbox ./in.csv is the file the config's input in.csv reads",
+        ),
     ] {
         let out = bin().args(&args).current_dir(d).locked_output();
         let err = stderr_of(&out);
@@ -491,6 +511,25 @@ fn a_run_never_writes_over_its_own_inputs_or_into_its_wal() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
     assert_eq!(std::fs::read(d.join("in.csv")).unwrap(), before);
+    // A refused run leaves an existing trace file as it was: the trace is
+    // created at the first kept tick, after every check.
+    std::fs::write(d.join("t.jsonl"), "keep").unwrap();
+    let out = bin()
+        .args([
+            "run", "--tokens", "400", "--wal", "w", "--seed", "7", "--trace", "t.jsonl",
+        ])
+        .current_dir(d)
+        .locked_output();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("another run"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(std::fs::read_to_string(d.join("t.jsonl")).unwrap(), "keep");
+    // Devices and links are written through, not replaced.
+    ok(&["generate", "--tokens", "10", "--out", "/dev/null"], d);
+    assert!(!neurograph::paths::is_plain_file(Path::new("/dev/null")));
 }
 
 // 4. Coordinates far from the origin.

@@ -912,3 +912,27 @@ fn an_exact_duplicate_is_named_skipped_in_the_middle_and_cut_at_the_tail() {
             .starts_with("two different records of tick 5"),
     );
 }
+
+#[test]
+fn a_wal_with_bounds_wider_than_runs_now_accept_still_recovers() {
+    // Written before bounds were held within f32's reach (the old Creative
+    // profile had ±10000): its data stays readable.
+    let mut cdna = Cdna::default();
+    cdna.dimensions.min = [-10_000.0; 8];
+    cdna.dimensions.max = [10_000.0; 8];
+    assert!(cdna.check_reach().is_err());
+    let mut sim = Simulation::new(SimSettings { cdna, ..settings() }).unwrap();
+    sim.spawn(TokenSpec::at(Vec8::splat(5000.0))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    wal::create(
+        dir.path(),
+        &manifest(),
+        &mut sim,
+        &opts(Durability::Sync, 0),
+    )
+    .unwrap();
+    sim.run(3);
+    wal::close(&mut sim).unwrap();
+    let rec = recover(dir.path()).unwrap();
+    assert_eq!((rec.report.tick, rec.report.tokens), (3, 1));
+}

@@ -9,7 +9,9 @@
 //! a 30-frame queue each), and dropping it joins every client's thread, so a
 //! viewer that stops reading keeps the process from exiting. This server bounds
 //! the clients, gives each write a timeout, drops frames for a slow client
-//! instead of queueing them, and never waits for a client when it stops.
+//! instead of queueing them (and disconnects one that falls
+//! [`MAX_DROPPED_IN_A_ROW`] frames behind), keeps every scope definition even
+//! when it drops a frame, and never waits for a client when it stops.
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -36,9 +38,16 @@ const ENCODE_QUEUE: usize = 16;
 
 type Packet = Arc<[u8]>;
 
+/// Frames dropped in a row for one viewer before it is disconnected: a viewer
+/// that reads, but slower than frames come, would otherwise hold its slot for
+/// good.
+pub const MAX_DROPPED_IN_A_ROW: u32 = 64;
+
 struct Client {
     addr: SocketAddr,
     queue: SyncSender<Packet>,
+    dropped_in_a_row: u32,
+    thread: std::thread::JoinHandle<()>,
 }
 
 #[derive(Default)]
@@ -46,6 +55,15 @@ struct Clients {
     list: Vec<Client>,
     /// A client joined since the last frame: send it every scope known.
     send_all_scopes: bool,
+}
+
+/// Every scope seen, kept by the profiler's sink itself, so that a frame
+/// dropped before encoding loses no scope definition.
+#[derive(Default)]
+struct Scopes {
+    known: Mutex<puffin::ScopeCollection>,
+    /// A frame with new scopes was dropped: the next one carries them all.
+    resend: AtomicBool,
 }
 
 /// Why the puffin server did not start.
@@ -95,15 +113,32 @@ impl PuffinServer {
                 .spawn(move || accept_loop(&listener, &clients, &stop))
                 .map_err(PuffinServerError::Thread)?;
         }
+        let scopes = Arc::new(Scopes::default());
         let (frames, encoder_rx) = sync_channel::<Arc<puffin::FrameData>>(ENCODE_QUEUE);
-        std::thread::Builder::new()
-            .name("neurograph-puffin-encode".into())
-            .spawn(move || encode_loop(&encoder_rx, &clients))
-            .map_err(PuffinServerError::Thread)?;
+        let encoder = {
+            let scopes = scopes.clone();
+            std::thread::Builder::new()
+                .name("neurograph-puffin-encode".into())
+                .spawn(move || encode_loop(&encoder_rx, &clients, &scopes))
+        };
+        if let Err(e) = encoder {
+            stop.store(true, Ordering::Relaxed);
+            return Err(PuffinServerError::Thread(e));
+        }
         // The sink runs on the thread that ends a frame (the tick's thread):
-        // it only hands the frame on, or drops it if the encoder is behind.
+        // it records new scopes and hands the frame on, or drops it if the
+        // encoder is behind.
         let sink = puffin::GlobalProfiler::lock().add_sink(Box::new(move |frame| {
-            let _ = frames.try_send(frame);
+            let new_scopes = !frame.scope_delta.is_empty();
+            if new_scopes {
+                let mut known = scopes.known.lock().unwrap_or_else(|e| e.into_inner());
+                for s in &frame.scope_delta {
+                    known.insert(s.clone());
+                }
+            }
+            if frames.try_send(frame).is_err() && new_scopes {
+                scopes.resend.store(true, Ordering::Relaxed);
+            }
         }));
         Ok(Self {
             addr: bound,
@@ -149,6 +184,8 @@ fn accept_loop(listener: &TcpListener, clients: &Mutex<Clients>, stop: &AtomicBo
 
 fn admit(stream: TcpStream, addr: SocketAddr, clients: &Mutex<Clients>) {
     let mut c = lock(clients);
+    // Viewers that went away free their slots.
+    c.list.retain(|client| !client.thread.is_finished());
     if c.list.len() >= MAX_CLIENTS {
         tracing::warn!(%addr, limit = MAX_CLIENTS, "puffin server: too many viewers; closing");
         return;
@@ -162,37 +199,56 @@ fn admit(stream: TcpStream, addr: SocketAddr, clients: &Mutex<Clients>) {
     let spawned = std::thread::Builder::new()
         .name("neurograph-puffin-client".into())
         .spawn(move || client_loop(&rx, stream, addr));
-    if spawned.is_ok() {
-        c.list.push(Client { addr, queue });
+    if let Ok(thread) = spawned {
+        c.list.push(Client {
+            addr,
+            queue,
+            dropped_in_a_row: 0,
+            thread,
+        });
         c.send_all_scopes = true;
     }
 }
 
-fn encode_loop(frames: &Receiver<Arc<puffin::FrameData>>, clients: &Mutex<Clients>) {
-    let mut scopes = puffin::ScopeCollection::default();
+fn encode_loop(
+    frames: &Receiver<Arc<puffin::FrameData>>,
+    clients: &Mutex<Clients>,
+    scopes: &Scopes,
+) {
     while let Ok(frame) = frames.recv() {
-        for s in &frame.scope_delta {
-            scopes.insert(s.clone());
-        }
         // Encoded under the lock, so a viewer that joins meanwhile waits for
         // the next frame, which carries every scope.
         let mut c = lock(clients);
         if c.list.is_empty() {
             continue;
         }
-        let all_scopes = c.send_all_scopes;
+        let all_scopes = c.send_all_scopes | scopes.resend.swap(false, Ordering::Relaxed);
+        let known = all_scopes.then(|| {
+            scopes
+                .known
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        });
         let mut packet = PROTOCOL_VERSION.to_le_bytes().to_vec();
-        if let Err(e) = frame.write_into(all_scopes.then_some(&scopes), &mut packet) {
+        if let Err(e) = frame.write_into(known.as_ref(), &mut packet) {
             tracing::warn!(error = %e, "puffin server: cannot encode a frame");
             continue;
         }
         c.send_all_scopes = false;
         let packet: Packet = packet.into();
-        c.list.retain(|client| match client.queue.try_send(packet.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                tracing::debug!(addr = %client.addr, "puffin viewer is behind; dropping a frame");
+        c.list.retain_mut(|client| match client.queue.try_send(packet.clone()) {
+            Ok(()) => {
+                client.dropped_in_a_row = 0;
                 true
+            }
+            Err(TrySendError::Full(_)) => {
+                client.dropped_in_a_row += 1;
+                let keep = client.dropped_in_a_row < MAX_DROPPED_IN_A_ROW;
+                if !keep {
+                    tracing::info!(addr = %client.addr, "puffin viewer too slow; disconnecting it");
+                }
+                keep
             }
             Err(TrySendError::Disconnected(_)) => false,
         });
@@ -200,10 +256,32 @@ fn encode_loop(frames: &Receiver<Arc<puffin::FrameData>>, clients: &Mutex<Client
 }
 
 fn client_loop(queue: &Receiver<Packet>, mut stream: TcpStream, addr: SocketAddr) {
-    while let Ok(packet) = queue.recv() {
-        if let Err(e) = stream.write_all(&packet) {
-            tracing::info!(%addr, error = %e, "puffin viewer disconnected");
-            return;
+    loop {
+        match queue.recv_timeout(Duration::from_secs(1)) {
+            Ok(packet) => {
+                if let Err(e) = stream.write_all(&packet) {
+                    tracing::info!(%addr, error = %e, "puffin viewer disconnected");
+                    return;
+                }
+            }
+            // No frame for a while: notice a viewer that has gone, so that
+            // its slot frees up.
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if peer_closed(&stream) {
+                    return;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
     }
+}
+
+/// Whether the viewer closed its end (a viewer sends nothing; a read that
+/// returns 0 bytes means it is gone).
+fn peer_closed(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    stream
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .is_ok()
+        && matches!(stream.peek(&mut byte), Ok(0))
 }

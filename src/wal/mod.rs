@@ -379,15 +379,23 @@ fn not_leftovers(segments: &[WalFile], snapshots: &[WalFile]) -> Option<String> 
                 seg.path.display()
             ));
         }
-        let bytes = std::fs::read(&seg.path).unwrap_or_default();
-        let header_ok = format::decode_segment_header(&bytes).is_ok();
-        let torn_header = bytes.len() < format::SEGMENT_HEADER_LEN;
-        if !(header_ok || torn_header) || format::has_valid_record(&bytes) {
+        let bytes = match std::fs::read(&seg.path) {
+            Ok(b) => b,
+            Err(e) => return Some(format!("{} (cannot be read: {e})", seg.path.display())),
+        };
+        // As recovery judges a last segment: a header that is whole, or torn
+        // (short, zeroed, failing its CRC), and no record after it.
+        let header = format::decode_segment_header(&bytes);
+        let torn = matches!(
+            header,
+            Err(HeaderError::Short(_) | HeaderError::Crc | HeaderError::Magic)
+        );
+        if !(header.is_ok() || torn) || format::has_valid_record(&bytes) {
             return Some(format!(
                 "{} ({} bytes{})",
                 seg.path.display(),
                 bytes.len(),
-                if header_ok {
+                if header.is_ok() {
                     ", with records"
                 } else {
                     ", not a segment"
@@ -976,17 +984,24 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
             });
         }
         let issues = format::order_issues(&scan.records);
-        if let Some(bad) = issues
-            .iter()
-            .find(|i| !matches!(i, format::OrderIssue::Duplicate { .. }))
-        {
+        // Records up to the snapshot are not replayed: only later ones must
+        // be in order.
+        if let Some(bad) = issues.iter().find(|i| match i {
+            format::OrderIssue::Duplicate { .. } => false,
+            format::OrderIssue::Conflict { tick, .. }
+            | format::OrderIssue::Backwards { tick, .. } => *tick > base,
+        }) {
             return Err(WalError::OutOfOrder {
                 path: seg.path.clone(),
                 issue: *bad,
             });
         }
         // Exact copies are skipped; a run of them that ends the log is cut.
-        let copies: Vec<usize> = issues.iter().map(format::OrderIssue::offset).collect();
+        let copies: std::collections::HashSet<usize> = issues
+            .iter()
+            .filter(|i| matches!(i, format::OrderIssue::Duplicate { .. }))
+            .map(format::OrderIssue::offset)
+            .collect();
         let trailing = scan
             .records
             .iter()
@@ -994,7 +1009,10 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
             .take_while(|r| copies.contains(&r.offset))
             .last()
             .map(|r| (r.offset, r.tick));
-        for issue in &issues {
+        for issue in issues
+            .iter()
+            .filter(|i| matches!(i, format::OrderIssue::Duplicate { .. }))
+        {
             report
                 .duplicates_skipped
                 .push(format!("{}: {issue}", seg.path.display()));
