@@ -711,6 +711,7 @@ pub fn observe_overhead(
         sim.world_mut().insert_resource(ObserveSettings {
             metrics: v.metrics,
             black_box: v.black_box,
+            ..Default::default()
         });
         load_world(&mut sim, &o.scenario, o.tokens, 42, warm.as_ref())?;
         if v.wal {

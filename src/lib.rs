@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod backend;
+#[cfg(feature = "cli")]
 pub mod benchmarks;
 pub mod cdna;
 pub mod commands;
@@ -16,9 +18,11 @@ pub mod math;
 pub mod observe;
 pub mod paths;
 pub mod physics;
+#[cfg(feature = "cli")]
 pub mod plot;
 pub mod plugin;
 pub mod registry;
+#[cfg(feature = "cli")]
 pub mod runner;
 pub mod scenario;
 pub mod sim;

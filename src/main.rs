@@ -1,5 +1,7 @@
 //! `neurograph`: the command-line front end.
 
+#![forbid(unsafe_code)]
+
 use clap::{Args, Parser, Subcommand};
 use neurograph::cdna::{Cdna, Profile};
 use neurograph::runner::{self, RunConfig, RunOptions};

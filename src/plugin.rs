@@ -268,10 +268,13 @@ pub fn run_sim_tick(world: &mut World) {
     crate::observe::run_tick(world);
 }
 
-/// Closes the tick: puffin (when profiling is on) starts a new frame.
-pub fn end_tick() {
+/// Closes the tick: puffin (when profiling is on, and unless the host marks
+/// its own frames: [`ObserveSettings::puffin_frames`](crate::observe::ObserveSettings))
+/// starts a new frame.
+pub fn end_tick(settings: Option<Res<crate::observe::ObserveSettings>>) {
     crate::profile_system!("end_tick");
-    if puffin::are_scopes_on() {
+    let ours = settings.is_none_or(|s| s.puffin_frames);
+    if ours && puffin::are_scopes_on() {
         puffin::GlobalProfiler::lock().new_frame();
     }
 }

@@ -1,4 +1,5 @@
 //! The `neurograph` binary: default run, JSON summary, and clear errors (never a panic).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! moments; after each kill `neurograph recover` must succeed, must not lose a
 //! tick the durability policy promised (the child prints `durable TICK` after
 //! each fsync), and must reach the digest an uninterrupted run has at that tick.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -65,6 +65,7 @@ fn gpu_available() -> bool {
     pair(&settings).is_some()
 }
 
+#[cfg(feature = "cli")]
 /// `run` arguments for `tokens` tokens up to tick `ticks` on `backend`,
 /// journaled in `wal` with a snapshot every `every` ticks.
 fn wal_run<'a>(
@@ -584,6 +585,7 @@ fn links_learn_the_same_way() {
     );
 }
 
+#[cfg(feature = "cli")]
 fn neurograph(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_neurograph"))
         .args(args)
@@ -591,6 +593,7 @@ fn neurograph(args: &[&str]) -> std::process::Output {
         .expect("the binary runs")
 }
 
+#[cfg(feature = "cli")]
 fn json_of(out: &std::process::Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| {
@@ -601,6 +604,7 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
     })
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn run_backend_gpu_json_end_to_end() {
     if !gpu_available() {
@@ -640,6 +644,7 @@ fn run_backend_gpu_json_end_to_end() {
     assert!((ga - ca).abs() <= 0.05, "ARI {ga} vs {ca}");
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn auto_uses_a_hardware_gpu_or_warns_and_runs_on_the_cpu() {
     let out = neurograph(&[
@@ -670,6 +675,7 @@ fn auto_uses_a_hardware_gpu_or_warns_and_runs_on_the_cpu() {
     }
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn a_gpu_wal_replays_and_verifies_on_the_gpu() {
     if !gpu_available() {
@@ -721,6 +727,7 @@ fn an_embedder_can_choose_the_backend_resource() {
     assert!(b.error().is_none());
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn gpu_phases_reach_the_metrics_and_failures_the_black_box() {
     let Some((_, mut gpu)) = pair(&settings) else {
@@ -901,6 +908,7 @@ fn a_wal_mixing_gpu_and_cpu_ticks_replays_each_on_its_own_backend() {
     );
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn a_gpu_run_that_loses_its_gpu_stops_with_its_wal_whole() {
     if !gpu_available() {
@@ -947,6 +955,7 @@ fn a_gpu_run_that_loses_its_gpu_stops_with_its_wal_whole() {
     assert_eq!(j["backend"], "gpu");
 }
 
+#[cfg(feature = "cli")]
 /// `neurograph` with Vulkan shown no driver at all (the loader's own variable).
 fn neurograph_without_gpu(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_neurograph"))
@@ -957,6 +966,7 @@ fn neurograph_without_gpu(args: &[&str]) -> std::process::Output {
         .expect("the binary runs")
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn gpu_ticks_need_a_gpu_to_replay_and_say_so() {
     if !gpu_available() {

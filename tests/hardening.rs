@@ -3,6 +3,7 @@
 //! scrapers and viewers, an input named by another path, coordinates far from
 //! the origin, output paths checked only after the work, and a duplicated WAL
 //! record.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -15,6 +15,7 @@ use neurograph::spatial::{NeighborList, SearchInput};
 use neurograph::systems::{GroupEntities, OrganizeStats};
 use neurograph::wal::snapshot::{capture, restore};
 use std::collections::{BTreeSet, HashMap};
+#[cfg(feature = "cli")]
 use std::path::Path;
 
 /// Reference friends-of-friends: every pair, union-find, components of at least
@@ -463,6 +464,7 @@ fn ari_reference_values() {
     assert!((v - 0.242_424_242_424).abs() < 1e-9, "{v}");
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn the_default_run_recovers_the_planted_hierarchy() {
     // The README's main job, as is: clusters, 10K tokens, 300 ticks.
@@ -478,6 +480,7 @@ fn the_default_run_recovers_the_planted_hierarchy() {
     assert!(v["links_pruned"].is_u64());
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn input_files_with_labels_are_scored_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -536,6 +539,7 @@ fn input_files_with_labels_are_scored_too() {
     assert!(v["groups_per_level"].is_array());
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn inspect_tree_and_plot_read_a_wal_and_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();

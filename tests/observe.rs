@@ -1,6 +1,7 @@
 //! Observability and resilience: puffin frames over TCP, the Prometheus
 //! endpoint, the trace sampler, the black box, and recovery from a panicking
 //! tick (through the test-only fault hook).
+#![cfg(feature = "cli")]
 
 mod common;
 
@@ -399,6 +400,7 @@ fn embedders_get_the_metrics_through_their_own_recorder() {
     sim.world_mut().insert_resource(ObserveSettings {
         metrics: false,
         black_box: true,
+        ..Default::default()
     });
     metrics::with_local_recorder(&recorder, || sim.run(3));
     assert!(!handle.render().contains("neurograph_tick"));
@@ -447,6 +449,7 @@ fn observing_changes_nothing_in_the_state() {
     bare.world_mut().insert_resource(ObserveSettings {
         metrics: false,
         black_box: false,
+        ..Default::default()
     });
     bare.run(15);
     let mut watched = small_sim();

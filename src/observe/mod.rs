@@ -16,6 +16,7 @@
 
 pub mod blackbox;
 pub mod metrics;
+#[cfg(feature = "cli")]
 pub mod puffin_stream;
 pub mod sampler;
 
@@ -55,6 +56,11 @@ pub struct ObserveSettings {
     pub metrics: bool,
     /// Record notable events in the [`BlackBox`].
     pub black_box: bool,
+    /// End a puffin frame after every tick (when puffin's scopes are on). A host
+    /// that marks frames in its own loop (`puffin::GlobalProfiler::lock().new_frame()`
+    /// once per rendered frame) turns this off, so that its frames are not cut
+    /// in two by ours.
+    pub puffin_frames: bool,
 }
 
 impl ObserveSettings {
@@ -62,6 +68,7 @@ impl ObserveSettings {
     pub const QUIET: Self = Self {
         metrics: false,
         black_box: false,
+        puffin_frames: true,
     };
 }
 
@@ -70,6 +77,7 @@ impl Default for ObserveSettings {
         Self {
             metrics: true,
             black_box: true,
+            puffin_frames: true,
         }
     }
 }

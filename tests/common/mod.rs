@@ -108,6 +108,7 @@ pub fn assert_forces_match_reference(sim: &mut Simulation) {
 }
 
 /// The `neurograph` binary of this build.
+#[cfg(feature = "cli")]
 pub fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_neurograph"))
 }
