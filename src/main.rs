@@ -414,9 +414,11 @@ struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = runner::DEFAULT_PANIC_RETRIES)]
     panic_retries: u32,
     /// Test-only fault hook: make tick TICK panic (once).
+    #[cfg(feature = "fault-injection")]
     #[arg(long, value_name = "TICK", hide = true)]
     fault_panic_at: Option<u64>,
     /// Test-only fault hook: the GPU backend fails as tick TICK starts.
+    #[cfg(feature = "fault-injection")]
     #[arg(
         long,
         value_name = "TICK",
@@ -537,6 +539,7 @@ fn run(
         panic_retries: args.panic_retries,
         trace,
         live: Some(live),
+        #[cfg(feature = "fault-injection")]
         fault: args
             .fault_panic_at
             .map(neurograph::observe::FaultHook::panic_at)

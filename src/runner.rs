@@ -8,7 +8,7 @@ use crate::config::{Backend, Quotas, SimConfig};
 use crate::hierarchy::{self, GroupEvents};
 use crate::input::{InputError, load_csv};
 use crate::observe::{
-    BlackBox, EventKind, FaultHook, Live, LiveStatus, ObserveSettings, SamplerStats, TraceControl,
+    BlackBox, EventKind, Live, LiveStatus, ObserveSettings, SamplerStats, TraceControl,
 };
 use crate::registry::TokenRegistry;
 use crate::scenario::GroundTruth;
@@ -102,8 +102,9 @@ pub struct RunOptions {
     pub trace: Option<TraceControl>,
     /// Live figures for `/health`.
     pub live: Option<Arc<LiveStatus>>,
-    /// Test-only: make this tick panic once.
-    pub fault: Option<FaultHook>,
+    /// Test-only (feature `fault-injection`): make this tick panic once.
+    #[cfg(feature = "fault-injection")]
+    pub fault: Option<crate::observe::FaultHook>,
     /// The force backend asked for by the command (`--backend`). A run that
     /// resumes a WAL goes on with it, or, when `None`, with the backend the WAL
     /// started with (its manifest). New runs use `config.sim.backend`.
@@ -127,6 +128,7 @@ impl Default for RunOptions {
             observe: ObserveSettings::default(),
             trace: None,
             live: None,
+            #[cfg(feature = "fault-injection")]
             fault: None,
             backend: None,
         }
@@ -923,6 +925,7 @@ fn equip(sim: &mut Simulation, opts: &RunOptions, bb: BlackBox) {
         l.clear();
         world.insert_resource(Live(l.clone()));
     }
+    #[cfg(feature = "fault-injection")]
     if let Some(f) = &opts.fault {
         world.insert_resource(f.clone());
     }

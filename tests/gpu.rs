@@ -908,6 +908,7 @@ fn a_wal_mixing_gpu_and_cpu_ticks_replays_each_on_its_own_backend() {
     );
 }
 
+#[cfg(feature = "fault-injection")]
 #[cfg(feature = "cli")]
 #[test]
 fn a_gpu_run_that_loses_its_gpu_stops_with_its_wal_whole() {

@@ -230,6 +230,7 @@ fn metrics_endpoint_serves_moving_figures_health_and_a_dump_on_sigusr1() {
     assert!(run.0.try_wait().unwrap().is_none(), "the run goes on");
 }
 
+#[cfg(feature = "fault-injection")]
 #[test]
 fn a_panicking_tick_without_a_wal_exits_70_and_leaves_a_dump_and_a_trace() {
     let dir = tempfile::tempdir().unwrap();
@@ -267,6 +268,7 @@ fn a_panicking_tick_without_a_wal_exits_70_and_leaves_a_dump_and_a_trace() {
     );
 }
 
+#[cfg(feature = "fault-injection")]
 #[test]
 fn a_panicking_tick_with_a_wal_recovers_to_the_digest_of_a_clean_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -509,6 +511,7 @@ fn a_panic_on_a_rayon_worker_keeps_its_tick_in_the_trace() {
     assert_eq!(ev["fields"]["panic"], "a worker fails");
 }
 
+#[cfg(feature = "fault-injection")]
 #[test]
 fn after_a_recovery_the_counters_count_each_tick_and_record_once() {
     use neurograph::observe::FaultHook;

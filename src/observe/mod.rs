@@ -11,7 +11,7 @@
 //!   [`metrics`] through the `metrics` facade, to whatever recorder is installed.
 //! - **black box**: the same system feeds the [`BlackBox`] ring buffer with the
 //!   tick's notable events.
-//! - **faults**: a test-only [`FaultHook`] makes a chosen tick panic once, so that
+//! - **faults**: a test-only `FaultHook` (feature `fault-injection`) makes a chosen tick panic once, so that
 //!   the runner's recovery can be tested.
 
 pub mod blackbox;
@@ -35,6 +35,7 @@ use bevy_app::{App, Plugin};
 use bevy_ecs::prelude::*;
 use std::fmt::Write as _;
 use std::sync::Arc;
+#[cfg(feature = "fault-injection")]
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Opens a system: a puffin function scope and a tracing span named `$name`
@@ -97,8 +98,10 @@ pub struct TraceControl {
 #[derive(Resource, Clone, Debug, Default)]
 pub struct Live(pub Arc<LiveStatus>);
 
-/// A test-only fault: the tick `tick` panics (between `Ingest` and
-/// `Forces`), once per hook, however often the world is rebuilt with it.
+/// A test-only fault (feature `fault-injection`): the tick `tick` panics
+/// (between `Ingest` and `Forces`), once per hook, however often the world is
+/// rebuilt with it.
+#[cfg(feature = "fault-injection")]
 #[derive(Resource, Clone, Debug)]
 pub struct FaultHook {
     /// The tick that panics (or loses its GPU).
@@ -108,6 +111,7 @@ pub struct FaultHook {
     fired: Arc<AtomicBool>,
 }
 
+#[cfg(feature = "fault-injection")]
 impl FaultHook {
     /// A hook that makes tick `panic_at` panic once.
     pub fn panic_at(tick: u64) -> Self {
@@ -132,6 +136,7 @@ impl FaultHook {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 fn fault_hook(
     hook: Option<Res<FaultHook>>,
     clock: Res<SimClock>,
@@ -157,7 +162,7 @@ fn fault_hook(
 }
 
 /// Adds the `observe` system to [`SimSystems::Observe`], the [`BlackBox`] and
-/// [`ObserveSettings`], and the [`FaultHook`] check.
+/// [`ObserveSettings`], and (feature `fault-injection`) the `FaultHook` check.
 #[derive(Clone, Debug, Default)]
 pub struct ObservePlugin {
     /// Initial settings.
@@ -170,15 +175,18 @@ impl Plugin for ObservePlugin {
             .init_resource::<BlackBox>()
             .add_systems(
                 SimTick,
-                (
-                    observe
-                        .in_set(SimSystems::Observe)
-                        .before(crate::plugin::end_tick),
-                    fault_hook
-                        .after(SimSystems::Ingest)
-                        .before(SimSystems::Forces),
-                ),
+                observe
+                    .in_set(SimSystems::Observe)
+                    .before(crate::plugin::end_tick),
             );
+        // Only in builds for tests: no system runs for it otherwise.
+        #[cfg(feature = "fault-injection")]
+        app.add_systems(
+            SimTick,
+            fault_hook
+                .after(SimSystems::Ingest)
+                .before(SimSystems::Forces),
+        );
     }
 }
 
