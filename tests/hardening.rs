@@ -7,22 +7,14 @@
 
 mod common;
 
+use common::Running;
+
 use common::{bin, last_json};
 use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// Kills the child when dropped, so a failing test leaves no run behind.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Held while a child is forked: a child forked by another test thread would
 /// inherit, until it execs, the read end of the pipe the closed-stdout test

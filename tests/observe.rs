@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::Running;
+
 use common::{bin, json_of};
 use neurograph::observe::{BlackBox, EventKind, ObserveSettings};
 use neurograph::prelude::*;
@@ -12,16 +14,6 @@ use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-/// Kills the child when dropped, so a failing test leaves no run behind.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A long run with extra flags, stdout discarded, stderr piped.
 fn long_run(extra: &[&str]) -> Running {

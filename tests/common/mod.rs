@@ -128,3 +128,13 @@ pub fn json_of(out: &std::process::Output) -> serde_json::Value {
     );
     last_json(&String::from_utf8_lossy(&out.stdout))
 }
+
+/// Kills the child when dropped, so a failing test leaves no run behind.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
