@@ -772,8 +772,13 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
                     let mut out = std::io::stdout().lock();
                     if let Err(e) = writeln!(out, "durable {durable}").and_then(|()| out.flush()) {
                         // Whoever reads the reports is gone (or stdout is
-                        // full): stop cleanly, as on Ctrl-C.
-                        tracing::warn!(error = %e, "cannot report the durable tick; stopping");
+                        // full): stop cleanly, as on Ctrl-C; quietly when the
+                        // reader just went away.
+                        if e.kind() == std::io::ErrorKind::BrokenPipe {
+                            tracing::info!("stdout closed; stopping after this tick");
+                        } else {
+                            tracing::warn!(error = %e, "cannot report the durable tick; stopping");
+                        }
                         reader_gone = true;
                     }
                 }

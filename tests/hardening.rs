@@ -165,6 +165,7 @@ fn a_run_reporting_durable_ticks_stops_cleanly_when_its_reader_goes_away() {
         .read_to_string(&mut err)
         .unwrap();
     assert!(!err.contains("panicked"), "{err}");
+    assert!(err.trim().is_empty(), "it stops quietly: {err}");
     // Nothing promised is lost: the WAL recovers, with a clean tail, past the
     // last durable tick reported.
     let out = ok(&["recover", "--wal", "w", "--json"], dir.path());
