@@ -438,15 +438,21 @@ struct CdnaArgs {
     check: Option<PathBuf>,
 }
 
+/// The run configuration file's content, or the defaults without `--config`.
+fn load_run_config(args: &RunArgs) -> Result<RunConfig, String> {
+    match &args.config {
+        Some(p) => RunConfig::load(p).map_err(|e| e.to_string()),
+        None => Ok(RunConfig::default()),
+    }
+}
+
+/// `run`, with `config` read from `--config` (flags override it here).
 fn run(
     args: RunArgs,
+    mut config: RunConfig,
     trace: Option<neurograph::observe::SamplerHandle>,
 ) -> Result<Outcome, String> {
     let args_trace = args.trace.clone();
-    let mut config = match &args.config {
-        Some(p) => RunConfig::load(p).map_err(|e| e.to_string())?,
-        None => RunConfig::default(),
-    };
     macro_rules! over {
         ($($f:ident),*) => { $( if args.$f.is_some() { config.$f = args.$f.clone(); } )* };
     }
@@ -624,7 +630,7 @@ const EXIT_PANICKED: u8 = 70;
 /// Before any work (and before `--trace` creates its file): the files `run`
 /// writes can be written, none of them is a file the run reads (however named),
 /// and none lands in the WAL directory (which holds only the WAL's files).
-fn check_run_paths(args: &RunArgs) -> Result<(), String> {
+fn check_run_paths(args: &RunArgs, from_config: &RunConfig) -> Result<(), String> {
     use neurograph::paths::{check_output_file, in_directory, same_file};
     let trace = args
         .trace
@@ -636,10 +642,6 @@ fn check_run_paths(args: &RunArgs) -> Result<(), String> {
         ("--blackbox", args.blackbox.as_ref()),
     ];
     // The config file may name the input and the CDNA too.
-    let from_config = match &args.config {
-        Some(p) => RunConfig::load(p).map_err(|e| e.to_string())?,
-        None => RunConfig::default(),
-    };
     let inputs = [
         ("--input", args.input.as_ref()),
         ("--cdna", args.cdna.as_ref()),
@@ -1078,63 +1080,36 @@ fn generate(args: GenerateArgs) -> Result<Outcome, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
-    // A device or link (`/dev/null`, `/dev/stdout`) is written through.
-    let through =
-        args.out.symlink_metadata().is_ok() && !neurograph::paths::is_plain_file(&args.out);
-    let tmp = if through {
-        args.out.clone()
-    } else {
-        let mut name = args.out.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".tmp-{}", std::process::id()));
-        args.out.with_file_name(name)
-    };
-    let written = write_scenario_csv(sc, &args, &tmp, &stop);
-    let renamed = written.and_then(|n| match n {
-        Some(n) if !through => std::fs::rename(&tmp, &args.out)
-            .map(|()| Some(n))
-            .map_err(|e| format!("{}: {e}", args.out.display())),
-        other => Ok(other),
-    });
-    let remove_tmp = || {
-        if !through {
-            let _ = std::fs::remove_file(&tmp);
-        }
-    };
-    let n = match renamed {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            remove_tmp();
-            note!("interrupted: {} not written", args.out.display());
-            return Ok(Outcome::Interrupted);
-        }
-        Err(e) => {
-            remove_tmp();
-            return Err(e);
-        }
+    let written =
+        neurograph::paths::write_whole(&args.out, |out| write_scenario_csv(sc, &args, out, &stop))
+            .map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let Some(n) = written else {
+        note!("interrupted: {} not written", args.out.display());
+        return Ok(Outcome::Interrupted);
     };
     outln!("{}: {n} tokens of scenario {}", args.out.display(), sc.name);
     Ok(Outcome::Done)
 }
 
-/// Writes `args.tokens` tokens of `sc` as CSV to `path`; the count, or `None`
+/// Writes `args.tokens` tokens of `sc` as CSV to `out`; the count, or `None`
 /// when `stop` was set first.
 fn write_scenario_csv(
     sc: &neurograph::scenario::Scenario,
     args: &GenerateArgs,
-    path: &std::path::Path,
+    out: &mut impl std::io::Write,
     stop: &AtomicBool,
 ) -> Result<Option<u64>, String> {
     let params = neurograph::scenario::ScenarioParams {
         tokens: args.tokens,
         seed: args.seed,
     };
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", args.out.display());
-    let mut w = csv::Writer::from_path(path).map_err(|e| err(&e))?;
+    let err = |e: csv::Error| e.to_string();
+    let mut w = csv::Writer::from_writer(out);
     w.write_record([
         "x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "charge", "mass", "radius", "strength",
         "label", "group",
     ])
-    .map_err(|e| err(&e))?;
+    .map_err(err)?;
     let mut n = 0u64;
     for g in sc.stream(&params) {
         if n.is_multiple_of(4096) && stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1154,13 +1129,10 @@ fn write_scenario_csv(
         );
         row.push(g.label.map_or(String::new(), |l| l.to_string()));
         row.push(g.group.map_or(String::new(), |l| l.to_string()));
-        w.write_record(&row).map_err(|e| err(&e))?;
+        w.write_record(&row).map_err(err)?;
         n += 1;
     }
-    let file = w.into_inner().map_err(|e| err(&e.error()))?;
-    if neurograph::paths::is_plain_file(path) {
-        file.sync_all().map_err(|e| err(&e))?;
-    }
+    w.flush().map_err(|e| e.to_string())?;
     Ok(Some(n))
 }
 
@@ -1189,16 +1161,24 @@ fn main() -> ExitCode {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let cli = Cli::parse();
-    let (sampling, handle) = match &cli.command {
-        Command::Run(a) => match check_run_paths(a).and_then(|()| trace_layer(a)) {
-            Ok(Some((layer, handle))) => (Some(layer), Some(handle)),
-            Ok(None) => (None, None),
-            Err(e) => {
-                note!("error: {e}");
-                return ExitCode::FAILURE;
+    // A run's config file is read once, here: its paths are checked with the
+    // flags' before `--trace` is set up.
+    let (sampling, handle, config) = match &cli.command {
+        Command::Run(a) => {
+            let prepared = load_run_config(a).and_then(|config| {
+                check_run_paths(a, &config)?;
+                Ok((trace_layer(a)?, config))
+            });
+            match prepared {
+                Ok((Some((layer, handle)), config)) => (Some(layer), Some(handle), config),
+                Ok((None, config)) => (None, None, config),
+                Err(e) => {
+                    note!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-        },
-        _ => (None, None),
+        }
+        _ => (None, None, RunConfig::default()),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("NEUROGRAPH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -1215,7 +1195,7 @@ fn main() -> ExitCode {
         .with(sampling)
         .init();
     let result = match cli.command {
-        Command::Run(a) => run(*a, handle),
+        Command::Run(a) => run(*a, config, handle),
         Command::Scenarios => scenarios().map(|()| Outcome::Done),
         Command::Cdna(a) => cdna(a).map(|()| Outcome::Done),
         Command::Recover(a) => recover(a).map(|()| Outcome::Done),

@@ -110,20 +110,60 @@ pub fn check_output_file(path: &Path, extensions: &[&str]) -> Result<(), OutputP
             .open(path)
             .map_err(not_writable)?;
     }
-    let probe = dir.join(probe_name());
+    probe(&dir).map_err(not_writable)
+}
+
+/// Creates and removes a probe file in `dir`: whether it takes new files. The
+/// name ends in `.tmp`, which a WAL directory tolerates (and a WAL's creation
+/// clears), should a kill leave it behind.
+fn probe(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(format!(".neurograph-probe-{}.tmp", std::process::id()));
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(&probe)
-        .map_err(not_writable)?;
-    let _ = std::fs::remove_file(&probe);
+        .open(&path)?;
+    let _ = std::fs::remove_file(&path);
     Ok(())
 }
 
-/// The probe file's name: ends in `.tmp`, which a WAL directory tolerates
-/// (and a WAL's creation clears), should a kill leave it behind.
-fn probe_name() -> String {
-    format!(".neurograph-probe-{}.tmp", std::process::id())
+/// Writes the file at `path` whole or not at all: `write` fills a temporary
+/// file beside it, which is synced and renamed into place. A device or link
+/// (`/dev/null`, `/dev/stdout`) is written through instead. When `write`
+/// returns `Ok(None)` (it gave up, e.g. on Ctrl-C) or an error, the temporary
+/// file is removed and `path` is left as it was.
+///
+/// # Errors
+/// `write`'s error, or the I/O error of creating, syncing or renaming, as text.
+pub fn write_whole<T>(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<Option<T>, String>,
+) -> Result<Option<T>, String> {
+    use std::io::Write as _;
+    let through = path.symlink_metadata().is_ok() && !is_plain_file(path);
+    let tmp = if through {
+        path.to_path_buf()
+    } else {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".tmp-{}", std::process::id()));
+        path.with_file_name(name)
+    };
+    let written = (|| {
+        let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+        let mut out = std::io::BufWriter::new(file);
+        let Some(value) = write(&mut out)? else {
+            return Ok(None);
+        };
+        out.flush().map_err(|e| e.to_string())?;
+        if !through {
+            out.get_ref().sync_all().map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, path).map_err(|e| e.to_string())?;
+        }
+        Ok(Some(value))
+    })();
+    if !through && !matches!(written, Ok(Some(_))) {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Whether `path` is a regular file itself (not a link, a device or a pipe):
@@ -158,17 +198,10 @@ pub fn check_output_dir(dir: &Path) -> Result<(), OutputPathError> {
             dir: existing.into(),
         });
     }
-    let probe = existing.join(probe_name());
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-        .map_err(|source| OutputPathError::NotWritable {
-            path: dir.into(),
-            source,
-        })?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
+    probe(existing).map_err(|source| OutputPathError::NotWritable {
+        path: dir.into(),
+        source,
+    })
 }
 
 /// Whether `a` and `b` name the same file, by whatever paths (`./x` and `x`, a

@@ -195,41 +195,21 @@ pub fn plot_world(
     })
 }
 
-/// Writes RGB `pixels` as a PNG at `path`, through a temporary file in the same
-/// directory renamed into place.
+/// Writes RGB `pixels` as a PNG at `path`, whole or not at all
+/// ([`crate::paths::write_whole`]).
 fn write_png(path: &Path, pixels: &[u8], width: u32, height: u32) -> Result<(), PlotError> {
-    let err = |e: &dyn std::fmt::Display| PlotError::Write {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    // A device or link (`/dev/stdout`) is written through; a file is replaced
-    // whole, through a temporary file.
-    let through = path.symlink_metadata().is_ok() && !crate::paths::is_plain_file(path);
-    let tmp = if through {
-        path.to_path_buf()
-    } else {
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".tmp-{}", std::process::id()));
-        path.with_file_name(name)
-    };
-    let written = (|| {
-        let file = std::fs::File::create(&tmp).map_err(|e| err(&e))?;
-        let mut out = std::io::BufWriter::new(file);
-        let mut encoder = png::Encoder::new(&mut out, width, height);
+    crate::paths::write_whole(path, |out| {
+        let mut encoder = png::Encoder::new(out, width, height);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
-        let mut w = encoder.write_header().map_err(|e| err(&e))?;
-        w.write_image_data(pixels).map_err(|e| err(&e))?;
-        w.finish().map_err(|e| err(&e))?;
-        let file = out.into_inner().map_err(|e| err(&e.error()))?;
-        if through {
-            return Ok(());
-        }
-        file.sync_all().map_err(|e| err(&e))?;
-        std::fs::rename(&tmp, path).map_err(|e| err(&e))
-    })();
-    if written.is_err() && !through {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+        let mut w = encoder.write_header().map_err(|e| e.to_string())?;
+        w.write_image_data(pixels).map_err(|e| e.to_string())?;
+        w.finish().map_err(|e| e.to_string())?;
+        Ok(Some(()))
+    })
+    .map(|_| ())
+    .map_err(|reason| PlotError::Write {
+        path: path.to_path_buf(),
+        reason,
+    })
 }

@@ -173,6 +173,15 @@ pub enum HeaderError {
     Version(u32),
 }
 
+impl HeaderError {
+    /// Whether the header may be a torn write (short, zeroed, failing its CRC)
+    /// rather than another format's: with no record after it, a segment whose
+    /// creation never reached the disk.
+    pub fn may_be_torn(&self) -> bool {
+        matches!(self, Self::Short(_) | Self::Crc | Self::Magic)
+    }
+}
+
 /// Decodes a segment header; returns the first tick.
 pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, HeaderError> {
     if bytes.len() < SEGMENT_HEADER_LEN {

@@ -386,10 +386,7 @@ fn not_leftovers(segments: &[WalFile], snapshots: &[WalFile]) -> Option<String> 
         // As recovery judges a last segment: a header that is whole, or torn
         // (short, zeroed, failing its CRC), and no record after it.
         let header = format::decode_segment_header(&bytes);
-        let torn = matches!(
-            header,
-            Err(HeaderError::Short(_) | HeaderError::Crc | HeaderError::Magic)
-        );
+        let torn = header.as_ref().is_err_and(HeaderError::may_be_torn);
         if !(header.is_ok() || torn) || format::has_valid_record(&bytes) {
             return Some(format!(
                 "{} ({} bytes{})",
@@ -949,9 +946,7 @@ pub fn recover(dir: &Path, opts: &RecoverOptions) -> Result<Recovery, WalError> 
             Ok(t) => t,
             // A last segment whose header never fully reached the disk, and
             // which holds no record: a torn creation.
-            Err(e @ (HeaderError::Short(_) | HeaderError::Crc | HeaderError::Magic))
-                if last && !format::has_valid_record(&bytes) =>
-            {
+            Err(e) if e.may_be_torn() && last && !format::has_valid_record(&bytes) => {
                 report.bytes_dropped += bytes.len() as u64;
                 report.tail = Some(format!(
                     "{}: segment header torn ({}), no record after it",
