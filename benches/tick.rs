@@ -7,10 +7,10 @@
 //! its warm-up about half an hour; it runs only with `NEUROGRAPH_BENCH_1M=1`.
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use neurograph::geometry::spatial::{KdTree, NeighborList, SearchInput};
 use neurograph::physics::{ForceParams, LinkTable, TokenParams, reference_forces};
 use neurograph::prelude::*;
 use neurograph::scenario::{self, ScenarioParams};
-use neurograph::spatial::{KdTree, NeighborList, SearchInput};
 use neurograph::systems::{ForceBuffers, compute_densities, compute_forces};
 use std::time::Duration;
 

@@ -11,9 +11,9 @@
 //!
 //! Run: `cargo run --release --example calibrate_density [TICKS]` (default 600).
 
+use neurograph::model::registry::SimRng;
 use neurograph::physics::{DENSITY_PER_NEIGHBOR, target_density};
 use neurograph::prelude::*;
-use neurograph::registry::SimRng;
 use neurograph::scenario::{self, ScenarioParams};
 
 fn main() {

@@ -9,7 +9,7 @@
 use bevy_app::{App, Update};
 use bevy_ecs::prelude::*;
 use neurograph::prelude::*;
-use neurograph::registry::SimClock;
+use neurograph::schedule::SimClock;
 use std::time::Duration;
 
 /// A host system: reads positions after `Integrate`, every tick.
@@ -25,7 +25,7 @@ fn report_spread(tokens: Query<&Position>, clock: Res<SimClock>) {
 }
 
 /// A host system in `Update`: spawns a burst of tokens through the command queue.
-fn feed(mut queue: ResMut<neurograph::commands::CommandQueue>, mut fed: Local<bool>) {
+fn feed(mut queue: ResMut<neurograph::model::commands::CommandQueue>, mut fed: Local<bool>) {
     if !*fed {
         let specs = (0..500)
             .map(|i| {

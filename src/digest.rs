@@ -4,10 +4,11 @@
 //! in id order, so it does not depend on
 //! entity ids, table order or thread count. The WAL checks replays against it.
 
-use crate::cdna::{Cdna, CdnaHistory};
-use crate::components::*;
-use crate::plugin::ComputePool;
-use crate::registry::{LinkGraph, SimClock, SimRng, TokenRegistry};
+use crate::model::cdna::{Cdna, CdnaHistory};
+use crate::model::components::*;
+use crate::model::registry::{LinkGraph, SimRng, TokenRegistry};
+use crate::schedule::ComputePool;
+use crate::schedule::SimClock;
 use bevy_ecs::prelude::*;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
@@ -228,7 +229,7 @@ pub fn state_digest(world: &mut World) -> StateDigest {
         links.push(l.kind as u8);
     }
     h.update(&xxh3_64(&links).to_le_bytes());
-    if let Some(hier) = world.get_resource::<crate::hierarchy::Hierarchy>() {
+    if let Some(hier) = world.get_resource::<crate::geometry::hierarchy::Hierarchy>() {
         h.update(&hierarchy_hash(hier).to_le_bytes());
     }
     StateDigest(h.digest())
@@ -236,7 +237,7 @@ pub fn state_digest(world: &mut World) -> StateDigest {
 
 /// The hierarchy's share of the digest: every group, the id counter and the
 /// detection tick. (`ChildOf` mirrors it; the event counters are statistics.)
-fn hierarchy_hash(hier: &crate::hierarchy::Hierarchy) -> u64 {
+fn hierarchy_hash(hier: &crate::geometry::hierarchy::Hierarchy) -> u64 {
     let mut b: Vec<u8> = Vec::new();
     b.extend_from_slice(&hier.next_group.to_le_bytes());
     b.extend_from_slice(&hier.last_organized.map_or(u64::MAX, |t| t).to_le_bytes());
@@ -271,8 +272,8 @@ fn hierarchy_hash(hier: &crate::hierarchy::Hierarchy) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::math::Vec8;
-    use crate::plugin::ComputePool;
+    use crate::model::math::Vec8;
+    use crate::schedule::ComputePool;
 
     fn bundle(i: u64) -> TokenBundle {
         let f = i as f32;

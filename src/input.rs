@@ -6,10 +6,10 @@
 //! appearance. Every row is checked against the CDNA; an error names the line, the
 //! column, the value and the limit.
 
-use crate::cdna::Cdna;
-use crate::commands::{CommandError, validate_token};
-use crate::components::TokenSpec;
-use crate::math::Vec8;
+use crate::model::cdna::Cdna;
+use crate::model::commands::{CommandError, validate_token};
+use crate::model::components::TokenSpec;
+use crate::model::math::Vec8;
 use crate::scenario::{GroundTruth, ScenarioData};
 use std::collections::HashMap;
 use std::path::Path;
@@ -68,6 +68,10 @@ pub enum InputError {
 const OPTIONAL: [&str; 6] = ["charge", "mass", "radius", "strength", "label", "group"];
 
 /// Loads tokens (and ground truth, if the file has `label`/`group`) from a CSV file.
+///
+/// # Errors
+/// [`InputError::Io`] when the file is a directory or cannot be opened; otherwise
+/// whatever [`read_csv`] returns for its contents.
 pub fn load_csv(path: &Path, cdna: &Cdna) -> Result<ScenarioData, InputError> {
     let p = path.display().to_string();
     if path.is_dir() {
@@ -147,6 +151,13 @@ pub fn content_hash(path: &Path) -> Result<u64, InputError> {
 }
 
 /// [`load_csv`] over any reader; `origin` names it in errors.
+///
+/// # Errors
+/// [`InputError::Header`] when the header cannot be read, has an unknown or repeated
+/// column, or lacks one of `x0`…`x7`; [`InputError::Row`] when a row cannot be read
+/// (malformed, wrong field count, a read error, or a line over [`MAX_LINE_BYTES`]);
+/// [`InputError::Cell`] when a value is not a number or the CDNA refuses the token;
+/// [`InputError::Empty`] when there are no rows.
 pub fn read_csv(
     reader: impl std::io::Read,
     origin: &str,

@@ -3,8 +3,8 @@
 #![forbid(unsafe_code)]
 
 use clap::{Args, Parser, Subcommand};
-use neurograph::cdna::{Cdna, Profile};
-use neurograph::runner::{self, RunConfig, RunOptions};
+use neurograph::app::runner::{self, RunConfig, RunOptions};
+use neurograph::model::cdna::{Cdna, Profile};
 use neurograph::scenario::SCENARIOS;
 use neurograph::wal::{self, Durability, RecoverOptions};
 use std::io::IsTerminal;
@@ -132,10 +132,14 @@ struct SteadyBenchArgs {
     seed: u64,
     /// Force backend: cpu or gpu.
     #[arg(long, default_value = "cpu")]
-    backend: neurograph::config::Backend,
+    backend: neurograph::model::config::Backend,
     /// Print the report as one JSON object (windows still go to stderr).
     #[arg(long)]
     json: bool,
+    /// Print the summary as one row of the steady-state table of
+    /// docs/performance.md (with its header), instead of the text.
+    #[arg(long, conflicts_with = "json")]
+    markdown: bool,
 }
 
 #[derive(Args)]
@@ -346,7 +350,7 @@ struct RunArgs {
     /// CPU with a warning). A resumed WAL goes on with the backend given here,
     /// else with the one it was started with; each tick replays on its own.
     #[arg(long, value_name = "BACKEND")]
-    backend: Option<neurograph::config::Backend>,
+    backend: Option<neurograph::model::config::Backend>,
     /// CDNA file (TOML).
     #[arg(long, conflicts_with = "profile")]
     cdna: Option<PathBuf>,
@@ -453,35 +457,7 @@ fn run(
     trace: Option<neurograph::observe::SamplerHandle>,
 ) -> Result<Outcome, String> {
     let args_trace = args.trace.clone();
-    macro_rules! over {
-        ($($f:ident),*) => { $( if args.$f.is_some() { config.$f = args.$f.clone(); } )* };
-    }
-    over!(scenario, tokens, ticks, seed, cdna, profile, input);
-    // A flag replaces what the config file says about the same thing.
-    if args.cdna.is_some() {
-        config.profile = None;
-    }
-    if args.profile.is_some() {
-        config.cdna = None;
-    }
-    if args.input.is_some() {
-        (config.scenario, config.tokens) = (None, None);
-    }
-    if args.scenario.is_some() || args.tokens.is_some() {
-        config.input = None;
-    }
-    if let Some(t) = args.threads {
-        config.sim.threads = t;
-    }
-    if let Some(b) = args.backend {
-        config.sim.backend = b;
-    }
-    if let Some(d) = args.durability {
-        config.wal.durability = d;
-    }
-    if let Some(s) = args.snapshot_every {
-        config.wal.snapshot_every = s;
-    }
+    apply_run_flags(&args, &mut config);
     let interrupt = Arc::new(AtomicBool::new(false));
     let flag = interrupt.clone();
     if let Err(e) =
@@ -495,31 +471,9 @@ fn run(
     {
         tracing::warn!(error = %e, "SIGUSR1 will not dump the black box");
     }
-    let _puffin = match &args.puffin {
-        Some(addr) => {
-            let server = neurograph::observe::puffin_stream::PuffinServer::start(addr)
-                .map_err(|e| e.to_string())?;
-            puffin::set_scopes_on(true);
-            note!(
-                "puffin: serving frames on {0}; view them with `puffin_viewer --url {0}`",
-                server.addr()
-            );
-            Some(server)
-        }
-        None => None,
-    };
     let live = Arc::new(neurograph::observe::LiveStatus::default());
-    let _metrics = match &args.metrics {
-        Some(addr) => {
-            let handle = neurograph::observe::metrics::install_prometheus()?;
-            let server =
-                neurograph::observe::metrics::MetricsServer::start(addr, handle, live.clone())
-                    .map_err(|e| e.to_string())?;
-            note!("metrics: listening on http://{}/metrics", server.addr());
-            Some(server)
-        }
-        None => None,
-    };
+    // Held until the run ends: dropping them stops the servers.
+    let _servers = start_servers(&args, &live)?;
     let trace = trace.map(|sampler| {
         if let Some(r) = args.trace_rate {
             sampler.set_rate(r);
@@ -533,14 +487,14 @@ fn run(
     // the WAL's own.
     let asked_backend = args
         .backend
-        .or(Some(config.sim.backend).filter(|&b| b != neurograph::config::Backend::Cpu));
+        .or(Some(config.sim.backend).filter(|&b| b != neurograph::model::config::Backend::Cpu));
     let result = runner::run_keep(&RunOptions {
         config,
         progress: !args.quiet,
-        wal_dir: args.wal,
+        wal_dir: args.wal.clone(),
         report_durable: args.report_durable,
         interrupt: Some(interrupt),
-        blackbox: args.blackbox,
+        blackbox: args.blackbox.clone(),
         dump_request: Some(dump_request),
         panic_retries: args.panic_retries,
         trace,
@@ -563,6 +517,16 @@ fn run(
         }
         Err(e) => return Err(e.to_string()),
     };
+    report_run(&args, args_trace.as_deref(), &summary, &sim)
+}
+
+/// Prints the run's summary (and `--tree`); how the run ended.
+fn report_run(
+    args: &RunArgs,
+    trace_path: Option<&str>,
+    summary: &runner::RunSummary,
+    sim: &neurograph::sim::Simulation,
+) -> Result<Outcome, String> {
     // Outputs asked for that could not be written make the run a failure; said
     // before the summary, so that a closed stdout does not hide it.
     let failed_output =
@@ -570,7 +534,7 @@ fn run(
             summary.trace.as_ref().filter(|t| t.write_errors > 0).map(|t| {
             format!(
                 "--trace {}: writing failed for {} of the ticks kept (the trace is incomplete)",
-                args_trace.as_deref().unwrap_or("-"),
+                trace_path.unwrap_or("-"),
                 t.write_errors
             )
         })
@@ -613,6 +577,78 @@ fn run(
     Ok(Outcome::Done)
 }
 
+/// Applies `run`'s flags over the config file: a flag replaces what the file
+/// says about the same thing.
+fn apply_run_flags(args: &RunArgs, config: &mut RunConfig) {
+    macro_rules! over {
+        ($($f:ident),*) => { $( if args.$f.is_some() { config.$f = args.$f.clone(); } )* };
+    }
+    over!(scenario, tokens, ticks, seed, cdna, profile, input);
+    if args.cdna.is_some() {
+        config.profile = None;
+    }
+    if args.profile.is_some() {
+        config.cdna = None;
+    }
+    if args.input.is_some() {
+        (config.scenario, config.tokens) = (None, None);
+    }
+    if args.scenario.is_some() || args.tokens.is_some() {
+        config.input = None;
+    }
+    if let Some(t) = args.threads {
+        config.sim.threads = t;
+    }
+    if let Some(b) = args.backend {
+        config.sim.backend = b;
+    }
+    if let Some(d) = args.durability {
+        config.wal.durability = d;
+    }
+    if let Some(s) = args.snapshot_every {
+        config.wal.snapshot_every = s;
+    }
+}
+
+/// Starts the servers `--puffin` and `--metrics` ask for.
+fn start_servers(
+    args: &RunArgs,
+    live: &Arc<neurograph::observe::LiveStatus>,
+) -> Result<
+    (
+        Option<neurograph::observe::puffin_stream::PuffinServer>,
+        Option<neurograph::observe::metrics::MetricsServer>,
+    ),
+    String,
+> {
+    let puffin = match &args.puffin {
+        Some(addr) => {
+            let server = neurograph::observe::puffin_stream::PuffinServer::start(addr)
+                .map_err(|e| e.to_string())?;
+            puffin::set_scopes_on(true);
+            note!(
+                "puffin: serving frames on {0}; view them with `puffin_viewer --url {0}`",
+                server.addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
+    let metrics = match &args.metrics {
+        Some(addr) => {
+            let handle =
+                neurograph::observe::metrics::install_prometheus().map_err(|e| e.to_string())?;
+            let server =
+                neurograph::observe::metrics::MetricsServer::start(addr, handle, live.clone())
+                    .map_err(|e| e.to_string())?;
+            note!("metrics: listening on http://{}/metrics", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
+    Ok((puffin, metrics))
+}
+
 /// How a command ended, when it did not fail.
 enum Outcome {
     Done,
@@ -631,7 +667,7 @@ const EXIT_PANICKED: u8 = 70;
 /// writes can be written, none of them is a file the run reads (however named),
 /// and none lands in the WAL directory (which holds only the WAL's files).
 fn check_run_paths(args: &RunArgs, from_config: &RunConfig) -> Result<(), String> {
-    use neurograph::paths::{check_output_file, in_directory, same_file};
+    use neurograph::app::paths::{check_output_file, in_directory, same_file};
     let trace = args
         .trace
         .as_deref()
@@ -750,7 +786,7 @@ fn trace_layer(
 }
 
 fn recover(args: RecoverArgs) -> Result<(), String> {
-    let rec = wal::recover(
+    let rec = wal::recover::<neurograph::sim::Simulation>(
         &args.wal,
         &RecoverOptions {
             threads: args.threads,
@@ -824,7 +860,7 @@ fn in_scratch<T>(
 fn bench(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Wal(a) => {
-            let options = neurograph::benchmarks::WalBenchOptions {
+            let options = neurograph::app::benchmarks::WalBenchOptions {
                 scenario: a.scenario,
                 tokens: a.tokens,
                 ticks: a.ticks.max(2),
@@ -833,12 +869,12 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                 warmup: a.warmup,
             };
             let report = in_scratch("bench", |dir| {
-                neurograph::benchmarks::wal_overhead(&options, dir)
+                neurograph::app::benchmarks::wal_overhead(&options, dir).map_err(|e| e.to_string())
             })?;
             print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Observe(a) => {
-            let options = neurograph::benchmarks::ObserveBenchOptions {
+            let options = neurograph::app::benchmarks::ObserveBenchOptions {
                 scenario: a.scenario,
                 tokens: a.tokens,
                 ticks: a.ticks.max(2),
@@ -846,23 +882,26 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                 warmup: a.warmup,
             };
             let report = in_scratch("bench-observe", |dir| {
-                neurograph::benchmarks::observe_overhead(&options, dir)
+                neurograph::app::benchmarks::observe_overhead(&options, dir)
+                    .map_err(|e| e.to_string())
             })?;
             print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Gpu(a) => {
-            let report =
-                neurograph::benchmarks::gpu_vs_cpu(&neurograph::benchmarks::GpuBenchOptions {
+            let report = neurograph::app::benchmarks::gpu_vs_cpu(
+                &neurograph::app::benchmarks::GpuBenchOptions {
                     scenario: a.scenario,
                     sizes: a.tokens,
                     ticks: a.ticks.max(1),
                     threads: a.threads,
                     warmup: a.warmup,
-                })?;
+                },
+            )
+            .map_err(|e| e.to_string())?;
             print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Steady(a) => {
-            let options = neurograph::benchmarks::SteadyBenchOptions {
+            let options = neurograph::app::benchmarks::SteadyBenchOptions {
                 scenario: a.scenario,
                 tokens: a.tokens,
                 ticks: a.ticks.max(1),
@@ -874,17 +913,26 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
             // The header comes with the first window, so a refused bench
             // prints only its error.
             let mut first = true;
-            let report = neurograph::benchmarks::steady(&options, |w| {
+            let report = neurograph::app::benchmarks::steady(&options, |w| {
                 if std::mem::take(&mut first) {
-                    note!("{}", neurograph::benchmarks::SteadyWindow::HEADER);
+                    note!("{}", neurograph::app::benchmarks::SteadyWindow::HEADER);
                 }
                 note!("{}", w.to_row())
-            })?;
+            })
+            .map_err(|e| e.to_string())?;
+            if a.markdown {
+                outln!(
+                    "{}\n{}",
+                    neurograph::app::benchmarks::SteadyBenchReport::MARKDOWN_HEADER,
+                    report.markdown_row()
+                );
+                return Ok(());
+            }
             print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Hierarchy(a) => {
-            let report = neurograph::benchmarks::hierarchy(
-                &neurograph::benchmarks::HierarchyBenchOptions {
+            let report = neurograph::app::benchmarks::hierarchy(
+                &neurograph::app::benchmarks::HierarchyBenchOptions {
                     scenario: a.scenario,
                     tokens: a.tokens,
                     ticks: a.ticks.max(1),
@@ -893,7 +941,8 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                     seed: a.seed,
                     warmup: a.warmup,
                 },
-            )?;
+            )
+            .map_err(|e| e.to_string())?;
             print_report(a.json, &report, report.to_text())
         }
     }
@@ -906,8 +955,9 @@ fn open_state(
     threads: usize,
 ) -> Result<neurograph::sim::Simulation, String> {
     match (snapshot, wal_dir) {
-        (Some(path), _) => wal::open_snapshot(path, threads).map_err(|e| e.to_string()),
-        (None, Some(dir)) => wal::recover(
+        (Some(path), _) => wal::open_snapshot::<neurograph::sim::Simulation>(path, threads)
+            .map_err(|e| e.to_string()),
+        (None, Some(dir)) => wal::recover::<neurograph::sim::Simulation>(
             dir,
             &RecoverOptions {
                 threads,
@@ -1018,7 +1068,7 @@ fn inspect(args: InspectArgs) -> Result<(), String> {
 
 fn plot(args: PlotArgs) -> Result<(), String> {
     // Before any work: the picture must be writable.
-    neurograph::plot::check_output(&args.out, args.width, args.height)
+    neurograph::app::plot::check_output(&args.out, args.width, args.height)
         .map_err(|e| e.to_string())?;
     let mut sim = if args.wal.is_some() || args.snapshot.is_some() {
         open_state(args.wal.as_ref(), args.snapshot.as_ref(), args.threads)?
@@ -1047,8 +1097,9 @@ fn plot(args: PlotArgs) -> Result<(), String> {
         }
         sim
     };
-    let stats = neurograph::plot::plot_world(sim.world_mut(), &args.out, args.width, args.height)
-        .map_err(|e| e.to_string())?;
+    let stats =
+        neurograph::app::plot::plot_world(sim.world_mut(), &args.out, args.width, args.height)
+            .map_err(|e| e.to_string())?;
     outln!(
         "{}: {} tokens at tick {} ({} in level-1 groups), {} level-1 centres (crosses), {} level-2 centres (rings)",
         args.out.display(),
@@ -1062,9 +1113,9 @@ fn plot(args: PlotArgs) -> Result<(), String> {
 }
 
 fn generate(args: GenerateArgs) -> Result<Outcome, String> {
-    let sc = neurograph::scenario::find(&args.scenario)?;
+    let sc = neurograph::scenario::find(&args.scenario).map_err(|e| e.to_string())?;
     // A file `run --input` could not load is refused before it is written.
-    let limit = neurograph::config::Quotas::default().max_tokens;
+    let limit = neurograph::model::config::Quotas::default().max_tokens;
     if args.tokens as u64 > limit {
         return Err(format!(
             "--tokens {}: must be at most {limit} (quotas.max_tokens: a larger file could not be loaded)",
@@ -1074,15 +1125,16 @@ fn generate(args: GenerateArgs) -> Result<Outcome, String> {
     if args.tokens == 0 {
         return Err("--tokens 0: must be at least 1 (an input needs a token)".into());
     }
-    neurograph::paths::check_output_file(&args.out, &[]).map_err(|e| e.to_string())?;
+    neurograph::app::paths::check_output_file(&args.out, &[]).map_err(|e| e.to_string())?;
     // Ctrl-C or SIGTERM stops the writing; the file is written whole or not at
     // all (a temporary file renamed into place).
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
-    let written =
-        neurograph::paths::write_whole(&args.out, |out| write_scenario_csv(sc, &args, out, &stop))
-            .map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let written = neurograph::app::paths::write_whole(&args.out, |out| {
+        write_scenario_csv(sc, &args, out, &stop)
+    })
+    .map_err(|e| format!("{}: {e}", args.out.display()))?;
     let Some(n) = written else {
         note!("interrupted: {} not written", args.out.display());
         return Ok(Outcome::Interrupted);
@@ -1151,7 +1203,7 @@ fn cdna(args: CdnaArgs) -> Result<(), String> {
     let p: Profile = args
         .profile
         .parse()
-        .map_err(|e: neurograph::cdna::CdnaError| e.to_string())?;
+        .map_err(|e: neurograph::model::cdna::CdnaError| e.to_string())?;
     out!("{}", Cdna::profile(p).to_toml());
     Ok(())
 }

@@ -81,9 +81,9 @@
 //! pair terms by ascending neighbour [`TokenId`], then link terms by ascending partner
 //! id — so the result is bit-identical whatever the thread count or the spatial index.
 
-use crate::cdna::Cdna;
-use crate::components::TokenId;
-use crate::math::Vec8;
+use crate::model::cdna::Cdna;
+use crate::model::components::TokenId;
+use crate::model::math::Vec8;
 
 /// The target density `ρ₀` per target neighbour: `ρ₀ = target_neighbors ×
 /// DENSITY_PER_NEIGHBOR`. Calibrated in 8D with the default CDNA (see the module
@@ -301,7 +301,7 @@ pub struct LinkTable {
 impl LinkTable {
     /// Builds the table for tokens `ids` (gathered order) from `(a, b, weight, rest)`
     /// links; links with an end not in `ids` are skipped. Two passes over the links,
-    /// no hashing: given in key order (as [`LinkGraph`](crate::registry::LinkGraph)
+    /// no hashing: given in key order (as [`LinkGraph`](crate::model::registry::LinkGraph)
     /// iterates), every row comes out sorted by partner id; otherwise rows are
     /// sorted afterwards.
     pub fn build(

@@ -1,108 +1,26 @@
-//! The plugins: [`NeuroGraphPlugins`] (a group) and the schedule they share.
+//! The assembly: [`NeuroGraphPlugins`], everything NeuroGraph adds to a bevy
+//! app, in tick order.
 //!
-//! [`SimCorePlugin`] owns the [`SimTick`] schedule: a single-threaded executor (the
-//! parallelism lives inside the systems, on the [`ComputePool`]) with ambiguity
-//! detection as an error, and the strictly chained [`SimSystems`] sets of the tick.
-//! Every other plugin only adds systems to one set. Users order their own systems
-//! around ours with the same sets, and swap a stage with
+//! [`SimCorePlugin`] adds the [`SimTick`] schedule
+//! ([`SchedulePlugin`]) and the world's core resources; each stage's plugin adds
+//! its systems to one [`SimSystems`] set; the WAL's
+//! [`JournalPlugin`] and observability's [`ObservePlugin`] are layers on top,
+//! inert until a WAL is attached and cheap when no recorder is installed. Users
+//! order their own systems around ours with the same sets, and swap a stage with
 //! `NeuroGraphPlugins::default().build().disable::<ForcesPlugin>().add(Mine)`.
 
-use crate::cdna::{Cdna, CdnaHistory};
-use crate::commands::{CommandLog, CommandQueue};
-use crate::config::{Quotas, SimConfig};
-use crate::registry::{LinkGraph, SimClock, SimRng, SpatialDirty, TokenRegistry};
+use crate::model::cdna::{Cdna, CdnaHistory};
+use crate::model::commands::{CommandLog, CommandQueue};
+use crate::model::config::{Quotas, SimConfig};
+use crate::model::registry::{LinkGraph, SimRng, SpatialDirty, TokenRegistry};
+use crate::observe::ObservePlugin;
+use crate::schedule::{ComputePool, SchedulePlugin, SimClock, SimSystems, SimTick, TickDriver};
 use crate::systems::{
-    ConstrainPlugin, ForcesPlugin, IngestPlugin, IntegratePlugin, JournalPlugin, LearnPlugin,
-    OrganizePlugin,
+    ConstrainPlugin, ForcesPlugin, IngestPlugin, IntegratePlugin, LearnPlugin, OrganizePlugin,
 };
-use bevy_app::{App, FixedUpdate, Plugin, PluginGroup, PluginGroupBuilder};
+use crate::wal::JournalPlugin;
+use bevy_app::{App, Plugin, PluginGroup, PluginGroupBuilder};
 use bevy_ecs::prelude::*;
-use bevy_ecs::schedule::{LogLevel, ScheduleBuildSettings, ScheduleLabel, SingleThreadedExecutor};
-use std::sync::Arc;
-
-/// The schedule that runs one simulation tick.
-#[derive(ScheduleLabel, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SimTick;
-
-/// The stages of a tick, run in this order (DESIGN §3).
-#[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SimSystems {
-    /// Apply queued commands.
-    Ingest,
-    /// Compute forces.
-    Forces,
-    /// Advance velocities and positions.
-    Integrate,
-    /// Enforce the CDNA.
-    Constrain,
-    /// Learn link weights.
-    Learn,
-    /// Detect the emergent hierarchy.
-    Organize,
-    /// Journal the tick.
-    Journal,
-    /// Metrics, tracing, the end of the tick.
-    Observe,
-}
-
-impl SimSystems {
-    /// Every set, in tick order.
-    pub const ALL: [SimSystems; 8] = [
-        SimSystems::Ingest,
-        SimSystems::Forces,
-        SimSystems::Integrate,
-        SimSystems::Constrain,
-        SimSystems::Learn,
-        SimSystems::Organize,
-        SimSystems::Journal,
-        SimSystems::Observe,
-    ];
-
-    /// Lower-case name, as in metrics labels.
-    pub fn name(self) -> &'static str {
-        match self {
-            SimSystems::Ingest => "ingest",
-            SimSystems::Forces => "forces",
-            SimSystems::Integrate => "integrate",
-            SimSystems::Constrain => "constrain",
-            SimSystems::Learn => "learn",
-            SimSystems::Organize => "organize",
-            SimSystems::Journal => "journal",
-            SimSystems::Observe => "observe",
-        }
-    }
-}
-
-/// Who runs [`SimTick`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TickDriver {
-    /// The owner calls `world.run_schedule(SimTick)` (headless runs, tests).
-    #[default]
-    Manual,
-    /// One tick per `FixedUpdate` of the host app (the host needs bevy_time's
-    /// `TimePlugin`, which drives `FixedUpdate`).
-    FixedUpdate,
-}
-
-/// The rayon pool the systems compute on, sized by [`SimConfig::threads`].
-#[derive(Resource, Clone)]
-pub struct ComputePool(pub Arc<rayon::ThreadPool>);
-
-impl ComputePool {
-    /// A pool of `threads` named worker threads.
-    pub fn new(threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|i| format!("neurograph-compute-{i}"))
-            .build()?;
-        Ok(Self(Arc::new(pool)))
-    }
-
-    /// Number of worker threads.
-    pub fn threads(&self) -> usize {
-        self.0.current_num_threads()
-    }
-}
 
 /// Everything NeuroGraph adds to an app, in tick order.
 #[derive(Clone, Debug, Default)]
@@ -133,7 +51,7 @@ impl PluginGroup for NeuroGraphPlugins {
             .add(LearnPlugin)
             .add(OrganizePlugin)
             .add(JournalPlugin)
-            .add(crate::observe::ObservePlugin::default())
+            .add(ObservePlugin::default())
     }
 }
 
@@ -172,26 +90,9 @@ pub struct SimCorePlugin {
 
 impl Plugin for SimCorePlugin {
     fn build(&self, app: &mut App) {
-        let mut schedule = Schedule::new(SimTick);
-        schedule.set_executor(SingleThreadedExecutor::new());
-        schedule.set_build_settings(ScheduleBuildSettings {
-            ambiguity_detection: LogLevel::Error,
-            ..Default::default()
+        app.add_plugins(SchedulePlugin {
+            driver: self.driver,
         });
-        schedule.configure_sets(
-            (
-                SimSystems::Ingest,
-                SimSystems::Forces,
-                SimSystems::Integrate,
-                SimSystems::Constrain,
-                SimSystems::Learn,
-                SimSystems::Organize,
-                SimSystems::Journal,
-                SimSystems::Observe,
-            )
-                .chain(),
-        );
-        app.add_schedule(schedule);
         let pool = ComputePool::new(self.config.resolved_threads())
             .expect("the OS refused to start the compute threads");
         app.insert_resource(self.config.clone())
@@ -206,75 +107,13 @@ impl Plugin for SimCorePlugin {
             .init_resource::<SpatialDirty>()
             .init_resource::<CommandQueue>()
             .init_resource::<CommandLog>()
-            .init_resource::<StageTimes>()
-            .add_systems(SimTick, end_tick.in_set(SimSystems::Observe))
-            .add_systems(SimTick, stage_start.before(SimSystems::Ingest));
-        // One clock read after each stage, ordered between it and the next.
-        for (k, stage) in SimSystems::ALL.into_iter().enumerate() {
-            let mark = (move |mut t: ResMut<StageTimes>| t.mark(k)).after(stage);
-            match SimSystems::ALL.get(k + 1) {
-                Some(&next) => app.add_systems(SimTick, mark.before(next)),
-                None => app.add_systems(SimTick, mark),
-            };
-        }
-        if self.driver == TickDriver::FixedUpdate {
-            app.add_systems(FixedUpdate, run_sim_tick);
-        }
+            .add_systems(SimTick, tick_span_fields.before(SimSystems::Ingest));
     }
 }
 
-/// Wall time of each stage ([`SimSystems::ALL`] order) in the last tick and
-/// since the start; two clock reads per stage.
-#[derive(Resource, Clone, Debug, Default)]
-pub struct StageTimes {
-    /// Seconds per stage in the last tick.
-    pub last: [f64; 8],
-    /// Seconds per stage since the start.
-    pub total: [f64; 8],
-    /// Ticks timed.
-    pub ticks: u64,
-    since: Option<std::time::Instant>,
-}
-
-impl StageTimes {
-    /// Closes stage `k` (in [`SimSystems::ALL`] order) at the current time.
-    fn mark(&mut self, k: usize) {
-        let now = std::time::Instant::now();
-        let s = self.since.map_or(0.0, |m| (now - m).as_secs_f64());
-        self.last[k] = s;
-        self.total[k] += s;
-        self.since = Some(now);
-    }
-
-    /// Seconds of `stage` in the last tick.
-    pub fn last_of(&self, stage: SimSystems) -> f64 {
-        self.last[stage as usize]
-    }
-
-    /// Seconds of `stage` since the start.
-    pub fn total_of(&self, stage: SimSystems) -> f64 {
-        self.total[stage as usize]
-    }
-}
-
-fn stage_start(mut t: ResMut<StageTimes>) {
-    t.since = Some(std::time::Instant::now());
-    t.ticks += 1;
-}
-
-/// Runs one [`SimTick`] (in its `tick` span); the system behind
-/// [`TickDriver::FixedUpdate`].
-pub fn run_sim_tick(world: &mut World) {
-    crate::observe::run_tick(world);
-}
-
-/// Closes the tick: puffin (when profiling is on, and unless the host marks
-/// its own frames: [`ObserveSettings::puffin_frames`](crate::observe::ObserveSettings))
-/// starts a new frame.
-pub fn end_tick(settings: Option<Res<crate::observe::ObserveSettings>>) {
-    crate::profile_system!("end_tick");
-    let ours = settings.is_none_or(|s| s.puffin_frames);
-    if ours && puffin::are_scopes_on() {
-        puffin::GlobalProfiler::lock().new_frame();
-    }
+/// Records the world's size in the `tick` span that [`run_tick`](crate::schedule::run_tick) opened.
+fn tick_span_fields(registry: Res<TokenRegistry>, links: Res<LinkGraph>) {
+    let span = tracing::Span::current();
+    span.record("tokens", registry.len());
+    span.record("links", links.len());
 }

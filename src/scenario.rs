@@ -9,9 +9,10 @@
 //! Scenarios generate lazily ([`Scenario::stream`]) so that large worlds are spawned
 //! in batches without holding every spec in memory at once.
 
-use crate::commands::CommandError;
-use crate::components::TokenSpec;
-use crate::math::{DIM, Vec8};
+use crate::model::commands::CommandError;
+use crate::model::components::TokenSpec;
+use crate::model::config::UnknownName;
+use crate::model::math::{DIM, Vec8};
 use crate::sim::Simulation;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -106,10 +107,13 @@ pub fn default_scenario() -> &'static Scenario {
 }
 
 /// Looks a scenario up by name.
-pub fn find(name: &str) -> Result<&'static Scenario, String> {
+///
+/// # Errors
+/// No built-in scenario has that name; the error lists those there are.
+pub fn find(name: &str) -> Result<&'static Scenario, UnknownName> {
     SCENARIOS.iter().find(|s| s.name == name).ok_or_else(|| {
-        let known: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
-        format!("unknown scenario '{name}' (known: {})", known.join(", "))
+        let known: Vec<&'static str> = SCENARIOS.iter().map(|s| s.name).collect();
+        UnknownName::new("scenario", name, &known)
     })
 }
 
@@ -143,6 +147,10 @@ impl Scenario {
 
     /// Spawns the scenario into `sim` in batches of `batch` tokens; returns the
     /// ground truth (empty when the scenario plants none).
+    ///
+    /// # Errors
+    /// [`CommandError::Quota`], before any token is spawned, when the quotas would not
+    /// admit `params.tokens` more; otherwise whatever [`spawn_stream`] returns.
     pub fn spawn_into(
         &self,
         sim: &mut Simulation,
@@ -160,13 +168,18 @@ impl Scenario {
 /// # Errors
 /// [`CommandError::Quota`] with the quota `n` more tokens would exceed.
 pub fn check_quotas(sim: &Simulation, n: usize) -> Result<(), CommandError> {
-    let quotas = sim.world().resource::<crate::config::Quotas>();
+    let quotas = sim.world().resource::<crate::model::config::Quotas>();
     quotas
         .check(sim.token_count(), sim.link_count(), n as u64, 0)
         .map_err(CommandError::Quota)
 }
 
 /// Spawns generated tokens in batches; returns their ground truth.
+///
+/// # Errors
+/// [`CommandError::BatchItem`] (its index counted over the whole stream) when the CDNA
+/// refuses a token, or [`CommandError::Quota`] when a batch would exceed a quota; the
+/// batches spawned before the failing one stay in `sim`.
 pub fn spawn_stream(
     sim: &mut Simulation,
     stream: impl Iterator<Item = Generated>,
@@ -382,7 +395,10 @@ mod tests {
     fn registry_lookup() {
         assert_eq!(find("clusters").unwrap().name, "clusters");
         let e = find("nope").err().unwrap();
-        assert!(e.contains("known: clusters, uniform, collapse"), "{e}");
+        assert!(
+            e.to_string().contains("known: clusters, uniform, collapse"),
+            "{e}"
+        );
         assert_eq!(default_scenario().name, "clusters");
     }
 

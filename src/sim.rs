@@ -1,18 +1,21 @@
 //! [`Simulation`]: the headless way to own and step a world.
 //!
-//! It is a `bevy_app::App` with [`NeuroGraphPlugins`] whose [`SimTick`](crate::plugin::SimTick) schedule is
+//! It is a `bevy_app::App` with [`NeuroGraphPlugins`] whose [`SimTick`](crate::schedule::SimTick) schedule is
 //! run on demand, plus a small typed API over the command set.
 
 use crate::backend::ForceBackend;
-use crate::cdna::{Cdna, CdnaError, CdnaViolations};
-use crate::commands::{
+use crate::digest::{StateDigest, state_digest};
+use crate::model::cdna::{Cdna, CdnaError, CdnaViolations};
+use crate::model::commands::{
     CommandError, CommandLog, CommandOutcome, CommandQueue, SimCommand, apply_command,
 };
-use crate::components::*;
-use crate::config::{Quotas, SimConfig};
-use crate::digest::{StateDigest, state_digest};
-use crate::plugin::{ComputePool, NeuroGraphPlugins, TickDriver};
-use crate::registry::{LinkGraph, SimClock, TokenRegistry};
+use crate::model::components::*;
+use crate::model::config::{Quotas, SimConfig};
+use crate::model::registry::{LinkGraph, TokenRegistry};
+use crate::observe::ObserveSettings;
+use crate::plugin::NeuroGraphPlugins;
+use crate::schedule::SimClock;
+use crate::schedule::{ComputePool, TickDriver};
 use crate::systems::{ForceBuffers, IntegrateStats};
 use bevy_app::{App, PluginsState};
 use bevy_ecs::prelude::*;
@@ -22,7 +25,7 @@ use bevy_ecs::prelude::*;
 pub enum SimError {
     /// Bad run settings.
     #[error("invalid config: {0}")]
-    Config(String),
+    Config(#[from] crate::model::config::InvalidSetting),
     /// Bad constitution.
     #[error(transparent)]
     Cdna(#[from] CdnaError),
@@ -48,9 +51,9 @@ pub struct TokenState {
     /// Id.
     pub id: TokenId,
     /// Position.
-    pub position: crate::math::Vec8,
+    pub position: crate::model::math::Vec8,
     /// Velocity.
-    pub velocity: crate::math::Vec8,
+    pub velocity: crate::model::math::Vec8,
     /// Charge.
     pub charge: f32,
     /// Mass.
@@ -70,8 +73,13 @@ pub struct Simulation {
 
 impl Simulation {
     /// Builds a simulation after validating the settings.
+    ///
+    /// # Errors
+    /// [`SimError::Config`] when a run setting is invalid; [`SimError::Cdna`] when the
+    /// CDNA is invalid or unstable with the run's `dt`; [`SimError::Gpu`] when
+    /// `backend = gpu` and no GPU could be used.
     pub fn new(settings: SimSettings) -> Result<Self, SimError> {
-        settings.config.validate().map_err(SimError::Config)?;
+        settings.config.validate()?;
         settings.cdna.validate_for(settings.config.dt)?;
         let mut app = App::new();
         app.add_plugins(NeuroGraphPlugins {
@@ -84,7 +92,11 @@ impl Simulation {
             app.finish();
             app.cleanup();
         }
-        if let Some(e) = app.world().resource::<ForceBackend>().error() {
+        if let Some(e) = app
+            .world()
+            .get_resource::<ForceBackend>()
+            .and_then(ForceBackend::error)
+        {
             return Err(SimError::Gpu(e.to_string()));
         }
         Ok(Self { app })
@@ -96,6 +108,9 @@ impl Simulation {
     }
 
     /// Validates and applies a command now, at the tick boundary; on error nothing changed.
+    ///
+    /// # Errors
+    /// The [`CommandError`] [`apply_command`] refuses the command with.
     pub fn apply(&mut self, cmd: SimCommand) -> Result<CommandOutcome, CommandError> {
         let world = self.app.world_mut();
         let out = apply_command(world, &cmd)?;
@@ -115,6 +130,10 @@ impl Simulation {
     }
 
     /// Spawns one token; returns its id.
+    ///
+    /// # Errors
+    /// [`CommandError::InvalidValue`] when the CDNA refuses the token;
+    /// [`CommandError::Quota`] when a quota or the id space would be exceeded.
     pub fn spawn(&mut self, spec: TokenSpec) -> Result<TokenId, CommandError> {
         match self.apply(SimCommand::Spawn(spec))? {
             CommandOutcome::Spawned { first, .. } => Ok(first),
@@ -123,6 +142,10 @@ impl Simulation {
     }
 
     /// Spawns a batch, all or nothing; returns the first id (ids are consecutive).
+    ///
+    /// # Errors
+    /// [`CommandError::BatchItem`] when the CDNA refuses a token (the first is named);
+    /// [`CommandError::Quota`] when a quota or the id space would be exceeded.
     pub fn spawn_batch(&mut self, specs: Vec<TokenSpec>) -> Result<TokenId, CommandError> {
         match self.apply(SimCommand::SpawnBatch(specs))? {
             CommandOutcome::Spawned { first, .. } => Ok(first),
@@ -132,7 +155,7 @@ impl Simulation {
 
     /// Runs one tick.
     pub fn step(&mut self) {
-        crate::observe::run_tick(self.app.world_mut());
+        crate::schedule::run_tick(self.app.world_mut());
     }
 
     /// Runs `n` ticks.
@@ -209,8 +232,9 @@ impl Simulation {
     }
 
     /// The emergent hierarchy after the last detection.
-    pub fn hierarchy(&self) -> &crate::hierarchy::Hierarchy {
-        self.world().resource::<crate::hierarchy::Hierarchy>()
+    pub fn hierarchy(&self) -> &crate::geometry::hierarchy::Hierarchy {
+        self.world()
+            .resource::<crate::geometry::hierarchy::Hierarchy>()
     }
 
     /// Learning counters.
@@ -241,5 +265,33 @@ impl Simulation {
     /// The app.
     pub fn app_mut(&mut self) -> &mut App {
         &mut self.app
+    }
+}
+
+/// The WAL journals and replays a [`Simulation`]; replayed ticks are observed
+/// by nothing ([`ObserveSettings::QUIET`]) until the recovered run goes live.
+impl crate::wal::Host for Simulation {
+    type Error = SimError;
+
+    fn replica(config: SimConfig, cdna: Cdna, quotas: Quotas) -> Result<Self, SimError> {
+        let mut sim = Simulation::new(SimSettings {
+            config,
+            cdna,
+            quotas,
+        })?;
+        sim.world_mut().insert_resource(ObserveSettings::QUIET);
+        Ok(sim)
+    }
+
+    fn world(&self) -> &World {
+        self.app.world()
+    }
+
+    fn world_mut(&mut self) -> &mut World {
+        self.app.world_mut()
+    }
+
+    fn go_live(&mut self) {
+        self.world_mut().insert_resource(ObserveSettings::default());
     }
 }

@@ -1,11 +1,11 @@
 //! `Constrain`: enforce the CDNA on every token and link, every tick, and count each
 //! correction by [`ViolationKind`].
 
-use crate::cdna::{Cdna, CdnaViolations, ViolationKind};
-use crate::components::*;
-use crate::math::Vec8;
-use crate::plugin::{SimSystems, SimTick};
-use crate::registry::{LinkGraph, SpatialDirty};
+use crate::model::cdna::{Cdna, CdnaViolations, ViolationKind};
+use crate::model::components::*;
+use crate::model::math::Vec8;
+use crate::model::registry::{LinkGraph, SpatialDirty};
+use crate::schedule::{SimSystems, SimTick};
 use bevy_app::{App, Plugin};
 use bevy_ecs::prelude::*;
 

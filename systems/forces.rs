@@ -4,26 +4,34 @@
 //! force pass, which reads the densities of both ends of every pair.
 
 use crate::backend::ForceBackend;
-use crate::cdna::Cdna;
-use crate::components::*;
-use crate::config::SimConfig;
-use crate::math::Vec8;
+use crate::geometry::spatial::{CHUNK, KdTree, NeighborList, SearchInput, Travel};
+use crate::model::cdna::Cdna;
+use crate::model::components::*;
+use crate::model::config::SimConfig;
+use crate::model::math::Vec8;
+use crate::model::registry::{LinkGraph, SpatialDirty};
 use crate::physics::{
     ForceParams, LinkTable, TokenParams, density_weight, link_force, pair_force, slot_table,
 };
-use crate::plugin::{ComputePool, SimSystems, SimTick};
-use crate::registry::{LinkGraph, SpatialDirty};
-use crate::spatial::{CHUNK, KdTree, NeighborList, SearchInput, Travel};
+use crate::schedule::{ComputePool, SimSystems, SimTick};
 use bevy_app::{App, Plugin};
 use bevy_ecs::prelude::*;
 use rayon::prelude::*;
 
-/// Adds [`forces`] to `Forces`, and the [`ForceBackend`] that `SimConfig::backend`
-/// asks for (unless the app already has one).
+/// Adds [`forces`] to `Forces`; when the app is finished (`App::finish`, after
+/// every plugin is built), the [`ForceBackend`] that `SimConfig::backend` asks
+/// for, unless the host inserted one of its own (before or after adding the
+/// plugins). So the GPU device is opened once, in `finish`, and never for a
+/// host that brings its own backend.
 pub struct ForcesPlugin;
 
 impl Plugin for ForcesPlugin {
     fn build(&self, app: &mut App) {
+        app.init_resource::<ForceBuffers>()
+            .add_systems(SimTick, forces.in_set(SimSystems::Forces));
+    }
+
+    fn finish(&self, app: &mut App) {
         if !app.world().contains_resource::<ForceBackend>() {
             let asked = app
                 .world()
@@ -32,8 +40,6 @@ impl Plugin for ForcesPlugin {
                 .unwrap_or_default();
             app.insert_resource(ForceBackend::resolve(asked));
         }
-        app.init_resource::<ForceBuffers>()
-            .add_systems(SimTick, forces.in_set(SimSystems::Forces));
     }
 }
 
@@ -414,95 +420,15 @@ pub fn forces(
     crate::profile_system!("forces");
     let buf = &mut *buf;
     let n = tokens.iter().len();
-    let mut order_changed = n != buf.ids.len() || n != buf.slot.len();
-    {
-        puffin::profile_scope!("gather");
-        if !order_changed {
-            for (k, (id, pos, q, m, field)) in tokens.iter().enumerate() {
-                let s = buf.slot[k] as usize;
-                if buf.ids[s] != *id {
-                    order_changed = true;
-                    break;
-                }
-                buf.positions[s] = pos.0;
-                buf.params[s] = params_of(q, m, field);
-            }
-        }
-        if order_changed && n == buf.ids.len() && n > 0 {
-            // Same count, other order: entities moved between tables (e.g. a
-            // `ChildOf` added by `Organize`). If the ids are the same set, only the
-            // query-to-slot map changes; the lists stay valid.
-            order_changed = !buf.remap_by_id(tokens.iter());
-        }
-        if order_changed {
-            buf.ids.clear();
-            buf.positions.clear();
-            buf.params.clear();
-            for (id, pos, q, m, field) in tokens.iter() {
-                buf.ids.push(*id);
-                buf.positions.push(pos.0);
-                buf.params.push(params_of(q, m, field));
-            }
-            buf.slot = (0..n as u32).collect();
-            buf.layout += 1;
-            buf.slot_of = slot_table(&buf.ids);
-        }
-    }
+    let order_changed = buf.gather(&tokens);
     buf.forces.resize(n, Vec8::ZERO);
     buf.density.resize(n, 0.0);
     let fp = ForceParams::from_cdna(&cdna);
     pool.0.install(|| {
-        let skin = config.neighbor_skin;
-        let full = order_changed
-            || dirty.0
-            || buf.neighbors.len() != n
-            || buf.neighbors.skin() != skin
-            || buf.travel.path.len() != n
-            || buf.travel.invalid;
-        let stale = if full {
-            Vec::new()
-        } else {
-            buf.travel.past_half_skin(skin)
-        };
-        if full || stale.len() > n / 8 {
-            puffin::profile_scope!("rebuild_neighbors");
-            buf.rebuild_spatial(skin);
-            buf.stats.rebuilds += 1;
-            buf.stats.candidates = buf.neighbors.candidates() as u64;
+        if buf.keep_neighbors(order_changed || dirty.0, config.neighbor_skin) {
             dirty.0 = false;
-        } else if !stale.is_empty() {
-            puffin::profile_scope!("refresh_neighbors");
-            let radii: Vec<f32> = buf.params.iter().map(|p| p.radius).collect();
-            buf.tree.refit(&buf.positions);
-            let input = SearchInput {
-                points: &buf.positions,
-                radii: &radii,
-                ids: &buf.ids,
-                skin,
-            };
-            buf.neighbors.refresh(input, &buf.tree, &stale);
-            buf.travel.clear(&stale);
-            buf.stats.refreshed_rows += stale.len() as u64;
-            buf.stats.candidates = buf.neighbors.candidates() as u64;
         }
-        let links_key = (buf.layout, graph.structure_version());
-        if buf.links_key != Some(links_key) {
-            puffin::profile_scope!("link_table");
-            buf.links = LinkTable::build(
-                &buf.ids,
-                graph
-                    .iter()
-                    .map(|(&(a, b), l)| (a, b, l.weight, l.rest_length)),
-            );
-            buf.links_key = Some(links_key);
-            buf.link_values = graph.version();
-        } else if buf.link_values != graph.version() {
-            // Same links, new weights (learning): rewrite them in place.
-            puffin::profile_scope!("link_values");
-            buf.links
-                .refresh_values(graph.iter().map(|(_, l)| (l.weight, l.rest_length)));
-            buf.link_values = graph.version();
-        }
+        buf.keep_link_table(&graph);
         // Learn's link proposals ride along when every pair closer than
         // `form_within` is a pair of this pass (within everyone's radius).
         let g = &cdna.graph;
@@ -519,7 +445,7 @@ pub fn forces(
         {
             puffin::profile_scope!("gpu_forces");
             let links_key = (buf.layout, graph.structure_version());
-            let result = gpu.compute(crate::gpu::ForceInput {
+            let result = gpu.compute(crate::backend::gpu::ForceInput {
                 positions: &buf.positions,
                 params: &buf.params,
                 neighbors: &mut buf.neighbors,
@@ -570,4 +496,110 @@ pub fn forces(
             proposals,
         );
     });
+}
+
+impl ForceBuffers {
+    /// Copies the tokens' positions and parameters into their slots; when the
+    /// tokens are not those of the slots (spawns, despawns), lays the slots
+    /// out anew. Returns whether the layout changed.
+    fn gather(&mut self, tokens: &Query<(&TokenId, &Position, &Charge, &Mass, &Field)>) -> bool {
+        puffin::profile_scope!("gather");
+        let n = tokens.iter().len();
+        let mut order_changed = n != self.ids.len() || n != self.slot.len();
+        if !order_changed {
+            for (k, (id, pos, q, m, field)) in tokens.iter().enumerate() {
+                let s = self.slot[k] as usize;
+                if self.ids[s] != *id {
+                    order_changed = true;
+                    break;
+                }
+                self.positions[s] = pos.0;
+                self.params[s] = params_of(q, m, field);
+            }
+        }
+        if order_changed && n == self.ids.len() && n > 0 {
+            // Same count, other order: entities moved between tables (e.g. a
+            // `ChildOf` added by `Organize`). If the ids are the same set, only the
+            // query-to-slot map changes; the lists stay valid.
+            order_changed = !self.remap_by_id(tokens.iter());
+        }
+        if order_changed {
+            self.ids.clear();
+            self.positions.clear();
+            self.params.clear();
+            for (id, pos, q, m, field) in tokens.iter() {
+                self.ids.push(*id);
+                self.positions.push(pos.0);
+                self.params.push(params_of(q, m, field));
+            }
+            self.slot = (0..n as u32).collect();
+            self.layout += 1;
+            self.slot_of = slot_table(&self.ids);
+        }
+        order_changed
+    }
+
+    /// Keeps the Verlet rows valid: a full rebuild when `invalid` (new layout,
+    /// dirty world), the skin changed, or more than an eighth of the tokens
+    /// moved past half the skin; else a refresh of the rows of those that did.
+    /// Returns whether it rebuilt.
+    fn keep_neighbors(&mut self, invalid: bool, skin: f32) -> bool {
+        let n = self.ids.len();
+        let full = invalid
+            || self.neighbors.len() != n
+            || self.neighbors.skin() != skin
+            || self.travel.path.len() != n
+            || self.travel.invalid;
+        let stale = if full {
+            Vec::new()
+        } else {
+            self.travel.past_half_skin(skin)
+        };
+        if full || stale.len() > n / 8 {
+            puffin::profile_scope!("rebuild_neighbors");
+            self.rebuild_spatial(skin);
+            self.stats.rebuilds += 1;
+            self.stats.candidates = self.neighbors.candidates() as u64;
+            return true;
+        }
+        if !stale.is_empty() {
+            puffin::profile_scope!("refresh_neighbors");
+            let radii: Vec<f32> = self.params.iter().map(|p| p.radius).collect();
+            self.tree.refit(&self.positions);
+            let input = SearchInput {
+                points: &self.positions,
+                radii: &radii,
+                ids: &self.ids,
+                skin,
+            };
+            self.neighbors.refresh(input, &self.tree, &stale);
+            self.travel.clear(&stale);
+            self.stats.refreshed_rows += stale.len() as u64;
+            self.stats.candidates = self.neighbors.candidates() as u64;
+        }
+        false
+    }
+
+    /// Keeps the link table in step with the graph: rebuilt when the links or
+    /// the layout changed, values rewritten in place when only weights did.
+    fn keep_link_table(&mut self, graph: &LinkGraph) {
+        let links_key = (self.layout, graph.structure_version());
+        if self.links_key != Some(links_key) {
+            puffin::profile_scope!("link_table");
+            self.links = LinkTable::build(
+                &self.ids,
+                graph
+                    .iter()
+                    .map(|(&(a, b), l)| (a, b, l.weight, l.rest_length)),
+            );
+            self.links_key = Some(links_key);
+            self.link_values = graph.version();
+        } else if self.link_values != graph.version() {
+            // Same links, new weights (learning): rewrite them in place.
+            puffin::profile_scope!("link_values");
+            self.links
+                .refresh_values(graph.iter().map(|(_, l)| (l.weight, l.rest_length)));
+            self.link_values = graph.version();
+        }
+    }
 }

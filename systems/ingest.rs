@@ -1,8 +1,8 @@
 //! `Ingest`: apply the queued commands at the start of the tick.
 
-use crate::commands::{CommandLog, CommandQueue, apply_command};
-use crate::plugin::{SimSystems, SimTick};
-use crate::registry::SimClock;
+use crate::model::commands::{CommandLog, CommandQueue, apply_command};
+use crate::schedule::SimClock;
+use crate::schedule::{SimSystems, SimTick};
 use bevy_app::{App, Plugin};
 use bevy_ecs::prelude::*;
 

@@ -3,11 +3,11 @@
 //! CDNA per-axis mobility.
 
 use super::forces::ForceBuffers;
-use crate::cdna::Cdna;
-use crate::components::*;
-use crate::config::SimConfig;
-use crate::math::Vec8;
-use crate::plugin::{SimSystems, SimTick};
+use crate::model::cdna::Cdna;
+use crate::model::components::*;
+use crate::model::config::SimConfig;
+use crate::model::math::Vec8;
+use crate::schedule::{SimSystems, SimTick};
 use bevy_app::{App, Plugin};
 use bevy_ecs::prelude::*;
 use std::collections::HashMap;

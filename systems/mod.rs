@@ -9,14 +9,13 @@
 //! | `Constrain` | [`ConstrainPlugin`] | enforces the CDNA, counts violations |
 //! | `Learn` | [`LearnPlugin`] | Hebbian link weights, decay, pruning, new links ([`learn()`](fn@learn)) |
 //! | `Organize` | [`OrganizePlugin`] | every K ticks: friends-of-friends groups, stable ids, `ChildOf` ([`organize()`](fn@organize)) |
-//! | `Journal` | [`JournalPlugin`] | appends the tick's record to the WAL, snapshots when due |
-//! | `Observe` | core | closes the tick |
+//! | `Journal` | [`JournalPlugin`](crate::wal::JournalPlugin) (the WAL layer) | appends the tick's record to the WAL, snapshots when due |
+//! | `Observe` | [`ObservePlugin`](crate::observe::ObservePlugin) (the observability layer) | metrics, black box, puffin frame |
 
 pub mod constrain;
 pub mod forces;
 pub mod ingest;
 pub mod integrate;
-pub mod journal;
 pub mod learn;
 pub mod organize;
 
@@ -26,7 +25,6 @@ pub use forces::{
 };
 pub use ingest::{IngestPlugin, ingest};
 pub use integrate::{IntegratePlugin, IntegrateStats, integrate};
-pub use journal::{JournalPlugin, journal};
 pub use learn::{LearnPlugin, LearnStats, learn};
 pub use organize::{
     GroupEntities, OrganizePlugin, OrganizeStats, group_pull, organize, organize_now,

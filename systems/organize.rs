@@ -3,7 +3,7 @@
 //!
 //! Level 1 is friends-of-friends over the level-0 tokens with the linking length
 //! ℓ₁ of
-//! [`HierarchyParams::level1_link_length`](crate::cdna::HierarchyParams::level1_link_length)
+//! [`HierarchyParams::level1_link_length`](crate::model::cdna::HierarchyParams::level1_link_length)
 //! (by default it follows the target density); a component of at least
 //! `min_size` tokens is a group. Level k+1 repeats this on the centres of the level-k groups with
 //! ℓ₍ₖ₊₁₎ = ℓₖ · `level_scale` and `min_children`. Each group is matched to the
@@ -18,14 +18,17 @@
 //! `hierarchy.group_pull > 0` they act as coarse attractors on their members
 //! ([`group_pull`]).
 
-use crate::cdna::Cdna;
-use crate::components::*;
-use crate::hierarchy::{Candidates, Group, GroupId, Hierarchy, friends_of_friends, match_groups};
-use crate::math::Vec8;
+use crate::geometry::hierarchy::{
+    Candidates, Group, GroupId, Hierarchy, friends_of_friends, match_groups,
+};
+use crate::geometry::spatial::{KdTree, NeighborList};
+use crate::model::cdna::Cdna;
+use crate::model::components::*;
+use crate::model::math::Vec8;
+use crate::model::registry::{SpatialDirty, TokenRegistry};
 use crate::physics::ForceParams;
-use crate::plugin::{ComputePool, SimSystems, SimTick};
-use crate::registry::{SimClock, SpatialDirty, TokenRegistry};
-use crate::spatial::{KdTree, NeighborList};
+use crate::schedule::SimClock;
+use crate::schedule::{ComputePool, SimSystems, SimTick};
 use crate::systems::forces::{ForceBuffers, forces};
 use bevy_app::{App, Plugin};
 use bevy_ecs::prelude::*;
@@ -218,6 +221,121 @@ fn attach_halos(
     }
 }
 
+/// Level 1: friends-of-friends over the tokens with linking length `link`
+/// (from the force stage's Verlet rows when they cover it), halos attached.
+fn level1_groups(
+    lists: &ForceBuffers,
+    g: &Gathered,
+    link: f32,
+    params: &crate::model::cdna::HierarchyParams,
+) -> Vec<Fresh> {
+    let cands = if g.lists_ok {
+        Candidates::Lists(&lists.neighbors)
+    } else {
+        Candidates::Tree
+    };
+    let mut comps = friends_of_friends(&g.points, link, params.min_size as usize, cands);
+    if params.attach_within > 0.0 {
+        let halo_lists = g.halo_lists_ok.then_some(&lists.neighbors);
+        attach_halos(
+            &g.points,
+            &g.ids,
+            &mut comps,
+            params.attach_within,
+            halo_lists,
+        );
+    }
+    comps
+        .into_par_iter()
+        .map(|mut comp| {
+            comp.sort_unstable_by_key(|&s| g.ids[s as usize]);
+            let (centre, mass, charge, radius) = aggregate(comp.iter().map(|&s| {
+                let s = s as usize;
+                (g.points[s], g.mass[s], g.charge[s], 0.0)
+            }));
+            Fresh {
+                members: comp.iter().map(|&s| g.ids[s as usize].0).collect(),
+                size: comp.len() as u64,
+                centre,
+                mass,
+                charge,
+                radius,
+            }
+        })
+        .collect()
+}
+
+/// A level above 1: friends-of-friends over the centres of the groups `below`.
+fn upper_groups(
+    below: &[Group],
+    link: f32,
+    params: &crate::model::cdna::HierarchyParams,
+) -> Vec<Fresh> {
+    let points: Vec<Vec8> = below.iter().map(|g| g.centre).collect();
+    let comps = friends_of_friends(
+        &points,
+        link,
+        params.min_children as usize,
+        Candidates::MergingTree,
+    );
+    comps
+        .into_iter()
+        .map(|comp| {
+            let (centre, mass, charge, radius) = aggregate(comp.iter().map(|&k| {
+                let c = &below[k as usize];
+                (c.centre, c.mass, c.charge, c.radius)
+            }));
+            let mut members: Vec<u64> = comp.iter().map(|&k| below[k as usize].id.0).collect();
+            members.sort_unstable();
+            Fresh {
+                members,
+                size: comp.iter().map(|&k| below[k as usize].size).sum(),
+                centre,
+                mass,
+                charge,
+                radius,
+            }
+        })
+        .collect()
+}
+
+/// Gives the fresh groups of `level` (sorted by first member) their stable
+/// ids by matching them with the groups `before` (new ids from
+/// `next.next_group`), and counts the identity events in `next`.
+fn identify(
+    fresh: Vec<Fresh>,
+    before: &[Group],
+    level: u8,
+    tick: u64,
+    next: &mut Hierarchy,
+) -> Vec<Group> {
+    let members: Vec<Vec<u64>> = fresh.iter().map(|f| f.members.clone()).collect();
+    let (ids, ev) = match_groups(before, &members);
+    next.events.add(&ev);
+    let since: HashMap<GroupId, u64> = before.iter().map(|g| (g.id, g.since)).collect();
+    fresh
+        .into_iter()
+        .zip(ids)
+        .map(|(f, id)| {
+            let id = id.unwrap_or_else(|| {
+                next.next_group += 1;
+                GroupId(next.next_group - 1)
+            });
+            Group {
+                id,
+                level,
+                members: f.members,
+                size: f.size,
+                centre: f.centre,
+                mass: f.mass,
+                charge: f.charge,
+                radius: f.radius,
+                since: since.get(&id).copied().unwrap_or(tick),
+            }
+        })
+        .collect()
+}
+
 /// Detects the hierarchy now (whatever the tick) and mirrors it in the ECS.
 pub fn organize_now(world: &mut World) {
     puffin::profile_function!();
@@ -243,104 +361,17 @@ pub fn organize_now(world: &mut World) {
     pool.install(|| {
         let mut link = link1;
         for level in 1..=params.depth {
-            let fresh: Vec<Fresh> = if level == 1 {
-                let lists = world.resource::<ForceBuffers>();
-                let cands = if g.lists_ok {
-                    Candidates::Lists(&lists.neighbors)
-                } else {
-                    Candidates::Tree
-                };
-                let mut comps =
-                    friends_of_friends(&g.points, link, params.min_size as usize, cands);
-                if params.attach_within > 0.0 {
-                    let halo_lists = g.halo_lists_ok.then_some(&lists.neighbors);
-                    attach_halos(
-                        &g.points,
-                        &g.ids,
-                        &mut comps,
-                        params.attach_within,
-                        halo_lists,
-                    );
-                }
-                comps
-                    .into_par_iter()
-                    .map(|mut comp| {
-                        comp.sort_unstable_by_key(|&s| g.ids[s as usize]);
-                        let (centre, mass, charge, radius) = aggregate(comp.iter().map(|&s| {
-                            let s = s as usize;
-                            (g.points[s], g.mass[s], g.charge[s], 0.0)
-                        }));
-                        Fresh {
-                            members: comp.iter().map(|&s| g.ids[s as usize].0).collect(),
-                            size: comp.len() as u64,
-                            centre,
-                            mass,
-                            charge,
-                            radius,
-                        }
-                    })
-                    .collect()
+            let mut fresh = if level == 1 {
+                level1_groups(world.resource::<ForceBuffers>(), &g, link, &params)
             } else {
-                let below = &next.levels[level as usize - 2];
-                let points: Vec<Vec8> = below.iter().map(|g| g.centre).collect();
-                let comps = friends_of_friends(
-                    &points,
-                    link,
-                    params.min_children as usize,
-                    Candidates::MergingTree,
-                );
-                comps
-                    .into_iter()
-                    .map(|comp| {
-                        let (centre, mass, charge, radius) = aggregate(comp.iter().map(|&k| {
-                            let c = &below[k as usize];
-                            (c.centre, c.mass, c.charge, c.radius)
-                        }));
-                        let mut members: Vec<u64> =
-                            comp.iter().map(|&k| below[k as usize].id.0).collect();
-                        members.sort_unstable();
-                        Fresh {
-                            members,
-                            size: comp.iter().map(|&k| below[k as usize].size).sum(),
-                            centre,
-                            mass,
-                            charge,
-                            radius,
-                        }
-                    })
-                    .collect()
+                upper_groups(&next.levels[level as usize - 2], link, &params)
             };
-            let mut fresh = fresh;
             fresh.sort_unstable_by_key(|f| f.members[0]);
             let before = previous
                 .levels
                 .get(level as usize - 1)
                 .map_or(&[][..], |v| v.as_slice());
-            let members: Vec<Vec<u64>> = fresh.iter().map(|f| f.members.clone()).collect();
-            let (ids, ev) = match_groups(before, &members);
-            next.events.add(&ev);
-            let since: HashMap<GroupId, u64> = before.iter().map(|g| (g.id, g.since)).collect();
-            let groups: Vec<Group> = fresh
-                .into_iter()
-                .zip(ids)
-                .map(|(f, id)| {
-                    let id = id.unwrap_or_else(|| {
-                        next.next_group += 1;
-                        GroupId(next.next_group - 1)
-                    });
-                    Group {
-                        id,
-                        level,
-                        members: f.members,
-                        size: f.size,
-                        centre: f.centre,
-                        mass: f.mass,
-                        charge: f.charge,
-                        radius: f.radius,
-                        since: since.get(&id).copied().unwrap_or(tick),
-                    }
-                })
-                .collect();
+            let groups = identify(fresh, before, level, tick, &mut next);
             let empty = groups.is_empty();
             next.levels.push(groups);
             if empty {

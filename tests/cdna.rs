@@ -119,7 +119,9 @@ fn lowered_degree_limit_removes_the_weakest_links() {
     let v = sim.violations();
     assert_eq!(v.get(ViolationKind::Degree), 1);
     assert_eq!(v.get(ViolationKind::LinkWeight), 1);
-    let g = sim.world().resource::<neurograph::registry::LinkGraph>();
+    let g = sim
+        .world()
+        .resource::<neurograph::model::registry::LinkGraph>();
     assert!(
         g.get(TokenId(f), TokenId(f + 2)).is_none(),
         "the weakest (w = 1) went"

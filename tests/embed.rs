@@ -3,9 +3,9 @@
 
 use bevy_app::{App, Update};
 use bevy_ecs::prelude::*;
-use neurograph::commands::CommandQueue;
+use neurograph::model::commands::CommandQueue;
 use neurograph::prelude::*;
-use neurograph::registry::SimClock;
+use neurograph::schedule::SimClock;
 use std::time::Duration;
 
 #[derive(Resource, Default)]

@@ -10,10 +10,10 @@ mod common;
 
 use common::scenario_tokens;
 
-use neurograph::gpu::{AdapterPolicy, ForceInput, GpuContext, GpuForces};
+use neurograph::backend::gpu::{AdapterPolicy, ForceInput, GpuContext, GpuForces};
+use neurograph::model::registry::SimRng;
 use neurograph::physics::ForceParams;
 use neurograph::prelude::*;
-use neurograph::registry::SimRng;
 use neurograph::sim::SimError;
 use neurograph::systems::ForceBuffers;
 use neurograph::systems::forces::{Proposals, compute_densities, compute_forces_proposing};
@@ -500,7 +500,7 @@ fn a_settled_world_agrees_relative_to_each_tokens_force_scale() {
 #[test]
 fn token_count_not_a_multiple_of_the_workgroup() {
     let n = 64 * 20 + 37;
-    assert_ne!(n % neurograph::gpu::WORKGROUP_SIZE as usize, 0);
+    assert_ne!(n % neurograph::backend::gpu::WORKGROUP_SIZE as usize, 0);
     contract("n=1317", &scenario_tokens("clusters", n, 13), 20, settings);
 }
 
@@ -712,19 +712,39 @@ fn a_gpu_wal_replays_and_verifies_on_the_gpu() {
 
 #[test]
 fn an_embedder_can_choose_the_backend_resource() {
-    // A ForceBackend inserted before the plugins wins over SimConfig::backend.
-    let mut app = bevy_app::App::new();
-    app.insert_resource(ForceBackend::cpu());
-    app.add_plugins(NeuroGraphPlugins {
-        config: SimConfig {
-            backend: Backend::Gpu,
+    // A ForceBackend inserted before or after the plugins (but before the app
+    // is finished) wins over SimConfig::backend: no device is opened for it.
+    for before in [true, false] {
+        let mut app = bevy_app::App::new();
+        if before {
+            app.insert_resource(ForceBackend::cpu());
+        }
+        app.add_plugins(NeuroGraphPlugins {
+            config: SimConfig {
+                backend: Backend::Gpu,
+                ..Default::default()
+            },
             ..Default::default()
-        },
-        ..Default::default()
-    });
-    let b = app.world().resource::<ForceBackend>();
-    assert_eq!((b.requested(), b.active()), (Backend::Cpu, Backend::Cpu));
-    assert!(b.error().is_none());
+        });
+        // The device is opened in `finish`, not while plugins are built.
+        assert!(!app.world().contains_resource::<ForceBackend>() || before);
+        if !before {
+            app.insert_resource(ForceBackend::cpu());
+        }
+        app.finish();
+        let b = app.world().resource::<ForceBackend>();
+        assert_eq!((b.requested(), b.active()), (Backend::Cpu, Backend::Cpu));
+        assert!(b.error().is_none());
+    }
+    // Without one, `finish` opens the backend SimConfig asks for.
+    let mut app = bevy_app::App::new();
+    app.add_plugins(NeuroGraphPlugins::default());
+    assert!(!app.world().contains_resource::<ForceBackend>());
+    app.finish();
+    assert_eq!(
+        app.world().resource::<ForceBackend>().active(),
+        Backend::Cpu
+    );
 }
 
 #[cfg(feature = "cli")]
@@ -771,7 +791,7 @@ type PassOutput = (u64, Vec<Vec8>, Vec<u32>, Vec<f32>);
 fn run_pass(
     pass: &mut GpuForces,
     sim: &Simulation,
-) -> Result<PassOutput, neurograph::gpu::GpuError> {
+) -> Result<PassOutput, neurograph::backend::gpu::GpuError> {
     let buf = sim.world().resource::<ForceBuffers>();
     let n = buf.ids.len();
     let g = &sim.cdna().graph;
@@ -890,7 +910,7 @@ fn a_wal_mixing_gpu_and_cpu_ticks_replays_each_on_its_own_backend() {
     // As after a crash: the log ends at tick 12, the only snapshot is tick 0.
     wal::abandon(&mut sim).unwrap();
     drop(sim);
-    let rec = wal::recover(
+    let rec = wal::recover::<Simulation>(
         dir.path(),
         &wal::RecoverOptions {
             threads: 2,

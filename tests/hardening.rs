@@ -529,7 +529,9 @@ fn a_run_never_writes_over_its_own_inputs_or_into_its_wal() {
     assert_eq!(std::fs::read_to_string(d.join("t.jsonl")).unwrap(), "keep");
     // Devices and links are written through, not replaced.
     ok(&["generate", "--tokens", "10", "--out", "/dev/null"], d);
-    assert!(!neurograph::paths::is_plain_file(Path::new("/dev/null")));
+    assert!(!neurograph::app::paths::is_plain_file(Path::new(
+        "/dev/null"
+    )));
 }
 
 // 4. Coordinates far from the origin.
@@ -576,7 +578,7 @@ fn a_structure_gives_the_same_links_groups_and_neighbours_anywhere_inside_the_bo
         .fold(0.0, f64::max);
     // The default CDNA with the widest bounds its smallest radius allows.
     let cdna = String::from_utf8(ok(&["cdna"], d).stdout).unwrap();
-    let reach = neurograph::cdna::Cdna::MAX_BOUND_PER_RADIUS * 0.5;
+    let reach = neurograph::model::cdna::Cdna::MAX_BOUND_PER_RADIUS * 0.5;
     assert_eq!(reach, 1024.0);
     let cdna: String = cdna
         .lines()

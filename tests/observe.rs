@@ -152,7 +152,7 @@ fn metrics_endpoint_serves_moving_figures_health_and_a_dump_on_sigusr1() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let (body, a) = first;
-    for name in neurograph::observe::metrics::ALL {
+    for name in neurograph::observe::metrics::ALL.iter().map(|m| m.name) {
         if name == neurograph::observe::metrics::WAL_FSYNC_SECONDS {
             continue; // only once the first batch is synced; checked below
         }
@@ -459,9 +459,9 @@ fn observing_changes_nothing_in_the_state() {
 #[test]
 fn a_panic_on_a_rayon_worker_keeps_its_tick_in_the_trace() {
     use bevy_ecs::prelude::*;
-    use neurograph::plugin::{ComputePool, SimSystems, SimTick};
+    use neurograph::schedule::{ComputePool, SimSystems, SimTick};
     use tracing_subscriber::layer::SubscriberExt;
-    fn worker_panics(pool: Res<ComputePool>, clock: Res<neurograph::registry::SimClock>) {
+    fn worker_panics(pool: Res<ComputePool>, clock: Res<neurograph::schedule::SimClock>) {
         if clock.tick == 3 {
             pool.0
                 .install(|| rayon::join(|| panic!("a worker fails"), || ()));
@@ -506,8 +506,8 @@ fn a_panic_on_a_rayon_worker_keeps_its_tick_in_the_trace() {
 #[cfg(feature = "fault-injection")]
 #[test]
 fn after_a_recovery_the_counters_count_each_tick_and_record_once() {
+    use neurograph::app::runner::{RunConfig, RunOptions, run_keep};
     use neurograph::observe::FaultHook;
-    use neurograph::runner::{RunConfig, RunOptions, run_keep};
     let dir = tempfile::tempdir().unwrap();
     let recorder = neurograph::observe::metrics::prometheus_recorder();
     let handle = recorder.handle();

@@ -42,7 +42,7 @@ fn every_wgsl_file_validates() {
 #[cfg(feature = "gpu")]
 mod embedded {
     use super::*;
-    use neurograph::gpu::{FORCES_WGSL, GpuParams, SHADERS, WORKGROUP_SIZE};
+    use neurograph::backend::gpu::{FORCES_WGSL, GpuParams, SHADERS, WORKGROUP_SIZE};
 
     #[test]
     fn every_file_is_embedded_as_it_is() {
@@ -59,10 +59,10 @@ mod embedded {
     fn workgroup_size_matches_the_rust_constant() {
         let m = module("forces.wgsl", FORCES_WGSL);
         // The host dispatches every density before any force.
-        assert_eq!(neurograph::gpu::ENTRY_POINTS, ["density", "main"]);
+        assert_eq!(neurograph::backend::gpu::ENTRY_POINTS, ["density", "main"]);
         // Every entry point the host dispatches, and no other.
         let names: Vec<&str> = m.entry_points.iter().map(|e| e.name.as_str()).collect();
-        let mut expected = neurograph::gpu::ENTRY_POINTS.to_vec();
+        let mut expected = neurograph::backend::gpu::ENTRY_POINTS.to_vec();
         let mut found = names.clone();
         expected.sort_unstable();
         found.sort_unstable();
@@ -127,7 +127,7 @@ mod embedded {
 
     #[test]
     fn bindings_match_the_rust_layout() {
-        use neurograph::gpu::{BINDINGS, BindingAccess};
+        use neurograph::backend::gpu::{BINDINGS, BindingAccess};
         let m = module("forces.wgsl", FORCES_WGSL);
         let mut seen = vec![None; BINDINGS.len()];
         for (_, var) in m.global_variables.iter() {
@@ -162,7 +162,7 @@ mod embedded {
     fn link_ends_and_positions_match_the_wgsl_strides() {
         // LinkEnd { other, weight, rest }: 12 bytes; positions two vec4 per token.
         assert_eq!(size_of::<neurograph::physics::LinkEnd>(), 12);
-        assert_eq!(size_of::<neurograph::math::Vec8>(), 32);
+        assert_eq!(size_of::<neurograph::model::math::Vec8>(), 32);
         assert_eq!(size_of::<neurograph::physics::TokenParams>(), 16);
         let m = module("forces.wgsl", FORCES_WGSL);
         let (h, _) = m

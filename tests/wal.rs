@@ -2,9 +2,9 @@
 //! by its digest; truncation and bit flips anywhere are cut exactly at the tail or
 //! refused with a typed error; the format fixture of each version reads back.
 
-use neurograph::commands::SetValue;
+use neurograph::model::commands::SetValue;
+use neurograph::model::registry::SimRng;
 use neurograph::prelude::*;
-use neurograph::registry::SimRng;
 use neurograph::wal::format::{self, RecordKind};
 use neurograph::wal::{
     self, Durability, Manifest, RecoverOptions, Recovery, TickRecord, WalError, WalOptions,
@@ -147,8 +147,8 @@ fn opts(durability: Durability, snapshot_every: u64) -> WalOptions {
     }
 }
 
-fn recover(dir: &Path) -> Result<Recovery, WalError> {
-    wal::recover(
+fn recover(dir: &Path) -> Result<Recovery<Simulation>, WalError> {
+    wal::recover::<Simulation>(
         dir,
         &RecoverOptions {
             threads: 1,
@@ -157,8 +157,8 @@ fn recover(dir: &Path) -> Result<Recovery, WalError> {
     )
 }
 
-fn recover_exclusive(dir: &Path) -> Result<Recovery, WalError> {
-    wal::recover(
+fn recover_exclusive(dir: &Path) -> Result<Recovery<Simulation>, WalError> {
+    wal::recover::<Simulation>(
         dir,
         &RecoverOptions {
             threads: 1,
@@ -438,7 +438,7 @@ fn resuming_after_a_torn_tail_continues_exactly() {
     let seg = replay_only_wal(dir.path());
     let bytes = std::fs::read(&seg).unwrap();
     std::fs::write(&seg, &bytes[..bytes.len() - 7]).unwrap();
-    let rec = wal::recover(
+    let rec = wal::recover::<Simulation>(
         dir.path(),
         &RecoverOptions {
             threads: 2,

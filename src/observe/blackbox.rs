@@ -122,6 +122,10 @@ impl BlackBox {
     /// Writes the events as JSON lines, oldest first, to `path`: to a temporary
     /// file beside it, fsynced, then renamed over it, so a reader never sees half
     /// a dump. Returns the number of events written.
+    ///
+    /// # Errors
+    /// The temporary file cannot be written or synced, or the rename fails
+    /// (the temporary file is removed).
     pub fn dump(&self, path: &Path) -> std::io::Result<usize> {
         let tmp = path.with_extension("jsonl.tmp");
         let write = || -> std::io::Result<()> {
@@ -141,15 +145,48 @@ impl BlackBox {
     }
 
     /// Reads a dump back.
-    pub fn read_dump(path: &Path) -> Result<Vec<BlackBoxEvent>, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    ///
+    /// # Errors
+    /// The file cannot be read, or a line is not an event.
+    pub fn read_dump(path: &Path) -> Result<Vec<BlackBoxEvent>, DumpError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DumpError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         text.lines()
             .enumerate()
             .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+                serde_json::from_str(l).map_err(|source| DumpError::Line {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    source,
+                })
             })
             .collect()
     }
+}
+
+/// Why a black-box dump could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// The file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The dump.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line is not an event.
+    #[error("{}:{line}: {source}", path.display())]
+    Line {
+        /// The dump.
+        path: std::path::PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// Why.
+        source: serde_json::Error,
+    },
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! Observability and resilience (DESIGN §9).
 //!
-//! - **puffin**: every system opens with [`profile_system!`] (a puffin function
+//! - **puffin**: every system opens with [`profile_system!`](crate::profile_system) (a puffin function
 //!   scope and a tracing span), rayon chunks have their own puffin scopes, and
 //!   `end_tick` starts one puffin frame per tick. Scopes cost one atomic load
 //!   while puffin is off (`puffin::set_scopes_on`).
-//! - **tracing**: [`run_tick`] wraps each tick in a `tick` span (fields `tick`,
+//! - **tracing**: [`run_tick`](crate::schedule::run_tick) wraps each tick in a `tick` span (fields `tick`,
 //!   `tokens`, `links`); the systems' spans nest in it. The adaptive sampler in
 //!   [`sampler`] decides per tick what is written.
 //! - **metrics**: the `observe` system of the `Observe` stage emits the figures of
@@ -20,15 +20,16 @@ pub mod metrics;
 pub mod puffin_stream;
 pub mod sampler;
 
-pub use blackbox::{BlackBox, BlackBoxEvent, EventKind};
+pub use blackbox::{BlackBox, BlackBoxEvent, DumpError, EventKind};
 pub use metrics::LiveStatus;
 pub use sampler::{SamplerHandle, SamplerStats, SamplingLayer, sampling_layer};
 
-use crate::cdna::{Cdna, CdnaViolations, ViolationKind};
-use crate::commands::CommandLog;
-use crate::hierarchy::{GroupEvents, Hierarchy};
-use crate::plugin::{SimSystems, SimTick, StageTimes};
-use crate::registry::{LinkGraph, SimClock, TokenRegistry};
+use crate::geometry::hierarchy::{GroupEvents, Hierarchy};
+use crate::model::cdna::{Cdna, CdnaViolations, ViolationKind};
+use crate::model::commands::CommandLog;
+use crate::model::registry::{LinkGraph, TokenRegistry};
+use crate::schedule::SimClock;
+use crate::schedule::{SimSystems, SimTick, StageTimes};
 use crate::systems::{ForceBuffers, LearnStats};
 use crate::wal::Journal;
 use bevy_app::{App, Plugin};
@@ -37,17 +38,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 #[cfg(feature = "fault-injection")]
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Opens a system: a puffin function scope and a tracing span named `$name`
-/// (target [`sampler::TICK_TARGET`]) that last until the end of the block.
-#[macro_export]
-macro_rules! profile_system {
-    ($name:literal) => {
-        ::puffin::profile_function!();
-        let _neurograph_span =
-            ::tracing::info_span!(target: $crate::observe::sampler::TICK_TARGET, $name).entered();
-    };
-}
 
 /// What the `observe` system does each tick. Both default to on; metrics cost
 /// about 40 µs a tick and the black box a few µs (see `neurograph bench observe`).
@@ -148,7 +138,7 @@ fn fault_hook(
     {
         if h.gpu_loss {
             if let Some(mut b) = backend
-                && b.active() == crate::config::Backend::Gpu
+                && b.active() == crate::model::config::Backend::Gpu
             {
                 b.failed(format!(
                     "fault hook: injected GPU loss at tick {}",
@@ -175,9 +165,7 @@ impl Plugin for ObservePlugin {
             .init_resource::<BlackBox>()
             .add_systems(
                 SimTick,
-                observe
-                    .in_set(SimSystems::Observe)
-                    .before(crate::plugin::end_tick),
+                (observe, end_tick).chain().in_set(SimSystems::Observe),
             );
         // Only in builds for tests: no system runs for it otherwise.
         #[cfg(feature = "fault-injection")]
@@ -187,28 +175,6 @@ impl Plugin for ObservePlugin {
                 .after(SimSystems::Ingest)
                 .before(SimSystems::Forces),
         );
-    }
-}
-
-/// Runs one tick of `world` inside a `tick` span. A panic anywhere in the
-/// tick (a rayon worker's too) is logged as an error inside that span, so the
-/// trace sampler keeps the tick, and then goes on unwinding.
-pub fn run_tick(world: &mut World) {
-    let tick = world.resource::<SimClock>().tick + 1;
-    let span = tracing::info_span!(
-        target: sampler::TICK_TARGET,
-        "tick",
-        tick,
-        tokens = world.resource::<TokenRegistry>().len(),
-        links = world.resource::<LinkGraph>().len(),
-    );
-    let _entered = span.enter();
-    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        world.run_schedule(SimTick);
-    }));
-    if let Err(payload) = ran {
-        tracing::error!(target: "neurograph::panic", tick, panic = %panic_message(&*payload), "tick panicked");
-        std::panic::resume_unwind(payload);
     }
 }
 
@@ -241,188 +207,243 @@ fn advance(totals: &mut Vec<u64>, slot: usize, now: u64) -> u64 {
     if now >= last { now - last } else { now }
 }
 
+/// Closes the tick: puffin (when profiling is on, and unless the host marks
+/// its own frames: [`ObserveSettings::puffin_frames`]) starts a new frame.
+pub fn end_tick(settings: Res<ObserveSettings>) {
+    crate::profile_system!("end_tick");
+    if settings.puffin_frames && puffin::are_scopes_on() {
+        puffin::GlobalProfiler::lock().new_frame();
+    }
+}
+
+/// What the `observe` system reads: the world's figures after the tick.
+#[derive(bevy_ecs::system::SystemParam)]
+struct Figures<'w> {
+    clock: Res<'w, SimClock>,
+    registry: Res<'w, TokenRegistry>,
+    links: Res<'w, LinkGraph>,
+    cdna: Res<'w, Cdna>,
+    violations: Res<'w, CdnaViolations>,
+    commands: Res<'w, CommandLog>,
+    hierarchy: Res<'w, Hierarchy>,
+    learn: Res<'w, LearnStats>,
+    forces: Res<'w, ForceBuffers>,
+    times: Res<'w, StageTimes>,
+    backend: Option<Res<'w, crate::backend::ForceBackend>>,
+    journal: Option<Res<'w, Journal>>,
+}
+
+/// The WAL writer's counters (records counted when journaled, not when the
+/// writer thread gets to them) and its failure, if any.
+type WalFigures = Option<(crate::wal::WalStats, Option<String>)>;
+
+/// What happened in this tick, as `observe` works it out once for every sink.
+struct TickNews {
+    tick: u64,
+    /// The first tick this world is observed.
+    first: bool,
+    /// A detection ran this tick.
+    organized_now: bool,
+    /// CDNA violations corrected this tick, and their kinds as text.
+    violations: u64,
+    violation_text: String,
+    wal: WalFigures,
+}
+
 /// Emits the tick's metrics, feeds the black box and the live status, and
 /// keeps the sampler's rate in step with the CDNA.
-#[allow(clippy::too_many_arguments)]
 fn observe(
     settings: Res<ObserveSettings>,
-    clock: Res<SimClock>,
-    registry: Res<TokenRegistry>,
-    links: Res<LinkGraph>,
-    cdna: Res<Cdna>,
-    violations: Res<CdnaViolations>,
-    commands: Res<CommandLog>,
-    hierarchy: Res<Hierarchy>,
-    (learn, forces, times, backend): (
-        Res<LearnStats>,
-        Res<ForceBuffers>,
-        Res<StageTimes>,
-        Option<Res<crate::backend::ForceBackend>>,
-    ),
-    journal: Option<Res<Journal>>,
+    f: Figures,
     trace: Option<Res<TraceControl>>,
     live: Option<Res<Live>>,
     mut bb: ResMut<BlackBox>,
     mut seen: Local<Seen>,
 ) {
     crate::profile_system!("observe");
-    let tick = clock.tick;
-    let first = !seen.started;
-    let wal = journal.as_ref().map(|j| {
-        let mut stats = j.stats();
-        // Counted when journaled, not when the writer thread gets to it.
-        stats.records = j.appended_records();
-        (stats, j.failure().map(str::to_string))
-    });
-    if first {
-        // What happened before this world was observed is not news.
-        seen.started = true;
-        if hierarchy.last_organized != Some(tick) {
-            seen.organized = hierarchy.last_organized;
-        }
-        seen.events = hierarchy.events;
-        seen.wal_snapshots = wal.as_ref().map_or(0, |(s, _)| s.snapshots);
-    }
-
+    let news = news(&f, &mut seen);
     if let Some(t) = &trace
         && t.follow_cdna
-        && (first || cdna.is_changed())
+        && (news.first || f.cdna.is_changed())
     {
-        t.sampler.set_rate(cdna.evolution.trace_sample_rate);
+        t.sampler.set_rate(f.cdna.evolution.trace_sample_rate);
     }
-    // CDNA violations mark the tick for the trace sampler.
-    let n_violations: u64 = violations.last_tick.iter().sum();
-    let mut violation_text = String::new();
-    if n_violations > 0 {
-        for k in ViolationKind::ALL {
-            let n = violations.last_tick[k as usize];
-            if n > 0 {
-                let sep = if violation_text.is_empty() { "" } else { ", " };
-                let _ = write!(violation_text, "{sep}{} {n}", k.name());
-            }
-        }
-        tracing::info!(target: sampler::VIOLATION_TARGET, tick, violations = n_violations, kinds = %violation_text, "cdna violations corrected");
+    if news.violations > 0 {
+        // CDNA violations mark the tick for the trace sampler.
+        tracing::info!(target: sampler::VIOLATION_TARGET, tick = news.tick, violations = news.violations, kinds = %news.violation_text, "cdna violations corrected");
     }
     if let Some(live) = &live {
-        live.0.tick_done(tick, registry.len());
-        if let Some((_, Some(f))) = &wal {
-            live.0.fail(format!("WAL: {f}"));
+        live.0.tick_done(news.tick, f.registry.len());
+        if let Some((_, Some(failure))) = &news.wal {
+            live.0.fail(format!("WAL: {failure}"));
         }
     }
-
-    let organized_now =
-        hierarchy.last_organized.is_some() && hierarchy.last_organized != seen.organized;
     if settings.black_box {
-        let before = bb.recorded();
-        for (cmd, why) in &commands.rejected {
-            bb.record(
-                tick,
-                EventKind::CommandRefused,
-                format!("{}: {why}", cmd.name()),
-            );
-        }
-        if n_violations > 0 {
-            bb.record(
-                tick,
-                EventKind::Violation,
-                format!("{n_violations} corrected: {violation_text}"),
-            );
-        }
-        if !first && cdna.is_changed() {
-            bb.record(
-                tick,
-                EventKind::Cdna,
-                format!(
-                    "CDNA version {} ({} profile) in effect",
-                    cdna.version,
-                    cdna.profile.name()
-                ),
-            );
-        }
-        if organized_now {
-            let (e, p) = (hierarchy.events, seen.events);
-            let levels: Vec<String> = hierarchy
-                .groups_per_level()
-                .iter()
-                .map(u64::to_string)
-                .collect();
-            bb.record(
-                tick,
-                EventKind::Groups,
-                format!(
-                    "groups per level {}; kept {}, appeared {}, vanished {}, split {}, merged {}",
-                    if levels.is_empty() {
-                        "none".into()
-                    } else {
-                        levels.join("/")
-                    },
-                    e.kept.saturating_sub(p.kept),
-                    e.appeared.saturating_sub(p.appeared),
-                    e.vanished.saturating_sub(p.vanished),
-                    e.split.saturating_sub(p.split),
-                    e.merged.saturating_sub(p.merged)
-                ),
-            );
-        }
-        if let Some((stats, failure)) = &wal {
-            if stats.snapshots > seen.wal_snapshots {
-                bb.record(
-                    tick,
-                    EventKind::Wal,
-                    format!(
-                        "snapshot written ({} by this writer, durable tick {})",
-                        stats.snapshots, stats.durable_tick
-                    ),
-                );
-            }
-            if let Some(f) = failure
-                && !seen.wal_failure
-            {
-                bb.record(tick, EventKind::Error, format!("WAL failed: {f}"));
-            }
-        }
-        if let Some(b) = &backend {
-            let problem = b
-                .error()
-                .map(|e| {
-                    (
-                        EventKind::Error,
-                        format!("GPU failed, forces on the CPU: {e}"),
-                    )
-                })
-                .or_else(|| {
-                    b.fallback().map(|f| {
-                        (
-                            EventKind::Note,
-                            format!("backend auto runs on the CPU: {f}"),
-                        )
-                    })
-                });
-            if let Some((kind, text)) = problem
-                && !seen.gpu_problem
-            {
-                bb.record(tick, kind, text);
-                seen.gpu_problem = true;
-            }
-        }
-        let added = bb.recorded() - before;
+        let added = record_events(&f, &news, &mut seen, &mut bb);
         if settings.metrics && added > 0 {
             ::metrics::counter!(metrics::BLACKBOX_EVENTS_TOTAL).increment(added);
         }
     }
-    if let Some((stats, failure)) = &wal {
+    if let Some((stats, failure)) = &news.wal {
         seen.wal_snapshots = stats.snapshots;
         seen.wal_failure |= failure.is_some();
     }
-    if organized_now {
-        seen.organized = hierarchy.last_organized;
-        seen.events = hierarchy.events;
+    if news.organized_now {
+        seen.organized = f.hierarchy.last_organized;
+        seen.events = f.hierarchy.events;
     }
+    mirror_totals(&f, &news, &mut seen, settings.metrics);
+    let per_level = f.hierarchy.groups_per_level();
+    let levels_before = std::mem::replace(&mut seen.levels, per_level.len());
+    if settings.metrics {
+        emit_figures(&f, &news, &mut seen, &per_level, levels_before);
+    }
+}
 
-    // The mirrored totals advance whether or not metrics are on, so that turning
-    // them on (or a recovery) never replays old counts. The visiting order is
-    // fixed; the WAL's come last, as a journal may appear or go.
-    let emit = settings.metrics;
+/// Works out the tick's news; on the first tick observed, takes what happened
+/// before as seen (it is not news).
+fn news(f: &Figures, seen: &mut Seen) -> TickNews {
+    let tick = f.clock.tick;
+    let first = !seen.started;
+    let wal = f.journal.as_ref().map(|j| {
+        let mut stats = j.stats();
+        stats.records = j.appended_records();
+        (stats, j.failure().map(str::to_string))
+    });
+    if first {
+        seen.started = true;
+        if f.hierarchy.last_organized != Some(tick) {
+            seen.organized = f.hierarchy.last_organized;
+        }
+        seen.events = f.hierarchy.events;
+        seen.wal_snapshots = wal.as_ref().map_or(0, |(s, _)| s.snapshots);
+    }
+    let violations: u64 = f.violations.last_tick.iter().sum();
+    let mut violation_text = String::new();
+    for k in ViolationKind::ALL {
+        let n = f.violations.last_tick[k as usize];
+        if n > 0 {
+            let sep = if violation_text.is_empty() { "" } else { ", " };
+            let _ = write!(violation_text, "{sep}{} {n}", k.name());
+        }
+    }
+    let organized_now =
+        f.hierarchy.last_organized.is_some() && f.hierarchy.last_organized != seen.organized;
+    TickNews {
+        tick,
+        first,
+        organized_now,
+        violations,
+        violation_text,
+        wal,
+    }
+}
+
+/// Records the tick's notable events in the black box; returns how many.
+fn record_events(f: &Figures, news: &TickNews, seen: &mut Seen, bb: &mut BlackBox) -> u64 {
+    let before = bb.recorded();
+    let tick = news.tick;
+    for (cmd, why) in &f.commands.rejected {
+        bb.record(
+            tick,
+            EventKind::CommandRefused,
+            format!("{}: {why}", cmd.name()),
+        );
+    }
+    if news.violations > 0 {
+        bb.record(
+            tick,
+            EventKind::Violation,
+            format!("{} corrected: {}", news.violations, news.violation_text),
+        );
+    }
+    if !news.first && f.cdna.is_changed() {
+        bb.record(
+            tick,
+            EventKind::Cdna,
+            format!(
+                "CDNA version {} ({} profile) in effect",
+                f.cdna.version,
+                f.cdna.profile.name()
+            ),
+        );
+    }
+    if news.organized_now {
+        bb.record(tick, EventKind::Groups, groups_text(&f.hierarchy, seen));
+    }
+    if let Some((stats, failure)) = &news.wal {
+        if stats.snapshots > seen.wal_snapshots {
+            bb.record(
+                tick,
+                EventKind::Wal,
+                format!(
+                    "snapshot written ({} by this writer, durable tick {})",
+                    stats.snapshots, stats.durable_tick
+                ),
+            );
+        }
+        if let Some(failure) = failure
+            && !seen.wal_failure
+        {
+            bb.record(tick, EventKind::Error, format!("WAL failed: {failure}"));
+        }
+    }
+    if let Some(b) = &f.backend {
+        let problem = b
+            .error()
+            .map(|e| {
+                (
+                    EventKind::Error,
+                    format!("GPU failed, forces on the CPU: {e}"),
+                )
+            })
+            .or_else(|| {
+                b.fallback().map(|fb| {
+                    (
+                        EventKind::Note,
+                        format!("backend auto runs on the CPU: {fb}"),
+                    )
+                })
+            });
+        if let Some((kind, text)) = problem
+            && !seen.gpu_problem
+        {
+            bb.record(tick, kind, text);
+            seen.gpu_problem = true;
+        }
+    }
+    bb.recorded() - before
+}
+
+/// The black box's line for a detection: groups per level and the identity
+/// events since the last one.
+fn groups_text(hierarchy: &Hierarchy, seen: &Seen) -> String {
+    let (e, p) = (hierarchy.events, seen.events);
+    let levels: Vec<String> = hierarchy
+        .groups_per_level()
+        .iter()
+        .map(u64::to_string)
+        .collect();
+    format!(
+        "groups per level {}; kept {}, appeared {}, vanished {}, split {}, merged {}",
+        if levels.is_empty() {
+            "none".into()
+        } else {
+            levels.join("/")
+        },
+        e.kept.saturating_sub(p.kept),
+        e.appeared.saturating_sub(p.appeared),
+        e.vanished.saturating_sub(p.vanished),
+        e.split.saturating_sub(p.split),
+        e.merged.saturating_sub(p.merged)
+    )
+}
+
+/// Advances the counters that mirror the world's own totals (and emits them
+/// when `emit`). They advance whether or not metrics are on, so that turning
+/// them on (or a recovery) never replays old counts. The visiting order is
+/// fixed; the WAL's come last, as a journal may appear or go.
+fn mirror_totals(f: &Figures, news: &TickNews, seen: &mut Seen, emit: bool) {
     let mut slot = 0;
     let mut bump = |name: &'static str, label: Option<(&'static str, &'static str)>, now: u64| {
         let d = advance(&mut seen.totals, slot, now);
@@ -439,10 +460,10 @@ fn observe(
         bump(
             metrics::CDNA_VIOLATIONS_TOTAL,
             Some(("kind", k.name())),
-            violations.get(k),
+            f.violations.get(k),
         );
     }
-    let e = hierarchy.events;
+    let e = f.hierarchy.events;
     for (event, v) in [
         ("kept", e.kept),
         ("appeared", e.appeared),
@@ -453,16 +474,16 @@ fn observe(
         bump(metrics::GROUP_EVENTS_TOTAL, Some(("event", event)), v);
     }
     for (name, v) in [
-        (metrics::COMMANDS_APPLIED_TOTAL, commands.applied_total),
-        (metrics::COMMANDS_REJECTED_TOTAL, commands.rejected_total),
-        (metrics::QUOTA_REJECTIONS_TOTAL, commands.quota_rejections),
-        (metrics::LINKS_FORMED_TOTAL, learn.links_formed),
-        (metrics::LINKS_PRUNED_TOTAL, learn.links_pruned),
-        (metrics::NEIGHBOR_REBUILDS_TOTAL, forces.stats.rebuilds),
+        (metrics::COMMANDS_APPLIED_TOTAL, f.commands.applied_total),
+        (metrics::COMMANDS_REJECTED_TOTAL, f.commands.rejected_total),
+        (metrics::QUOTA_REJECTIONS_TOTAL, f.commands.quota_rejections),
+        (metrics::LINKS_FORMED_TOTAL, f.learn.links_formed),
+        (metrics::LINKS_PRUNED_TOTAL, f.learn.links_pruned),
+        (metrics::NEIGHBOR_REBUILDS_TOTAL, f.forces.stats.rebuilds),
     ] {
         bump(name, None, v);
     }
-    if let Some((stats, _)) = &wal {
+    if let Some((stats, _)) = &news.wal {
         for (name, v) in [
             (metrics::WAL_BYTES_TOTAL, stats.bytes),
             (metrics::WAL_RECORDS_TOTAL, stats.records),
@@ -472,21 +493,25 @@ fn observe(
             bump(name, None, v);
         }
     }
-    let per_level = hierarchy.groups_per_level();
-    let levels_before = std::mem::replace(&mut seen.levels, per_level.len());
+}
 
-    if !emit {
-        return;
-    }
+/// Emits the tick's timings, gauges and GPU figures.
+fn emit_figures(
+    f: &Figures,
+    news: &TickNews,
+    seen: &mut Seen,
+    per_level: &[u64],
+    levels_before: usize,
+) {
     use ::metrics::{counter, gauge, histogram};
     let mut total = 0.0;
     for (k, stage) in SimSystems::ALL.into_iter().enumerate() {
-        let s = times.last[k];
+        let s = f.times.last[k];
         total += s;
         histogram!(metrics::STAGE_SECONDS, "stage" => stage.name()).record(s);
     }
     histogram!(metrics::TICK_SECONDS).record(total);
-    if let Some((last, _, passes)) = backend.as_ref().and_then(|b| b.gpu_timings())
+    if let Some((last, _, passes)) = f.backend.as_ref().and_then(|b| b.gpu_timings())
         && passes != std::mem::replace(&mut seen.gpu_passes, passes)
     {
         for (phase, s) in [
@@ -502,10 +527,10 @@ fn observe(
             .increment(last.readback_bytes);
     }
     counter!(metrics::TICKS_TOTAL).increment(1);
-    gauge!(metrics::TICK).set(tick as f64);
-    gauge!(metrics::TOKENS).set(registry.len() as f64);
-    gauge!(metrics::LINKS).set(links.len() as f64);
-    if organized_now || first {
+    gauge!(metrics::TICK).set(news.tick as f64);
+    gauge!(metrics::TOKENS).set(f.registry.len() as f64);
+    gauge!(metrics::LINKS).set(f.links.len() as f64);
+    if news.organized_now || news.first {
         // Levels that disappeared read 0, not their last count.
         let shown = per_level.len().max(levels_before).max(2);
         for (k, label) in metrics::LEVEL_LABELS.into_iter().enumerate().take(shown) {
@@ -513,18 +538,7 @@ fn observe(
             gauge!(metrics::GROUPS, "level" => label).set(n as f64);
         }
     }
-    if let Some((stats, _)) = &wal {
+    if let Some((stats, _)) = &news.wal {
         gauge!(metrics::WAL_DURABLE_TICK).set(stats.durable_tick as f64);
-    }
-}
-
-/// The message of a caught panic.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-text payload".to_string()
     }
 }

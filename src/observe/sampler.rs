@@ -15,7 +15,7 @@
 //! keeps the same ticks, and nothing here touches the simulation's RNG.
 //!
 //! The tick is the span named `tick` of target [`TICK_TARGET`] (see
-//! [`crate::observe::run_tick`]); every span and event inside it belongs to it.
+//! [`crate::schedule::run_tick`]); every span and event inside it belongs to it.
 //! Spans and events outside a tick are ignored here (the log layer prints them).
 
 use serde::Serialize;

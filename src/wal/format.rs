@@ -81,7 +81,7 @@
 //!
 //! Snapshots are written to `*.tmp`, fsynced, renamed and the directory fsynced.
 
-use crate::commands::SimCommand;
+use crate::model::commands::SimCommand;
 use serde::{Deserialize, Serialize};
 
 /// The format version this build writes and reads.
@@ -183,6 +183,11 @@ impl HeaderError {
 }
 
 /// Decodes a segment header; returns the first tick.
+///
+/// # Errors
+/// [`HeaderError::Short`] when `bytes` is shorter than a header; [`HeaderError::Magic`]
+/// when the magic differs; [`HeaderError::Crc`] when the header CRC does not match;
+/// [`HeaderError::Version`] when the format version is not [`FORMAT_VERSION`].
 pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, HeaderError> {
     if bytes.len() < SEGMENT_HEADER_LEN {
         return Err(HeaderError::Short(bytes.len()));
@@ -240,8 +245,15 @@ pub fn begin_record(out: &mut Vec<u8>) -> usize {
 }
 
 /// Fills in the frame header of the record begun at `start`, whose payload is
-/// everything after its header. Returns the payload length, or the length that
-/// is over [`MAX_PAYLOAD`] (the bytes are then left unframed).
+/// everything after its header. Returns the payload length.
+///
+/// # Errors
+/// The payload's length, when it is over [`MAX_PAYLOAD`] (the bytes are then left
+/// unframed).
+///
+/// # Panics
+/// If fewer than [`RECORD_HEADER_LEN`] bytes follow `start` (a `start` not returned
+/// by [`begin_record`] on this buffer).
 pub fn finish_record(out: &mut [u8], start: usize, kind: u8, tick: u64) -> Result<u32, usize> {
     let (header, payload) = out[start..].split_at_mut(RECORD_HEADER_LEN);
     let len = u32::try_from(payload.len())
@@ -312,6 +324,12 @@ impl std::fmt::Display for FrameError {
 }
 
 /// Decodes the record frame at `offset` of `seg` (a whole segment file).
+///
+/// # Errors
+/// [`FrameError::ShortHeader`] or [`FrameError::ShortPayload`] when the file ends
+/// inside the frame; [`FrameError::Magic`] when the magic differs;
+/// [`FrameError::Length`] when the length is over [`MAX_PAYLOAD`];
+/// [`FrameError::Crc`] when the CRC does not match.
 pub fn decode_record(seg: &[u8], offset: usize) -> Result<RawRecord<'_>, FrameError> {
     let rest = seg.get(offset..).unwrap_or(&[]);
     if rest.len() < RECORD_HEADER_LEN {
@@ -543,37 +561,64 @@ pub fn snapshot_header(tick: u64, len: u64, crc: u32) -> [u8; SNAPSHOT_HEADER_LE
     h
 }
 
+/// Why a snapshot file's framing is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotFileError {
+    /// Shorter than the header.
+    #[error("{0} bytes, shorter than the {SNAPSHOT_HEADER_LEN}-byte header")]
+    Short(usize),
+    /// The magic bytes are not a snapshot's.
+    #[error("not a snapshot (bad magic)")]
+    Magic,
+    /// The header's CRC does not match.
+    #[error("header CRC mismatch")]
+    HeaderCrc,
+    /// Another format version.
+    #[error("format version {0}; this build reads version {FORMAT_VERSION}")]
+    Version(u32),
+    /// The payload's length is not the header's.
+    #[error("payload is {found} bytes, the header says {header}")]
+    Length {
+        /// Bytes after the header.
+        found: u64,
+        /// Bytes the header announces.
+        header: u64,
+    },
+    /// The payload's CRC does not match.
+    #[error("payload CRC mismatch")]
+    PayloadCrc,
+}
+
 /// Checks a snapshot file's header and CRCs; returns the tick and the payload.
-pub fn decode_snapshot_file(bytes: &[u8]) -> Result<(u64, &[u8]), String> {
+///
+/// # Errors
+/// The file is short, not a snapshot, of another format version, or fails a
+/// CRC or the length check.
+pub fn decode_snapshot_file(bytes: &[u8]) -> Result<(u64, &[u8]), SnapshotFileError> {
     if bytes.len() < SNAPSHOT_HEADER_LEN {
-        return Err(format!(
-            "{} bytes, shorter than the {SNAPSHOT_HEADER_LEN}-byte header",
-            bytes.len()
-        ));
+        return Err(SnapshotFileError::Short(bytes.len()));
     }
     if bytes[..8] != SNAPSHOT_MAGIC {
-        return Err("not a snapshot (bad magic)".into());
+        return Err(SnapshotFileError::Magic);
     }
     if crc32fast::hash(&bytes[..36]) != u32_at(bytes, 36) {
-        return Err("header CRC mismatch".into());
+        return Err(SnapshotFileError::HeaderCrc);
     }
     let version = u32_at(bytes, 8);
     if version != FORMAT_VERSION {
-        return Err(format!(
-            "format version {version}; this build reads version {FORMAT_VERSION}"
-        ));
+        return Err(SnapshotFileError::Version(version));
     }
     let tick = u64_at(bytes, 16);
     let len = u64_at(bytes, 24);
     let payload = &bytes[SNAPSHOT_HEADER_LEN..];
     if payload.len() as u64 != len {
-        return Err(format!(
-            "payload is {} bytes, the header says {len}",
-            payload.len()
-        ));
+        return Err(SnapshotFileError::Length {
+            found: payload.len() as u64,
+            header: len,
+        });
     }
     if crc32fast::hash(payload) != u32_at(bytes, 32) {
-        return Err("payload CRC mismatch".into());
+        return Err(SnapshotFileError::PayloadCrc);
     }
     Ok((tick, payload))
 }

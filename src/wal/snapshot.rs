@@ -1,12 +1,14 @@
 //! [`WorldSnapshot`]: the whole world after a tick, as plain data.
 
-use crate::cdna::{Cdna, CdnaHistory, CdnaViolations};
-use crate::commands::CommandLog;
-use crate::components::*;
 use crate::digest::{StateDigest, state_digest};
-use crate::hierarchy::Hierarchy;
-use crate::math::Vec8;
-use crate::registry::{LinkGraph, SimClock, SimRng, SpatialDirty, TokenRegistry};
+use crate::geometry::hierarchy::Hierarchy;
+use crate::model::Inconsistent;
+use crate::model::cdna::{Cdna, CdnaHistory, CdnaViolations};
+use crate::model::commands::CommandLog;
+use crate::model::components::*;
+use crate::model::math::Vec8;
+use crate::model::registry::{LinkGraph, SimRng, SpatialDirty, TokenRegistry};
+use crate::schedule::SimClock;
 use crate::systems::organize::mirror;
 use crate::systems::{GroupEntities, IntegrateStats, LearnStats};
 use bevy_ecs::prelude::*;
@@ -157,27 +159,50 @@ pub fn capture(world: &mut World, digest: Option<StateDigest>) -> WorldSnapshot 
     }
 }
 
+/// Why a snapshot could not be restored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The world already has tokens.
+    #[error("the world already has tokens")]
+    Populated,
+    /// The snapshot's data is not consistent.
+    #[error(transparent)]
+    Inconsistent(#[from] Inconsistent),
+    /// The restored world's digest is not the one recorded.
+    #[error("the restored world's digest is {restored}, the snapshot recorded {recorded}")]
+    Digest {
+        /// The digest of the restored world.
+        restored: StateDigest,
+        /// The digest the snapshot recorded.
+        recorded: StateDigest,
+    },
+}
+
 /// Restores `snap` into a world that has the NeuroGraph resources and no tokens,
 /// then checks that the world's digest is the one recorded. On error the world may
 /// hold part of the snapshot; callers drop it.
-pub fn restore(world: &mut World, snap: &WorldSnapshot) -> Result<(), String> {
+///
+/// # Errors
+/// The world has tokens; the snapshot's ids, links or hierarchy are not
+/// consistent; or the restored world's digest differs from the recorded one.
+pub fn restore(world: &mut World, snap: &WorldSnapshot) -> Result<(), RestoreError> {
     puffin::profile_function!();
     if !world.resource::<TokenRegistry>().is_empty() {
-        return Err("the world already has tokens".into());
+        return Err(RestoreError::Populated);
     }
     if snap.next_id.0 > MAX_NEXT_ID {
-        return Err(format!(
+        return Err(corrupt(format!(
             "next_id = {}: must be at most {MAX_NEXT_ID}",
             snap.next_id.0
-        ));
+        )));
     }
     let mut prev: Option<TokenId> = None;
     for t in &snap.tokens {
         if t.id >= snap.next_id || prev.is_some_and(|p| p >= t.id) {
-            return Err(format!(
+            return Err(corrupt(format!(
                 "token id {} is out of order or not below next_id = {}",
                 t.id.0, snap.next_id.0
-            ));
+            )));
         }
         prev = Some(t.id);
     }
@@ -204,12 +229,12 @@ pub fn restore(world: &mut World, snap: &WorldSnapshot) -> Result<(), String> {
     let mut graph = LinkGraph::default();
     for &(a, b, spec) in &snap.links {
         if a >= b || !registry.contains(a) || !registry.contains(b) {
-            return Err(format!(
+            return Err(corrupt(format!(
                 "link {a}–{b} does not join two live tokens in order"
-            ));
+            )));
         }
         if graph.get(a, b).is_some() {
-            return Err(format!("link {a}–{b} appears twice"));
+            return Err(corrupt(format!("link {a}–{b} appears twice")));
         }
         graph.insert(a, b, spec);
     }
@@ -244,10 +269,14 @@ pub fn restore(world: &mut World, snap: &WorldSnapshot) -> Result<(), String> {
     log.quota_rejections = c.quota_rejections;
     let got = state_digest(world);
     if got.0 != snap.digest {
-        return Err(format!(
-            "the restored world's digest is {got}, the snapshot recorded {}",
-            StateDigest(snap.digest)
-        ));
+        return Err(RestoreError::Digest {
+            restored: got,
+            recorded: StateDigest(snap.digest),
+        });
     }
     Ok(())
+}
+
+fn corrupt(reason: String) -> RestoreError {
+    RestoreError::Inconsistent(Inconsistent(reason))
 }

@@ -5,9 +5,14 @@
 //! the writer is `queue_records` behind, the tick waits) and, under
 //! [`Durability::Sync`], waits until the writer has fsynced it.
 
+/// The histogram the writer thread records each segment fsync's seconds in
+/// (catalogued with the others in `observe::metrics`).
+pub const FSYNC_SECONDS: &str = "neurograph_wal_fsync_seconds";
+
 use super::WalError;
 use super::format::{self, SEGMENT_HEADER_LEN};
 use super::snapshot::WorldSnapshot;
+use crate::model::config::{InvalidSetting, UnknownName};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -46,14 +51,16 @@ impl Durability {
 }
 
 impl std::str::FromStr for Durability {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s {
             "sync" => Ok(Self::Sync),
             "batched" => Ok(Self::Batched),
             "off" => Ok(Self::Off),
-            _ => Err(format!(
-                "unknown durability '{s}' (known: sync, batched, off)"
+            _ => Err(UnknownName::new(
+                "durability",
+                s,
+                &["sync", "batched", "off"],
             )),
         }
     }
@@ -94,8 +101,12 @@ impl Default for WalOptions {
 }
 
 impl WalOptions {
-    /// Checks the values; the error names the field, the value and the limit.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// A value outside its range; the error names the field, the value and
+    /// the limit.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         let checks: [(&str, u64, u64, u64); 5] = [
             ("batch_records", self.batch_records as u64, 1, 1 << 20),
             ("batch_ms", self.batch_ms, 1, 60_000),
@@ -105,7 +116,11 @@ impl WalOptions {
         ];
         for (name, v, lo, hi) in checks {
             if v < lo || v > hi {
-                return Err(format!("wal.{name} = {v}: must be in [{lo}, {hi}]"));
+                return Err(InvalidSetting::new(
+                    format!("wal.{name}"),
+                    v,
+                    format!("must be in [{lo}, {hi}]"),
+                ));
             }
         }
         Ok(())
@@ -186,6 +201,9 @@ fn io_err(path: &Path, e: std::io::Error) -> WalError {
 }
 
 /// fsyncs a directory so that creations, renames and deletions in it are durable.
+///
+/// # Errors
+/// [`WalError::Io`] when the directory cannot be opened or fsynced.
 pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -194,6 +212,10 @@ pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
 
 /// Writes `parts`, in order, to `dir/name` atomically: temp file, fsync, rename,
 /// dir fsync.
+///
+/// # Errors
+/// [`WalError::Io`] when creating, writing or fsyncing the temporary file, the
+/// rename, or the directory fsync fails.
 pub fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<(), WalError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
@@ -228,6 +250,9 @@ impl<W: Write> Write for CrcWriter<W> {
 }
 
 /// Encodes a snapshot file in memory (tests and benches; the writer streams).
+///
+/// # Errors
+/// [`WalError::Encode`] when the snapshot cannot be encoded as MessagePack.
 pub fn encode_snapshot(snap: &WorldSnapshot) -> Result<Vec<u8>, WalError> {
     let payload = rmp_serde::to_vec(snap).map_err(|e| WalError::Encode(e.to_string()))?;
     Ok(format::encode_snapshot_file(snap.tick, &payload))
@@ -236,6 +261,10 @@ pub fn encode_snapshot(snap: &WorldSnapshot) -> Result<Vec<u8>, WalError> {
 /// Writes a snapshot to `dir` atomically, streaming the payload to the file (no
 /// copy of it in memory): a placeholder header, the payload through a CRC, then
 /// the real header; fsync, rename, directory fsync. Returns the file's size.
+///
+/// # Errors
+/// [`WalError::Io`] when creating, writing, fsyncing or renaming the file, or the
+/// directory fsync, fails; [`WalError::Encode`] when the snapshot cannot be encoded.
 pub fn write_snapshot(dir: &Path, snap: &WorldSnapshot) -> Result<u64, WalError> {
     use std::io::{Seek, SeekFrom};
     let name = snapshot_name(snap.tick);
@@ -419,7 +448,7 @@ impl WriterThread {
         let start = Instant::now();
         self.segment.sync()?;
         let took = start.elapsed();
-        metrics::histogram!(crate::observe::metrics::WAL_FSYNC_SECONDS).record(took.as_secs_f64());
+        metrics::histogram!(FSYNC_SECONDS).record(took.as_secs_f64());
         self.add_fsyncs(1);
         self.unsynced = 0;
         self.last_sync = Instant::now();
@@ -441,6 +470,9 @@ pub struct WalFile {
 
 /// The segments and snapshots of `dir`, each sorted by tick. Other files
 /// (manifest, lock, `*.tmp`) are not listed.
+///
+/// # Errors
+/// [`WalError::Io`] when the directory cannot be read.
 pub fn list_dir(dir: &Path) -> Result<(Vec<WalFile>, Vec<WalFile>), WalError> {
     let mut segments = Vec::new();
     let mut snapshots = Vec::new();
@@ -474,6 +506,13 @@ pub fn list_dir(dir: &Path) -> Result<(Vec<WalFile>, Vec<WalFile>), WalError> {
 
 /// Deletes all but the newest `keep` snapshots, and the segments whose records
 /// all precede the oldest snapshot kept. The newest segment is never deleted.
+///
+/// # Errors
+/// [`WalError::Io`] when the directory cannot be read, a file cannot be deleted, or
+/// the directory fsync fails (files deleted before the failure stay deleted).
+///
+/// # Panics
+/// If `keep` is 0 and `dir` holds a snapshot.
 pub fn retire(dir: &Path, keep: usize) -> Result<(), WalError> {
     let (segments, snapshots) = list_dir(dir)?;
     if snapshots.len() <= keep {
@@ -506,19 +545,29 @@ pub struct WalWriter {
 impl WalWriter {
     /// Starts a writer that appends to a new segment whose first record is
     /// `first_tick`. Ticks before it are durable already (in a snapshot).
+    ///
+    /// # Errors
+    /// As [`WalWriter::start_with`]; in particular [`WalError::Io`] when a segment
+    /// of that first tick exists already.
     pub fn start(dir: &Path, first_tick: u64, opts: &WalOptions) -> Result<Self, WalError> {
         Self::start_with(dir, first_tick, opts, false)
     }
 
     /// [`WalWriter::start`], replacing an existing segment of the same name
     /// atomically when `replace` is set.
+    ///
+    /// # Errors
+    /// [`WalError::Options`] when `opts` is invalid; [`WalError::Io`] when the segment
+    /// cannot be created (or, without `replace`, exists already), written or fsynced,
+    /// the directory fsync fails, or the writer thread cannot be spawned.
     pub fn start_with(
         dir: &Path,
         first_tick: u64,
         opts: &WalOptions,
         replace: bool,
     ) -> Result<Self, WalError> {
-        opts.validate().map_err(WalError::Options)?;
+        opts.validate()
+            .map_err(|e| WalError::Options(e.to_string()))?;
         let segment = Segment::create(dir, first_tick, replace)?;
         let done = first_tick.saturating_sub(1);
         let shared = Arc::new(Shared::default());
@@ -580,6 +629,10 @@ impl WalWriter {
     }
 
     /// Appends a framed record of `tick`; under `sync`, returns once it is on disk.
+    ///
+    /// # Errors
+    /// [`WalError::WriterFailed`] when the writer thread has failed (earlier, or under
+    /// `sync` while writing this record); [`WalError::Closed`] when it has stopped.
     pub fn append(&mut self, tick: u64, frame: Vec<u8>) -> Result<(), WalError> {
         self.send(Msg::Record { tick, frame })?;
         self.appended = tick;
@@ -592,6 +645,11 @@ impl WalWriter {
 
     /// Queues a snapshot; it is written after every record appended before it.
     /// At most one snapshot is in flight: this waits for the previous one.
+    ///
+    /// # Errors
+    /// [`WalError::WriterFailed`] when the writer thread has failed (writing the
+    /// previous snapshot included); [`WalError::Closed`] when it has stopped. A failure
+    /// writing this snapshot shows in a later call.
     pub fn snapshot(&mut self, snap: WorldSnapshot) -> Result<(), WalError> {
         let previous = self.flushes_sent;
         self.wait(|p| p.flushes_done >= previous)?;
@@ -601,6 +659,10 @@ impl WalWriter {
     }
 
     /// Returns once everything appended and queued so far is on disk.
+    ///
+    /// # Errors
+    /// [`WalError::WriterFailed`] when the writer thread has failed, before or during
+    /// the flush; [`WalError::Closed`] when it has stopped.
     pub fn flush(&mut self) -> Result<(), WalError> {
         self.send(Msg::Flush)?;
         self.flushes_sent += 1;
@@ -626,6 +688,11 @@ impl WalWriter {
     }
 
     /// Flushes everything and stops the writer thread.
+    ///
+    /// # Errors
+    /// [`WalError::WriterFailed`] when the writer thread failed or panicked (what it
+    /// had not fsynced is not durable); [`WalError::Closed`] when it had stopped
+    /// before it could be asked to close.
     pub fn close(mut self) -> Result<WalStats, WalError> {
         self.shutdown()?;
         Ok(self.stats())
@@ -646,11 +713,6 @@ impl WalWriter {
             None if !sent => Err(WalError::Closed),
             None => Ok(()),
         }
-    }
-
-    /// The last tick appended.
-    pub fn appended_tick(&self) -> u64 {
-        self.appended
     }
 
     /// Records appended by this writer (queued or written).

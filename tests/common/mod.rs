@@ -23,7 +23,7 @@ pub fn sim_with_threads(threads: usize) -> Simulation {
 pub fn scenario_sim(name: &str, tokens: usize, seed: u64, threads: usize) -> Simulation {
     let mut sim = sim_with_threads(threads);
     sim.world_mut()
-        .insert_resource(neurograph::registry::SimRng::seeded(seed));
+        .insert_resource(neurograph::model::registry::SimRng::seeded(seed));
     scenario::find(name)
         .unwrap()
         .spawn_into(&mut sim, &ScenarioParams { tokens, seed }, 4096)
@@ -54,7 +54,7 @@ pub fn assert_forces_match_reference(sim: &mut Simulation) {
     let links = LinkTable::build(
         &buf.ids,
         sim.world()
-            .resource::<neurograph::registry::LinkGraph>()
+            .resource::<neurograph::model::registry::LinkGraph>()
             .iter()
             .map(|(&(a, b), l)| (a, b, l.weight, l.rest_length)),
     );
@@ -81,7 +81,7 @@ pub fn assert_forces_match_reference(sim: &mut Simulation) {
     let k = cdna.hierarchy.group_pull;
     if k != 0.0 {
         let world = sim.world();
-        let registry = world.resource::<neurograph::registry::TokenRegistry>();
+        let registry = world.resource::<neurograph::model::registry::TokenRegistry>();
         for (s, id) in buf.ids.iter().enumerate() {
             let e = registry.get(*id).unwrap();
             if let Some(parent) = world.get::<bevy_ecs::prelude::ChildOf>(e) {

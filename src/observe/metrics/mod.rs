@@ -5,25 +5,10 @@
 //! nothing), `neurograph run --metrics ADDR` installs [`install_prometheus`]'s
 //! and serves it with [`MetricsServer`] on `/metrics` (and `/health`).
 //!
-//! | name | kind | labels |
-//! |---|---|---|
-//! | `neurograph_tick_seconds` | histogram | |
-//! | `neurograph_stage_seconds` | histogram | `stage` |
-//! | `neurograph_ticks_total` | counter | |
-//! | `neurograph_tick` | gauge | |
-//! | `neurograph_tokens`, `neurograph_links` | gauge | |
-//! | `neurograph_groups` | gauge | `level` |
-//! | `neurograph_cdna_violations_total` | counter | `kind` |
-//! | `neurograph_commands_applied_total`, `neurograph_commands_rejected_total`, `neurograph_quota_rejections_total` | counter | |
-//! | `neurograph_links_formed_total`, `neurograph_links_pruned_total` | counter | |
-//! | `neurograph_group_events_total` | counter | `event` |
-//! | `neurograph_neighbor_rebuilds_total` | counter | |
-//! | `neurograph_wal_bytes_total`, `neurograph_wal_records_total`, `neurograph_wal_fsyncs_total`, `neurograph_wal_snapshots_total` | counter | |
-//! | `neurograph_wal_durable_tick` | gauge | |
-//! | `neurograph_wal_fsync_seconds` | histogram | (from the WAL writer's thread) |
-//! | `neurograph_blackbox_events_total` | counter | |
-//! | `neurograph_panics_total`, `neurograph_recoveries_total` | counter | (from the runner) |
-//! | `neurograph_info` | gauge | `version` (from [`install_prometheus`]) |
+//! The catalogue is [`ALL`], written once below: each entry's name, kind,
+//! labels and help text. The help texts go to the recorder ([`describe`]), and
+//! the table in `docs/observability.md` is [`markdown_table`]'s output (a test
+//! keeps them equal).
 //!
 //! Counters that mirror a simulation's own totals (violations, commands, WAL
 //! bytes…) advance by what the world added since the last tick, so a world
@@ -37,94 +22,110 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-/// Seconds of a whole tick.
-pub const TICK_SECONDS: &str = "neurograph_tick_seconds";
-/// Seconds of one stage of a tick (label `stage`).
-pub const STAGE_SECONDS: &str = "neurograph_stage_seconds";
-/// Ticks run.
-pub const TICKS_TOTAL: &str = "neurograph_ticks_total";
-/// The current tick.
-pub const TICK: &str = "neurograph_tick";
-/// Live tokens.
-pub const TOKENS: &str = "neurograph_tokens";
-/// Links.
-pub const LINKS: &str = "neurograph_links";
-/// Groups per level (label `level`).
-pub const GROUPS: &str = "neurograph_groups";
-/// CDNA violations corrected (label `kind`).
-pub const CDNA_VIOLATIONS_TOTAL: &str = "neurograph_cdna_violations_total";
-/// Commands applied.
-pub const COMMANDS_APPLIED_TOTAL: &str = "neurograph_commands_applied_total";
-/// Commands refused.
-pub const COMMANDS_REJECTED_TOTAL: &str = "neurograph_commands_rejected_total";
-/// Commands refused by a quota.
-pub const QUOTA_REJECTIONS_TOTAL: &str = "neurograph_quota_rejections_total";
-/// Links formed by learning.
-pub const LINKS_FORMED_TOTAL: &str = "neurograph_links_formed_total";
-/// Links pruned by learning.
-pub const LINKS_PRUNED_TOTAL: &str = "neurograph_links_pruned_total";
-/// Group identity events (label `event`).
-pub const GROUP_EVENTS_TOTAL: &str = "neurograph_group_events_total";
-/// Neighbour-list rebuilds.
-pub const NEIGHBOR_REBUILDS_TOTAL: &str = "neurograph_neighbor_rebuilds_total";
-/// WAL bytes written.
-pub const WAL_BYTES_TOTAL: &str = "neurograph_wal_bytes_total";
-/// WAL tick records written.
-pub const WAL_RECORDS_TOTAL: &str = "neurograph_wal_records_total";
-/// WAL fsync calls.
-pub const WAL_FSYNCS_TOTAL: &str = "neurograph_wal_fsyncs_total";
-/// WAL snapshots written.
-pub const WAL_SNAPSHOTS_TOTAL: &str = "neurograph_wal_snapshots_total";
-/// The highest tick known durable.
-pub const WAL_DURABLE_TICK: &str = "neurograph_wal_durable_tick";
-/// Seconds of one fsync of the WAL's segment.
-pub const WAL_FSYNC_SECONDS: &str = "neurograph_wal_fsync_seconds";
-/// Events recorded in the black box.
-pub const BLACKBOX_EVENTS_TOTAL: &str = "neurograph_blackbox_events_total";
-/// Ticks that panicked.
-pub const PANICS_TOTAL: &str = "neurograph_panics_total";
-/// Recoveries from the WAL after a panic.
-pub const RECOVERIES_TOTAL: &str = "neurograph_recoveries_total";
-/// Always 1, labelled with the version.
-pub const INFO: &str = "neurograph_info";
-/// Seconds of a GPU force pass phase (label `phase`: upload, dispatch, readback);
-/// only when the GPU computes forces.
-pub const GPU_PHASE_SECONDS: &str = "neurograph_gpu_phase_seconds";
-/// Bytes moved to and from the GPU (label `direction`: upload, readback); only
-/// when the GPU computes forces.
-pub const GPU_TRANSFER_BYTES_TOTAL: &str = "neurograph_gpu_transfer_bytes_total";
+/// What kind of metric an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A distribution ([`SECONDS_BUCKETS`] for the `*_seconds` ones).
+    Histogram,
+}
 
-/// Every metric name, for tests and documentation (the `GPU_*` ones appear only
-/// when the GPU backend runs).
-pub const ALL: [&str; 27] = [
-    TICK_SECONDS,
-    STAGE_SECONDS,
-    TICKS_TOTAL,
-    TICK,
-    TOKENS,
-    LINKS,
-    GROUPS,
-    CDNA_VIOLATIONS_TOTAL,
-    COMMANDS_APPLIED_TOTAL,
-    COMMANDS_REJECTED_TOTAL,
-    QUOTA_REJECTIONS_TOTAL,
-    LINKS_FORMED_TOTAL,
-    LINKS_PRUNED_TOTAL,
-    GROUP_EVENTS_TOTAL,
-    NEIGHBOR_REBUILDS_TOTAL,
-    WAL_BYTES_TOTAL,
-    WAL_RECORDS_TOTAL,
-    WAL_FSYNCS_TOTAL,
-    WAL_SNAPSHOTS_TOTAL,
-    WAL_DURABLE_TICK,
-    WAL_FSYNC_SECONDS,
-    BLACKBOX_EVENTS_TOTAL,
-    PANICS_TOTAL,
-    RECOVERIES_TOTAL,
-    INFO,
-    GPU_PHASE_SECONDS,
-    GPU_TRANSFER_BYTES_TOTAL,
-];
+impl Kind {
+    /// Lower-case name, as in Prometheus' `# TYPE` line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One entry of the catalogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metric {
+    /// The metric's name.
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its label names.
+    pub labels: &'static [&'static str],
+    /// One line of help, as the recorder shows it.
+    pub help: &'static str,
+    /// Who emits it, when not the `Observe` stage.
+    pub source: Option<&'static str>,
+}
+
+/// Defines one `pub const` per metric name and [`ALL`], from one table.
+macro_rules! catalogue {
+    ($( $id:ident = $name:expr, $kind:ident, [$($label:literal),*], $help:literal $(, from $source:literal)?; )*) => {
+        $( #[doc = $help] pub const $id: &str = $name; )*
+        /// Every metric, in the order of `docs/observability.md` (the `GPU_*`
+        /// ones appear only when the GPU backend runs).
+        pub const ALL: &[Metric] = &[$(
+            Metric {
+                name: $id,
+                kind: Kind::$kind,
+                labels: &[$($label),*],
+                help: $help,
+                source: catalogue!(@source $($source)?),
+            }
+        ),*];
+    };
+    (@source) => { None };
+    (@source $s:literal) => { Some($s) };
+}
+
+catalogue! {
+    TICK_SECONDS = "neurograph_tick_seconds", Histogram, [], "Wall time of a whole tick.";
+    STAGE_SECONDS = "neurograph_stage_seconds", Histogram, ["stage"], "Wall time of one stage of a tick.";
+    TICKS_TOTAL = "neurograph_ticks_total", Counter, [], "Ticks run.";
+    TICK = "neurograph_tick", Gauge, [], "The current tick.";
+    TOKENS = "neurograph_tokens", Gauge, [], "Live tokens.";
+    LINKS = "neurograph_links", Gauge, [], "Links.";
+    GROUPS = "neurograph_groups", Gauge, ["level"], "Groups per hierarchy level after the last detection.";
+    CDNA_VIOLATIONS_TOTAL = "neurograph_cdna_violations_total", Counter, ["kind"], "CDNA violations corrected, by kind.";
+    COMMANDS_APPLIED_TOTAL = "neurograph_commands_applied_total", Counter, [], "Commands applied.";
+    COMMANDS_REJECTED_TOTAL = "neurograph_commands_rejected_total", Counter, [], "Commands refused.";
+    QUOTA_REJECTIONS_TOTAL = "neurograph_quota_rejections_total", Counter, [], "Commands refused by a guardian quota.";
+    LINKS_FORMED_TOTAL = "neurograph_links_formed_total", Counter, [], "Links formed by learning.";
+    LINKS_PRUNED_TOTAL = "neurograph_links_pruned_total", Counter, [], "Links pruned by learning.";
+    GROUP_EVENTS_TOTAL = "neurograph_group_events_total", Counter, ["event"], "Group identity events.";
+    NEIGHBOR_REBUILDS_TOTAL = "neurograph_neighbor_rebuilds_total", Counter, [], "Neighbour-list rebuilds.";
+    WAL_BYTES_TOTAL = "neurograph_wal_bytes_total", Counter, [], "Bytes written to the WAL.";
+    WAL_RECORDS_TOTAL = "neurograph_wal_records_total", Counter, [], "Tick records written to the WAL.";
+    WAL_FSYNCS_TOTAL = "neurograph_wal_fsyncs_total", Counter, [], "fsync calls on the WAL.";
+    WAL_SNAPSHOTS_TOTAL = "neurograph_wal_snapshots_total", Counter, [], "Snapshots written.";
+    WAL_DURABLE_TICK = "neurograph_wal_durable_tick", Gauge, [], "The highest tick known durable.";
+    WAL_FSYNC_SECONDS = crate::wal::writer::FSYNC_SECONDS, Histogram, [], "Seconds of one WAL segment fsync.", from "the WAL writer's thread";
+    BLACKBOX_EVENTS_TOTAL = "neurograph_blackbox_events_total", Counter, [], "Events recorded in the black box.";
+    PANICS_TOTAL = "neurograph_panics_total", Counter, [], "Ticks that panicked.", from "the runner";
+    RECOVERIES_TOTAL = "neurograph_recoveries_total", Counter, [], "Recoveries from the WAL after a panic.", from "the runner";
+    INFO = "neurograph_info", Gauge, ["version"], "Always 1; the label names the version.", from "`install_prometheus`";
+    GPU_PHASE_SECONDS = "neurograph_gpu_phase_seconds", Histogram, ["phase"], "Seconds of a GPU force pass phase (upload, dispatch, readback).", from "the GPU backend";
+    GPU_TRANSFER_BYTES_TOTAL = "neurograph_gpu_transfer_bytes_total", Counter, ["direction"], "Bytes moved to and from the GPU (upload, readback).", from "the GPU backend";
+}
+
+/// The catalogue as the Markdown table of `docs/observability.md`.
+pub fn markdown_table() -> String {
+    let mut out =
+        String::from("| name | kind | labels | what | emitted by |\n|---|---|---|---|---|\n");
+    for m in ALL {
+        let labels: Vec<String> = m.labels.iter().map(|l| format!("`{l}`")).collect();
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            m.name,
+            m.kind.name(),
+            labels.join(", "),
+            m.help,
+            m.source.unwrap_or("the `Observe` stage"),
+        ));
+    }
+    out
+}
 
 /// Bucket bounds of the `*_seconds` histograms: 10 µs to 10 s.
 pub const SECONDS_BUCKETS: [f64; 19] = [
@@ -135,48 +136,25 @@ pub const SECONDS_BUCKETS: [f64; 19] = [
 /// Labels of the `level` gauge, so that emitting it allocates nothing.
 pub const LEVEL_LABELS: [&str; 8] = ["1", "2", "3", "4", "5", "6", "7", "8"];
 
-/// Adds the help texts to the current recorder.
+/// Adds the help texts of [`ALL`] to the current recorder.
 pub fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_histogram!(TICK_SECONDS, Unit::Seconds, "Wall time of a whole tick.");
-    describe_histogram!(
-        STAGE_SECONDS,
-        Unit::Seconds,
-        "Wall time of one stage of a tick."
-    );
-    describe_counter!(TICKS_TOTAL, "Ticks run.");
-    describe_gauge!(TICK, "The current tick.");
-    describe_gauge!(TOKENS, "Live tokens.");
-    describe_gauge!(LINKS, "Links.");
-    describe_gauge!(
-        GROUPS,
-        "Groups per hierarchy level after the last detection."
-    );
-    describe_counter!(CDNA_VIOLATIONS_TOTAL, "CDNA violations corrected, by kind.");
-    describe_counter!(COMMANDS_APPLIED_TOTAL, "Commands applied.");
-    describe_counter!(COMMANDS_REJECTED_TOTAL, "Commands refused.");
-    describe_counter!(
-        QUOTA_REJECTIONS_TOTAL,
-        "Commands refused by a guardian quota."
-    );
-    describe_counter!(LINKS_FORMED_TOTAL, "Links formed by learning.");
-    describe_counter!(LINKS_PRUNED_TOTAL, "Links pruned by learning.");
-    describe_counter!(GROUP_EVENTS_TOTAL, "Group identity events.");
-    describe_counter!(NEIGHBOR_REBUILDS_TOTAL, "Neighbour-list rebuilds.");
-    describe_counter!(WAL_BYTES_TOTAL, Unit::Bytes, "Bytes written to the WAL.");
-    describe_counter!(WAL_RECORDS_TOTAL, "Tick records written to the WAL.");
-    describe_counter!(WAL_FSYNCS_TOTAL, "fsync calls on the WAL.");
-    describe_counter!(WAL_SNAPSHOTS_TOTAL, "Snapshots written.");
-    describe_gauge!(WAL_DURABLE_TICK, "The highest tick known durable.");
-    describe_histogram!(
-        WAL_FSYNC_SECONDS,
-        Unit::Seconds,
-        "Seconds of one WAL segment fsync."
-    );
-    describe_counter!(BLACKBOX_EVENTS_TOTAL, "Events recorded in the black box.");
-    describe_counter!(PANICS_TOTAL, "Ticks that panicked.");
-    describe_counter!(RECOVERIES_TOTAL, "Recoveries from the WAL after a panic.");
-    describe_gauge!(INFO, "Always 1; the label names the version.");
+    for m in ALL {
+        let unit = if m.name.ends_with("_seconds") {
+            Some(metrics::Unit::Seconds)
+        } else if m.name.ends_with("_bytes_total") {
+            Some(metrics::Unit::Bytes)
+        } else {
+            None
+        };
+        let (name, help) = (m.name, m.help);
+        match (m.kind, unit) {
+            (Kind::Counter, Some(u)) => metrics::describe_counter!(name, u, help),
+            (Kind::Counter, None) => metrics::describe_counter!(name, help),
+            (Kind::Gauge, _) => metrics::describe_gauge!(name, help),
+            (Kind::Histogram, Some(u)) => metrics::describe_histogram!(name, u, help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(name, help),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -242,5 +220,47 @@ impl LiveStatus {
 mod prometheus;
 #[cfg(feature = "cli")]
 pub use prometheus::{
-    MetricsServer, ServerError, ServerLimits, install_prometheus, prometheus_recorder,
+    MetricsServer, RecorderTaken, ServerError, ServerLimits, install_prometheus,
+    prometheus_recorder,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table in `docs/observability.md` is the catalogue's. To regenerate
+    /// it, run this test with `NEUROGRAPH_WRITE_DOCS=1`.
+    #[test]
+    fn docs_table_is_the_catalogue() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/observability.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let (start, end) = (
+            "<!-- metrics table: generated -->\n",
+            "<!-- end of metrics table -->",
+        );
+        let a = doc
+            .find(start)
+            .expect("start marker in docs/observability.md")
+            + start.len();
+        let b = doc[a..].find(end).expect("end marker") + a;
+        let table = markdown_table();
+        if std::env::var_os("NEUROGRAPH_WRITE_DOCS").is_some() {
+            std::fs::write(path, format!("{}{table}{}", &doc[..a], &doc[b..])).unwrap();
+            return;
+        }
+        assert_eq!(
+            &doc[a..b],
+            table,
+            "docs/observability.md's metrics table is stale"
+        );
+    }
+
+    #[test]
+    fn names_are_unique_and_prefixed() {
+        let mut names: Vec<&str> = ALL.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+        assert!(names.iter().all(|n| n.starts_with("neurograph_")));
+    }
+}

@@ -17,16 +17,23 @@ pub fn prometheus_recorder() -> metrics_exporter_prometheus::PrometheusRecorder 
 }
 
 /// Installs a Prometheus recorder as the process's global recorder and returns
-/// the handle that renders it. Fails if a recorder is installed already.
-pub fn install_prometheus() -> Result<PrometheusHandle, String> {
+/// the handle that renders it.
+///
+/// # Errors
+/// A global recorder is installed already ([`RecorderTaken`]).
+pub fn install_prometheus() -> Result<PrometheusHandle, RecorderTaken> {
     let recorder = prometheus_recorder();
     let handle = recorder.handle();
-    metrics::set_global_recorder(recorder)
-        .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))?;
+    metrics::set_global_recorder(recorder).map_err(|_| RecorderTaken)?;
     describe();
     metrics::gauge!(INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
+
+/// The process already has a global metrics recorder (one per process).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot install the Prometheus recorder: a global metrics recorder is installed already")]
+pub struct RecorderTaken;
 
 /// Bounds that keep one scraper from stalling another or the process.
 ///

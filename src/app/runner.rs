@@ -2,15 +2,15 @@
 //! → ticks with progress → a [`RunSummary`].
 
 use crate::backend::ForceBackend;
-use crate::cdna::{Cdna, CdnaError, Profile, ViolationKind};
-use crate::commands::CommandError;
-use crate::config::{Backend, Quotas, SimConfig};
-use crate::hierarchy::{self, GroupEvents};
+use crate::geometry::hierarchy::{self, GroupEvents};
 use crate::input::{InputError, load_csv};
+use crate::model::cdna::{Cdna, CdnaError, Profile, ViolationKind};
+use crate::model::commands::CommandError;
+use crate::model::config::{Backend, Quotas, SimConfig};
+use crate::model::registry::TokenRegistry;
 use crate::observe::{
     BlackBox, EventKind, Live, LiveStatus, ObserveSettings, SamplerStats, TraceControl,
 };
-use crate::registry::TokenRegistry;
 use crate::scenario::GroundTruth;
 use crate::scenario::{self, Generated, ScenarioParams, spawn_stream};
 use crate::sim::{SimError, SimSettings, Simulation};
@@ -51,6 +51,10 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// Reads a TOML config file.
+    ///
+    /// # Errors
+    /// [`RunError::Config`] when the file cannot be read or is not a valid run config
+    /// (bad TOML, an unknown key, or a value of the wrong type), naming the file.
     pub fn load(path: &Path) -> Result<Self, RunError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| RunError::Config(format!("{}: {e}", path.display())))?;
@@ -58,7 +62,7 @@ impl RunConfig {
             RunError::Config(format!(
                 "{}: {}",
                 path.display(),
-                crate::config::toml_error(&text, &e)
+                crate::model::config::toml_error(&text, &e)
             ))
         })
     }
@@ -164,7 +168,7 @@ pub enum RunError {
     Wal(#[from] WalError),
     /// A file or directory the run would write cannot be written.
     #[error(transparent)]
-    Output(#[from] crate::paths::OutputPathError),
+    Output(#[from] crate::app::paths::OutputPathError),
     /// The GPU backend, required with `--backend gpu`, failed during the run.
     #[error("GPU: {0}")]
     Gpu(String),
@@ -327,6 +331,11 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// Loads the CDNA a config asks for.
+///
+/// # Errors
+/// [`RunError::Config`] when the config names both a CDNA file and a profile;
+/// [`RunError::Cdna`] when the file cannot be read, parsed or validated, the profile is
+/// unknown, or the profile's position bounds are too far out.
 pub fn load_cdna(config: &RunConfig) -> Result<Cdna, RunError> {
     match (&config.cdna, &config.profile) {
         (Some(path), Some(name)) => Err(RunError::Config(format!(
@@ -366,7 +375,7 @@ impl Source {
             return Ok(Self::Input(path.clone()));
         }
         let s = match &c.scenario {
-            Some(name) => scenario::find(name).map_err(RunError::Config)?,
+            Some(name) => scenario::find(name).map_err(|e| RunError::Config(e.to_string()))?,
             None => scenario::default_scenario(),
         };
         let tokens = c.tokens.unwrap_or(s.default_tokens);
@@ -458,6 +467,12 @@ impl Source {
 }
 
 /// Runs a whole simulation.
+///
+/// # Errors
+/// [`RunError::Config`] for bad settings or flags, or a WAL of another run; [`RunError::Cdna`],
+/// [`RunError::Input`], [`RunError::Command`], [`RunError::Sim`] or [`RunError::Output`] when
+/// the CDNA, input, tokens, simulation or output paths are refused; [`RunError::Wal`],
+/// [`RunError::Gpu`] or [`RunError::Panicked`] when the WAL, the required GPU or a tick fails.
 pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
     run_keep(opts).map(|(summary, _)| summary)
 }
@@ -496,7 +511,7 @@ fn reopen_wal(
 ) -> Result<(Simulation, RecoveryReport), RunError> {
     let c = &opts.config;
     let backend = continuing_backend(opts, dir)?;
-    let rec = wal::recover(
+    let rec = wal::recover::<Simulation>(
         dir,
         &RecoverOptions {
             threads: c.sim.threads,
@@ -523,62 +538,31 @@ fn reopen_wal(
 }
 
 /// [`run`], and hand back the finished simulation (its WAL closed) to look at.
+///
+/// # Errors
+/// As [`run`]: bad settings or input, an unwritable output, a WAL that cannot
+/// be created, recovered or written, a lost GPU, or a tick that panicked
+/// without a recovery ([`RunError::Panicked`]).
 pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError> {
     let c = &opts.config;
     // Bad settings are named as such, before a WAL could blame its snapshots or
     // call the run another one.
-    c.sim.validate().map_err(RunError::Config)?;
+    c.sim
+        .validate()
+        .map_err(|e| RunError::Config(e.to_string()))?;
     let cdna = load_cdna(c)?;
     let seed = c.seed.unwrap_or(DEFAULT_SEED);
     let ticks = c.ticks.unwrap_or(DEFAULT_TICKS);
     let source = Source::of(c)?;
     // Before any work: every file and directory the run will write.
     if let Some(path) = &opts.blackbox {
-        crate::paths::check_output_file(path, &[])?;
+        crate::app::paths::check_output_file(path, &[])?;
     }
     if let Some(dir) = &opts.wal_dir {
-        crate::paths::check_output_dir(dir)?;
+        crate::app::paths::check_output_dir(dir)?;
     }
     let spawn_start = Instant::now();
-    let mut recovery = None;
-    let (mut sim, ground_truth) = match &opts.wal_dir {
-        Some(dir) if wal::exists(dir) => {
-            c.wal.validate().map_err(RunError::Config)?;
-            let identity = source.identity(c, &cdna, seed)?;
-            let (sim, report) = reopen_wal(opts, dir, Some(&identity))?;
-            recovery = Some(report);
-            (sim, source.truth(&cdna, seed)?)
-        }
-        wal_dir => {
-            let mut sim = Simulation::new(SimSettings {
-                config: c.sim.clone(),
-                cdna: cdna.clone(),
-                quotas: c.quotas.clone(),
-            })?;
-            sim.world_mut()
-                .insert_resource(crate::registry::SimRng::seeded(seed));
-            if wal_dir.is_some() {
-                c.wal.validate().map_err(RunError::Config)?;
-            }
-            let truth = source.spawn(&mut sim, &cdna, seed)?;
-            if let Some(dir) = wal_dir {
-                // The backend the run starts on (`auto` resolved): a resumed run
-                // goes on with it unless its command asks for another.
-                let manifest = Manifest {
-                    format_version: wal::FORMAT_VERSION,
-                    sim: SimConfig {
-                        backend: sim.backend().active(),
-                        ..c.sim.clone()
-                    },
-                    quotas: c.quotas.clone(),
-                    run: source.identity(c, &cdna, seed)?,
-                };
-                wal::create(dir, &manifest, &mut sim, &c.wal)?;
-            }
-            (sim, truth)
-        }
-    };
-    let scenario_name = source.name();
+    let (mut sim, ground_truth, recovery) = open_world(opts, &source, &cdna, seed)?;
     let spawn_seconds = spawn_start.elapsed().as_secs_f64();
     let start_tick = sim.tick();
     let durability = sim
@@ -589,219 +573,34 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
     ::metrics::counter!(crate::observe::metrics::PANICS_TOTAL).increment(0);
     ::metrics::counter!(crate::observe::metrics::RECOVERIES_TOTAL).increment(0);
 
-    let bar = if opts.progress {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(ticks.saturating_sub(start_tick)),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} tick {pos}/{len} [{bar:30}] {per_sec} eta {eta} {msg}",
-            )
-            .expect("the template is valid")
-            .progress_chars("=> "),
-        );
-        Some(bar)
-    } else {
-        None
-    };
-    let start = Instant::now();
-    let mut first_tick_seconds = 0.0;
-    let mut reported = start_tick;
-    let mut interrupted = false;
-    let mut t = 0u64;
-    let mut panics = 0u64;
-    let mut recoveries = 0u32;
-    let mut dumps = Vec::new();
-    let mut blackbox_failed = None;
-    let mut reader_gone = false;
+    let mut run = Progress::new(
+        progress_bar(opts, ticks.saturating_sub(start_tick)),
+        start_tick,
+    );
     while sim.tick() < ticks {
-        if reader_gone
+        if run.reader_gone
             || opts
                 .interrupt
                 .as_ref()
                 .is_some_and(|f| f.load(Ordering::Relaxed))
         {
-            interrupted = true;
+            run.interrupted = true;
             break;
         }
         let before = sim.tick();
         let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.step()));
         if let Err(payload) = stepped {
-            // The world is half-way through a tick (and has lost its schedule):
-            // record, dump, and rebuild from the WAL or give up.
-            let tick = before + 1;
-            let message = crate::observe::panic_message(&*payload);
-            panics += 1;
-            ::metrics::counter!(crate::observe::metrics::PANICS_TOTAL).increment(1);
-            let mut bb = sim
-                .world_mut()
-                .remove_resource::<BlackBox>()
-                .unwrap_or_default();
-            bb.record(
-                tick,
-                EventKind::Panic,
-                format!("tick {tick} panicked: {message}"),
-            );
-            let lost = sim.command_log().applied.len();
-            if lost > 0 {
-                bb.record(
-                    tick,
-                    EventKind::Panic,
-                    format!("{lost} commands applied in the panicked tick are dropped"),
-                );
-            }
-            let can_recover = opts.wal_dir.is_some() && recoveries < opts.panic_retries;
-            if can_recover {
-                bb.record(
-                    tick,
-                    EventKind::Wal,
-                    "abandoning the WAL writer of the panicked world",
-                );
-                if let Err(e) = wal::abandon(&mut sim) {
-                    bb.record(tick, EventKind::Error, format!("closing the WAL: {e}"));
-                }
-            }
-            let dump = dump_blackbox(&bb, opts.blackbox.as_deref(), "panic");
-            dumps.extend(dump.clone());
-            // Ends the run: the health check says why, the bar stays as it was.
-            let give_up = |outcome: String, dump: Option<PathBuf>| {
-                if let Some(live) = &opts.live {
-                    live.fail(format!("tick {tick} panicked: {message}; {outcome}"));
-                }
-                if let Some(bar) = &bar {
-                    bar.abandon();
-                }
-                RunError::Panicked {
-                    tick,
-                    message: message.clone(),
-                    recovered: recoveries,
-                    outcome,
-                    dump,
-                }
-            };
-            if !can_recover {
-                let outcome = if opts.wal_dir.is_none() {
-                    "no recovery was tried: the run has no WAL".to_string()
-                } else {
-                    format!(
-                        "no recovery was tried: {recoveries} of {} allowed recoveries were used",
-                        opts.panic_retries
-                    )
-                };
-                return Err(give_up(outcome, dump));
-            }
-            let dir = opts.wal_dir.as_deref().expect("recovery needs a WAL");
-            drop(sim);
-            // Replaying can hit the same bug (a panic after the Journal stage
-            // was journaled): that, or a recovery error, ends the run here.
-            let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                reopen_wal(opts, dir, None)
-            }));
-            let (resumed, r) = match recovered {
-                Ok(Ok(ok)) => ok,
-                failed => {
-                    let why = match failed {
-                        Ok(Err(e)) => format!("recovery from the WAL failed: {e}"),
-                        Err(p) => format!(
-                            "recovery from the WAL panicked while replaying: {}",
-                            crate::observe::panic_message(&*p)
-                        ),
-                        Ok(Ok(_)) => unreachable!(),
-                    };
-                    bb.record(tick, EventKind::Error, why.clone());
-                    let dump = dump_blackbox(&bb, opts.blackbox.as_deref(), "failed recovery");
-                    return Err(give_up(why, dump));
-                }
-            };
-            sim = resumed;
-            recoveries += 1;
-            ::metrics::counter!(crate::observe::metrics::RECOVERIES_TOTAL).increment(1);
-            let text = format!(
-                "recovered tick {} from the WAL (snapshot tick {}, {} records replayed, digest {}); retry {recoveries} of {}",
-                r.tick, r.snapshot_tick, r.records_replayed, r.digest, opts.panic_retries
-            );
-            tracing::warn!(tick, "{text}");
-            bb.record(r.tick, EventKind::Recovery, text);
-            equip(&mut sim, opts, bb);
-            if let Some(bar) = &bar {
-                bar.set_position(sim.tick().saturating_sub(start_tick));
-            }
+            sim = run.recover_from_panic(opts, sim, before + 1, &*payload)?;
             continue;
         }
-        if t == 0 {
-            first_tick_seconds = start.elapsed().as_secs_f64();
+        if run.ticks == 0 {
+            run.first_tick_seconds = run.start.elapsed().as_secs_f64();
         }
-        t += 1;
-        if let Some(e) = sim.backend().error().map(str::to_string) {
-            // Required and lost: stop. The tick was computed on the CPU and
-            // journaled as a CPU tick; the WAL is closed with a final snapshot.
-            let closed = match wal::close(&mut sim) {
-                Ok(_) if opts.wal_dir.is_some() => {
-                    "; the WAL is closed with a snapshot of this tick"
-                }
-                Ok(_) => "",
-                Err(e) => &*format!("; closing the WAL: {e}"),
-            };
-            let err = RunError::Gpu(format!(
-                "at tick {}: {e}; that tick's forces were computed on the CPU{closed}",
-                sim.tick()
-            ));
-            if let Some(live) = &opts.live {
-                live.fail(err.to_string());
-            }
-            fatal_dump(&mut sim, opts, &err);
-            return Err(err);
-        }
-        if let Some(j) = sim.world().get_resource::<Journal>() {
-            if let Some(f) = j.failure() {
-                let err = RunError::Wal(WalError::WriterFailed(format!(
-                    "at tick {}: {f}",
-                    sim.tick()
-                )));
-                if let Some(live) = &opts.live {
-                    live.fail(err.to_string());
-                }
-                fatal_dump(&mut sim, opts, &err);
-                return Err(err);
-            }
-            if opts.report_durable {
-                let durable = j.stats().durable_tick;
-                if durable > reported {
-                    reported = durable;
-                    let mut out = std::io::stdout().lock();
-                    if let Err(e) = writeln!(out, "durable {durable}").and_then(|()| out.flush()) {
-                        // Whoever reads the reports is gone (or stdout is
-                        // full): stop cleanly, as on Ctrl-C; quietly when the
-                        // reader just went away.
-                        if e.kind() == std::io::ErrorKind::BrokenPipe {
-                            tracing::info!("stdout closed; stopping after this tick");
-                        } else {
-                            tracing::warn!(error = %e, "cannot report the durable tick; stopping");
-                        }
-                        reader_gone = true;
-                    }
-                }
-            }
-        }
-        if opts
-            .dump_request
-            .as_ref()
-            .is_some_and(|f| f.swap(false, Ordering::Relaxed))
-        {
-            let bb = sim.world().resource::<BlackBox>();
-            dumps.extend(dump_blackbox(bb, opts.blackbox.as_deref(), "request"));
-        }
-        if let Some(bar) = &bar {
-            bar.inc(1);
-            if t % 16 == 1 {
-                bar.set_message(format!("{} tokens", sim.token_count()));
-            }
-        }
+        run.ticks += 1;
+        run.after_tick(opts, &mut sim)?;
     }
-    let ticks_run = t;
-    let seconds = start.elapsed().as_secs_f64();
-    if let Some(bar) = bar {
+    let seconds = run.start.elapsed().as_secs_f64();
+    if let Some(bar) = run.bar.take() {
         bar.finish_and_clear();
     }
     let wal_stats = match wal::close(&mut sim) {
@@ -812,17 +611,374 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
             return Err(err);
         }
     };
+    let mut blackbox_failed = None;
     if opts.blackbox.is_some() {
         let bb = sim.world().resource::<BlackBox>();
         match try_dump_blackbox(bb, opts.blackbox.as_deref(), "end") {
-            Ok(p) => dumps.push(p),
+            Ok(p) => run.dumps.push(p),
             Err(e) => blackbox_failed = Some(e),
         }
     }
-    if opts.report_durable && durability.is_some() && !reader_gone {
+    if opts.report_durable && durability.is_some() && !run.reader_gone {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "durable {}", sim.tick()).and_then(|()| out.flush());
     }
+    let end = RunEnd {
+        scenario: source.name(),
+        seed,
+        seconds,
+        spawn_seconds,
+        ground_truth,
+        recovery,
+        durability,
+        wal_stats,
+        blackbox_failed,
+    };
+    let summary = summarize(opts, &mut sim, run, end);
+    Ok((summary, sim))
+}
+
+/// Builds the run's world: recovered from its WAL when the directory holds
+/// one, else spawned from the scenario or input (and journaled from the start
+/// when the run has a WAL directory). Returns the world, the ground truth and
+/// the recovery report, if any.
+fn open_world(
+    opts: &RunOptions,
+    source: &Source,
+    cdna: &Cdna,
+    seed: u64,
+) -> Result<(Simulation, GroundTruth, Option<RecoveryReport>), RunError> {
+    let c = &opts.config;
+    let wal_valid = || {
+        c.wal
+            .validate()
+            .map_err(|e| RunError::Config(e.to_string()))
+    };
+    if let Some(dir) = &opts.wal_dir
+        && wal::exists(dir)
+    {
+        wal_valid()?;
+        let identity = source.identity(c, cdna, seed)?;
+        let (sim, report) = reopen_wal(opts, dir, Some(&identity))?;
+        return Ok((sim, source.truth(cdna, seed)?, Some(report)));
+    }
+    let mut sim = Simulation::new(SimSettings {
+        config: c.sim.clone(),
+        cdna: cdna.clone(),
+        quotas: c.quotas.clone(),
+    })?;
+    sim.world_mut()
+        .insert_resource(crate::model::registry::SimRng::seeded(seed));
+    if opts.wal_dir.is_some() {
+        wal_valid()?;
+    }
+    let truth = source.spawn(&mut sim, cdna, seed)?;
+    if let Some(dir) = &opts.wal_dir {
+        // The backend the run starts on (`auto` resolved): a resumed run
+        // goes on with it unless its command asks for another.
+        let manifest = Manifest {
+            format_version: wal::FORMAT_VERSION,
+            sim: SimConfig {
+                backend: sim.backend().active(),
+                ..c.sim.clone()
+            },
+            quotas: c.quotas.clone(),
+            run: source.identity(c, cdna, seed)?,
+        };
+        wal::create(dir, &manifest, &mut sim, &c.wal)?;
+    }
+    Ok((sim, truth, None))
+}
+
+/// The progress bar of `--progress` (on stderr), for `len` ticks.
+fn progress_bar(opts: &RunOptions, len: u64) -> Option<indicatif::ProgressBar> {
+    if !opts.progress {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} tick {pos}/{len} [{bar:30}] {per_sec} eta {eta} {msg}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> "),
+    );
+    Some(bar)
+}
+
+/// A run's loop state.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    start: Instant,
+    start_tick: u64,
+    /// Ticks run by this process (recovered ones are not run again).
+    ticks: u64,
+    first_tick_seconds: f64,
+    /// The last durable tick reported on stdout.
+    reported: u64,
+    interrupted: bool,
+    /// The reader of the durable-tick reports went away.
+    reader_gone: bool,
+    panics: u64,
+    recoveries: u32,
+    dumps: Vec<PathBuf>,
+}
+
+/// What the end of a run knows besides the world and the loop.
+struct RunEnd {
+    scenario: String,
+    seed: u64,
+    seconds: f64,
+    spawn_seconds: f64,
+    ground_truth: GroundTruth,
+    recovery: Option<RecoveryReport>,
+    durability: Option<String>,
+    wal_stats: wal::WalStats,
+    blackbox_failed: Option<String>,
+}
+
+impl Progress {
+    /// The state as the loop starts, at `start_tick`.
+    fn new(bar: Option<indicatif::ProgressBar>, start_tick: u64) -> Self {
+        Self {
+            bar,
+            start: Instant::now(),
+            start_tick,
+            ticks: 0,
+            first_tick_seconds: 0.0,
+            reported: start_tick,
+            interrupted: false,
+            reader_gone: false,
+            panics: 0,
+            recoveries: 0,
+            dumps: Vec::new(),
+        }
+    }
+
+    /// After a tick panicked: records it, dumps the black box, and rebuilds
+    /// the world from the WAL when the run has one and retries are left.
+    ///
+    /// # Errors
+    /// [`RunError::Panicked`] when no recovery is tried or it fails.
+    fn recover_from_panic(
+        &mut self,
+        opts: &RunOptions,
+        mut sim: Simulation,
+        tick: u64,
+        payload: &(dyn std::any::Any + Send),
+    ) -> Result<Simulation, RunError> {
+        // The world is half-way through a tick (and has lost its schedule):
+        // record, dump, and rebuild from the WAL or give up.
+        let message = crate::schedule::panic_message(payload);
+        self.panics += 1;
+        ::metrics::counter!(crate::observe::metrics::PANICS_TOTAL).increment(1);
+        let mut bb = sim
+            .world_mut()
+            .remove_resource::<BlackBox>()
+            .unwrap_or_default();
+        bb.record(
+            tick,
+            EventKind::Panic,
+            format!("tick {tick} panicked: {message}"),
+        );
+        let lost = sim.command_log().applied.len();
+        if lost > 0 {
+            bb.record(
+                tick,
+                EventKind::Panic,
+                format!("{lost} commands applied in the panicked tick are dropped"),
+            );
+        }
+        let can_recover = opts.wal_dir.is_some() && self.recoveries < opts.panic_retries;
+        if can_recover {
+            bb.record(
+                tick,
+                EventKind::Wal,
+                "abandoning the WAL writer of the panicked world",
+            );
+            if let Err(e) = wal::abandon(&mut sim) {
+                bb.record(tick, EventKind::Error, format!("closing the WAL: {e}"));
+            }
+        }
+        let dump = dump_blackbox(&bb, opts.blackbox.as_deref(), "panic");
+        self.dumps.extend(dump.clone());
+        // Ends the run: the health check says why, the bar stays as it was.
+        let recovered_so_far = self.recoveries;
+        let give_up = |outcome: String, dump: Option<PathBuf>| {
+            if let Some(live) = &opts.live {
+                live.fail(format!("tick {tick} panicked: {message}; {outcome}"));
+            }
+            if let Some(bar) = &self.bar {
+                bar.abandon();
+            }
+            RunError::Panicked {
+                tick,
+                message: message.clone(),
+                recovered: recovered_so_far,
+                outcome,
+                dump,
+            }
+        };
+        if !can_recover {
+            let outcome = if opts.wal_dir.is_none() {
+                "no recovery was tried: the run has no WAL".to_string()
+            } else {
+                format!(
+                    "no recovery was tried: {recovered_so_far} of {} allowed recoveries were used",
+                    opts.panic_retries
+                )
+            };
+            return Err(give_up(outcome, dump));
+        }
+        let dir = opts.wal_dir.as_deref().expect("recovery needs a WAL");
+        drop(sim);
+        // Replaying can hit the same bug (a panic after the Journal stage
+        // was journaled): that, or a recovery error, ends the run here.
+        let recovered =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reopen_wal(opts, dir, None)));
+        let (mut sim, r) = match recovered {
+            Ok(Ok(ok)) => ok,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => format!("recovery from the WAL failed: {e}"),
+                    Err(p) => format!(
+                        "recovery from the WAL panicked while replaying: {}",
+                        crate::schedule::panic_message(&*p)
+                    ),
+                    Ok(Ok(_)) => unreachable!(),
+                };
+                bb.record(tick, EventKind::Error, why.clone());
+                let dump = dump_blackbox(&bb, opts.blackbox.as_deref(), "failed recovery");
+                return Err(give_up(why, dump));
+            }
+        };
+        self.recoveries += 1;
+        ::metrics::counter!(crate::observe::metrics::RECOVERIES_TOTAL).increment(1);
+        let text = format!(
+            "recovered tick {} from the WAL (snapshot tick {}, {} records replayed, digest {}); retry {} of {}",
+            r.tick,
+            r.snapshot_tick,
+            r.records_replayed,
+            r.digest,
+            self.recoveries,
+            opts.panic_retries
+        );
+        tracing::warn!(tick, "{text}");
+        bb.record(r.tick, EventKind::Recovery, text);
+        equip(&mut sim, opts, bb);
+        if let Some(bar) = &self.bar {
+            bar.set_position(sim.tick().saturating_sub(self.start_tick));
+        }
+        Ok(sim)
+    }
+
+    /// After a tick that ran: stops the run on a lost GPU or a failed WAL
+    /// writer, reports the durable tick, serves a dump request, moves the bar.
+    ///
+    /// # Errors
+    /// [`RunError::Gpu`] or [`RunError::Wal`]; the black box is dumped first.
+    fn after_tick(&mut self, opts: &RunOptions, sim: &mut Simulation) -> Result<(), RunError> {
+        if let Some(e) = sim.backend().error().map(str::to_string) {
+            // Required and lost: stop. The tick was computed on the CPU and
+            // journaled as a CPU tick; the WAL is closed with a final snapshot.
+            let closed = match wal::close(sim) {
+                Ok(_) if opts.wal_dir.is_some() => {
+                    "; the WAL is closed with a snapshot of this tick"
+                }
+                Ok(_) => "",
+                Err(e) => &*format!("; closing the WAL: {e}"),
+            };
+            let err = RunError::Gpu(format!(
+                "at tick {}: {e}; that tick's forces were computed on the CPU{closed}",
+                sim.tick()
+            ));
+            return Err(fail(sim, opts, err));
+        }
+        if let Some(j) = sim.world().get_resource::<Journal>() {
+            if let Some(f) = j.failure() {
+                let err = RunError::Wal(WalError::WriterFailed(format!(
+                    "at tick {}: {f}",
+                    sim.tick()
+                )));
+                return Err(fail(sim, opts, err));
+            }
+            if opts.report_durable {
+                self.report_durable(j.stats().durable_tick);
+            }
+        }
+        if opts
+            .dump_request
+            .as_ref()
+            .is_some_and(|f| f.swap(false, Ordering::Relaxed))
+        {
+            let bb = sim.world().resource::<BlackBox>();
+            self.dumps
+                .extend(dump_blackbox(bb, opts.blackbox.as_deref(), "request"));
+        }
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            if self.ticks % 16 == 1 {
+                bar.set_message(format!("{} tokens", sim.token_count()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints `durable N` when the durable tick advanced. Whoever reads the
+    /// reports may be gone (or stdout full): then the run stops cleanly after
+    /// this tick, as on Ctrl-C; quietly when the reader just went away.
+    fn report_durable(&mut self, durable: u64) {
+        if durable <= self.reported {
+            return;
+        }
+        self.reported = durable;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "durable {durable}").and_then(|()| out.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                tracing::info!("stdout closed; stopping after this tick");
+            } else {
+                tracing::warn!(error = %e, "cannot report the durable tick; stopping");
+            }
+            self.reader_gone = true;
+        }
+    }
+}
+
+/// Marks the run failing (for `/health`), dumps the black box; returns `err`.
+fn fail(sim: &mut Simulation, opts: &RunOptions, err: RunError) -> RunError {
+    if let Some(live) = &opts.live {
+        live.fail(err.to_string());
+    }
+    fatal_dump(sim, opts, &err);
+    err
+}
+
+/// The run summary, from the world after the run, the loop and the rest.
+fn summarize(opts: &RunOptions, sim: &mut Simulation, run: Progress, end: RunEnd) -> RunSummary {
+    let RunEnd {
+        scenario: scenario_name,
+        seed,
+        seconds,
+        spawn_seconds,
+        ground_truth,
+        recovery,
+        durability,
+        wal_stats,
+        blackbox_failed,
+    } = end;
+    let Progress {
+        ticks: ticks_run,
+        start_tick,
+        first_tick_seconds,
+        interrupted,
+        panics,
+        recoveries,
+        dumps,
+        ..
+    } = run;
     let tokens = sim.token_count();
     let violations = sim.violations().clone();
     let peak = peak_rss_bytes().unwrap_or(0);
@@ -835,7 +991,7 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
     };
     let learn = sim.learn_stats();
     let per_s = |x: f64| if seconds > 0.0 { x / seconds } else { 0.0 };
-    let summary = RunSummary {
+    RunSummary {
         scenario: scenario_name,
         seed,
         tokens,
@@ -914,8 +1070,7 @@ pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError>
             t.sampler.flush();
             t.sampler.stats()
         }),
-    };
-    Ok((summary, sim))
+    }
 }
 
 /// Puts the run's observability resources into a (new or recovered) simulation.
@@ -982,6 +1137,15 @@ impl RunSummary {
     /// The human-readable summary.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
+        self.write_run(&mut s);
+        self.write_world(&mut s);
+        use std::fmt::Write;
+        let _ = write!(s, "  digest           {:>14}", self.digest);
+        s
+    }
+
+    /// The run's lines: what ran, how long, on what.
+    fn write_run(&self, s: &mut String) {
         use std::fmt::Write;
         let _ = writeln!(
             s,
@@ -1035,6 +1199,11 @@ impl RunSummary {
                 g.readback_seconds
             );
         }
+    }
+
+    /// The world's lines: neighbours, CDNA, memory, links, groups, WAL, panics.
+    fn write_world(&self, s: &mut String) {
+        use std::fmt::Write;
         let _ = writeln!(s, "  avg neighbours   {:>14.2}", self.avg_neighbors);
         let _ = writeln!(s, "  list rebuilds    {:>14}", self.neighbor_rebuilds);
         let _ = writeln!(
@@ -1108,7 +1277,5 @@ impl RunSummary {
                 r.bytes_dropped
             );
         }
-        let _ = write!(s, "  digest           {:>14}", self.digest);
-        s
     }
 }

@@ -19,7 +19,7 @@
 //! …
 //! ```
 
-use crate::math::{DIM, Vec8};
+use crate::model::math::{DIM, Vec8};
 use bevy_ecs::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -507,9 +507,27 @@ impl Cdna {
     pub const MAX_BOUND_PER_RADIUS: f32 = 2048.0;
 
     /// Checks every field against its limit; reports all that fail.
+    ///
+    /// # Errors
+    /// [`CdnaError::Invalid`] listing every field outside its limit, with the
+    /// value and the limit.
     pub fn validate(&self) -> Result<(), CdnaError> {
         let mut c = Checker(Vec::new());
-        for (k, axis) in crate::math::Axis::ALL.iter().enumerate() {
+        self.check_bounds(&mut c);
+        self.check_field(&mut c);
+        self.check_physics(&mut c);
+        self.check_graph(&mut c);
+        self.check_hierarchy_and_tokens(&mut c);
+        if c.0.is_empty() {
+            Ok(())
+        } else {
+            Err(CdnaError::Invalid(c.0))
+        }
+    }
+
+    /// The per-axis bounds: finite, ordered, within reach of the field.
+    fn check_bounds(&self, c: &mut Checker) {
+        for (k, axis) in crate::model::math::Axis::ALL.iter().enumerate() {
             let n = axis.name();
             c.range(
                 format!("dimensions.scales[{k}] ({n})"),
@@ -536,6 +554,10 @@ impl Cdna {
                 });
             }
         }
+    }
+
+    /// Field radii, strengths and charges.
+    fn check_field(&self, c: &mut Checker) {
         let f = &self.field;
         c.positive("field.min_radius", f.min_radius, 1000.0);
         c.positive("field.max_radius", f.max_radius, 1000.0);
@@ -561,6 +583,11 @@ impl Cdna {
             "field.max_charge",
             f.max_charge,
         );
+    }
+
+    /// The force law's constants, and their relations to the field.
+    fn check_physics(&self, c: &mut Checker) {
+        let f = &self.field;
         let p = &self.physics;
         c.range("physics.k_field", p.k_field, 0.0, 1000.0);
         c.positive("physics.k_density", p.k_density, 1000.0);
@@ -589,6 +616,10 @@ impl Cdna {
         c.range("physics.k_link", p.k_link, 0.0, 1000.0);
         c.range("physics.damping", p.damping, 0.0, 1000.0);
         c.positive("physics.max_speed", p.max_speed, 10000.0);
+    }
+
+    /// Link weights, rigidity, learning and formation.
+    fn check_graph(&self, c: &mut Checker) {
         let g = &self.graph;
         if g.max_degree > 65_535 {
             c.0.push(FieldError {
@@ -624,6 +655,10 @@ impl Cdna {
             g.min_weight.max(g.prune_below),
             g.max_weight,
         );
+    }
+
+    /// Hierarchy detection and token mass limits.
+    fn check_hierarchy_and_tokens(&self, c: &mut Checker) {
         let h = &self.hierarchy;
         if h.depth > 8 {
             c.0.push(FieldError {
@@ -668,11 +703,6 @@ impl Cdna {
             0.0,
             1.0,
         );
-        if c.0.is_empty() {
-            Ok(())
-        } else {
-            Err(CdnaError::Invalid(c.0))
-        }
     }
 
     /// Checks that every position bound lies within ±[`Cdna::MAX_BOUND_PER_RADIUS`]
@@ -686,7 +716,7 @@ impl Cdna {
     pub fn check_reach(&self) -> Result<(), CdnaError> {
         let reach = Self::MAX_BOUND_PER_RADIUS * self.field.min_radius;
         let mut errors = Vec::new();
-        for (k, axis) in crate::math::Axis::ALL.iter().enumerate() {
+        for (k, axis) in crate::model::math::Axis::ALL.iter().enumerate() {
             for (which, v) in [
                 ("min", self.dimensions.min[k]),
                 ("max", self.dimensions.max[k]),
@@ -712,6 +742,10 @@ impl Cdna {
     }
 
     /// [`validate`](Self::validate), plus the checks that need the run's time step.
+    ///
+    /// # Errors
+    /// [`CdnaError::Invalid`] when a field is out of its limits;
+    /// [`CdnaError::UnstableDamping`] when `physics.damping × dt` exceeds 1.
     pub fn validate_for(&self, dt: f32) -> Result<(), CdnaError> {
         self.validate()?;
         if self.physics.damping * dt > 1.0 {
@@ -760,10 +794,16 @@ impl Cdna {
 
     /// Parses TOML text; `origin` names the source in errors. Verifies the checksum
     /// when one is given, then validates.
+    ///
+    /// # Errors
+    /// [`CdnaError::Parse`] when the text is not valid CDNA TOML;
+    /// [`CdnaError::ChecksumMismatch`] when a given checksum does not match the content;
+    /// [`CdnaError::Invalid`] when a field is out of its limits or a position bound is
+    /// too far out ([`check_reach`](Self::check_reach)).
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, CdnaError> {
         let file: CdnaFile = toml::from_str(text).map_err(|e| CdnaError::Parse {
             path: origin.to_string(),
-            message: crate::config::toml_error(text, &e),
+            message: crate::model::config::toml_error(text, &e),
         })?;
         if let Some(expected) = file.checksum {
             let actual = file.cdna.checksum_hex();
@@ -781,6 +821,10 @@ impl Cdna {
     }
 
     /// Loads and validates a TOML file.
+    ///
+    /// # Errors
+    /// [`CdnaError::Io`] when the file cannot be read (or is not UTF-8); otherwise
+    /// whatever [`from_toml`](Self::from_toml) returns for its text.
     pub fn load(path: &Path) -> Result<Self, CdnaError> {
         let text = std::fs::read_to_string(path).map_err(|source| CdnaError::Io {
             path: path.display().to_string(),
@@ -790,6 +834,9 @@ impl Cdna {
     }
 
     /// Writes the TOML form (with checksum) to `path`.
+    ///
+    /// # Errors
+    /// [`CdnaError::Io`] when the file cannot be written.
     pub fn save(&self, path: &Path) -> Result<(), CdnaError> {
         std::fs::write(path, self.to_toml()).map_err(|source| CdnaError::Io {
             path: path.display().to_string(),
@@ -798,7 +845,7 @@ impl Cdna {
     }
 }
 
-/// Earlier CDNA versions, newest last, for [`SimCommand::RevertCdna`](crate::commands::SimCommand::RevertCdna).
+/// Earlier CDNA versions, newest last, for [`SimCommand::RevertCdna`](crate::model::commands::SimCommand::RevertCdna).
 #[derive(Resource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CdnaHistory {
     /// Previous versions, oldest first (at most [`CdnaHistory::LIMIT`]).

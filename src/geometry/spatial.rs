@@ -14,8 +14,8 @@
 //! ([`NeighborList::refresh`], on the tree [`KdTree::refit`] to current positions), and
 //! a tick otherwise only scans the rows.
 
-use crate::components::TokenId;
-use crate::math::Vec8;
+use crate::model::components::TokenId;
+use crate::model::math::Vec8;
 use rayon::prelude::*;
 
 /// Leaf size of the k-d tree.
@@ -361,11 +361,6 @@ impl KdTree {
     /// Point indices in tree order (leaf by leaf).
     pub fn order(&self) -> &[u32] {
         &self.perm
-    }
-
-    /// Number of nodes (for memory accounting).
-    pub fn node_count(&self) -> usize {
-        self.nodes.len()
     }
 }
 

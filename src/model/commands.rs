@@ -6,11 +6,11 @@
 //! stage, and [`Simulation::apply`](crate::sim::Simulation::apply) applies one
 //! directly between ticks through the same [`apply_command`].
 
-use crate::cdna::{Cdna, CdnaError, CdnaHistory};
-use crate::components::*;
-use crate::config::{QuotaError, Quotas, SimConfig};
-use crate::math::{Axis, Vec8};
-use crate::registry::{LinkGraph, SpatialDirty, TokenRegistry};
+use crate::model::cdna::{Cdna, CdnaError, CdnaHistory};
+use crate::model::components::*;
+use crate::model::config::{QuotaError, Quotas, SimConfig};
+use crate::model::math::{Axis, Vec8};
+use crate::model::registry::{LinkGraph, SpatialDirty, TokenRegistry};
 use bevy_ecs::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -336,8 +336,11 @@ impl TokenBounds {
     }
 }
 
-/// Checks a batch of token descriptions against the CDNA; the error names the first
-/// bad item.
+/// Checks a batch of token descriptions against the CDNA.
+///
+/// # Errors
+/// [`CommandError::BatchItem`], naming the first bad item and wrapping the error
+/// [`validate_token`] gives for it.
 pub fn validate_tokens(specs: &[TokenSpec], cdna: &Cdna) -> Result<(), CommandError> {
     let bounds = TokenBounds::new(cdna);
     for (index, spec) in specs.iter().enumerate() {
@@ -352,6 +355,11 @@ pub fn validate_tokens(specs: &[TokenSpec], cdna: &Cdna) -> Result<(), CommandEr
 }
 
 /// Checks a token description against the CDNA.
+///
+/// # Errors
+/// [`CommandError::InvalidValue`] for the first value that is NaN or infinite or out of
+/// its CDNA range: a position outside the dimensions, a speed over `physics.max_speed`,
+/// or a charge, mass, radius or strength outside its limits.
 pub fn validate_token(spec: &TokenSpec, cdna: &Cdna) -> Result<(), CommandError> {
     check_position("position", spec.position, cdna)?;
     check_velocity("velocity", spec.velocity, cdna)?;
@@ -369,6 +377,10 @@ pub fn validate_token(spec: &TokenSpec, cdna: &Cdna) -> Result<(), CommandError>
 }
 
 /// Checks a link description against the CDNA.
+///
+/// # Errors
+/// [`CommandError::InvalidValue`] when the weight, rigidity or rest length is not
+/// finite or lies outside its CDNA range.
 pub fn validate_link(spec: &LinkSpec, cdna: &Cdna) -> Result<(), CommandError> {
     let g = &cdna.graph;
     check_range("link.weight", spec.weight, g.min_weight, g.max_weight)?;
@@ -426,6 +438,12 @@ fn spawn_all(world: &mut World, specs: &[TokenSpec]) -> CommandOutcome {
 }
 
 /// Validates `cmd` and, if it is valid, applies it to `world`. On error nothing changed.
+///
+/// # Errors
+/// The [`CommandError`] that fits the refusal: a value not finite or out of its CDNA
+/// range, an unknown token, a self-link, a link that exists already or does not exist,
+/// a degree limit, a quota or id exhaustion ([`CommandError::Quota`]), an invalid new
+/// CDNA ([`CommandError::Cdna`]), or no earlier CDNA ([`CommandError::NoCdnaHistory`]).
 pub fn apply_command(world: &mut World, cmd: &SimCommand) -> Result<CommandOutcome, CommandError> {
     let result = apply_inner(world, cmd);
     let mut log = world.resource_mut::<CommandLog>();

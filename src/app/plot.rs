@@ -1,9 +1,9 @@
 //! Pictures of a world: tokens projected to 2D by PCA of their 8D positions,
 //! coloured by level-1 group, with group centres marked (`neurograph plot`).
 
-use crate::components::{Position, TokenId};
-use crate::hierarchy::{Hierarchy, principal_axes};
-use crate::math::Vec8;
+use crate::geometry::hierarchy::{Hierarchy, principal_axes};
+use crate::model::components::{Position, TokenId};
+use crate::model::math::Vec8;
 use bevy_ecs::prelude::*;
 use plotters::prelude::*;
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ pub const SIDE_RANGE: std::ops::RangeInclusive<u32> = 16..=16_384;
 pub enum PlotError {
     /// The output file cannot be written (checked before drawing).
     #[error(transparent)]
-    Output(#[from] crate::paths::OutputPathError),
+    Output(#[from] crate::app::paths::OutputPathError),
     /// A side of the image is out of [`SIDE_RANGE`].
     #[error("image size {width}×{height}: each side must be in {}..={} pixels", SIDE_RANGE.start(), SIDE_RANGE.end())]
     Size {
@@ -49,7 +49,7 @@ pub fn check_output(path: &Path, width: u32, height: u32) -> Result<(), PlotErro
     if !SIDE_RANGE.contains(&width) || !SIDE_RANGE.contains(&height) {
         return Err(PlotError::Size { width, height });
     }
-    crate::paths::check_output_file(path, &["png"])?;
+    crate::app::paths::check_output_file(path, &["png"])?;
     Ok(())
 }
 
@@ -196,9 +196,9 @@ pub fn plot_world(
 }
 
 /// Writes RGB `pixels` as a PNG at `path`, whole or not at all
-/// ([`crate::paths::write_whole`]).
+/// ([`crate::app::paths::write_whole`]).
 fn write_png(path: &Path, pixels: &[u8], width: u32, height: u32) -> Result<(), PlotError> {
-    crate::paths::write_whole(path, |out| {
+    crate::app::paths::write_whole(path, |out| {
         let mut encoder = png::Encoder::new(out, width, height);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);

@@ -3,7 +3,7 @@
 //! A token is an entity with the components of [`TokenBundle`]. Components are
 //! newtypes so that systems can ask for exactly what they touch.
 
-use crate::math::Vec8;
+use crate::model::math::Vec8;
 use bevy_ecs::prelude::*;
 use serde::{Deserialize, Serialize};
 

@@ -1,19 +1,102 @@
 //! Side-by-side benchmarks behind `neurograph bench …`.
 //!
-//! `bench wal` builds one simulation per journaling variant (no WAL, `off`,
-//! `batched`, `sync`) from the same scenario and steps them in turn, tick by
-//! tick, rotating who goes first, so that every variant sees the same states and
-//! the same machine noise. Then it recovers the `batched` WAL from its first
-//! snapshot to time the replay.
+//! | command | function | what it measures |
+//! |---|---|---|
+//! | `bench wal` | [`wal_overhead`] | the tick without a WAL and with each durability (`off`, `batched`, `sync`); the state digest and a snapshot capture on their own; then the replay speed of recovering the `batched` WAL from its first snapshot |
+//! | `bench observe` | [`observe_overhead`] | the tick with each observability setting (puffin, tracing at 1% and 100%, metrics, black box, a WAL, and their production mixes) against the bare tick; the tick's tracing spans on their own |
+//! | `bench gpu` | [`gpu_vs_cpu`] | per world size, the tick and the `Forces` stage on the CPU and GPU backends, the GPU's upload, dispatch and readback, and the two backends' force difference on the first tick |
+//! | `bench hierarchy` | [`hierarchy`] | one world's `Forces`, `Learn` and `Organize` stages, read from its stage timings, then more `Organize` runs on their own |
+//! | `bench steady` | [`steady`] | one long run, window by window: the tick cost, the neighbours per token and the memory |
+//!
+//! The side-by-side benches (`wal`, `observe`, `gpu`) build one world per
+//! variant from the same state (the scenario, or its warmed-up state from
+//! [`warm_up`]) and step them through one harness: tick by tick, every variant
+//! in turn, rotating who goes first, so that every variant sees the same states
+//! and the same machine noise. Only the step itself is timed (switching a
+//! variant's observers on and off, or reading its stage timings, is not).
+//! Their figures are of the steady state: the first tick, which builds every
+//! neighbour row, is left out (`bench gpu` runs that tick before the timed
+//! ones instead, to compare the two backends' forces on the same state). A
+//! variant's overhead over its base variant is given twice: the ratio of the
+//! mean ticks, and the median over ticks of the ratio to the base's same tick
+//! (paired, so robust to the state's own variation from tick to tick).
+//! Every bench fails with a [`BenchError`].
 
-use crate::config::SimConfig;
 use crate::digest::state_digest;
+use crate::model::commands::CommandError;
+use crate::model::config::{Backend, SimConfig, UnknownName};
+use crate::observe::puffin_stream::PuffinServerError;
 use crate::scenario::{self, ScenarioParams};
-use crate::sim::{SimSettings, Simulation};
-use crate::wal::{self, Durability, Manifest, RecoverOptions, WalOptions};
+use crate::sim::{SimError, SimSettings, Simulation};
+use crate::wal::snapshot::RestoreError;
+use crate::wal::{self, Durability, Manifest, RecoverOptions, WalError, WalOptions};
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Why a bench failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// An unknown scenario or durability name.
+    #[error(transparent)]
+    Scenario(#[from] UnknownName),
+    /// A simulation could not be built (invalid settings, or a backend that
+    /// cannot start).
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    /// A WAL could not be created, closed, listed or recovered.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The scenario's tokens were refused (e.g. by a quota).
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The warmed-up state could not be restored into a world.
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    /// The puffin stream server of `bench observe` could not start.
+    #[error(transparent)]
+    Puffin(#[from] PuffinServerError),
+    /// A file operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The variants of `bench wal` end at different states.
+    #[error("the variants disagree on the final digest")]
+    VariantsDisagree,
+    /// Recovering the `batched` WAL of `bench wal` ends at another state than
+    /// the run that wrote it.
+    #[error("the replay does not reach the run's digest")]
+    ReplayDigest {
+        /// The digest the replay reached.
+        replayed: String,
+        /// The digest of the run.
+        run: String,
+    },
+    /// A variant of `bench observe` ends at another state than the bare run.
+    #[error(
+        "variant {variant} ends at digest {digest}, the bare run at {bare}: observing changed the state"
+    )]
+    ObservingChangedState {
+        /// The variant.
+        variant: &'static str,
+        /// Its final digest.
+        digest: String,
+        /// The bare run's final digest.
+        bare: String,
+    },
+    /// The force backend failed during the bench.
+    #[error("the {backend} backend failed: {reason}")]
+    Backend {
+        /// The backend's name (`cpu`, `gpu` or `auto`).
+        backend: &'static str,
+        /// Its error.
+        reason: String,
+    },
+}
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -78,9 +161,101 @@ pub struct WalBenchReport {
     pub run_ticks_per_s: f64,
 }
 
+/// The median of `v` (the upper one of an even count; 0 when empty); sorts `v`.
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+/// The timer of one turn of [`interleave`]: a bench wraps the part of its turn
+/// that is measured in [`time`](Lap::time), and the rest of the turn is not.
+struct Lap(Option<f64>);
+
+impl Lap {
+    /// Runs `f`, timed.
+    fn time<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let start = Instant::now();
+        let r = f();
+        self.0 = Some(start.elapsed().as_secs_f64());
+        r
+    }
+}
+
+/// The harness of the side-by-side benches: `ticks` times, every one of
+/// `variants` variants takes its turn (`turn(variant, tick, lap)`), variant
+/// `(k + tick) % variants` `k`-th, so that who goes first rotates and every
+/// variant sees the same states and the same machine noise. Returns the seconds
+/// that each turn timed with its [`Lap`], per variant, in tick order; a turn that
+/// timed nothing (a variant that stopped) adds nothing.
+///
+/// # Errors
+///
+/// The first error of a turn.
+fn interleave(
+    variants: usize,
+    ticks: u64,
+    mut turn: impl FnMut(usize, u64, &mut Lap) -> Result<(), BenchError>,
+) -> Result<Vec<Vec<f64>>, BenchError> {
+    let mut times = vec![Vec::new(); variants];
+    for t in 0..ticks {
+        for k in 0..variants {
+            let v = (k + t as usize) % variants;
+            let mut lap = Lap(None);
+            turn(v, t, &mut lap)?;
+            if let Some(s) = lap.0 {
+                times[v].push(s);
+            }
+        }
+    }
+    Ok(times)
+}
+
+/// The steady-state part of a variant's tick times: the first tick, which
+/// builds every neighbour row, is left out.
+fn steady_state(times: &[f64]) -> &[f64] {
+    times.get(1..).unwrap_or(&[])
+}
+
+/// The mean of `v` (0 when empty).
+fn mean_of(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// A variant's steady-state tick statistics, against a base variant.
+struct Timing {
+    /// Mean tick seconds.
+    mean: f64,
+    /// Median tick seconds.
+    median: f64,
+    /// Mean tick time over the base's, minus one (0 when the base's is 0).
+    overhead: f64,
+    /// Median over ticks of (this tick / the base's same tick) minus one.
+    paired_overhead: f64,
+}
+
+impl Timing {
+    /// The statistics of the tick times `times` (from [`interleave`]) against
+    /// the base variant's `base`, both in [`steady_state`].
+    fn new(times: &[f64], base: &[f64]) -> Self {
+        let (mine, base) = (steady_state(times), steady_state(base));
+        let (mean, base_mean) = (mean_of(mine), mean_of(base));
+        Self {
+            mean,
+            median: median(&mut mine.to_vec()),
+            overhead: if base_mean > 0.0 {
+                mean / base_mean - 1.0
+            } else {
+                0.0
+            },
+            paired_overhead: median(
+                &mut mine
+                    .iter()
+                    .zip(base)
+                    .map(|(t, b)| t / b - 1.0)
+                    .collect::<Vec<_>>(),
+            ),
+        }
+    }
 }
 
 /// The state `ticks` ticks into a scenario (on the CPU, `threads` workers), from
@@ -89,14 +264,16 @@ fn median(v: &mut [f64]) -> f64 {
 ///
 /// # Errors
 ///
-/// An unknown scenario or invalid settings.
+/// An unknown scenario ([`BenchError::Scenario`]), invalid settings
+/// ([`BenchError::Sim`]), or tokens that the quotas refuse
+/// ([`BenchError::Command`]).
 pub fn warm_up(
     scenario: &str,
     tokens: usize,
     seed: u64,
     threads: usize,
     ticks: u64,
-) -> Result<Option<wal::WorldSnapshot>, String> {
+) -> Result<Option<wal::WorldSnapshot>, BenchError> {
     if ticks == 0 {
         return Ok(None);
     }
@@ -106,8 +283,7 @@ pub fn warm_up(
             ..Default::default()
         },
         ..Default::default()
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     load_world(&mut sim, scenario, tokens, seed, None)?;
     sim.run(ticks);
     Ok(Some(wal::capture(sim.world_mut(), None)))
@@ -115,32 +291,113 @@ pub fn warm_up(
 
 /// Fills a fresh `sim` with the scenario's tokens (and seeds its RNG), or with
 /// the warmed-up state `warm`.
+///
+/// # Errors
+///
+/// An unknown scenario, tokens that the quotas refuse, or a warmed-up state
+/// that cannot be restored.
 fn load_world(
     sim: &mut Simulation,
     scenario: &str,
     tokens: usize,
     seed: u64,
     warm: Option<&wal::WorldSnapshot>,
-) -> Result<(), String> {
+) -> Result<(), BenchError> {
     match warm {
-        Some(snap) => wal::restore(sim.world_mut(), snap),
+        Some(snap) => wal::restore(sim.world_mut(), snap)?,
         None => {
             sim.world_mut()
-                .insert_resource(crate::registry::SimRng::seeded(seed));
-            scenario::find(scenario)?
-                .spawn_into(
-                    sim,
-                    &ScenarioParams { tokens, seed },
-                    crate::runner::SPAWN_BATCH,
-                )
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+                .insert_resource(crate::model::registry::SimRng::seeded(seed));
+            scenario::find(scenario)?.spawn_into(
+                sim,
+                &ScenarioParams { tokens, seed },
+                crate::app::runner::SPAWN_BATCH,
+            )?;
         }
     }
+    Ok(())
+}
+
+/// Journals `sim` to a new WAL in `scratch/<durability>`, with that durability
+/// (`off`, `batched` or `sync`).
+fn journal_to(
+    sim: &mut Simulation,
+    durability: &str,
+    config: &SimConfig,
+    snapshot_every: u64,
+    scratch: &Path,
+) -> Result<(), BenchError> {
+    let parsed: Durability = durability.parse()?;
+    let manifest = Manifest {
+        format_version: wal::FORMAT_VERSION,
+        sim: config.clone(),
+        quotas: Default::default(),
+        run: [("bench".to_string(), durability.to_string())].into(),
+    };
+    let opts = WalOptions {
+        durability: parsed,
+        snapshot_every,
+        keep_snapshots: 1000,
+        ..Default::default()
+    };
+    wal::create(&scratch.join(durability), &manifest, sim, &opts)?;
+    Ok(())
+}
+
+/// The median seconds of `runs` runs of `f`.
+fn median_time(runs: usize, mut f: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(&mut times)
+}
+
+/// Recovers the WAL in `dir` from its first snapshot (the later ones are
+/// removed first, so that recovery replays every record after it), and checks
+/// that the replay ends at `digest`.
+fn replay_from_first_snapshot(
+    dir: &Path,
+    threads: usize,
+    digest: &str,
+) -> Result<wal::Recovery<Simulation>, BenchError> {
+    let (_, snaps) = wal::writer::list_dir(dir)?;
+    for s in snaps.iter().skip(1) {
+        std::fs::remove_file(&s.path).map_err(|source| BenchError::Io {
+            path: s.path.clone(),
+            source,
+        })?;
+    }
+    let rec = wal::recover::<Simulation>(
+        dir,
+        &RecoverOptions {
+            threads,
+            exclusive: false,
+        },
+    )?;
+    if rec.report.digest != digest {
+        return Err(BenchError::ReplayDigest {
+            replayed: rec.report.digest.clone(),
+            run: digest.to_string(),
+        });
+    }
+    Ok(rec)
 }
 
 /// Runs `bench wal` with WAL directories under `scratch`.
-pub fn wal_overhead(o: &WalBenchOptions, scratch: &Path) -> Result<WalBenchReport, String> {
+///
+/// # Errors
+///
+/// An unknown scenario, invalid settings or refused tokens (see [`warm_up`]);
+/// a WAL that cannot be created, closed, listed or recovered
+/// ([`BenchError::Wal`]); a snapshot that cannot be removed before the replay
+/// ([`BenchError::Io`]); variants that end at different states
+/// ([`BenchError::VariantsDisagree`]); or a replay that does not reach the
+/// run's state ([`BenchError::ReplayDigest`]).
+pub fn wal_overhead(o: &WalBenchOptions, scratch: &Path) -> Result<WalBenchReport, BenchError> {
     let warm = warm_up(&o.scenario, o.tokens, 42, o.threads, o.warmup)?;
     let config = SimConfig {
         threads: o.threads,
@@ -152,109 +409,56 @@ pub fn wal_overhead(o: &WalBenchOptions, scratch: &Path) -> Result<WalBenchRepor
         let mut sim = Simulation::new(SimSettings {
             config: config.clone(),
             ..Default::default()
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         load_world(&mut sim, &o.scenario, o.tokens, 42, warm.as_ref())?;
         if i > 0 {
-            let durability: Durability = name.parse()?;
-            let manifest = Manifest {
-                format_version: wal::FORMAT_VERSION,
-                sim: config.clone(),
-                quotas: Default::default(),
-                run: [("bench".to_string(), name.to_string())].into(),
-            };
-            let opts = WalOptions {
-                durability,
-                snapshot_every: o.snapshot_every,
-                keep_snapshots: 1000,
-                ..Default::default()
-            };
-            wal::create(&scratch.join(name), &manifest, &mut sim, &opts)
-                .map_err(|e| e.to_string())?;
+            journal_to(&mut sim, name, &config, o.snapshot_every, scratch)?;
         }
         sims.push(sim);
     }
-    let mut times = vec![Vec::new(); names.len()];
-    for t in 0..o.ticks {
-        for k in 0..names.len() {
-            let v = (k + t as usize) % names.len();
-            let start = Instant::now();
-            sims[v].step();
-            times[v].push(start.elapsed().as_secs_f64());
-        }
-    }
+    let times = interleave(names.len(), o.ticks, |v, _, lap| {
+        lap.time(|| sims[v].step());
+        Ok(())
+    })?;
     let mut stats = Vec::new();
     for sim in &mut sims {
-        stats.push(wal::close(sim).map_err(|e| e.to_string())?);
+        stats.push(wal::close(sim)?);
     }
-    // Steady state: the first tick (which builds every neighbour row) is left out.
-    let steady = |v: &[f64]| v.get(1..).unwrap_or(&[]).to_vec();
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let base = mean(&steady(&times[0]));
     let mut variants = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let mean = mean(&steady(&times[i]));
+        let timing = Timing::new(&times[i], &times[0]);
         variants.push(VariantTimes {
             variant: name.to_string(),
-            mean_tick_s: mean,
-            median_tick_s: median(&mut steady(&times[i])),
-            overhead: if base > 0.0 { mean / base - 1.0 } else { 0.0 },
-            paired_overhead: median(
-                &mut steady(&times[i])
-                    .iter()
-                    .zip(steady(&times[0]))
-                    .map(|(t, b)| t / b - 1.0)
-                    .collect::<Vec<_>>(),
-            ),
+            mean_tick_s: timing.mean,
+            median_tick_s: timing.median,
+            overhead: timing.overhead,
+            paired_overhead: timing.paired_overhead,
             wal_bytes: stats[i].bytes,
             wal_fsyncs: stats[i].fsyncs,
             digest: sims[i].digest().to_string(),
         });
     }
     if variants.iter().any(|v| v.digest != variants[0].digest) {
-        return Err("the variants disagree on the final digest".into());
+        return Err(BenchError::VariantsDisagree);
     }
-    let mut digest_times: Vec<f64> = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            state_digest(sims[0].world_mut());
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    let mut capture_times: Vec<f64> = (0..3)
-        .map(|_| {
-            let start = Instant::now();
-            wal::capture(sims[0].world_mut(), None);
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
+    let digest_s = median_time(5, || {
+        state_digest(sims[0].world_mut());
+    });
+    let capture_s = median_time(3, || {
+        wal::capture(sims[0].world_mut(), None);
+    });
     // Like the replay, this counts the cold first tick.
     let run_ticks_per_s = times[2].len() as f64 / times[2].iter().sum::<f64>();
     drop(sims);
     // Replay everything after the first snapshot of the batched WAL.
-    let dir = scratch.join("batched");
-    let (_, snaps) = wal::writer::list_dir(&dir).map_err(|e| e.to_string())?;
-    for s in snaps.iter().skip(1) {
-        std::fs::remove_file(&s.path).map_err(|e| e.to_string())?;
-    }
-    let rec = wal::recover(
-        &dir,
-        &RecoverOptions {
-            threads: o.threads,
-            exclusive: false,
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    if rec.report.digest != variants[0].digest {
-        return Err("the replay does not reach the run's digest".into());
-    }
+    let rec = replay_from_first_snapshot(&scratch.join("batched"), o.threads, &variants[0].digest)?;
     Ok(WalBenchReport {
         tokens: o.tokens as u64,
         ticks: o.ticks,
         threads: rec.sim.threads(),
         variants,
-        digest_s: median(&mut digest_times),
-        capture_s: median(&mut capture_times),
+        digest_s,
+        capture_s,
         replay_records: rec.report.records_replayed,
         replay_ticks_per_s: rec.report.replay_ticks_per_s,
         run_ticks_per_s,
@@ -370,17 +574,25 @@ pub struct HierarchyBenchReport {
 /// `Forces`, `Learn` and `Organize` stages, read from [`StageTimes`]; then times
 /// `opts.organize_runs` more detections on their own.
 ///
-/// [`StageTimes`]: crate::plugin::StageTimes
-pub fn hierarchy(opts: &HierarchyBenchOptions) -> Result<HierarchyBenchReport, String> {
-    use crate::plugin::{SimSystems, StageTimes};
+/// One world, no variants: this bench does not go through the side-by-side
+/// harness, and its figures are the stages' own timings, not the wall time of
+/// the step (the tick before the timed ones, which builds every neighbour row,
+/// is left out as in the other benches).
+///
+/// # Errors
+///
+/// An unknown scenario, invalid settings, or tokens that the quotas refuse.
+///
+/// [`StageTimes`]: crate::schedule::StageTimes
+pub fn hierarchy(opts: &HierarchyBenchOptions) -> Result<HierarchyBenchReport, BenchError> {
+    use crate::schedule::{SimSystems, StageTimes};
     let mut sim = Simulation::new(SimSettings {
         config: SimConfig {
             threads: opts.threads,
             ..Default::default()
         },
         ..Default::default()
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     load_world(&mut sim, &opts.scenario, opts.tokens, opts.seed, None)?;
     sim.run(opts.warmup);
     sim.step();
@@ -546,7 +758,7 @@ pub struct SpanCost {
 
 /// The spans of one real tick: the `tick` span and the systems' spans.
 fn synthetic_tick(t: u64) {
-    use crate::observe::sampler::TICK_TARGET;
+    use crate::schedule::TICK_TARGET;
     let span = tracing::info_span!(target: TICK_TARGET, "tick", tick = t, tokens = 100_000u64, links = 0u64);
     let _g = span.enter();
     macro_rules! sys {
@@ -673,47 +885,48 @@ const OBSERVE_VARIANTS: [ObserveSetup; 10] = {
     ]
 };
 
-/// Runs `bench observe`: one world per variant, stepped in turn tick by tick
-/// (rotating who goes first), with puffin switched on only while the puffin
-/// variants step, and tracing and metrics scoped to their worlds
-/// (`tracing::dispatcher::with_default`, `metrics::with_local_recorder`).
-/// WAL directories and trace files go under `scratch`.
-pub fn observe_overhead(
-    o: &ObserveBenchOptions,
-    scratch: &Path,
-) -> Result<ObserveBenchReport, String> {
-    use crate::observe::{ObserveSettings, sampler};
-    use tracing_subscriber::Layer;
-    use tracing_subscriber::layer::SubscriberExt;
-    let warm = warm_up(&o.scenario, o.tokens, 42, o.threads, o.warmup)?;
-    std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    let config = SimConfig {
-        threads: o.threads,
-        ..Default::default()
-    };
-    // Frames go somewhere real, as with `run --puffin` (no viewer connected).
-    let _puffin = crate::observe::puffin_stream::PuffinServer::start("127.0.0.1:0")
-        .map_err(|e| e.to_string())?;
-    struct World {
-        sim: Simulation,
-        dispatch: Option<tracing::Dispatch>,
-        sampler: Option<sampler::SamplerHandle>,
-        recorder: Option<metrics_exporter_prometheus::PrometheusRecorder>,
-        times: Vec<f64>,
-    }
-    let mut worlds = Vec::new();
-    for v in &OBSERVE_VARIANTS {
+/// The index in [`OBSERVE_VARIANTS`] of the variant `name`.
+fn observe_variant_index(name: &str) -> usize {
+    OBSERVE_VARIANTS
+        .iter()
+        .position(|v| v.name == name)
+        .expect("a variant")
+}
+
+/// One world of `bench observe`, with its variant's observers.
+struct ObserveWorld {
+    sim: Simulation,
+    /// The variant's tracing subscriber, made the default only while it steps.
+    dispatch: Option<tracing::Dispatch>,
+    /// The trace sampler behind `dispatch`.
+    sampler: Option<crate::observe::sampler::SamplerHandle>,
+    /// The variant's metrics recorder, local to its steps.
+    recorder: Option<metrics_exporter_prometheus::PrometheusRecorder>,
+}
+
+impl ObserveWorld {
+    /// The world of variant `v`, from the warmed-up state `warm` or the
+    /// scenario; its WAL and trace file go under `scratch`.
+    fn new(
+        v: &ObserveSetup,
+        o: &ObserveBenchOptions,
+        config: &SimConfig,
+        warm: Option<&wal::WorldSnapshot>,
+        scratch: &Path,
+    ) -> Result<Self, BenchError> {
+        use crate::observe::{ObserveSettings, sampler};
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
         let mut sim = Simulation::new(SimSettings {
             config: config.clone(),
             ..Default::default()
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         sim.world_mut().insert_resource(ObserveSettings {
             metrics: v.metrics,
             black_box: v.black_box,
             ..Default::default()
         });
-        load_world(&mut sim, &o.scenario, o.tokens, 42, warm.as_ref())?;
+        load_world(&mut sim, &o.scenario, o.tokens, 42, warm)?;
         if v.wal {
             let manifest = Manifest {
                 format_version: wal::FORMAT_VERSION,
@@ -726,14 +939,15 @@ pub fn observe_overhead(
                 &manifest,
                 &mut sim,
                 &WalOptions::default(),
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
         }
         let (dispatch, sampler) = match v.trace_rate {
             Some(rate) => {
                 let path = scratch.join(format!("{}.trace.jsonl", v.name));
-                let file =
-                    std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let file = std::fs::File::create(&path).map_err(|source| BenchError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
                 let (layer, handle) =
                     sampler::sampling_layer(Box::new(std::io::BufWriter::new(file)), rate, None);
                 let layer = layer.with_filter(sampler::default_filter());
@@ -743,113 +957,141 @@ pub fn observe_overhead(
             None => (None, None),
         };
         let recorder = v.metrics.then(crate::observe::metrics::prometheus_recorder);
-        worlds.push(World {
+        Ok(Self {
             sim,
             dispatch,
             sampler,
             recorder,
-            times: Vec::new(),
-        });
+        })
     }
-    let n = worlds.len();
-    for t in 0..o.ticks {
-        for k in 0..n {
-            let i = (k + t as usize) % n;
-            let w = &mut worlds[i];
-            puffin::set_scopes_on(OBSERVE_VARIANTS[i].puffin);
-            let sim = &mut w.sim;
-            let recorder = w.recorder.as_ref();
-            let start = Instant::now();
+
+    /// One turn of the harness: one tick with puffin switched on if `profiled`,
+    /// and this world's tracing and metrics scoped to it. Only the step is
+    /// timed; switching puffin and the recorder's upkeep are not.
+    fn turn(&mut self, profiled: bool, tick: u64, lap: &mut Lap) {
+        puffin::set_scopes_on(profiled);
+        let sim = &mut self.sim;
+        let recorder = self.recorder.as_ref();
+        let dispatch = self.dispatch.as_ref();
+        lap.time(|| {
             let mut step = move || match recorder {
                 Some(r) => metrics::with_local_recorder(r, || sim.step()),
                 None => sim.step(),
             };
-            match &w.dispatch {
+            match dispatch {
                 Some(d) => tracing::dispatcher::with_default(d, step),
                 None => step(),
             }
-            w.times.push(start.elapsed().as_secs_f64());
-            puffin::set_scopes_on(false);
-            if let Some(r) = &w.recorder
-                && t % 50 == 49
-            {
-                r.handle().run_upkeep();
-            }
+        });
+        puffin::set_scopes_on(false);
+        if let Some(r) = &self.recorder
+            && tick % 50 == 49
+        {
+            r.handle().run_upkeep();
         }
     }
+
+    /// The report line of variant `v`, this world's, from its `timing`.
+    fn report(&self, v: &ObserveSetup, timing: Timing) -> ObserveVariant {
+        let stats = self.sampler.as_ref().map(|h| {
+            h.flush();
+            h.stats()
+        });
+        let st = self.sim.world().resource::<crate::schedule::StageTimes>();
+        ObserveVariant {
+            variant: v.name.to_string(),
+            what: v.what.to_string(),
+            baseline: v.baseline.to_string(),
+            mean_tick_s: timing.mean,
+            median_tick_s: timing.median,
+            overhead: timing.overhead,
+            paired_overhead: timing.paired_overhead,
+            trace_lines: stats.map_or(0, |s| s.lines),
+            trace_ticks_kept: stats.map_or(0, |s| s.kept()),
+            observe_stage_us: st.total_of(crate::schedule::SimSystems::Observe)
+                / st.ticks.max(1) as f64
+                * 1e6,
+        }
+    }
+}
+
+/// The direct cost of the tick's spans under the `off`, `trace_1pct` and
+/// `trace_100pct` worlds' subscribers.
+fn span_costs(worlds: &[ObserveWorld]) -> SpanCost {
+    let cost = |name: &str| span_cost(worlds[observe_variant_index(name)].dispatch.as_ref());
+    SpanCost {
+        off: cost("off"),
+        trace_1pct: cost("trace_1pct"),
+        trace_100pct: cost("trace_100pct"),
+    }
+}
+
+/// Runs `bench observe`: one world per variant, stepped in turn tick by tick
+/// (rotating who goes first), with puffin switched on only while the puffin
+/// variants step, and tracing and metrics scoped to their worlds
+/// (`tracing::dispatcher::with_default`, `metrics::with_local_recorder`).
+/// WAL directories and trace files go under `scratch`.
+///
+/// # Errors
+///
+/// An unknown scenario, invalid settings or refused tokens (see [`warm_up`]);
+/// `scratch` or a trace file that cannot be created ([`BenchError::Io`]); a
+/// puffin server that cannot start ([`BenchError::Puffin`]); a WAL that cannot
+/// be created or closed ([`BenchError::Wal`]); or a variant that ends at
+/// another state than the bare run ([`BenchError::ObservingChangedState`]).
+pub fn observe_overhead(
+    o: &ObserveBenchOptions,
+    scratch: &Path,
+) -> Result<ObserveBenchReport, BenchError> {
+    let warm = warm_up(&o.scenario, o.tokens, 42, o.threads, o.warmup)?;
+    std::fs::create_dir_all(scratch).map_err(|source| BenchError::Io {
+        path: scratch.to_path_buf(),
+        source,
+    })?;
+    let config = SimConfig {
+        threads: o.threads,
+        ..Default::default()
+    };
+    // Frames go somewhere real, as with `run --puffin` (no viewer connected).
+    let _puffin = crate::observe::puffin_stream::PuffinServer::start("127.0.0.1:0")?;
+    let mut worlds = OBSERVE_VARIANTS
+        .iter()
+        .map(|v| ObserveWorld::new(v, o, &config, warm.as_ref(), scratch))
+        .collect::<Result<Vec<_>, _>>()?;
+    let times = interleave(worlds.len(), o.ticks, |i, t, lap| {
+        worlds[i].turn(OBSERVE_VARIANTS[i].puffin, t, lap);
+        Ok(())
+    })?;
     for w in &mut worlds {
-        wal::close(&mut w.sim).map_err(|e| e.to_string())?;
+        wal::close(&mut w.sim)?;
     }
     let digest = worlds[0].sim.digest().to_string();
     for (w, v) in worlds.iter_mut().zip(&OBSERVE_VARIANTS) {
         let d = w.sim.digest().to_string();
         if d != digest {
-            return Err(format!(
-                "variant {} ends at digest {d}, the bare run at {digest}: observing changed the state",
-                v.name
-            ));
+            return Err(BenchError::ObservingChangedState {
+                variant: v.name,
+                digest: d,
+                bare: digest.clone(),
+            });
         }
     }
-    let steady = |v: &[f64]| v.get(1..).unwrap_or(&[]).to_vec();
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let mut variants = Vec::new();
-    for (w, v) in worlds.iter().zip(&OBSERVE_VARIANTS) {
-        let b = OBSERVE_VARIANTS
-            .iter()
-            .position(|x| x.name == v.baseline)
-            .expect("the baseline is a variant");
-        let mine = steady(&w.times);
-        let base = steady(&worlds[b].times);
-        let stats = w.sampler.as_ref().map(|h| {
-            h.flush();
-            h.stats()
-        });
-        variants.push(ObserveVariant {
-            variant: v.name.to_string(),
-            what: v.what.to_string(),
-            baseline: v.baseline.to_string(),
-            mean_tick_s: mean(&mine),
-            median_tick_s: median(&mut mine.clone()),
-            overhead: mean(&mine) / mean(&base).max(f64::MIN_POSITIVE) - 1.0,
-            paired_overhead: median(
-                &mut mine
-                    .iter()
-                    .zip(&base)
-                    .map(|(t, b)| t / b - 1.0)
-                    .collect::<Vec<_>>(),
-            ),
-            trace_lines: stats.map_or(0, |s| s.lines),
-            trace_ticks_kept: stats.map_or(0, |s| s.kept()),
-            observe_stage_us: {
-                let st = w.sim.world().resource::<crate::plugin::StageTimes>();
-                st.total_of(crate::plugin::SimSystems::Observe) / st.ticks.max(1) as f64 * 1e6
-            },
-        });
-    }
-    let cost = |i: usize| {
-        let d = worlds[i].dispatch.clone();
-        span_cost(d.as_ref())
-    };
-    let i1 = OBSERVE_VARIANTS
+    let variants: Vec<ObserveVariant> = worlds
         .iter()
-        .position(|v| v.name == "trace_1pct")
-        .expect("a variant");
-    let i100 = OBSERVE_VARIANTS
-        .iter()
-        .position(|v| v.name == "trace_100pct")
-        .expect("a variant");
-    let span_cost_us = SpanCost {
-        off: cost(0),
-        trace_1pct: cost(i1),
-        trace_100pct: cost(i100),
-    };
+        .zip(&OBSERVE_VARIANTS)
+        .zip(&times)
+        .map(|((w, v), mine)| {
+            let base = &times[observe_variant_index(v.baseline)];
+            w.report(v, Timing::new(mine, base))
+        })
+        .collect();
     Ok(ObserveBenchReport {
         tokens: o.tokens as u64,
         ticks: o.ticks,
         threads: worlds[0].sim.threads(),
         variants,
         digest,
-        span_cost_us,
+        span_cost_us: span_costs(&worlds),
     })
 }
 
@@ -966,151 +1208,193 @@ pub struct GpuBenchReport {
 }
 
 /// GPU against CPU, tick by tick in turn on two copies of the same world.
-pub fn gpu_vs_cpu(o: &GpuBenchOptions) -> Result<GpuBenchReport, String> {
-    use crate::config::Backend;
-    use crate::plugin::{SimSystems, StageTimes};
+///
+/// # Errors
+///
+/// An unknown scenario, invalid settings, or tokens that the quotas refuse
+/// (see [`warm_up`]). A GPU that cannot start or that fails is no error: its
+/// size says why in `gpu_refused`, and the CPU is measured alone.
+pub fn gpu_vs_cpu(o: &GpuBenchOptions) -> Result<GpuBenchReport, BenchError> {
     scenario::find(&o.scenario)?;
-    let make = |backend: Backend,
-                n: usize,
-                warm: Option<&wal::WorldSnapshot>|
-     -> Result<Simulation, String> {
-        let mut sim = Simulation::new(SimSettings {
-            config: SimConfig {
-                threads: o.threads,
-                backend,
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .map_err(|e| e.to_string())?;
-        load_world(&mut sim, &o.scenario, n, 42, warm)?;
-        Ok(sim)
-    };
     let mut adapter = String::from("none");
     let mut sizes = Vec::new();
     for &n in &o.sizes {
-        let warm = warm_up(&o.scenario, n, 42, o.threads, o.warmup)?;
-        let mut cpu = make(Backend::Cpu, n, warm.as_ref())?;
-        let mut gpu = match make(Backend::Gpu, n, warm.as_ref()) {
-            Ok(g) => {
-                adapter = g.backend().adapter().unwrap_or_else(|| "?".into());
-                Some(g)
-            }
-            Err(e) => {
-                adapter = e.clone();
-                None
-            }
-        };
-        let forces_of = |sim: &Simulation| {
-            sim.world()
-                .resource::<StageTimes>()
-                .last_of(SimSystems::Forces)
-        };
-        // The first tick on the same state: compare, untimed.
-        cpu.step();
-        let mut refused = None;
-        let mut first_error = None;
-        if let Some(g) = gpu.as_mut() {
-            g.step();
-            if let Some(e) = g.backend().error() {
-                refused = Some(e.to_string());
-            } else {
-                first_error = Some(force_difference(&cpu, g));
-            }
-        }
-        if refused.is_some() {
-            gpu = None;
-        }
-        if gpu.is_none() && refused.is_none() {
-            refused = Some(adapter.clone());
-        }
-        let avg_neighbors = cpu.last_pair_count() as f64 / n.max(1) as f64;
-        let (mut ct, mut cf) = (Vec::new(), Vec::new());
-        let (mut gt, mut gf, mut gu, mut gd, mut gr, mut gb) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
-        let mut readback_bytes = None;
-        for t in 0..o.ticks {
-            let mut cpu_turn = |cpu: &mut Simulation| {
-                let s = Instant::now();
-                cpu.step();
-                ct.push(s.elapsed().as_secs_f64());
-                cf.push(forces_of(cpu));
-            };
-            let mut gpu_turn = |g: &mut Simulation| -> Option<String> {
-                let s = Instant::now();
-                g.step();
-                gt.push(s.elapsed().as_secs_f64());
-                gf.push(forces_of(g));
-                if let Some(e) = g.backend().error() {
-                    return Some(e.to_string());
-                }
-                let (last, _, _) = g.backend().gpu_timings()?;
-                gu.push(last.upload);
-                gd.push(last.dispatch);
-                gr.push(last.readback);
-                gb.push(last.uploaded_bytes as f64);
-                readback_bytes = Some(last.readback_bytes);
-                None
-            };
-            // Take turns going first.
-            let failed = match gpu.as_mut() {
-                Some(g) if t % 2 == 0 => {
-                    cpu_turn(&mut cpu);
-                    gpu_turn(g)
-                }
-                Some(g) => {
-                    let f = gpu_turn(g);
-                    cpu_turn(&mut cpu);
-                    f
-                }
-                None => {
-                    cpu_turn(&mut cpu);
-                    None
-                }
-            };
-            if let Some(e) = failed {
-                refused = Some(e);
-                gpu = None;
-            }
-        }
-        let ran = gpu.is_some();
-        let med = |v: &mut Vec<f64>| (ran && !v.is_empty()).then(|| median(v));
-        let (cpu_tick, cpu_forces) = (median(&mut ct), median(&mut cf));
-        let (gpu_tick, gpu_forces) = (med(&mut gt), med(&mut gf));
-        sizes.push(GpuBenchSize {
-            tokens: n,
-            avg_neighbors,
-            cpu_tick,
-            cpu_forces,
-            gpu_tick,
-            gpu_forces,
-            gpu_upload: med(&mut gu),
-            gpu_dispatch: med(&mut gd),
-            gpu_readback: med(&mut gr),
-            gpu_uploaded_bytes: med(&mut gb).map(|b| b as u64),
-            gpu_readback_bytes: readback_bytes.filter(|_| ran),
-            forces_speedup: gpu_forces.map(|g| cpu_forces / g),
-            tick_speedup: gpu_tick.map(|g| cpu_tick / g),
-            first_tick_force_error: first_error.filter(|_| ran),
-            gpu_refused: refused,
-        });
+        sizes.push(gpu_bench_size(o, n, &mut adapter)?);
     }
     Ok(GpuBenchReport {
         scenario: o.scenario.clone(),
         ticks: o.ticks,
-        threads: crate::config::SimConfig {
+        threads: SimConfig {
             threads: o.threads,
             ..Default::default()
         }
         .resolved_threads(),
         adapter,
         sizes,
+    })
+}
+
+/// A world of `bench gpu`: `n` tokens on `backend`, from the warmed-up state
+/// `warm` or the scenario.
+fn gpu_bench_world(
+    o: &GpuBenchOptions,
+    backend: Backend,
+    n: usize,
+    warm: Option<&wal::WorldSnapshot>,
+) -> Result<Simulation, BenchError> {
+    let mut sim = Simulation::new(SimSettings {
+        config: SimConfig {
+            threads: o.threads,
+            backend,
+            ..Default::default()
+        },
+        ..Default::default()
+    })?;
+    load_world(&mut sim, &o.scenario, n, 42, warm)?;
+    Ok(sim)
+}
+
+/// The seconds of the `Forces` stage of `sim`'s last tick.
+fn forces_stage(sim: &Simulation) -> f64 {
+    use crate::schedule::{SimSystems, StageTimes};
+    sim.world()
+        .resource::<StageTimes>()
+        .last_of(SimSystems::Forces)
+}
+
+/// The first tick of `bench gpu`, on the same state in both worlds, untimed
+/// (the CPU first): compares their forces. Returns the largest difference, and
+/// why the GPU does not run (then `gpu` is dropped), which is `adapter` when
+/// there was no GPU world to begin with.
+fn gpu_first_tick(
+    cpu: &mut Simulation,
+    gpu: &mut Option<Simulation>,
+    adapter: &str,
+) -> (Option<f64>, Option<String>) {
+    cpu.step();
+    let (mut refused, mut first_error) = (None, None);
+    if let Some(g) = gpu.as_mut() {
+        g.step();
+        if let Some(e) = g.backend().error() {
+            refused = Some(e.to_string());
+        } else {
+            first_error = Some(force_difference(cpu, g));
+        }
+    }
+    if refused.is_some() {
+        *gpu = None;
+    }
+    if gpu.is_none() && refused.is_none() {
+        refused = Some(adapter.to_string());
+    }
+    (first_error, refused)
+}
+
+/// What the GPU world's timed ticks of `bench gpu` record besides the tick.
+#[derive(Default)]
+struct GpuSamples {
+    /// `Forces` stage seconds.
+    forces: Vec<f64>,
+    /// Device upload seconds.
+    upload: Vec<f64>,
+    /// Device dispatch seconds.
+    dispatch: Vec<f64>,
+    /// Device readback seconds.
+    readback: Vec<f64>,
+    /// Bytes uploaded.
+    uploaded_bytes: Vec<f64>,
+    /// Bytes read back by the last tick.
+    readback_bytes: Option<u64>,
+}
+
+impl GpuSamples {
+    /// Records the tick that the GPU world `g` has just run; returns why its
+    /// backend failed, if it did.
+    fn record(&mut self, g: &Simulation) -> Option<String> {
+        self.forces.push(forces_stage(g));
+        if let Some(e) = g.backend().error() {
+            return Some(e.to_string());
+        }
+        let (last, _, _) = g.backend().gpu_timings()?;
+        self.upload.push(last.upload);
+        self.dispatch.push(last.dispatch);
+        self.readback.push(last.readback);
+        self.uploaded_bytes.push(last.uploaded_bytes as f64);
+        self.readback_bytes = Some(last.readback_bytes);
+        None
+    }
+}
+
+/// One size of `bench gpu`: `n` tokens, a CPU and a GPU world from the same
+/// state. `adapter` becomes the GPU's adapter, or why there is no GPU.
+fn gpu_bench_size(
+    o: &GpuBenchOptions,
+    n: usize,
+    adapter: &mut String,
+) -> Result<GpuBenchSize, BenchError> {
+    let warm = warm_up(&o.scenario, n, 42, o.threads, o.warmup)?;
+    let mut cpu = gpu_bench_world(o, Backend::Cpu, n, warm.as_ref())?;
+    let mut gpu = match gpu_bench_world(o, Backend::Gpu, n, warm.as_ref()) {
+        Ok(g) => {
+            *adapter = g.backend().adapter().unwrap_or_else(|| "?".into());
+            Some(g)
+        }
+        Err(e) => {
+            *adapter = e.to_string();
+            None
+        }
+    };
+    let (first_error, mut refused) = gpu_first_tick(&mut cpu, &mut gpu, adapter.as_str());
+    let avg_neighbors = cpu.last_pair_count() as f64 / n.max(1) as f64;
+    // Variant 0 is the CPU, 1 the GPU (when there is one): the CPU goes first on
+    // even ticks. The first tick ran above, so every timed tick counts. A GPU
+    // that fails stops there (its later turns time nothing) and the CPU steps
+    // on alone.
+    let mut cpu_force_times = Vec::new();
+    let mut samples = GpuSamples::default();
+    let variants = if gpu.is_some() { 2 } else { 1 };
+    let times = interleave(variants, o.ticks, |v, _, lap| {
+        if v == 0 {
+            lap.time(|| cpu.step());
+            cpu_force_times.push(forces_stage(&cpu));
+            return Ok(());
+        }
+        let failed = match gpu.as_mut() {
+            Some(g) => {
+                lap.time(|| g.step());
+                samples.record(g)
+            }
+            None => None,
+        };
+        if let Some(e) = failed {
+            refused = Some(e);
+            gpu = None;
+        }
+        Ok(())
+    })?;
+    let mut times = times.into_iter();
+    let mut cpu_ticks = times.next().unwrap_or_default();
+    let mut gpu_ticks = times.next().unwrap_or_default();
+    let ran = gpu.is_some();
+    let med = |v: &mut Vec<f64>| (ran && !v.is_empty()).then(|| median(v));
+    let (cpu_tick, cpu_forces) = (median(&mut cpu_ticks), median(&mut cpu_force_times));
+    let (gpu_tick, gpu_forces) = (med(&mut gpu_ticks), med(&mut samples.forces));
+    Ok(GpuBenchSize {
+        tokens: n,
+        avg_neighbors,
+        cpu_tick,
+        cpu_forces,
+        gpu_tick,
+        gpu_forces,
+        gpu_upload: med(&mut samples.upload),
+        gpu_dispatch: med(&mut samples.dispatch),
+        gpu_readback: med(&mut samples.readback),
+        gpu_uploaded_bytes: med(&mut samples.uploaded_bytes).map(|b| b as u64),
+        gpu_readback_bytes: samples.readback_bytes.filter(|_| ran),
+        forces_speedup: gpu_forces.map(|g| cpu_forces / g),
+        tick_speedup: gpu_tick.map(|g| cpu_tick / g),
+        first_tick_force_error: first_error.filter(|_| ran),
+        gpu_refused: refused,
     })
 }
 
@@ -1201,7 +1485,7 @@ pub struct SteadyBenchOptions {
     /// Seed of the scenario and the run.
     pub seed: u64,
     /// Force backend.
-    pub backend: crate::config::Backend,
+    pub backend: crate::model::config::Backend,
 }
 
 /// One window of ticks of `bench steady`.
@@ -1287,11 +1571,13 @@ pub fn rss_bytes() -> Option<u64> {
 ///
 /// # Errors
 ///
-/// An unknown scenario, invalid settings, or a backend that cannot start.
+/// An unknown scenario, invalid settings, tokens that the quotas refuse, or a
+/// backend that cannot start; or a backend that fails during the run
+/// ([`BenchError::Backend`]).
 pub fn steady(
     o: &SteadyBenchOptions,
     mut progress: impl FnMut(&SteadyWindow),
-) -> Result<SteadyBenchReport, String> {
+) -> Result<SteadyBenchReport, BenchError> {
     let tokens = o
         .tokens
         .unwrap_or(scenario::find(&o.scenario)?.default_tokens);
@@ -1302,8 +1588,7 @@ pub fn steady(
             ..Default::default()
         },
         ..Default::default()
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     load_world(&mut sim, &o.scenario, tokens, o.seed, None)?;
     let n = sim.token_count().max(1) as f64;
     let window = o.window.max(1);
@@ -1318,13 +1603,16 @@ pub fn steady(
         sim.step();
         times.push(start.elapsed().as_secs_f64());
         if let Some(e) = sim.backend().error() {
-            return Err(format!("the {} backend failed: {e}", o.backend.name()));
+            return Err(BenchError::Backend {
+                backend: o.backend.name(),
+                reason: e.to_string(),
+            });
         }
         let stats = sim.force_stats();
         pairs += stats.pairs;
         neighbors += stats.pairs as f64 / n;
         if t == 20 {
-            peak_rss_at_20 = crate::runner::peak_rss_bytes();
+            peak_rss_at_20 = crate::app::runner::peak_rss_bytes();
         }
         if t % window == 0 || t == o.ticks {
             let ticks = t + 1 - first_tick;
@@ -1341,7 +1629,7 @@ pub fn steady(
                 rebuilds: stats.rebuilds - last.rebuilds,
                 refreshed_rows: stats.refreshed_rows - last.refreshed_rows,
                 rss_bytes: rss_bytes().unwrap_or(0),
-                peak_rss_bytes: crate::runner::peak_rss_bytes().unwrap_or(0),
+                peak_rss_bytes: crate::app::runner::peak_rss_bytes().unwrap_or(0),
                 links: sim.link_count(),
                 neighbor_list_bytes: sim
                     .world()
@@ -1358,7 +1646,7 @@ pub fn steady(
         |r: std::ops::Range<usize>| r.clone().map(|k| times[k]).sum::<f64>() / r.len() as f64;
     let early_tick_s = (times.len() >= 100).then(|| mean(50..100));
     let late_tick_s = (times.len() >= 200).then(|| mean(times.len() - 100..times.len()));
-    let peak_rss_end = crate::runner::peak_rss_bytes().unwrap_or(0);
+    let peak_rss_end = crate::app::runner::peak_rss_bytes().unwrap_or(0);
     let last_avg_neighbors = sim.force_stats().pairs as f64 / n;
     Ok(SteadyBenchReport {
         scenario: o.scenario.clone(),
@@ -1404,6 +1692,34 @@ impl SteadyWindow {
 }
 
 impl SteadyBenchReport {
+    /// The header of the steady-state table of `docs/performance.md`, whose rows
+    /// are [`markdown_row`](Self::markdown_row)'s.
+    pub const MARKDOWN_HEADER: &str = "| scenario | tokens | backend | neighbours, last tick | ticks/s, 51–100 | ticks/s, last 100 | late / early tick | peak RSS after tick 20 | peak RSS at the end | growth | B/token at the end |\n|---|---|---|---|---|---|---|---|---|---|---|";
+
+    /// The summary as one row of the steady-state table (`bench steady --markdown`).
+    pub fn markdown_row(&self) -> String {
+        let mib = |b: f64| format!("{:.0} MiB", b / 1048576.0);
+        let per_s = |t: Option<f64>| {
+            t.filter(|&t| t > 0.0)
+                .map_or("n/a".into(), |t| format!("{:.1}", 1.0 / t))
+        };
+        let ratio = |r: Option<f64>| r.map_or("n/a".into(), |r| format!("**{r:.2}**"));
+        format!(
+            "| `{}` | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            self.scenario,
+            self.tokens,
+            self.backend,
+            self.last_avg_neighbors,
+            per_s(self.early_tick_s),
+            per_s(self.late_tick_s),
+            ratio(self.slowdown),
+            self.peak_rss_at_20.map_or("n/a".into(), |b| mib(b as f64)),
+            mib(self.peak_rss_end as f64),
+            ratio(self.rss_growth),
+            self.peak_rss_end as f64 / self.tokens.max(1) as f64,
+        )
+    }
+
     /// The human-readable summary (the windows are printed as they come).
     pub fn to_text(&self) -> String {
         let opt = |x: Option<f64>, scale: f64, unit: &str| {

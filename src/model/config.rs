@@ -45,14 +45,62 @@ impl Backend {
 }
 
 impl std::str::FromStr for Backend {
-    type Err = String;
+    type Err = UnknownName;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s {
             "cpu" => Ok(Backend::Cpu),
             "gpu" => Ok(Backend::Gpu),
             "auto" => Ok(Backend::Auto),
-            other => Err(format!("backend {other:?}: must be cpu, gpu or auto")),
+            other => Err(UnknownName::new("backend", other, &["cpu", "gpu", "auto"])),
+        }
+    }
+}
+
+/// A setting outside its range; the message names the setting, the value and
+/// the rule (`sim.dt = 2: must be a finite number in (0, 1]`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{setting} = {value}: {rule}")]
+pub struct InvalidSetting {
+    /// The setting, as written in a config file (`sim.dt`, `wal.batch_ms`).
+    pub setting: String,
+    /// The value given.
+    pub value: String,
+    /// What it must be.
+    pub rule: String,
+}
+
+impl InvalidSetting {
+    /// `setting = value: rule`.
+    pub fn new(setting: impl Into<String>, value: impl ToString, rule: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            value: value.to_string(),
+            rule: rule.into(),
+        }
+    }
+}
+
+/// A name that is none of the known ones (`unknown backend 'x' (known: cpu,
+/// gpu, auto)`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} '{found}' (known: {})", known.join(", "))]
+pub struct UnknownName {
+    /// What was looked up (`backend`, `scenario`, `durability`).
+    pub what: &'static str,
+    /// The name given.
+    pub found: String,
+    /// The names there are.
+    pub known: Vec<&'static str>,
+}
+
+impl UnknownName {
+    /// `found` is not a known `what`.
+    pub fn new(what: &'static str, found: &str, known: &[&'static str]) -> Self {
+        Self {
+            what,
+            found: found.to_string(),
+            known: known.to_vec(),
         }
     }
 }
@@ -72,27 +120,35 @@ impl Default for SimConfig {
 pub const MAX_THREADS: usize = 1024;
 
 impl SimConfig {
-    /// Checks the values; the error names the field, the value and the limit.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// `dt` outside (0, 1], `neighbor_skin` outside [0, 100] (or either not
+    /// finite), or more than [`MAX_THREADS`] threads; the error names the
+    /// field, the value and the limit.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if !(self.dt.is_finite() && self.dt > 0.0 && self.dt <= 1.0) {
-            return Err(format!(
-                "sim.dt = {}: must be a finite number in (0, 1]",
-                self.dt
+            return Err(InvalidSetting::new(
+                "sim.dt",
+                self.dt,
+                "must be a finite number in (0, 1]",
             ));
         }
         if !(self.neighbor_skin.is_finite()
             && self.neighbor_skin >= 0.0
             && self.neighbor_skin <= 100.0)
         {
-            return Err(format!(
-                "sim.neighbor_skin = {}: must be a finite number in [0, 100]",
-                self.neighbor_skin
+            return Err(InvalidSetting::new(
+                "sim.neighbor_skin",
+                self.neighbor_skin,
+                "must be a finite number in [0, 100]",
             ));
         }
         if self.threads > MAX_THREADS {
-            return Err(format!(
-                "sim.threads = {}: must be at most {MAX_THREADS}",
-                self.threads
+            return Err(InvalidSetting::new(
+                "sim.threads",
+                self.threads,
+                format!("must be at most {MAX_THREADS}"),
             ));
         }
         Ok(())
@@ -196,6 +252,11 @@ impl Quotas {
     pub const BYTES_PER_LINK: u64 = 96;
 
     /// Checks that the world may grow from (`tokens`, `links`) by (`add_tokens`, `add_links`).
+    ///
+    /// # Errors
+    /// [`QuotaError::Tokens`] or [`QuotaError::Links`] when the new total would exceed
+    /// `max_tokens` or `max_links`; [`QuotaError::Memory`] when the estimated bytes
+    /// would exceed `memory_budget_bytes`.
     pub fn check(
         &self,
         tokens: u64,
@@ -282,7 +343,12 @@ mod tests {
             dt: f32::NAN,
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().contains("sim.dt = NaN"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sim.dt = NaN")
+        );
     }
 }
 

@@ -3,13 +3,14 @@
 //! against planted labels with the adjusted Rand index.
 //!
 //! The `Organize` stage (`systems/organize.rs`) owns the ECS side: it runs
-//! [`detect_level`] on level-0 tokens with the linking length ℓ₁, then on the
+//! [`friends_of_friends`] on level-0 tokens with the linking length ℓ₁, then on the
 //! centres of level-1 groups with ℓ₂ = ℓ₁ · `level_scale`, and so on, and mirrors
 //! the result as group entities with `ChildOf`/`Children`.
 
-use crate::components::TokenId;
-use crate::math::Vec8;
-use crate::spatial::{KdTree, NeighborList};
+use crate::geometry::spatial::{KdTree, NeighborList};
+use crate::model::Inconsistent;
+use crate::model::components::TokenId;
+use crate::model::math::Vec8;
 use bevy_ecs::prelude::*;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -142,13 +143,16 @@ impl Hierarchy {
     /// non-empty, increasing and in one group per level, level-1 members below
     /// `next_id` (token ids), and every member above level 1 a group of the level
     /// below.
-    pub fn validate(&self, next_id: u64) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// The first rule broken, with the group and value.
+    pub fn validate(&self, next_id: u64) -> Result<(), Inconsistent> {
         if self.next_group > Self::MAX_GROUPS {
-            return Err(format!(
+            return Err(Inconsistent(format!(
                 "next_group = {}: must be at most {}",
                 self.next_group,
                 Self::MAX_GROUPS
-            ));
+            )));
         }
         let mut seen = std::collections::HashSet::new();
         let mut below: std::collections::HashSet<u64> = Default::default();
@@ -157,45 +161,45 @@ impl Hierarchy {
             let mut here = std::collections::HashSet::new();
             for g in level {
                 if g.level as usize != k + 1 {
-                    return Err(format!(
+                    return Err(Inconsistent(format!(
                         "group {} at level {} is listed at level {}",
                         g.id,
                         g.level,
                         k + 1
-                    ));
+                    )));
                 }
                 if g.id.0 >= self.next_group || !seen.insert(g.id) {
-                    return Err(format!(
+                    return Err(Inconsistent(format!(
                         "group {} is repeated or not below next_group = {}",
                         g.id, self.next_group
-                    ));
+                    )));
                 }
                 here.insert(g.id.0);
                 if g.members.is_empty() || g.members.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err(format!(
+                    return Err(Inconsistent(format!(
                         "group {}: members must be non-empty and increasing",
                         g.id
-                    ));
+                    )));
                 }
                 for &m in &g.members {
                     if k == 0 && m >= next_id {
-                        return Err(format!(
+                        return Err(Inconsistent(format!(
                             "group {}: member #{m} is not below next_id = {next_id}",
                             g.id
-                        ));
+                        )));
                     }
                     if !members_seen.insert(m) {
-                        return Err(format!(
+                        return Err(Inconsistent(format!(
                             "group {}: member {m} is in two groups of level {}",
                             g.id,
                             k + 1
-                        ));
+                        )));
                     }
                     if k > 0 && !below.contains(&m) {
-                        return Err(format!(
+                        return Err(Inconsistent(format!(
                             "group {}: member G{m} is not a group of level {k}",
                             g.id
-                        ));
+                        )));
                     }
                 }
             }

@@ -10,7 +10,7 @@ pub use forces::{
 };
 
 /// The WGSL of the force pass, as embedded.
-pub const FORCES_WGSL: &str = include_str!("../../shaders/forces.wgsl");
+pub const FORCES_WGSL: &str = include_str!("../../../shaders/forces.wgsl");
 
 /// Every WGSL file the library embeds, by file name (for validation).
 pub const SHADERS: &[(&str, &str)] = &[("forces.wgsl", FORCES_WGSL)];
@@ -90,6 +90,11 @@ impl std::fmt::Debug for GpuContext {
 
 impl GpuContext {
     /// Opens the first adapter the policy accepts (high performance preferred).
+    ///
+    /// # Errors
+    /// [`GpuError::NoAdapter`] when Vulkan lists no adapter, or (under
+    /// [`AdapterPolicy::Hardware`]) only software ones; [`GpuError::Device`] when the
+    /// chosen adapter refuses a device with its own limits.
     pub fn new(policy: AdapterPolicy) -> Result<Self, GpuError> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: wgpu::Backends::VULKAN,
@@ -145,11 +150,6 @@ impl GpuContext {
     /// "name (type, driver)".
     pub fn describe(&self) -> String {
         describe(&self.info)
-    }
-
-    /// Whether the adapter is a software rasteriser (lavapipe).
-    pub fn is_software(&self) -> bool {
-        self.info.device_type == wgpu::DeviceType::Cpu
     }
 
     /// The largest buffer a binding may hold (rounded down to 256 bytes).

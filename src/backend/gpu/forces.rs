@@ -24,9 +24,9 @@
 
 use super::{GpuContext, GpuError};
 pub use crate::backend::GpuTimings;
-use crate::math::Vec8;
+use crate::geometry::spatial::{BLOCK, NeighborList};
+use crate::model::math::Vec8;
 use crate::physics::{ForceParams, LinkEnd, LinkTable, TokenParams};
-use crate::spatial::{BLOCK, NeighborList};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,9 @@ pub const BINDINGS: [BindingAccess; 9] = {
 /// The shader's entry points, in dispatch order: every token's density, then
 /// the forces.
 pub const ENTRY_POINTS: [&str; 2] = ["density", "main"];
+
+/// The labels of the compute passes, one per entry point.
+const PASS_LABELS: [&str; 2] = ["neurograph.density", "neurograph.main"];
 
 /// Elements compared (and written when different) at a time when mirroring.
 const MIRROR_CHUNK: usize = 4096;
@@ -170,9 +173,10 @@ impl Slab {
     }
 }
 
+/// A buffer labelled `neurograph.{label}` (the host app's own labels stay its own).
 fn create(ctx: &GpuContext, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
+        label: Some(&format!("neurograph.{label}")),
         size,
         usage,
         mapped_at_creation: false,
@@ -396,6 +400,10 @@ impl std::fmt::Debug for GpuForces {
 
 impl GpuForces {
     /// Compiles the shader and sets up the (empty) buffers on `ctx`.
+    ///
+    /// # Errors
+    /// The device allows fewer storage buffers per stage than the pass binds
+    /// ([`GpuError::Device`]), or the shader does not compile on it.
     pub fn new(ctx: GpuContext) -> Result<Self, GpuError> {
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         {
@@ -426,67 +434,7 @@ impl GpuForces {
                 ),
             });
         }
-        let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = ctx
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("forces.wgsl"),
-                source: wgpu::ShaderSource::Wgsl(super::FORCES_WGSL.into()),
-            });
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = BINDINGS
-            .iter()
-            .enumerate()
-            .map(|(binding, access)| wgpu::BindGroupLayoutEntry {
-                binding: binding as u32,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: match access {
-                        BindingAccess::Uniform => wgpu::BufferBindingType::Uniform,
-                        BindingAccess::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                        BindingAccess::ReadWrite => {
-                            wgpu::BufferBindingType::Storage { read_only: false }
-                        }
-                    },
-                    has_dynamic_offset: false,
-                    min_binding_size: (*access == BindingAccess::Uniform)
-                        .then(|| wgpu::BufferSize::new(size_of::<GpuParams>() as u64))
-                        .flatten(),
-                },
-                count: None,
-            })
-            .collect();
-        let layout = ctx
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("forces"),
-                entries: &entries,
-            });
-        let pipeline_layout = ctx
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("forces"),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-        let pipelines = ENTRY_POINTS
-            .iter()
-            .map(|entry| {
-                ctx.device
-                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                        label: Some(entry),
-                        layout: Some(&pipeline_layout),
-                        module: &module,
-                        entry_point: Some(entry),
-                        compilation_options: Default::default(),
-                        cache: None,
-                    })
-            })
-            .collect();
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Failed(format!(
-                "the force shader does not compile: {e}"
-            )));
-        }
+        let (layout, pipelines) = Self::pipelines(&ctx)?;
         let out = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         Ok(Self {
             pos: Slab::new(&ctx, "positions", STORAGE),
@@ -520,6 +468,75 @@ impl GpuForces {
             total: GpuTimings::default(),
             passes: 0,
         })
+    }
+
+    /// Compiles the force shader into one pipeline per entry point, with the
+    /// bind group layout of [`BINDINGS`].
+    fn pipelines(
+        ctx: &GpuContext,
+    ) -> Result<(wgpu::BindGroupLayout, Vec<wgpu::ComputePipeline>), GpuError> {
+        let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = ctx
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("neurograph.forces.wgsl"),
+                source: wgpu::ShaderSource::Wgsl(super::FORCES_WGSL.into()),
+            });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = BINDINGS
+            .iter()
+            .enumerate()
+            .map(|(binding, access)| wgpu::BindGroupLayoutEntry {
+                binding: binding as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match access {
+                        BindingAccess::Uniform => wgpu::BufferBindingType::Uniform,
+                        BindingAccess::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        BindingAccess::ReadWrite => {
+                            wgpu::BufferBindingType::Storage { read_only: false }
+                        }
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: (*access == BindingAccess::Uniform)
+                        .then(|| wgpu::BufferSize::new(size_of::<GpuParams>() as u64))
+                        .flatten(),
+                },
+                count: None,
+            })
+            .collect();
+        let layout = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("neurograph.forces"),
+                entries: &entries,
+            });
+        let pipeline_layout = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("neurograph.forces"),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipelines: Vec<wgpu::ComputePipeline> = ENTRY_POINTS
+            .iter()
+            .map(|entry| {
+                ctx.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(&format!("neurograph.{entry}")),
+                        layout: Some(&pipeline_layout),
+                        module: &module,
+                        entry_point: Some(entry),
+                        compilation_options: Default::default(),
+                        cache: None,
+                    })
+            })
+            .collect();
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Failed(format!(
+                "the force shader does not compile: {e}"
+            )));
+        }
+        Ok((layout, pipelines))
     }
 
     /// The device.
@@ -604,6 +621,12 @@ impl GpuForces {
     /// Runs the force pass; returns the ordered pair count. On error the outputs
     /// are unspecified (the caller computes them on the CPU instead), and the
     /// device copy is dropped, so a later pass uploads everything again.
+    ///
+    /// # Errors
+    /// [`GpuError::BadInput`] when the input slices disagree in length;
+    /// [`GpuError::TooLarge`] or [`GpuError::TooManyTokens`] when the world exceeds the
+    /// device's buffer or dispatch limits; [`GpuError::Failed`] when the device reports
+    /// an error, is lost, or the results cannot be waited for, mapped or read.
     pub fn compute(&mut self, input: ForceInput<'_>) -> Result<u64, GpuError> {
         puffin::profile_function!();
         let n = input.positions.len();
@@ -655,7 +678,9 @@ impl GpuForces {
         );
     }
 
-    fn pass(&mut self, input: ForceInput<'_>) -> Result<u64, GpuError> {
+    /// One pass: upload what changed, dispatch the density and force kernels
+    /// chunk after chunk, read the results back. Returns the pair count.
+    fn pass(&mut self, mut input: ForceInput<'_>) -> Result<u64, GpuError> {
         let n = input.positions.len();
         let mut t = GpuTimings::default();
         if n == 0 {
@@ -663,23 +688,45 @@ impl GpuForces {
             return Ok(0);
         }
         self.check_errors()?;
-        let max_dim = (self.ctx.limits.max_compute_workgroups_per_dimension as u64).max(1);
-        // The grid of a chunk of `count` tokens: (x, y) workgroups.
-        let grid = |count: u64| -> Result<(u64, u64), GpuError> {
-            let groups = count.div_ceil(WORKGROUP_SIZE as u64).max(1);
-            let x = groups.min(max_dim);
-            let y = groups.div_ceil(x);
-            if y > max_dim {
-                return Err(GpuError::TooManyTokens {
-                    tokens: count,
-                    limit: max_dim * max_dim * WORKGROUP_SIZE as u64,
-                });
-            }
-            Ok((x, y))
-        };
-
-        // 1. Upload what changed.
         let start = Instant::now();
+        let grids = self.upload(&mut input, &mut t)?;
+        t.upload = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        self.dispatch(&grids)?;
+        t.dispatch = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let pairs = self.read_back(&mut input, &mut t)?;
+        t.readback = start.elapsed().as_secs_f64();
+        self.last = t;
+        self.total.add(&t);
+        self.passes += 1;
+        Ok(pairs)
+    }
+
+    /// The grid of a chunk of `count` tokens: (x, y) workgroups.
+    fn grid(&self, count: u64) -> Result<(u64, u64), GpuError> {
+        let max_dim = (self.ctx.limits.max_compute_workgroups_per_dimension as u64).max(1);
+        let groups = count.div_ceil(WORKGROUP_SIZE as u64).max(1);
+        let x = groups.min(max_dim);
+        let y = groups.div_ceil(x);
+        if y > max_dim {
+            return Err(GpuError::TooManyTokens {
+                tokens: count,
+                limit: max_dim * max_dim * WORKGROUP_SIZE as u64,
+            });
+        }
+        Ok((x, y))
+    }
+
+    /// Uploads what changed since the last pass (positions always; parameters,
+    /// candidate rows and links when they changed), writes each chunk's
+    /// uniforms, rebinds when a buffer grew; returns each chunk's grid.
+    fn upload(
+        &mut self,
+        input: &mut ForceInput<'_>,
+        t: &mut GpuTimings,
+    ) -> Result<Vec<(u32, u32)>, GpuError> {
+        let n = input.positions.len();
         let ctx = &self.ctx;
         let mut rebind = false;
         let pos_bytes = size_of_val(input.positions) as u64;
@@ -733,7 +780,7 @@ impl GpuForces {
         for chunk in &self.cand.chunks {
             let first = chunk.blocks.start * BLOCK;
             let count = (chunk.blocks.end * BLOCK).min(n) - first;
-            let (gx, gy) = grid(count as u64)?;
+            let (gx, gy) = self.grid(count as u64)?;
             grids.push((gx as u32, gy as u32));
             let params = GpuParams {
                 n: count as u32,
@@ -759,40 +806,47 @@ impl GpuForces {
         }
         self.ctx.queue.submit([]);
         self.wait()?;
-        t.upload = start.elapsed().as_secs_f64();
+        Ok(grids)
+    }
 
-        // 2. Dispatch, chunk after chunk: every density first (one compute pass),
-        // then every force (a second pass, so it sees all densities).
-        let start = Instant::now();
+    /// Dispatches chunk after chunk: every density first (one compute pass),
+    /// then every force (a second pass, so it sees all densities).
+    fn dispatch(&mut self, grids: &[(u32, u32)]) -> Result<(), GpuError> {
         let ctx = &self.ctx;
         let mut enc = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("forces"),
+                label: Some("neurograph.forces"),
             });
-        for (pipeline, label) in self.pipelines.iter().zip(ENTRY_POINTS) {
+        for (pipeline, label) in self.pipelines.iter().zip(PASS_LABELS) {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(label),
                 timestamp_writes: None,
             });
             pass.set_pipeline(pipeline);
-            for (bind, &(gx, gy)) in self.binds.iter().zip(&grids) {
+            for (bind, &(gx, gy)) in self.binds.iter().zip(grids) {
                 pass.set_bind_group(0, bind, &[]);
                 pass.dispatch_workgroups(gx, gy, 1);
             }
         }
         ctx.queue.submit([enc.finish()]);
-        self.wait()?;
-        t.dispatch = start.elapsed().as_secs_f64();
+        self.wait()
+    }
 
-        // 3. Read back forces, proposals and pair counts, and densities.
-        let start = Instant::now();
+    /// Reads back forces, proposals and pair counts, and densities into
+    /// `input`; returns the pair count.
+    fn read_back(
+        &mut self,
+        input: &mut ForceInput<'_>,
+        t: &mut GpuTimings,
+    ) -> Result<u64, GpuError> {
+        let n = input.positions.len();
         let ctx = &self.ctx;
         let (fb, ab, db) = (n as u64 * 32, n as u64 * 8, n as u64 * 4);
         let mut enc = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("readback"),
+                label: Some("neurograph.readback"),
             });
         enc.copy_buffer_to_buffer(&self.force.buf, 0, &self.staging.buf, 0, fb);
         enc.copy_buffer_to_buffer(&self.aux.buf, 0, &self.staging.buf, fb, ab);
@@ -837,11 +891,7 @@ impl GpuForces {
             }
         }
         self.staging.buf.unmap();
-        t.readback = start.elapsed().as_secs_f64();
         t.readback_bytes = fb + ab + db;
-        self.last = t;
-        self.total.add(&t);
-        self.passes += 1;
         Ok(pairs)
     }
 
@@ -856,7 +906,7 @@ impl GpuForces {
         self.ctx
             .device
             .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("forces"),
+                label: Some("neurograph.forces"),
                 layout: &self.layout,
                 entries: &[
                     entry(0, &chunk.uniform),

@@ -1,6 +1,7 @@
 //! World bookkeeping: the id → entity table, the link graph, the clock.
 
-use crate::components::{LinkSpec, TokenId};
+use crate::model::Inconsistent;
+use crate::model::components::{LinkSpec, TokenId};
 use bevy_ecs::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
@@ -71,24 +72,30 @@ impl TokenRegistry {
 
     /// Rebuilds the table from live `(id, entity)` pairs (ids increasing, below
     /// `next_id`); ids in between are dead. Used when restoring a snapshot.
-    /// Fails if the table cannot be allocated or an id is not below `next_id`.
+    ///
+    /// # Errors
+    /// The table cannot be allocated, or an id is not below `next_id`.
     pub fn restore(
         next_id: TokenId,
         live: impl IntoIterator<Item = (TokenId, Entity)>,
-    ) -> Result<Self, String> {
-        let n =
-            usize::try_from(next_id.0).map_err(|_| format!("next_id {next_id} is too large"))?;
+    ) -> Result<Self, Inconsistent> {
+        let n = usize::try_from(next_id.0)
+            .map_err(|_| Inconsistent(format!("next_id {next_id} is too large")))?;
         let mut slots = Vec::new();
-        slots
-            .try_reserve_exact(n)
-            .map_err(|e| format!("next_id {next_id}: cannot allocate the id table: {e}"))?;
+        slots.try_reserve_exact(n).map_err(|e| {
+            Inconsistent(format!(
+                "next_id {next_id}: cannot allocate the id table: {e}"
+            ))
+        })?;
         slots.resize(n, None);
         let mut count = 0;
         for (id, e) in live {
             let slot = usize::try_from(id.0)
                 .ok()
                 .and_then(|i| slots.get_mut(i))
-                .ok_or_else(|| format!("token id {id} is not below next_id {next_id}"))?;
+                .ok_or_else(|| {
+                    Inconsistent(format!("token id {id} is not below next_id {next_id}"))
+                })?;
             *slot = Some(e);
             count += 1;
         }
@@ -211,13 +218,6 @@ impl LinkGraph {
         self.version += 1;
         self.links.iter_mut()
     }
-}
-
-/// The simulation clock: ticks completed. Simulated time is `tick × dt`.
-#[derive(Resource, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SimClock {
-    /// Ticks completed.
-    pub tick: u64,
 }
 
 /// The world's random number generator (ChaCha8; seeded with 0 by default, and

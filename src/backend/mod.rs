@@ -1,6 +1,6 @@
 //! Which backend computes the `Forces` stage: the [`ForceBackend`] resource.
 //!
-//! The choice comes from [`SimConfig::backend`](crate::config::SimConfig) (CLI
+//! The choice comes from [`SimConfig::backend`](crate::model::config::SimConfig) (CLI
 //! `--backend cpu|gpu|auto`); embedders may insert their own `ForceBackend`
 //! before adding the plugins. Either backend writes the same
 //! [`ForceBuffers`](crate::systems::ForceBuffers), so nothing downstream knows
@@ -12,7 +12,10 @@
 //! | `gpu` | any adapter, software (lavapipe) included | GPU | setup: [`SimError::Gpu`](crate::sim::SimError); at run time: that tick and later ones on the CPU, [`error`](ForceBackend::error) set (the runner stops) |
 //! | `auto`| hardware adapters only | GPU, else CPU with a warning | the CPU from then on, with a warning |
 
-use crate::config::Backend;
+#[cfg(feature = "gpu")]
+pub mod gpu;
+
+use crate::model::config::Backend;
 use bevy_ecs::prelude::*;
 
 /// Wall time of the GPU phases of a pass (or summed over passes), and bytes moved.
@@ -51,7 +54,7 @@ pub struct SpareBackend(pub ForceBackend);
 pub struct ForceBackend {
     requested: Backend,
     #[cfg(feature = "gpu")]
-    gpu: Option<Box<crate::gpu::GpuForces>>,
+    gpu: Option<Box<crate::backend::gpu::GpuForces>>,
     fallback: Option<String>,
     error: Option<String>,
 }
@@ -87,7 +90,7 @@ impl ForceBackend {
         }
         #[cfg(feature = "gpu")]
         {
-            use crate::gpu::{AdapterPolicy, GpuContext, GpuForces};
+            use crate::backend::gpu::{AdapterPolicy, GpuContext, GpuForces};
             let policy = if requested == Backend::Auto {
                 AdapterPolicy::Hardware
             } else {
@@ -109,7 +112,7 @@ impl ForceBackend {
 
     /// A backend running on a GPU force pass set up by the caller.
     #[cfg(feature = "gpu")]
-    pub fn with_gpu(gpu: crate::gpu::GpuForces) -> Self {
+    pub fn with_gpu(gpu: crate::backend::gpu::GpuForces) -> Self {
         Self {
             requested: Backend::Gpu,
             gpu: Some(Box::new(gpu)),
@@ -152,13 +155,13 @@ impl ForceBackend {
 
     /// The GPU force pass, when active.
     #[cfg(feature = "gpu")]
-    pub fn gpu(&self) -> Option<&crate::gpu::GpuForces> {
+    pub fn gpu(&self) -> Option<&crate::backend::gpu::GpuForces> {
         self.gpu.as_deref()
     }
 
     /// The GPU force pass, when active.
     #[cfg(feature = "gpu")]
-    pub fn gpu_mut(&mut self) -> Option<&mut crate::gpu::GpuForces> {
+    pub fn gpu_mut(&mut self) -> Option<&mut crate::backend::gpu::GpuForces> {
         self.gpu.as_deref_mut()
     }
 
