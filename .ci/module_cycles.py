@@ -19,7 +19,8 @@ for f in glob.glob(root+'/src/**/*.rs',recursive=True)+glob.glob(root+'/systems/
     # strip test modules roughly
     txt=re.split(r'#\[cfg\(test\)\]\s*mod tests',txt)[0]
     # code only: doc and line comments name other modules without depending on them
-    txt='\n'.join(l.split('//')[0] for l in txt.split('\n'))
+    # (whole-line comments only: `//` inside a string such as a URL is code)
+    txt='\n'.join(l for l in txt.split('\n') if not l.lstrip().startswith('//'))
     deps=set(re.findall(r'crate::([a-z_]+)',txt))
     deps|=set(re.findall(r'super::super::([a-z_]+)',txt))
     mods.setdefault(top,set()).update(d for d in deps if d!=top)

@@ -58,6 +58,10 @@ fn main() {
                 .after(SimSystems::Integrate)
                 .before(SimSystems::Constrain),
         );
+    // `App::run` would finish the app first; a host that calls `update` itself
+    // does it once (NeuroGraph chooses its force backend there).
+    app.finish();
+    app.cleanup();
     for _ in 0..101 {
         app.update();
     }

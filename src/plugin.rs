@@ -13,8 +13,10 @@ use crate::model::cdna::{Cdna, CdnaHistory};
 use crate::model::commands::{CommandLog, CommandQueue};
 use crate::model::config::{Quotas, SimConfig};
 use crate::model::registry::{LinkGraph, SimRng, SpatialDirty, TokenRegistry};
-use crate::observe::ObservePlugin;
-use crate::schedule::{ComputePool, SchedulePlugin, SimClock, SimSystems, SimTick, TickDriver};
+use crate::observe::{ObservePlugin, ObserveSettings, ObserveSystem};
+use crate::schedule::{
+    ComputePool, SchedulePlugin, SimClock, SimSystems, SimTick, TickDriver, TickFields,
+};
 use crate::systems::{
     ConstrainPlugin, ForcesPlugin, IngestPlugin, IntegratePlugin, LearnPlugin, OrganizePlugin,
 };
@@ -107,13 +109,29 @@ impl Plugin for SimCorePlugin {
             .init_resource::<SpatialDirty>()
             .init_resource::<CommandQueue>()
             .init_resource::<CommandLog>()
-            .add_systems(SimTick, tick_span_fields.before(SimSystems::Ingest));
+            .insert_resource(TickFields(world_size))
+            // The end of the tick, after the metrics.
+            .add_systems(
+                SimTick,
+                end_tick.in_set(SimSystems::Observe).after(ObserveSystem),
+            );
     }
 }
 
-/// Records the world's size in the `tick` span that [`run_tick`](crate::schedule::run_tick) opened.
-fn tick_span_fields(registry: Res<TokenRegistry>, links: Res<LinkGraph>) {
-    let span = tracing::Span::current();
-    span.record("tokens", registry.len());
-    span.record("links", links.len());
+/// Tokens and links, for the `tick` span ([`TickFields`]).
+fn world_size(world: &World) -> (u64, u64) {
+    (
+        world.resource::<TokenRegistry>().len(),
+        world.resource::<LinkGraph>().len(),
+    )
+}
+
+/// Closes the tick: puffin (when profiling is on, and unless the host marks
+/// its own frames: [`ObserveSettings::puffin_frames`]) starts a new frame.
+pub fn end_tick(settings: Option<Res<ObserveSettings>>) {
+    crate::profile_system!("end_tick");
+    let ours = settings.is_none_or(|s| s.puffin_frames);
+    if ours && puffin::are_scopes_on() {
+        puffin::GlobalProfiler::lock().new_frame();
+    }
 }

@@ -210,9 +210,15 @@ pub struct SimClock {
     pub tick: u64,
 }
 
+/// How the `tick` span learns the world's size without this layer knowing
+/// what a token is: the engine's core plugin inserts a function that returns
+/// `(tokens, links)`.
+#[derive(Resource, Clone, Copy)]
+pub struct TickFields(pub fn(&World) -> (u64, u64));
+
 /// Runs one [`SimTick`] of `world` inside a `tick` span (target
-/// [`TICK_TARGET`]; field `tick`, and the empty fields `tokens` and `links`
-/// that the engine's first system records); the system behind
+/// [`TICK_TARGET`]; fields `tick`, and `tokens` and `links` from
+/// [`TickFields`] when the world has it); the system behind
 /// [`TickDriver::FixedUpdate`].
 ///
 /// # Panics
@@ -221,13 +227,10 @@ pub struct SimClock {
 /// keeps the tick, and then goes on unwinding.
 pub fn run_tick(world: &mut World) {
     let tick = world.get_resource::<SimClock>().map_or(0, |c| c.tick) + 1;
-    let span = tracing::info_span!(
-        target: TICK_TARGET,
-        "tick",
-        tick,
-        tokens = tracing::field::Empty,
-        links = tracing::field::Empty,
-    );
+    let (tokens, links) = world
+        .get_resource::<TickFields>()
+        .map_or((0, 0), |f| (f.0)(world));
+    let span = tracing::info_span!(target: TICK_TARGET, "tick", tick, tokens, links);
     let _entered = span.enter();
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         world.run_schedule(SimTick);

@@ -48,21 +48,21 @@ pub struct SimSettings {
 /// A token's components, read back.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TokenState {
-    /// Id.
+    /// Stable id.
     pub id: TokenId,
-    /// Position.
+    /// Position in the 8D space.
     pub position: crate::model::math::Vec8,
-    /// Velocity.
+    /// Velocity, length per unit of simulated time.
     pub velocity: crate::model::math::Vec8,
-    /// Charge.
+    /// Charge in `[-1, 1]`.
     pub charge: f32,
-    /// Mass.
+    /// Mass (> 0).
     pub mass: f32,
-    /// Field.
+    /// Field radius (the pair cutoff) and strength.
     pub field: Field,
-    /// Kind.
+    /// User token, hub or group.
     pub kind: TokenKind,
-    /// Level.
+    /// Hierarchy level (0 for user tokens).
     pub level: u8,
 }
 
@@ -175,7 +175,7 @@ impl Simulation {
         self.world().resource::<TokenRegistry>().len()
     }
 
-    /// Links.
+    /// Links in the graph (each pair once).
     pub fn link_count(&self) -> u64 {
         self.world().resource::<LinkGraph>().len()
     }

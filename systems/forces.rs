@@ -108,6 +108,16 @@ impl ForceBuffers {
         &self.slot_of
     }
 
+    /// The slot of token `id` in the last pass, if it had one. Other stages
+    /// place their gathered arrays in slot order through this, by id: their
+    /// queries need not iterate the tokens in the force stage's query order
+    /// (two queries over the same tokens may visit their tables in different
+    /// orders).
+    pub fn slot_by_id(&self, id: TokenId) -> Option<usize> {
+        let s = *self.slot_of.get(usize::try_from(id.0).ok()?)?;
+        (s != u32::MAX && self.ids.get(s as usize) == Some(&id)).then_some(s as usize)
+    }
+
     /// The link table of the last pass (slot order).
     pub fn links(&self) -> &LinkTable {
         &self.links
@@ -416,8 +426,16 @@ pub fn forces(
     graph: Res<LinkGraph>,
     pool: Res<ComputePool>,
     mut backend: Option<ResMut<ForceBackend>>,
+    mut warned: Local<bool>,
 ) {
     crate::profile_system!("forces");
+    if backend.is_none() && config.backend != crate::model::config::Backend::Cpu && !*warned {
+        *warned = true;
+        tracing::warn!(
+            asked = config.backend.name(),
+            "no ForceBackend resource (the app was never finished): forces run on the CPU"
+        );
+    }
     let buf = &mut *buf;
     let n = tokens.iter().len();
     let order_changed = buf.gather(&tokens);

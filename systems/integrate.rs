@@ -10,7 +10,6 @@ use crate::model::math::Vec8;
 use crate::schedule::{SimSystems, SimTick};
 use bevy_app::{App, Plugin};
 use bevy_ecs::prelude::*;
-use std::collections::HashMap;
 
 /// Adds [`integrate`] to `Integrate`.
 pub struct IntegratePlugin;
@@ -77,21 +76,12 @@ pub fn integrate(
     };
     let mut limited = 0u64;
     let mut max_step = 0.0f32;
-    let mut fallback: Option<HashMap<TokenId, usize>> = None;
-    for (i, (id, mut x, mut v, m)) in tokens.iter_mut().enumerate() {
-        // The query order is the one Forces gathered in, unless a user system changed
-        // archetypes in between; then look the force up by id.
-        let slot = match buf.slot.get(i) {
-            Some(&s) if buf.ids.get(s as usize) == Some(id) => s as usize,
-            _ => {
-                let map = fallback.get_or_insert_with(|| {
-                    buf.ids.iter().enumerate().map(|(k, id)| (*id, k)).collect()
-                });
-                match map.get(id) {
-                    Some(&k) => k,
-                    None => continue,
-                }
-            }
+    for (id, mut x, mut v, m) in tokens.iter_mut() {
+        // By id: this query may visit the tables in another order than the
+        // force stage's, and a user system may have moved entities between
+        // tables since. A token spawned since has no force yet.
+        let Some(slot) = buf.slot_by_id(*id) else {
+            continue;
         };
         let (l, s) = step(k, buf.forces[slot], m.0, &mut v.0, &mut x.0);
         limited += l as u64;
@@ -99,10 +89,6 @@ pub fn integrate(
         if let Some(p) = buf.travel.path.get_mut(slot) {
             *p += s;
         }
-    }
-    if fallback.is_some() {
-        // Entities moved between tables: the lists index the old order.
-        buf.travel.invalid = true;
     }
     stats.speed_limited += limited;
     stats.max_step = max_step;

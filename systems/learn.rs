@@ -163,14 +163,15 @@ impl Gathered {
         let mut pos = vec![Vec8::ZERO; n];
         let mut radius = vec![0.0f32; n];
         let mut ids: Vec<TokenId> = Vec::new();
-        let mut slotted = buf.ids.len() == n && buf.slot.len() == n && buf.neighbors.len() == n;
+        let mut slotted = buf.ids.len() == n && buf.neighbors.len() == n;
         if slotted {
-            for (k, (id, x, f)) in tokens.iter().enumerate() {
-                let s = buf.slot[k] as usize;
-                if buf.ids[s] != *id {
+            // By id: this query may visit the tables in another order than
+            // the force stage's.
+            for (id, x, f) in tokens.iter() {
+                let Some(s) = buf.slot_by_id(*id) else {
                     slotted = false;
                     break;
-                }
+                };
                 pos[s] = x.0;
                 radius[s] = f.radius;
             }
@@ -348,8 +349,9 @@ impl Search<'_> {
 
 /// Forms the proposed links (sorted, unique) that are new and within the
 /// degree limit, until a quota would be exceeded; returns how many formed.
+/// The graph is marked changed only when a link forms.
 fn form_links(
-    graph: &mut LinkGraph,
+    graph: &mut ResMut<LinkGraph>,
     proposals: Vec<(TokenId, TokenId, f32)>,
     g: &crate::model::cdna::GraphLimits,
     max_degree: usize,

@@ -93,14 +93,13 @@ fn gather(world: &mut World, link: f32, halo: f32) -> Gathered {
         lists_ok: false,
         halo_lists_ok: false,
     };
-    let mut slotted = buf.ids.len() == n && buf.slot.len() == n && buf.neighbors.len() == n;
+    let mut slotted = buf.ids.len() == n && buf.neighbors.len() == n;
     if slotted {
-        for (k, (id, x, m, q)) in q.iter(world).enumerate() {
-            let s = buf.slot[k] as usize;
-            if buf.ids[s] != *id {
+        for (id, x, m, q) in q.iter(world) {
+            let Some(s) = buf.slot_by_id(*id) else {
                 slotted = false;
                 break;
-            }
+            };
             g.points[s] = x.0;
             g.mass[s] = m.0;
             g.charge[s] = q.0;

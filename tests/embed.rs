@@ -21,6 +21,14 @@ fn host_app() -> App {
         .insert_resource(bevy_time::TimeUpdateStrategy::ManualDuration(step))
         .insert_resource(bevy_time::Time::<bevy_time::Fixed>::from_duration(step))
         .add_plugins(NeuroGraphPlugin::fixed_update());
+    // What `App::run` does first; a host that calls `update` itself does it
+    // once (the force backend is chosen here).
+    app.finish();
+    app.cleanup();
+    assert!(
+        app.world()
+            .contains_resource::<neurograph::backend::ForceBackend>()
+    );
     app
 }
 

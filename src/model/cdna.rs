@@ -365,7 +365,7 @@ pub enum CdnaError {
     /// The physics would be unstable with the run's time step.
     #[error("CDNA physics.damping = {damping} with dt = {dt}: damping × dt must be at most 1")]
     UnstableDamping {
-        /// Damping.
+        /// `physics.damping`, per unit of simulated time.
         damping: f32,
         /// Time step.
         dt: f32,

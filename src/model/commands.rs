@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 /// A value a [`SimCommand::Set`] can change.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SetValue {
-    /// Teleport.
+    /// Teleport to this position (the neighbour lists are rebuilt).
     Position(Vec8),
     /// New velocity.
     Velocity(Vec8),

@@ -70,17 +70,17 @@ pub struct Level(pub u8);
 pub struct TokenBundle {
     /// Stable id.
     pub id: TokenId,
-    /// Position.
+    /// Position in the 8D space (length units of the field radius).
     pub position: Position,
-    /// Velocity.
+    /// Velocity, length units per unit of simulated time.
     pub velocity: Velocity,
-    /// Charge.
+    /// Charge in `[-1, 1]`: like charges attract below the target density.
     pub charge: Charge,
-    /// Mass.
+    /// Mass (> 0): divides the force in the integrator.
     pub mass: Mass,
-    /// Field radius and strength.
+    /// Field radius (the pair cutoff) and strength.
     pub field: Field,
-    /// Kind.
+    /// User token, hub or group.
     pub kind: TokenKind,
     /// Hierarchy level.
     pub level: Level,
@@ -102,7 +102,7 @@ pub struct TokenSpec {
     pub radius: f32,
     /// Field strength (CDNA range).
     pub strength: f32,
-    /// Kind.
+    /// User token (the default), hub or group.
     #[serde(default)]
     pub kind: TokenKind,
 }
@@ -193,7 +193,7 @@ pub struct LinkSpec {
     pub rigidity: f32,
     /// Rest length `L >= 0`.
     pub rest_length: f32,
-    /// Kind.
+    /// Explicit (made by a command) or associative (formed by learning).
     #[serde(default)]
     pub kind: LinkKind,
 }

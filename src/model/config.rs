@@ -45,17 +45,22 @@ impl Backend {
 }
 
 impl std::str::FromStr for Backend {
-    type Err = UnknownName;
+    type Err = UnknownBackend;
 
-    fn from_str(s: &str) -> Result<Self, UnknownName> {
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
         match s {
             "cpu" => Ok(Backend::Cpu),
             "gpu" => Ok(Backend::Gpu),
             "auto" => Ok(Backend::Auto),
-            other => Err(UnknownName::new("backend", other, &["cpu", "gpu", "auto"])),
+            other => Err(UnknownBackend(other.to_string())),
         }
     }
 }
+
+/// A backend name that is not `cpu`, `gpu` or `auto`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("backend {0:?}: must be cpu, gpu or auto")]
+pub struct UnknownBackend(pub String);
 
 /// A setting outside its range; the message names the setting, the value and
 /// the rule (`sim.dt = 2: must be a finite number in (0, 1]`).

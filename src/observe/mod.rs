@@ -2,7 +2,7 @@
 //!
 //! - **puffin**: every system opens with [`profile_system!`](crate::profile_system) (a puffin function
 //!   scope and a tracing span), rayon chunks have their own puffin scopes, and
-//!   `end_tick` starts one puffin frame per tick. Scopes cost one atomic load
+//!   `plugin::end_tick` starts one puffin frame per tick. Scopes cost one atomic load
 //!   while puffin is off (`puffin::set_scopes_on`).
 //! - **tracing**: [`run_tick`](crate::schedule::run_tick) wraps each tick in a `tick` span (fields `tick`,
 //!   `tokens`, `links`); the systems' spans nest in it. The adaptive sampler in
@@ -165,7 +165,7 @@ impl Plugin for ObservePlugin {
             .init_resource::<BlackBox>()
             .add_systems(
                 SimTick,
-                (observe, end_tick).chain().in_set(SimSystems::Observe),
+                observe.in_set(SimSystems::Observe).in_set(ObserveSystem),
             );
         // Only in builds for tests: no system runs for it otherwise.
         #[cfg(feature = "fault-injection")]
@@ -177,6 +177,11 @@ impl Plugin for ObservePlugin {
         );
     }
 }
+
+/// The set of the `observe` system (inside [`SimSystems::Observe`]), so that
+/// the end of the tick can be ordered after it.
+#[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ObserveSystem;
 
 /// What `observe` remembers between ticks.
 #[derive(Default)]
@@ -205,15 +210,6 @@ fn advance(totals: &mut Vec<u64>, slot: usize, now: u64) -> u64 {
     }
     let last = std::mem::replace(&mut totals[slot], now);
     if now >= last { now - last } else { now }
-}
-
-/// Closes the tick: puffin (when profiling is on, and unless the host marks
-/// its own frames: [`ObserveSettings::puffin_frames`]) starts a new frame.
-pub fn end_tick(settings: Res<ObserveSettings>) {
-    crate::profile_system!("end_tick");
-    if settings.puffin_frames && puffin::are_scopes_on() {
-        puffin::GlobalProfiler::lock().new_frame();
-    }
 }
 
 /// What the `observe` system reads: the world's figures after the tick.

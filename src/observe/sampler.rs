@@ -30,8 +30,8 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Target of the tick span and the per-system spans.
-pub const TICK_TARGET: &str = "neurograph::tick";
+/// Target of the tick span and the per-system spans (defined by the schedule).
+pub use crate::schedule::TICK_TARGET;
 /// Target of the events that report CDNA violations; a tick with one is kept.
 pub const VIOLATION_TARGET: &str = "neurograph::cdna";
 /// Ticks the running p99 is computed over.

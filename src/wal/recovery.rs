@@ -118,7 +118,8 @@ fn load_snapshot<H: Host>(
 
 /// Loads and restores the snapshot file `path` (of any WAL directory, or copied
 /// out of one) for inspection; the run settings come from the `manifest.json`
-/// beside it, or are the defaults. The world observes nothing.
+/// beside it, or are the defaults. The world is observed as a new one is
+/// ([`Host::go_live`]).
 ///
 /// # Errors
 /// The file cannot be read or decoded, or its world's digest is not the one
@@ -134,12 +135,14 @@ pub fn open_snapshot<H: Host>(path: &Path, threads: usize) -> Result<H, WalError
             Default::default(),
         ),
     };
-    load_snapshot_file(path, None, base)
-        .map(|(sim, _)| sim)
-        .map_err(|reason| WalError::BadSnapshot {
+    let (mut sim, _) =
+        load_snapshot_file::<H>(path, None, base).map_err(|reason| WalError::BadSnapshot {
             path: path.to_path_buf(),
             reason,
-        })
+        })?;
+    // Opened for inspection (and maybe to step on): observed as a new world is.
+    sim.go_live();
+    Ok(sim)
 }
 
 fn load_snapshot_file<H: Host>(

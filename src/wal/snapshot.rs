@@ -17,23 +17,23 @@ use serde::{Deserialize, Serialize};
 /// One token in a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TokenRecord {
-    /// Id.
+    /// Stable id.
     pub id: TokenId,
-    /// Position.
+    /// Position in the 8D space.
     pub position: Vec8,
-    /// Velocity.
+    /// Velocity, length per unit of simulated time.
     pub velocity: Vec8,
-    /// Charge.
+    /// Charge in `[-1, 1]`.
     pub charge: f32,
-    /// Mass.
+    /// Mass (> 0).
     pub mass: f32,
     /// Field radius.
     pub radius: f32,
     /// Field strength.
     pub strength: f32,
-    /// Kind.
+    /// User token, hub or group.
     pub kind: TokenKind,
-    /// Hierarchy level.
+    /// Hierarchy level (0 for user tokens).
     pub level: u8,
 }
 

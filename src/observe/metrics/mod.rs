@@ -81,7 +81,7 @@ macro_rules! catalogue {
 
 catalogue! {
     TICK_SECONDS = "neurograph_tick_seconds", Histogram, [], "Wall time of a whole tick.";
-    STAGE_SECONDS = "neurograph_stage_seconds", Histogram, ["stage"], "Wall time of one stage of a tick.";
+    STAGE_SECONDS = "neurograph_stage_seconds", Histogram, ["stage"], "Wall time of one stage of a tick (stage: ingest, forces, integrate, constrain, learn, organize, journal, observe).";
     TICKS_TOTAL = "neurograph_ticks_total", Counter, [], "Ticks run.";
     TICK = "neurograph_tick", Gauge, [], "The current tick.";
     TOKENS = "neurograph_tokens", Gauge, [], "Live tokens.";
@@ -105,8 +105,8 @@ catalogue! {
     PANICS_TOTAL = "neurograph_panics_total", Counter, [], "Ticks that panicked.", from "the runner";
     RECOVERIES_TOTAL = "neurograph_recoveries_total", Counter, [], "Recoveries from the WAL after a panic.", from "the runner";
     INFO = "neurograph_info", Gauge, ["version"], "Always 1; the label names the version.", from "`install_prometheus`";
-    GPU_PHASE_SECONDS = "neurograph_gpu_phase_seconds", Histogram, ["phase"], "Seconds of a GPU force pass phase (upload, dispatch, readback).", from "the GPU backend";
-    GPU_TRANSFER_BYTES_TOTAL = "neurograph_gpu_transfer_bytes_total", Counter, ["direction"], "Bytes moved to and from the GPU (upload, readback).", from "the GPU backend";
+    GPU_PHASE_SECONDS = "neurograph_gpu_phase_seconds", Histogram, ["phase"], "Seconds of a GPU force pass phase (upload, dispatch, readback); only with the GPU backend.";
+    GPU_TRANSFER_BYTES_TOTAL = "neurograph_gpu_transfer_bytes_total", Counter, ["direction"], "Bytes moved to and from the GPU (upload, readback); only with the GPU backend.";
 }
 
 /// The catalogue as the Markdown table of `docs/observability.md`.

@@ -24,16 +24,17 @@ pub fn prometheus_recorder() -> metrics_exporter_prometheus::PrometheusRecorder 
 pub fn install_prometheus() -> Result<PrometheusHandle, RecorderTaken> {
     let recorder = prometheus_recorder();
     let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).map_err(|_| RecorderTaken)?;
+    metrics::set_global_recorder(recorder).map_err(|e| RecorderTaken(e.to_string()))?;
     describe();
     metrics::gauge!(INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
 
-/// The process already has a global metrics recorder (one per process).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("cannot install the Prometheus recorder: a global metrics recorder is installed already")]
-pub struct RecorderTaken;
+/// The process already has a global metrics recorder (one per process); holds
+/// the `metrics` crate's message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot install the Prometheus recorder: {0}")]
+pub struct RecorderTaken(pub String);
 
 /// Bounds that keep one scraper from stalling another or the process.
 ///
