@@ -504,16 +504,15 @@ pub fn list_dir(dir: &Path) -> Result<(Vec<WalFile>, Vec<WalFile>), WalError> {
     Ok((segments, snapshots))
 }
 
-/// Deletes all but the newest `keep` snapshots, and the segments whose records
-/// all precede the oldest snapshot kept. The newest segment is never deleted.
+/// Deletes all but the newest `keep` snapshots (at least one is always kept:
+/// recovery starts from one), and the segments whose records all precede the
+/// oldest snapshot kept. The newest segment is never deleted.
 ///
 /// # Errors
 /// [`WalError::Io`] when the directory cannot be read, a file cannot be deleted, or
 /// the directory fsync fails (files deleted before the failure stay deleted).
-///
-/// # Panics
-/// If `keep` is 0 and `dir` holds a snapshot.
 pub fn retire(dir: &Path, keep: usize) -> Result<(), WalError> {
+    let keep = keep.max(1);
     let (segments, snapshots) = list_dir(dir)?;
     if snapshots.len() <= keep {
         return Ok(());
@@ -742,5 +741,29 @@ impl Drop for WalWriter {
         if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "closing the WAL writer");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `retire` never deletes the last snapshot, whatever `keep` says, and
+    /// deletes only the segments that precede the oldest snapshot kept.
+    #[test]
+    fn retire_keeps_at_least_one_snapshot() {
+        let dir = std::env::temp_dir().join(format!("neurograph-retire-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for t in [0u64, 10, 20] {
+            std::fs::write(dir.join(snapshot_name(t)), b"s").unwrap();
+            std::fs::write(dir.join(segment_name(t + 1)), b"g").unwrap();
+        }
+        retire(&dir, 0).unwrap();
+        let (segments, snapshots) = list_dir(&dir).unwrap();
+        let ticks = |v: &[WalFile]| v.iter().map(|f| f.tick).collect::<Vec<_>>();
+        assert_eq!(ticks(&snapshots), [20]);
+        assert_eq!(ticks(&segments), [21]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
