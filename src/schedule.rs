@@ -133,19 +133,10 @@ impl Plugin for SchedulePlugin {
             ambiguity_detection: LogLevel::Error,
             ..Default::default()
         });
-        schedule.configure_sets(
-            (
-                SimSystems::Ingest,
-                SimSystems::Forces,
-                SimSystems::Integrate,
-                SimSystems::Constrain,
-                SimSystems::Learn,
-                SimSystems::Organize,
-                SimSystems::Journal,
-                SimSystems::Observe,
-            )
-                .chain(),
-        );
+        // Chained strictly, in `SimSystems::ALL` order.
+        for pair in SimSystems::ALL.windows(2) {
+            schedule.configure_sets(pair[0].before(pair[1]));
+        }
         app.add_schedule(schedule)
             .init_resource::<StageTimes>()
             .add_systems(SimTick, stage_start.before(SimSystems::Ingest));
