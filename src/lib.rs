@@ -40,7 +40,7 @@
 //! | backends | [`backend`] | which backend computes forces; the wgpu pass (feature `gpu`) |
 //! | stages | [`systems`] | one plugin per stage of the tick |
 //! | layers | [`wal`], [`observe`] | the write-ahead log (recovery through the [`wal::Host`] seam) and observability |
-//! | assembly | [`plugin`], [`sim`], [`scenario`], [`input`] | the plugin group, the headless `Simulation`, built-in scenarios, CSV input |
+//! | assembly | [`plugin`], [`sim`], [`scenario`], [`input`], [`memory`] | the plugin group, the headless `Simulation`, built-in scenarios, CSV input, bytes by structure |
 //! | app | `app` (feature `cli`) | the runner, benches and plotting behind the `neurograph` binary |
 //!
 //! # Features
@@ -78,6 +78,7 @@ pub mod observe;
 pub mod wal;
 
 pub mod input;
+pub mod memory;
 pub mod plugin;
 pub mod scenario;
 pub mod sim;

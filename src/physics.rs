@@ -299,6 +299,13 @@ pub struct LinkTable {
 }
 
 impl LinkTable {
+    /// Bytes on the heap (rows, ends and link places at their capacity).
+    pub fn heap_bytes(&self) -> u64 {
+        (self.offsets.capacity() * size_of::<u32>()
+            + self.ends.capacity() * size_of::<LinkEnd>()
+            + self.places.capacity() * size_of::<(u32, u32)>()) as u64
+    }
+
     /// Builds the table for tokens `ids` (gathered order) from `(a, b, weight, rest)`
     /// links; links with an end not in `ids` are skipped. Two passes over the links,
     /// no hashing: given in key order (as [`LinkGraph`](crate::model::registry::LinkGraph)

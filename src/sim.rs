@@ -242,6 +242,11 @@ impl Simulation {
         *self.world().resource::<crate::systems::LearnStats>()
     }
 
+    /// The world's memory by structure ([`crate::memory::measure`]).
+    pub fn memory(&self) -> crate::memory::MemoryReport {
+        crate::memory::measure(self.world())
+    }
+
     /// The force backend: what was asked for, what runs, the adapter, timings.
     pub fn backend(&self) -> &ForceBackend {
         self.app.world().resource::<ForceBackend>()

@@ -43,6 +43,19 @@ impl Plugin for ForcesPlugin {
     }
 }
 
+/// Bytes held by [`ForceBuffers`], by part ([`ForceBuffers::heap_bytes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForceBytes {
+    /// Per-token arrays in slot order.
+    pub gathered: u64,
+    /// The Verlet neighbour rows.
+    pub rows: u64,
+    /// The k-d tree.
+    pub tree: u64,
+    /// The link table (slot order).
+    pub links: u64,
+}
+
 /// Counters of the force stage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ForceStats {
@@ -106,6 +119,29 @@ impl ForceBuffers {
     /// the slots, so readers need not rebuild it every tick.
     pub fn slot_of(&self) -> &[u32] {
         &self.slot_of
+    }
+
+    /// Bytes on the heap, by part: the gathered per-token arrays (ids, slots,
+    /// positions, parameters, densities, forces, proposals, travel), the
+    /// Verlet rows, the k-d tree, the link table.
+    pub fn heap_bytes(&self) -> ForceBytes {
+        fn cap<T>(v: &Vec<T>) -> u64 {
+            (v.capacity() * size_of::<T>()) as u64
+        }
+        ForceBytes {
+            gathered: cap(&self.ids)
+                + cap(&self.slot)
+                + cap(&self.slot_of)
+                + cap(&self.positions)
+                + cap(&self.params)
+                + cap(&self.density)
+                + cap(&self.forces)
+                + cap(&self.nearest)
+                + self.travel.heap_bytes(),
+            rows: self.neighbors.heap_bytes(),
+            tree: self.tree.heap_bytes(),
+            links: self.links.heap_bytes(),
+        }
     }
 
     /// The slot of token `id` in the last pass, if it had one. Other stages

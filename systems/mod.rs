@@ -21,7 +21,7 @@ pub mod organize;
 
 pub use constrain::{ConstrainPlugin, constrain_links, constrain_tokens};
 pub use forces::{
-    ForceBuffers, ForceStats, ForcesPlugin, compute_densities, compute_forces, forces,
+    ForceBuffers, ForceBytes, ForceStats, ForcesPlugin, compute_densities, compute_forces, forces,
 };
 pub use ingest::{IngestPlugin, ingest};
 pub use integrate::{IntegratePlugin, IntegrateStats, integrate};

@@ -1553,6 +1553,8 @@ pub struct SteadyBenchReport {
     pub rss_growth: Option<f64>,
     /// `avg_neighbors` of the last tick.
     pub last_avg_neighbors: f64,
+    /// The world's memory by structure at the end ([`crate::memory`]).
+    pub memory: crate::memory::MemoryReport,
 }
 
 /// This process's resident set size (VmRSS), if the OS tells.
@@ -1635,7 +1637,7 @@ pub fn steady(
                     .world()
                     .resource::<crate::systems::ForceBuffers>()
                     .neighbors
-                    .heap_bytes() as u64,
+                    .heap_bytes(),
             };
             progress(&w);
             windows.push(w);
@@ -1648,7 +1650,9 @@ pub fn steady(
     let late_tick_s = (times.len() >= 200).then(|| mean(times.len() - 100..times.len()));
     let peak_rss_end = crate::app::runner::peak_rss_bytes().unwrap_or(0);
     let last_avg_neighbors = sim.force_stats().pairs as f64 / n;
+    let memory = sim.memory();
     Ok(SteadyBenchReport {
+        memory,
         scenario: o.scenario.clone(),
         tokens: sim.token_count(),
         ticks: o.ticks,
@@ -1670,7 +1674,7 @@ pub fn steady(
 
 impl SteadyWindow {
     /// The header of [`to_row`](Self::to_row).
-    pub const HEADER: &str = "   ticks        neighbours  candidates  ticks/s   token-steps/s   pairs/s   rebuilds  refreshed      RSS MB  peak MB";
+    pub const HEADER: &str = "   ticks        neighbours  candidates  ticks/s   token-steps/s   pairs/s   rebuilds  refreshed      RSS MiB peak MiB";
 
     /// One line of the text report.
     pub fn to_row(&self) -> String {
@@ -1729,7 +1733,7 @@ impl SteadyBenchReport {
             "{} × {} tokens, {} ticks, {} threads, {} backend; target {} neighbours\n\
              last tick: {:.1} neighbours per token\n\
              mean tick, ticks 51-100: {}; last 100 ticks: {}; slowdown {}\n\
-             peak RSS after tick 20: {}; at the end: {:.1} MB; growth {}",
+             peak RSS after tick 20: {}; at the end: {:.1} MiB; growth {}",
             self.scenario,
             self.tokens,
             self.ticks,
@@ -1743,10 +1747,11 @@ impl SteadyBenchReport {
             opt(
                 self.peak_rss_at_20.map(|b| b as f64),
                 1.0 / 1048576.0,
-                " MB"
+                " MiB"
             ),
             self.peak_rss_end as f64 / 1048576.0,
             opt(self.rss_growth, 1.0, "×"),
-        )
+        ) + "\n"
+            + &self.memory.to_text()
     }
 }

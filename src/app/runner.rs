@@ -320,6 +320,9 @@ pub struct RunSummary {
     pub blackbox_failed: Option<String>,
     /// The trace sampler's counters, when tracing was on.
     pub trace: Option<SamplerStats>,
+    /// The world's memory by structure at the end of the run, measured
+    /// ([`crate::memory`]); `peak_rss_bytes` is what the process held.
+    pub memory: crate::memory::MemoryReport,
 }
 
 /// Peak resident set size of this process (VmHWM), if the OS tells.
@@ -1070,6 +1073,7 @@ fn summarize(opts: &RunOptions, sim: &mut Simulation, run: Progress, end: RunEnd
             t.sampler.flush();
             t.sampler.stats()
         }),
+        memory: sim.memory(),
     }
 }
 
@@ -1219,6 +1223,15 @@ impl RunSummary {
             "  peak memory      {:>14.1} MiB ({:.0} B/token)",
             self.peak_rss_bytes as f64 / 1048576.0,
             self.bytes_per_token
+        );
+        let largest = self.memory.structures.first();
+        let _ = writeln!(
+            s,
+            "  structures       {:>14.1} MiB ({:.0} B/token; largest: {} {:.0} B/token)",
+            self.memory.total_bytes as f64 / 1048576.0,
+            self.memory.bytes_per_token,
+            largest.map_or("-", |l| l.name),
+            largest.map_or(0.0, |l| l.bytes_per_token)
         );
         let _ = writeln!(
             s,

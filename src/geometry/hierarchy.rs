@@ -95,6 +95,21 @@ pub struct Hierarchy {
 }
 
 impl Hierarchy {
+    /// Bytes on the heap: the groups and their member lists at their capacity.
+    pub fn heap_bytes(&self) -> u64 {
+        let groups: usize = self
+            .levels
+            .iter()
+            .map(|l| {
+                l.capacity() * size_of::<Group>()
+                    + l.iter()
+                        .map(|g| g.members.capacity() * size_of::<u64>())
+                        .sum::<usize>()
+            })
+            .sum();
+        (groups + self.levels.capacity() * size_of::<Vec<Group>>()) as u64
+    }
+
     /// Groups per level, from level 1.
     pub fn groups_per_level(&self) -> Vec<u64> {
         self.levels.iter().map(|l| l.len() as u64).collect()

@@ -42,6 +42,13 @@ pub struct KdTree {
     perm: Vec<u32>,
 }
 
+impl KdTree {
+    /// Bytes on the heap (nodes and permutation at their capacity).
+    pub fn heap_bytes(&self) -> u64 {
+        (self.nodes.capacity() * size_of::<Node>() + self.perm.capacity() * size_of::<u32>()) as u64
+    }
+}
+
 fn bbox(points: &[Vec8], perm: &[u32]) -> (Vec8, Vec8) {
     let mut lo = points[perm[0] as usize];
     let mut hi = lo;
@@ -447,6 +454,17 @@ fn spare(len: usize) -> usize {
 }
 
 impl NeighborList {
+    /// Bytes on the heap: the row arenas at their capacity (spare room and the
+    /// entries relocated rows left behind included) and the per-row tables.
+    pub fn heap_bytes(&self) -> u64 {
+        let arenas: usize = self.blocks.iter().map(Vec::capacity).sum();
+        let rows = self.start.capacity() + self.len.capacity() + self.cap.capacity();
+        ((arenas + rows) * size_of::<u32>()
+            + self.blocks.capacity() * size_of::<Vec<u32>>()
+            + self.block_waste.capacity() * size_of::<usize>()
+            + self.touched.capacity()) as u64
+    }
+
     /// Builds every row from scratch. Runs on the current rayon pool; the result does
     /// not depend on its size.
     pub fn build(input: SearchInput<'_>) -> Self {
@@ -718,12 +736,6 @@ impl NeighborList {
     pub fn skin(&self) -> f32 {
         self.skin
     }
-
-    /// Heap bytes held.
-    pub fn heap_bytes(&self) -> usize {
-        let arenas: usize = self.blocks.iter().map(Vec::capacity).sum();
-        (self.start.capacity() + self.len.capacity() + self.cap.capacity() + arenas) * 4
-    }
 }
 
 /// How far each token has travelled since its row was last computed. A pair absent
@@ -740,6 +752,11 @@ pub struct Travel {
 }
 
 impl Travel {
+    /// Bytes on the heap.
+    pub fn heap_bytes(&self) -> u64 {
+        (self.path.capacity() * size_of::<f32>()) as u64
+    }
+
     /// Starts over for `n` tokens.
     pub fn reset(&mut self, n: usize) {
         self.path.clear();

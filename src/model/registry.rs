@@ -14,6 +14,11 @@ pub struct TokenRegistry {
 }
 
 impl TokenRegistry {
+    /// Bytes on the heap: the id table, one entry per id ever handed out.
+    pub fn heap_bytes(&self) -> u64 {
+        (self.slots.capacity() * size_of::<Option<Entity>>()) as u64
+    }
+
     /// The most ids a world hands out (ids are never reused). The id table is a
     /// vector of 8-byte slots, so this bounds it to 8 GiB; spawns past it are
     /// refused with a quota error, and snapshots claiming more are refused.
@@ -126,6 +131,20 @@ pub fn link_key(a: TokenId, b: TokenId) -> (TokenId, TokenId) {
 }
 
 impl LinkGraph {
+    /// Bytes on the heap. The adjacency lists are measured at their capacity;
+    /// the two maps' own tables are estimated: the B-tree at 1.5 × its entries
+    /// (nodes hold 5 to 11 of them), the hash map at its capacity plus one
+    /// control byte per bucket.
+    pub fn heap_bytes(&self) -> u64 {
+        let entry = size_of::<(TokenId, TokenId)>() + size_of::<LinkSpec>();
+        let tree = self.links.len() * entry * 3 / 2;
+        let buckets =
+            self.adjacency.capacity() * (size_of::<TokenId>() + size_of::<Vec<TokenId>>() + 1);
+        let lists: usize =
+            self.adjacency.values().map(Vec::capacity).sum::<usize>() * size_of::<TokenId>();
+        (tree + buckets + lists) as u64
+    }
+
     /// Number of links.
     pub fn len(&self) -> u64 {
         self.links.len() as u64
