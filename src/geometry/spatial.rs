@@ -568,26 +568,43 @@ impl NeighborList {
         self.len[i] += 1;
     }
 
-    /// Recomputes the rows of `tokens` exactly, and adds each of them to the rows of
-    /// its new neighbours, so every pair is again checked from both sides.
-    /// `tree` must cover `input.points` with boxes that are current (see
-    /// [`KdTree::refit`]).
+    /// Recomputes the rows of `tokens` exactly and keeps the lists symmetric:
+    /// each refreshed token is added to the rows of its new neighbours and
+    /// removed from the rows of those it left, so a pair is in both rows or in
+    /// neither, as of the later of its two ends' last computation. `tree` must
+    /// cover `input.points` with boxes that are current (see [`KdTree::refit`]).
+    ///
+    /// The queries, and each row's difference from its old one (rows are sorted
+    /// by id: one merge), run in parallel; only the changes are applied in turn.
     pub fn refresh(&mut self, input: SearchInput<'_>, tree: &KdTree, tokens: &[u32]) {
         let q2 = input.query_radius2();
-        let rows: Vec<(u32, Vec<u32>)> = tokens
+        let ids = input.ids;
+        let this = &*self;
+        let rows: Vec<RowChange> = tokens
             .par_iter()
             .map_init(
                 || Vec::with_capacity(128),
-                |row, &i| {
-                    input.row(tree, q2, i as usize, row);
-                    (i, row.iter().map(|(_, j)| *j).collect())
+                |found, &i| {
+                    input.row(tree, q2, i as usize, found);
+                    let row: Vec<u32> = found.iter().map(|(_, j)| *j).collect();
+                    let (added, removed) = sorted_difference(this.row(i as usize), &row, ids);
+                    RowChange {
+                        i,
+                        row,
+                        added,
+                        removed,
+                    }
                 },
             )
             .collect();
-        for (i, row) in rows {
-            self.set_row(i as usize, &row);
-            for &j in &row {
-                self.insert_sorted(j as usize, i, input.ids);
+        for change in rows {
+            let i = change.i;
+            self.set_row(i as usize, &change.row);
+            for &j in &change.added {
+                self.insert_sorted(j as usize, i, ids);
+            }
+            for &j in &change.removed {
+                self.remove_sorted(j as usize, i, ids);
             }
         }
         // A block whose relocated rows left an eighth of its arena unused is
@@ -683,6 +700,18 @@ impl NeighborList {
         self.touched[j / BLOCK] = true;
     }
 
+    fn remove_sorted(&mut self, j: usize, i: u32, ids: &[TokenId]) {
+        let key = ids[i as usize];
+        let Ok(pos) = self.row(j).binary_search_by_key(&key, |&k| ids[k as usize]) else {
+            return;
+        };
+        let s = self.start[j] as usize;
+        let l = self.len[j] as usize;
+        self.blocks[j / BLOCK].copy_within(s + pos + 1..s + l, s + pos);
+        self.len[j] -= 1;
+        self.touched[j / BLOCK] = true;
+    }
+
     /// The candidate neighbours of token `i`, ascending by id.
     #[inline]
     pub fn row(&self, i: usize) -> &[u32] {
@@ -736,6 +765,50 @@ impl NeighborList {
     pub fn skin(&self) -> f32 {
         self.skin
     }
+}
+
+/// A recomputed row and how it differs from the old one.
+struct RowChange {
+    i: u32,
+    row: Vec<u32>,
+    /// In the new row, not in the old.
+    added: Vec<u32>,
+    /// In the old row, not in the new.
+    removed: Vec<u32>,
+}
+
+/// `(new − old, old − new)` for two rows sorted by id.
+fn sorted_difference(old: &[u32], new: &[u32], ids: &[TokenId]) -> (Vec<u32>, Vec<u32>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut a, mut b) = (0, 0);
+    while a < old.len() || b < new.len() {
+        match (old.get(a), new.get(b)) {
+            (Some(&o), Some(&n)) => match ids[o as usize].cmp(&ids[n as usize]) {
+                std::cmp::Ordering::Equal => {
+                    a += 1;
+                    b += 1;
+                }
+                std::cmp::Ordering::Less => {
+                    removed.push(o);
+                    a += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    added.push(n);
+                    b += 1;
+                }
+            },
+            (Some(&o), None) => {
+                removed.push(o);
+                a += 1;
+            }
+            (None, Some(&n)) => {
+                added.push(n);
+                b += 1;
+            }
+            (None, None) => unreachable!("the loop runs while either row has entries"),
+        }
+    }
+    (added, removed)
 }
 
 /// How far each token has travelled since its row was last computed. A pair absent
@@ -917,6 +990,16 @@ mod tests {
                 );
             }
         }
+        // Symmetric: a refresh adds a token to its new neighbours' rows and
+        // removes it from the rows of those it left.
+        for i in 0..n {
+            for &j in nl.row(i) {
+                assert!(
+                    nl.row(j as usize).contains(&(i as u32)),
+                    "{j} is in row {i}, but {i} is not in row {j}"
+                );
+            }
+        }
         for i in 0..n {
             for j in i + 1..n {
                 let c = radii[i].max(radii[j]);
@@ -1000,7 +1083,7 @@ mod tests {
         travel.reset(n);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
         let mut refreshed = 0;
-        for _ in 0..60 {
+        for step in 0..60 {
             for (i, (p, path)) in pts.iter_mut().zip(travel.path.iter_mut()).enumerate() {
                 let speed = if i % 10 == 0 { 0.03 } else { 0.003 };
                 let dir = Vec8::from_array(std::array::from_fn(|_| rng.random_range(-1.0f32..1.0)));
@@ -1010,7 +1093,11 @@ mod tests {
             }
             // The engine's rule (see `forces`).
             let stale = travel.past_half_skin(skin);
-            tree.refit(&pts);
+            if step % 8 == 7 {
+                tree = KdTree::build(&pts);
+            } else {
+                tree.refit(&pts);
+            }
             nl.refresh(
                 SearchInput {
                     points: &pts,
