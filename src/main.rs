@@ -380,6 +380,11 @@ struct RunArgs {
     /// Write a snapshot every S ticks (default 100; 0 = only at start and end).
     #[arg(long, requires = "wal", value_name = "S")]
     snapshot_every: Option<u64>,
+    /// Memory budget in bytes (quotas.memory_budget_bytes; default 1 GiB):
+    /// spawns are checked against the measured structures, and a world
+    /// larger than about 850K tokens needs more than the default.
+    #[arg(long, value_name = "BYTES")]
+    memory_budget: Option<u64>,
     /// Print `durable TICK` on stdout each time the durable tick advances.
     #[arg(long, requires = "wal")]
     report_durable: bool,
@@ -607,6 +612,9 @@ fn apply_run_flags(args: &RunArgs, config: &mut RunConfig) {
     }
     if let Some(s) = args.snapshot_every {
         config.wal.snapshot_every = s;
+    }
+    if let Some(b) = args.memory_budget {
+        config.quotas.memory_budget_bytes = b;
     }
 }
 

@@ -41,6 +41,22 @@ pub struct MemoryReport {
     pub bytes_per_token: f64,
 }
 
+/// The name of the link graph's entry in [`MemoryReport::structures`].
+pub const LINK_GRAPH: &str = "link graph";
+/// The name of the force stage's link table in [`MemoryReport::structures`].
+pub const LINK_TABLE: &str = "link table (forces stage)";
+
+impl MemoryReport {
+    /// The bytes of the link structures ([`LINK_GRAPH`] and [`LINK_TABLE`]).
+    pub fn link_bytes(&self) -> u64 {
+        self.structures
+            .iter()
+            .filter(|s| s.name == LINK_GRAPH || s.name == LINK_TABLE)
+            .map(|s| s.bytes)
+            .sum()
+    }
+}
+
 /// Bytes per entity of bevy's entity records (location and generation), an
 /// estimate.
 const ENTITY_RECORD_BYTES: u64 = 16;
@@ -83,10 +99,10 @@ pub fn measure(world: &World) -> MemoryReport {
         structures.push(("Verlet neighbour rows", f.rows));
         structures.push(("gathered arrays (forces stage)", f.gathered));
         structures.push(("k-d tree", f.tree));
-        structures.push(("link table (forces stage)", f.links));
+        structures.push((LINK_TABLE, f.links));
     }
     if let Some(g) = world.get_resource::<LinkGraph>() {
-        structures.push(("link graph", g.heap_bytes()));
+        structures.push((LINK_GRAPH, g.heap_bytes()));
     }
     if let Some(h) = world.get_resource::<Hierarchy>() {
         structures.push(("hierarchy", h.heap_bytes()));

@@ -11,7 +11,7 @@
 
 use crate::model::cdna::{Cdna, CdnaHistory};
 use crate::model::commands::{CommandLog, CommandQueue};
-use crate::model::config::{Quotas, SimConfig};
+use crate::model::config::{MemoryAccount, Quotas, SimConfig};
 use crate::model::registry::{LinkGraph, SimRng, SpatialDirty, TokenRegistry};
 use crate::observe::{ObservePlugin, ObserveSettings, ObserveSystem};
 use crate::schedule::{
@@ -109,11 +109,15 @@ impl Plugin for SimCorePlugin {
             .init_resource::<SpatialDirty>()
             .init_resource::<CommandQueue>()
             .init_resource::<CommandLog>()
+            .init_resource::<MemoryAccount>()
             .insert_resource(TickFields(world_size))
             // The end of the tick, after the metrics.
             .add_systems(
                 SimTick,
-                end_tick.in_set(SimSystems::Observe).after(ObserveSystem),
+                (account_memory, end_tick)
+                    .chain()
+                    .in_set(SimSystems::Observe)
+                    .after(ObserveSystem),
             );
     }
 }
@@ -124,6 +128,30 @@ fn world_size(world: &World) -> (u64, u64) {
         world.resource::<TokenRegistry>().len(),
         world.resource::<LinkGraph>().len(),
     )
+}
+
+/// Measures the world's structures into [`MemoryAccount`] (for the memory
+/// quota) when the token or link count changed since the last measurement,
+/// and every [`MemoryAccount::EVERY`] ticks. A measurement walks every table,
+/// row arena and adjacency list: 0.03–0.25 ms at 100K `uniform` tokens, the
+/// more the more links (which change in most ticks while links learn).
+pub fn account_memory(world: &mut World) {
+    crate::profile_system!("account_memory");
+    let (tokens, links) = world_size(world);
+    let tick = world.resource::<SimClock>().tick;
+    let last = *world.resource::<MemoryAccount>();
+    let moved = tokens != last.tokens || links != last.links;
+    if !moved && tick < last.tick.saturating_add(MemoryAccount::EVERY) {
+        return;
+    }
+    let report = crate::memory::measure(world);
+    world.insert_resource(MemoryAccount {
+        bytes: report.total_bytes,
+        link_bytes: report.link_bytes(),
+        tokens,
+        links,
+        tick,
+    });
 }
 
 /// Closes the tick: puffin (when profiling is on, and unless the host marks

@@ -414,3 +414,64 @@ fn link_and_memory_quotas() {
         ],
     );
 }
+
+/// The memory quota of a command is checked against the world's measured
+/// structures (`MemoryAccount`, measured at the end of a tick), and a refusal
+/// names the measured figure; a journaled command replays without the quota
+/// being decided again.
+#[test]
+fn the_memory_quota_is_checked_against_measured_memory() {
+    use neurograph::model::commands::{apply_command, apply_recorded_command};
+    use neurograph::model::config::MemoryAccount;
+    let specs = |n: usize, seed: u64| scenario_tokens("uniform", n, seed);
+    let mut sim = Simulation::new(SimSettings::default()).unwrap();
+    sim.spawn_batch(specs(2_000, 1)).unwrap();
+    assert_eq!(
+        *sim.world().resource::<MemoryAccount>(),
+        MemoryAccount::default(),
+        "nothing is measured before the first tick"
+    );
+    for _ in 0..3 {
+        sim.step();
+    }
+    let account = *sim.world().resource::<MemoryAccount>();
+    assert_eq!(account.tokens, 2_000);
+    assert_eq!(account.links, sim.link_count());
+    assert!((1..=3).contains(&account.tick), "{account:?}");
+    // The measured cost, not the calibrated constant.
+    let per = account.bytes_per_token();
+    assert!(per > 100 && per != Quotas::BYTES_PER_TOKEN, "{account:?}");
+    if account.tick == 3 {
+        assert_eq!(account.bytes, sim.memory().total_bytes);
+    }
+
+    // A budget that holds 10 more tokens at the measured cost, not 11.
+    let budget = account.projected(2_010, sim.link_count());
+    assert_eq!(budget, account.bytes + 10 * per);
+    sim.world_mut().insert_resource(Quotas {
+        memory_budget_bytes: budget,
+        ..Default::default()
+    });
+    refused(
+        &mut sim,
+        SimCommand::SpawnBatch(specs(11, 2)),
+        &[
+            "memory budget exceeded",
+            &format!("{} bytes for 2000 tokens", account.bytes),
+            &format!("{per} B per token"),
+            &format!("memory_budget_bytes = {budget}"),
+        ],
+    );
+    sim.spawn_batch(specs(10, 3)).unwrap();
+
+    // A recorded command is not refused for the quota it was admitted under.
+    let cmd = SimCommand::Spawn(TokenSpec::at(Vec8::ZERO));
+    let world = sim.world_mut();
+    let err = apply_command(world, &cmd).unwrap_err();
+    assert!(err.to_string().contains("memory budget exceeded"), "{err}");
+    apply_recorded_command(world, &cmd).unwrap();
+    assert_eq!(sim.token_count(), 2_011);
+    // Other checks still apply to recorded commands.
+    let bad = SimCommand::Spawn(TokenSpec::at(Vec8::ZERO).with_charge(f32::NAN));
+    assert!(apply_recorded_command(sim.world_mut(), &bad).is_err());
+}

@@ -24,7 +24,7 @@
 
 use crate::digest::state_digest;
 use crate::model::commands::CommandError;
-use crate::model::config::{Backend, SimConfig, UnknownName};
+use crate::model::config::{Backend, Quotas, SimConfig, UnknownName};
 use crate::observe::puffin_stream::PuffinServerError;
 use crate::scenario::{self, ScenarioParams};
 use crate::sim::{SimError, SimSettings, Simulation};
@@ -282,6 +282,7 @@ pub fn warm_up(
             threads,
             ..Default::default()
         },
+        quotas: bench_quotas(),
         ..Default::default()
     })?;
     load_world(&mut sim, scenario, tokens, seed, None)?;
@@ -331,7 +332,7 @@ fn journal_to(
     let manifest = Manifest {
         format_version: wal::FORMAT_VERSION,
         sim: config.clone(),
-        quotas: Default::default(),
+        quotas: bench_quotas(),
         run: [("bench".to_string(), durability.to_string())].into(),
     };
     let opts = WalOptions {
@@ -408,6 +409,7 @@ pub fn wal_overhead(o: &WalBenchOptions, scratch: &Path) -> Result<WalBenchRepor
     for (i, name) in names.iter().enumerate() {
         let mut sim = Simulation::new(SimSettings {
             config: config.clone(),
+            quotas: bench_quotas(),
             ..Default::default()
         })?;
         load_world(&mut sim, &o.scenario, o.tokens, 42, warm.as_ref())?;
@@ -591,6 +593,7 @@ pub fn hierarchy(opts: &HierarchyBenchOptions) -> Result<HierarchyBenchReport, B
             threads: opts.threads,
             ..Default::default()
         },
+        quotas: bench_quotas(),
         ..Default::default()
     })?;
     load_world(&mut sim, &opts.scenario, opts.tokens, opts.seed, None)?;
@@ -919,6 +922,7 @@ impl ObserveWorld {
         use tracing_subscriber::layer::SubscriberExt;
         let mut sim = Simulation::new(SimSettings {
             config: config.clone(),
+            quotas: bench_quotas(),
             ..Default::default()
         })?;
         sim.world_mut().insert_resource(ObserveSettings {
@@ -931,7 +935,7 @@ impl ObserveWorld {
             let manifest = Manifest {
                 format_version: wal::FORMAT_VERSION,
                 sim: config.clone(),
-                quotas: Default::default(),
+                quotas: bench_quotas(),
                 run: [("bench".to_string(), v.name.to_string())].into(),
             };
             wal::create(
@@ -1248,6 +1252,7 @@ fn gpu_bench_world(
             backend,
             ..Default::default()
         },
+        quotas: bench_quotas(),
         ..Default::default()
     })?;
     load_world(&mut sim, &o.scenario, n, 42, warm)?;
@@ -1589,6 +1594,7 @@ pub fn steady(
             backend: o.backend,
             ..Default::default()
         },
+        quotas: bench_quotas(),
         ..Default::default()
     })?;
     load_world(&mut sim, &o.scenario, tokens, o.seed, None)?;
@@ -1753,5 +1759,17 @@ impl SteadyBenchReport {
             opt(self.rss_growth, 1.0, "×"),
         ) + "\n"
             + &self.memory.to_text()
+    }
+}
+
+/// The quotas of every benchmark world: the defaults with no memory budget.
+/// A benchmark measures the engine at the size it is asked for (and reports
+/// the bytes it measured); the budget is for runs and hosts. Journaled
+/// benchmarks write these quotas to their manifest too, so that a replay
+/// decides `Learn`'s quota checks as the run did.
+fn bench_quotas() -> Quotas {
+    Quotas {
+        memory_budget_bytes: u64::MAX,
+        ..Default::default()
     }
 }

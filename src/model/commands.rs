@@ -8,7 +8,7 @@
 
 use crate::model::cdna::{Cdna, CdnaError, CdnaHistory};
 use crate::model::components::*;
-use crate::model::config::{QuotaError, Quotas, SimConfig};
+use crate::model::config::{MemoryAccount, QuotaError, Quotas, SimConfig};
 use crate::model::math::{Axis, Vec8};
 use crate::model::registry::{LinkGraph, SpatialDirty, TokenRegistry};
 use bevy_ecs::prelude::*;
@@ -401,7 +401,26 @@ fn entity_of(world: &World, id: TokenId) -> Result<Entity, CommandError> {
         .ok_or(CommandError::UnknownToken(id))
 }
 
-fn check_quota(world: &World, add_tokens: u64, add_links: u64) -> Result<(), CommandError> {
+/// Whether a command is decided now or was decided when it was journaled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    /// A live command: every check, the memory quota against the measured
+    /// structures ([`MemoryAccount`]).
+    Live,
+    /// A journaled command being replayed: it was admitted once, against the
+    /// live world's measurements; a replayed world has another allocation
+    /// history (a snapshot restores into fresh, tight structures), so quotas
+    /// are not decided again. Values, ids and links are still checked: they
+    /// depend on the state alone, which replay reproduces.
+    Recorded,
+}
+
+fn check_quota(
+    world: &World,
+    add_tokens: u64,
+    add_links: u64,
+    admission: Admission,
+) -> Result<(), CommandError> {
     let next_id = world.resource::<TokenRegistry>().next_id().0;
     if next_id.saturating_add(add_tokens) > TokenRegistry::MAX_IDS {
         return Err(QuotaError::Ids {
@@ -411,11 +430,18 @@ fn check_quota(world: &World, add_tokens: u64, add_links: u64) -> Result<(), Com
         }
         .into());
     }
+    if admission == Admission::Recorded {
+        return Ok(());
+    }
     let tokens = world.resource::<TokenRegistry>().len();
     let links = world.resource::<LinkGraph>().len();
+    let account = world
+        .get_resource::<MemoryAccount>()
+        .copied()
+        .unwrap_or_default();
     world
         .resource::<Quotas>()
-        .check(tokens, links, add_tokens, add_links)?;
+        .check_measured(&account, tokens, links, add_tokens, add_links)?;
     Ok(())
 }
 
@@ -445,7 +471,30 @@ fn spawn_all(world: &mut World, specs: &[TokenSpec]) -> CommandOutcome {
 /// a degree limit, a quota or id exhaustion ([`CommandError::Quota`]), an invalid new
 /// CDNA ([`CommandError::Cdna`]), or no earlier CDNA ([`CommandError::NoCdnaHistory`]).
 pub fn apply_command(world: &mut World, cmd: &SimCommand) -> Result<CommandOutcome, CommandError> {
-    let result = apply_inner(world, cmd);
+    apply_admitted(world, cmd, Admission::Live)
+}
+
+/// [`apply_command`] for a command replayed from the journal: the quotas are
+/// not decided again (the live run admitted it against its own measured
+/// memory, which a replayed world does not reproduce byte for byte); every
+/// other check is made.
+///
+/// # Errors
+/// As [`apply_command`], less [`CommandError::Quota`] for the token, link and
+/// memory quotas (id exhaustion is still refused).
+pub fn apply_recorded_command(
+    world: &mut World,
+    cmd: &SimCommand,
+) -> Result<CommandOutcome, CommandError> {
+    apply_admitted(world, cmd, Admission::Recorded)
+}
+
+fn apply_admitted(
+    world: &mut World,
+    cmd: &SimCommand,
+    admission: Admission,
+) -> Result<CommandOutcome, CommandError> {
+    let result = apply_inner(world, cmd, admission);
     let mut log = world.resource_mut::<CommandLog>();
     match &result {
         Ok(_) => log.applied_total += 1,
@@ -459,16 +508,20 @@ pub fn apply_command(world: &mut World, cmd: &SimCommand) -> Result<CommandOutco
     result
 }
 
-fn apply_inner(world: &mut World, cmd: &SimCommand) -> Result<CommandOutcome, CommandError> {
+fn apply_inner(
+    world: &mut World,
+    cmd: &SimCommand,
+    admission: Admission,
+) -> Result<CommandOutcome, CommandError> {
     match cmd {
         SimCommand::Spawn(spec) => {
             validate_token(spec, world.resource::<Cdna>())?;
-            check_quota(world, 1, 0)?;
+            check_quota(world, 1, 0, admission)?;
             Ok(spawn_all(world, std::slice::from_ref(spec)))
         }
         SimCommand::SpawnBatch(specs) => {
             validate_tokens(specs, world.resource::<Cdna>())?;
-            check_quota(world, specs.len() as u64, 0)?;
+            check_quota(world, specs.len() as u64, 0, admission)?;
             Ok(spawn_all(world, specs))
         }
         SimCommand::Despawn(id) => {
@@ -501,7 +554,7 @@ fn apply_inner(world: &mut World, cmd: &SimCommand) -> Result<CommandOutcome, Co
                     });
                 }
             }
-            check_quota(world, 0, 1)?;
+            check_quota(world, 0, 1, admission)?;
             world.resource_mut::<LinkGraph>().insert(*a, *b, *spec);
             Ok(CommandOutcome::Done)
         }

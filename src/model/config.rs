@@ -179,7 +179,9 @@ pub struct Quotas {
     pub max_tokens: u64,
     /// Most links.
     pub max_links: u64,
-    /// Memory budget for tokens and links, in bytes, estimated with
+    /// Memory budget for tokens and links, in bytes. Commands are checked
+    /// against the world's measured structures ([`MemoryAccount`]); learned
+    /// links, and a world not yet measured, against the calibrated
     /// [`Quotas::BYTES_PER_TOKEN`] and [`Quotas::BYTES_PER_LINK`].
     pub memory_budget_bytes: u64,
 }
@@ -229,6 +231,33 @@ pub enum QuotaError {
         /// The most ids a world hands out.
         limit: u64,
     },
+    /// The world's measured structures, and the new tokens and links at their
+    /// measured cost, would exceed the budget.
+    #[error(
+        "memory budget exceeded: {tokens} tokens and {links} links would need about {needed} \
+         bytes (measured at tick {measured_tick}: {measured} bytes for {measured_tokens} tokens, \
+         {bytes_per_token} B per token, {bytes_per_link} B per link) > memory_budget_bytes = {limit}"
+    )]
+    MeasuredMemory {
+        /// Tokens after the command.
+        tokens: u64,
+        /// Links after the command.
+        links: u64,
+        /// Projected bytes after the command.
+        needed: u64,
+        /// Bytes measured.
+        measured: u64,
+        /// Tokens when measured.
+        measured_tokens: u64,
+        /// The tick of the measurement.
+        measured_tick: u64,
+        /// The cost per new token the projection used.
+        bytes_per_token: u64,
+        /// The cost per new link the projection used.
+        bytes_per_link: u64,
+        /// The budget.
+        limit: u64,
+    },
     /// The memory estimate would exceed the budget.
     #[error(
         "memory budget exceeded: {tokens} tokens and {links} links need about {needed} bytes \
@@ -246,23 +275,117 @@ pub enum QuotaError {
     },
 }
 
-impl Quotas {
-    /// Estimated resident bytes per token: ECS columns and change ticks, entity
-    /// metadata, the id table, the gathered force arrays and the neighbour rows at
-    /// ~30 neighbours within the cutoff, with the transient of a full rebuild
-    /// (measured peak: 940 B/token at 1M `uniform` tokens under the first force
-    /// law; the real footprint is larger now, see docs/embedding.md).
-    pub const BYTES_PER_TOKEN: u64 = 960;
-    /// Estimated bytes per link (map entry, adjacency, force table).
-    pub const BYTES_PER_LINK: u64 = 96;
+/// The world's structures as last measured (`neurograph::memory::measure`,
+/// which the engine runs at the end of a tick when the world has grown or
+/// shrunk, and every [`MemoryAccount::EVERY`] ticks), for the memory quota.
+/// Zero until the first measurement.
+#[derive(Resource, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryAccount {
+    /// Bytes of every measured structure.
+    pub bytes: u64,
+    /// Of those, the bytes of the link structures (graph and force table).
+    pub link_bytes: u64,
+    /// Tokens when measured.
+    pub tokens: u64,
+    /// Links when measured.
+    pub links: u64,
+    /// The tick of the measurement.
+    pub tick: u64,
+}
 
-    /// Checks that the world may grow from (`tokens`, `links`) by (`add_tokens`, `add_links`).
+impl MemoryAccount {
+    /// Ticks between two measurements of a world whose size does not change.
+    pub const EVERY: u64 = 16;
+    /// Tokens (or links) below which the measured cost per token (per link)
+    /// is not used: a small world's fixed costs would dominate it.
+    pub const MIN_MEASURED: u64 = 1_000;
+
+    /// The cost of one more token: the measured bytes per token (links
+    /// excluded) once the world has [`MIN_MEASURED`](Self::MIN_MEASURED)
+    /// tokens, else [`Quotas::BYTES_PER_TOKEN`].
+    pub fn bytes_per_token(&self) -> u64 {
+        if self.tokens >= Self::MIN_MEASURED {
+            (self.bytes - self.link_bytes.min(self.bytes)).div_ceil(self.tokens)
+        } else {
+            Quotas::BYTES_PER_TOKEN
+        }
+    }
+
+    /// The cost of one more link, like [`bytes_per_token`](Self::bytes_per_token)
+    /// with [`Quotas::BYTES_PER_LINK`].
+    pub fn bytes_per_link(&self) -> u64 {
+        if self.links >= Self::MIN_MEASURED {
+            self.link_bytes.div_ceil(self.links)
+        } else {
+            Quotas::BYTES_PER_LINK
+        }
+    }
+
+    /// The bytes a world of `tokens` and `links` would hold: the measured
+    /// bytes, plus the tokens and links beyond the measured ones at their
+    /// cost. (A world that shrank since is counted at its measured size:
+    /// structures keep their capacity.)
+    pub fn projected(&self, tokens: u64, links: u64) -> u64 {
+        self.bytes
+            .saturating_add(
+                tokens
+                    .saturating_sub(self.tokens)
+                    .saturating_mul(self.bytes_per_token()),
+            )
+            .saturating_add(
+                links
+                    .saturating_sub(self.links)
+                    .saturating_mul(self.bytes_per_link()),
+            )
+    }
+}
+
+impl Quotas {
+    /// Bytes per token for a world not yet measured and for learned links'
+    /// quota check: the measured structures of 100K `uniform` tokens at steady
+    /// state (ticks 500–1,000, default learning and hierarchy), links excluded
+    /// (`neurograph bench steady --tokens 100000`; see docs/performance.md).
+    pub const BYTES_PER_TOKEN: u64 = 1_200;
+    /// Bytes per link, measured alike: the link graph and the force stage's
+    /// link table.
+    pub const BYTES_PER_LINK: u64 = 136;
+
+    /// Checks that the world may grow from (`tokens`, `links`) by (`add_tokens`,
+    /// `add_links`), against the measured structures in `account`.
     ///
     /// # Errors
-    /// [`QuotaError::Tokens`] or [`QuotaError::Links`] when the new total would exceed
-    /// `max_tokens` or `max_links`; [`QuotaError::Memory`] when the estimated bytes
-    /// would exceed `memory_budget_bytes`.
-    pub fn check(
+    /// [`QuotaError::Tokens`] or [`QuotaError::Links`] when the new total would
+    /// exceed `max_tokens` or `max_links`; [`QuotaError::MeasuredMemory`] when
+    /// [`MemoryAccount::projected`] would exceed `memory_budget_bytes`.
+    pub fn check_measured(
+        &self,
+        account: &MemoryAccount,
+        tokens: u64,
+        links: u64,
+        add_tokens: u64,
+        add_links: u64,
+    ) -> Result<(), QuotaError> {
+        self.check_counts(tokens, links, add_tokens, add_links)?;
+        let t = tokens.saturating_add(add_tokens);
+        let l = links.saturating_add(add_links);
+        let needed = account.projected(t, l);
+        if needed > self.memory_budget_bytes {
+            return Err(QuotaError::MeasuredMemory {
+                tokens: t,
+                links: l,
+                needed,
+                measured: account.bytes,
+                measured_tokens: account.tokens,
+                measured_tick: account.tick,
+                bytes_per_token: account.bytes_per_token(),
+                bytes_per_link: account.bytes_per_link(),
+                limit: self.memory_budget_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_counts(
         &self,
         tokens: u64,
         links: u64,
@@ -283,6 +406,26 @@ impl Quotas {
                 limit: self.max_links,
             });
         }
+        Ok(())
+    }
+
+    /// Checks that the world may grow from (`tokens`, `links`) by (`add_tokens`,
+    /// `add_links`), with the calibrated per-token and per-link figures: a
+    /// decision that depends on the counts alone, so a replay makes it again
+    /// exactly (how `Learn` checks the links it forms).
+    ///
+    /// # Errors
+    /// [`QuotaError::Tokens`] or [`QuotaError::Links`] when the new total would exceed
+    /// `max_tokens` or `max_links`; [`QuotaError::Memory`] when the estimated bytes
+    /// would exceed `memory_budget_bytes`.
+    pub fn check(
+        &self,
+        tokens: u64,
+        links: u64,
+        add_tokens: u64,
+        add_links: u64,
+    ) -> Result<(), QuotaError> {
+        self.check_counts(tokens, links, add_tokens, add_links)?;
         let t = tokens.saturating_add(add_tokens);
         let l = links.saturating_add(add_links);
         let needed = t

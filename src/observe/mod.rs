@@ -227,6 +227,8 @@ struct Figures<'w> {
     times: Res<'w, StageTimes>,
     backend: Option<Res<'w, crate::backend::ForceBackend>>,
     journal: Option<Res<'w, Journal>>,
+    account: Option<Res<'w, crate::model::config::MemoryAccount>>,
+    quotas: Option<Res<'w, crate::model::config::Quotas>>,
 }
 
 /// The WAL writer's counters (records counted when journaled, not when the
@@ -526,6 +528,12 @@ fn emit_figures(
     gauge!(metrics::TICK).set(news.tick as f64);
     gauge!(metrics::TOKENS).set(f.registry.len() as f64);
     gauge!(metrics::LINKS).set(f.links.len() as f64);
+    if let Some(a) = &f.account {
+        gauge!(metrics::MEMORY_MEASURED_BYTES).set(a.bytes as f64);
+    }
+    if let Some(q) = &f.quotas {
+        gauge!(metrics::MEMORY_BUDGET_BYTES).set(q.memory_budget_bytes as f64);
+    }
     if news.organized_now || news.first {
         // Levels that disappeared read 0, not their last count.
         let shown = per_level.len().max(levels_before).max(2);

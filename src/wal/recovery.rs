@@ -9,7 +9,7 @@ use super::{
     format, next_tick, restore, tick_of,
 };
 use crate::digest::{StateDigest, state_digest};
-use crate::model::commands::{CommandLog, apply_command};
+use crate::model::commands::{CommandLog, apply_recorded_command};
 use crate::model::config::SimConfig;
 use crate::model::registry::{LinkGraph, TokenRegistry};
 use crate::systems::ForceBuffers;
@@ -522,7 +522,8 @@ pub fn replay_tick<H: Host>(
     rec: &TickRecord,
 ) -> Result<StateDigest, WalError> {
     for (index, cmd) in rec.commands.iter().enumerate() {
-        apply_command(sim.world_mut(), cmd).map_err(|source| WalError::ReplayCommand {
+        // Admitted once, live: replay does not decide the quotas again.
+        apply_recorded_command(sim.world_mut(), cmd).map_err(|source| WalError::ReplayCommand {
             tick,
             index,
             source,
