@@ -108,6 +108,25 @@ enum BenchCommand {
     /// token, ticks/s, pairs/s, rebuilds and memory, then the late-over-early
     /// tick ratio and the memory growth (does the cost stay flat?).
     Steady(SteadyBenchArgs),
+    /// Batch spawn with every component: `Simulation::spawn_batch` next to
+    /// bevy's own `World::spawn_batch` into a bare World, alternated in one run.
+    Spawn(SpawnBenchArgs),
+}
+
+#[derive(Args)]
+struct SpawnBenchArgs {
+    /// Scenario whose tokens are spawned.
+    #[arg(long, default_value = "uniform")]
+    scenario: String,
+    /// Tokens per batch.
+    #[arg(long, default_value_t = 1_000_000)]
+    tokens: usize,
+    /// Batches of each kind.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -936,6 +955,17 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                 );
                 return Ok(());
             }
+            print_report(a.json, &report, report.to_text())
+        }
+        BenchCommand::Spawn(a) => {
+            let report = neurograph::app::benchmarks::spawn(
+                &neurograph::app::benchmarks::SpawnBenchOptions {
+                    tokens: a.tokens,
+                    repeats: a.repeats,
+                    scenario: a.scenario,
+                },
+            )
+            .map_err(|e| e.to_string())?;
             print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Hierarchy(a) => {

@@ -315,12 +315,27 @@ impl LinkTable {
         ids: &[TokenId],
         links: impl Iterator<Item = (TokenId, TokenId, f32, f32)> + Clone,
     ) -> Self {
-        let slot_of = slot_table(ids);
+        let mut table = Self::default();
+        table.rebuild(ids, &slot_table(ids), links);
+        table
+    }
+
+    /// [`build`](Self::build) in place, reusing this table's buffers (a
+    /// table rebuilt every tick, as links form, then costs no fresh pages),
+    /// with `slot_of` the [`slot_table`] of `ids`.
+    pub fn rebuild(
+        &mut self,
+        ids: &[TokenId],
+        slot_of: &[u32],
+        links: impl Iterator<Item = (TokenId, TokenId, f32, f32)> + Clone,
+    ) {
         let slot = |id: TokenId| match slot_of.get(id.0 as usize) {
             Some(&s) if s != u32::MAX => Some(s as usize),
             _ => None,
         };
-        let mut offsets = vec![0u32; ids.len() + 1];
+        let offsets = &mut self.offsets;
+        offsets.clear();
+        offsets.resize(ids.len() + 1, 0);
         let mut count = 0usize;
         for (a, b, ..) in links.clone() {
             count += 1;
@@ -330,7 +345,8 @@ impl LinkTable {
             }
         }
         if offsets.iter().all(|&o| o == 0) {
-            return Self::default();
+            *self = Self::default();
+            return;
         }
         for i in 0..ids.len() {
             offsets[i + 1] += offsets[i];
@@ -341,10 +357,12 @@ impl LinkTable {
             weight: 0.0,
             rest: 0.0,
         };
-        let mut ends = vec![empty; offsets[ids.len()] as usize];
-        // The partner id of each end, to check (and if need be restore) row order.
-        let mut partner = vec![TokenId(0); ends.len()];
-        let mut places = vec![(u32::MAX, u32::MAX); count];
+        let ends = &mut self.ends;
+        ends.clear();
+        ends.resize(offsets[ids.len()] as usize, empty);
+        let places = &mut self.places;
+        places.clear();
+        places.resize(count, (u32::MAX, u32::MAX));
         let mut sorted = true;
         for (k, (a, b, weight, rest)) in links.enumerate() {
             let (Some(sa), Some(sb)) = (slot(a), slot(b)) else {
@@ -353,8 +371,7 @@ impl LinkTable {
             for (first, s, other, oid) in [(true, sa, sb, b), (false, sb, sa, a)] {
                 let p = cursor[s] as usize;
                 cursor[s] += 1;
-                sorted &= p == offsets[s] as usize || partner[p - 1] < oid;
-                partner[p] = oid;
+                sorted &= p == offsets[s] as usize || ids[ends[p - 1].other as usize] < oid;
                 ends[p] = LinkEnd {
                     other: other as u32,
                     weight,
@@ -374,7 +391,7 @@ impl LinkTable {
             for i in 0..ids.len() {
                 let (lo, hi) = (offsets[i] as usize, offsets[i + 1] as usize);
                 let mut idx: Vec<usize> = (lo..hi).collect();
-                idx.sort_by_key(|&p| partner[p]);
+                idx.sort_by_key(|&p| ids[ends[p].other as usize]);
                 let row: Vec<LinkEnd> = idx.iter().map(|&p| ends[p]).collect();
                 for (n, &p) in idx.iter().enumerate() {
                     moved[p] = (lo + n) as u32;
@@ -386,11 +403,6 @@ impl LinkTable {
                     *p = (moved[p.0 as usize], moved[p.1 as usize]);
                 }
             }
-        }
-        Self {
-            offsets,
-            ends,
-            places,
         }
     }
 

@@ -706,8 +706,9 @@ impl ForceBuffers {
         let links_key = (self.layout, graph.structure_version());
         if self.links_key != Some(links_key) {
             puffin::profile_scope!("link_table");
-            self.links = LinkTable::build(
+            self.links.rebuild(
                 &self.ids,
+                &self.slot_of,
                 graph
                     .iter()
                     .map(|(&(a, b), l)| (a, b, l.weight, l.rest_length)),

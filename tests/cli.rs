@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bin, last_json};
+use common::{bin, json_of, last_json};
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = bin().args(args).output().expect("the binary runs");
@@ -275,4 +275,37 @@ fn wal_run_recover_inspect_and_resume() {
     let (code, _, err) = run(&["run", "--ticks", "1", "--wal", dir.path().to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("not empty and holds no WAL"), "{err}");
+}
+
+/// `bench spawn` times both ways of spawning the same tokens and reports the
+/// ratio of its medians.
+#[test]
+fn bench_spawn_reports_both_rates() {
+    let out = bin()
+        .args([
+            "bench",
+            "spawn",
+            "--tokens",
+            "20000",
+            "--repeats",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let j = json_of(&out);
+    assert_eq!(j["tokens"], 20000);
+    for key in ["bevy_tokens_per_s", "engine_tokens_per_s"] {
+        let rates = j[key].as_array().unwrap();
+        assert_eq!(rates.len(), 3, "{key}");
+        assert!(
+            rates.iter().all(|r| r.as_f64().unwrap() > 1e4),
+            "{key}: {rates:?}"
+        );
+    }
+    let (bevy, engine) = (
+        j["bevy_median"].as_f64().unwrap(),
+        j["engine_median"].as_f64().unwrap(),
+    );
+    assert!((j["ratio"].as_f64().unwrap() - engine / bevy).abs() < 1e-9);
 }

@@ -988,6 +988,10 @@ fn bad_settings_are_named_as_such_not_blamed_on_a_wal_or_a_count() {
             ],
             "18446744073709551615 requested > max_tokens = 10000000",
         ),
+        (
+            &["bench", "spawn", "--tokens", "18446744073709551615"],
+            "18446744073709551615 requested > max_tokens = 10000000",
+        ),
     ] {
         let out = bin().args(args).current_dir(d).locked_output();
         let err = stderr_of(&out);

@@ -1773,3 +1773,119 @@ fn bench_quotas() -> Quotas {
         ..Default::default()
     }
 }
+
+/// What `bench spawn` measures.
+#[derive(Clone, Debug)]
+pub struct SpawnBenchOptions {
+    /// Tokens per batch.
+    pub tokens: usize,
+    /// Batches of each kind, alternated.
+    pub repeats: usize,
+    /// Scenario whose tokens are spawned.
+    pub scenario: String,
+}
+
+/// Batch spawn into the engine next to bevy's own `World::spawn_batch`, in
+/// one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct SpawnBenchReport {
+    /// Tokens per batch.
+    pub tokens: usize,
+    /// Batches of each kind.
+    pub repeats: usize,
+    /// Tokens per second of `World::spawn_batch` of the engine's bundles
+    /// (every token component) into a bare `World`, per batch.
+    pub bevy_tokens_per_s: Vec<f64>,
+    /// Tokens per second of `Simulation::spawn_batch` (every component, plus
+    /// the CDNA's validation of every value, the quotas, ids and the id
+    /// table), per batch.
+    pub engine_tokens_per_s: Vec<f64>,
+    /// Median of `bevy_tokens_per_s`.
+    pub bevy_median: f64,
+    /// Median of `engine_tokens_per_s`.
+    pub engine_median: f64,
+    /// `engine_median / bevy_median`.
+    pub ratio: f64,
+}
+
+/// Spawns `o.tokens` tokens of a scenario `o.repeats` times into a fresh
+/// [`Simulation`] and as many times into a bare bevy `World` (the same
+/// bundles through `World::spawn_batch`), alternately, and reports both rates.
+/// The specs are generated once, untimed; both timings include turning specs
+/// into bundles. Each batch goes into a fresh world, created untimed.
+///
+/// # Errors
+/// An unknown scenario, or tokens the quotas or the engine refuse
+/// ([`BenchError::Command`]).
+pub fn spawn(o: &SpawnBenchOptions) -> Result<SpawnBenchReport, BenchError> {
+    use crate::model::components::TokenId;
+    let params = ScenarioParams {
+        tokens: o.tokens,
+        seed: 7,
+    };
+    let scenario = scenario::find(&o.scenario)?;
+    // Refuse an impossible size before generating anything.
+    bench_quotas()
+        .check(0, 0, o.tokens as u64, 0)
+        .map_err(CommandError::Quota)?;
+    let specs = scenario.generate(&params).tokens;
+    let (mut bevy, mut engine) = (Vec::new(), Vec::new());
+    for _ in 0..o.repeats.max(1) {
+        let mut world = bevy_ecs::world::World::new();
+        let start = std::time::Instant::now();
+        let n = world
+            .spawn_batch(
+                specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| s.bundle(TokenId(i as u64))),
+            )
+            .count();
+        bevy.push(n as f64 / start.elapsed().as_secs_f64());
+        drop(world);
+
+        let mut sim = Simulation::new(SimSettings {
+            quotas: bench_quotas(),
+            ..Default::default()
+        })?;
+        let batch = specs.clone();
+        let start = std::time::Instant::now();
+        sim.spawn_batch(batch)?;
+        engine.push(o.tokens as f64 / start.elapsed().as_secs_f64());
+    }
+    let (bevy_median, engine_median) = (median(&mut bevy.clone()), median(&mut engine.clone()));
+    Ok(SpawnBenchReport {
+        tokens: o.tokens,
+        repeats: bevy.len(),
+        bevy_tokens_per_s: bevy,
+        engine_tokens_per_s: engine,
+        bevy_median,
+        engine_median,
+        ratio: engine_median / bevy_median,
+    })
+}
+
+impl SpawnBenchReport {
+    /// The report as text.
+    pub fn to_text(&self) -> String {
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|r| format!("{:.1}M", r / 1e6))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "batch spawn of {} tokens, {} batches each, alternated\n\
+             bevy World::spawn_batch (bare World): median {:.1}M tokens/s ({})\n\
+             Simulation::spawn_batch:              median {:.1}M tokens/s ({})\n\
+             engine / bevy: {:.2}",
+            self.tokens,
+            self.repeats,
+            self.bevy_median / 1e6,
+            list(&self.bevy_tokens_per_s),
+            self.engine_median / 1e6,
+            list(&self.engine_tokens_per_s),
+            self.ratio
+        )
+    }
+}

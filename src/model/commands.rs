@@ -451,12 +451,14 @@ fn spawn_all(world: &mut World, specs: &[TokenSpec]) -> CommandOutcome {
         .iter()
         .enumerate()
         .map(|(i, s)| s.bundle(TokenId(first.0 + i as u64)));
-    let entities: Vec<Entity> = world.spawn_batch(bundles).collect();
-    let mut reg = world.resource_mut::<TokenRegistry>();
-    reg.reserve(entities.len());
-    for e in entities {
-        reg.push(e);
-    }
+    // The entities go straight into the id table as they are spawned (no
+    // intermediate list of a whole batch).
+    world.resource_scope(|world, mut reg: Mut<TokenRegistry>| {
+        reg.reserve(specs.len());
+        for e in world.spawn_batch(bundles) {
+            reg.push(e);
+        }
+    });
     CommandOutcome::Spawned {
         first,
         count: specs.len() as u64,

@@ -342,13 +342,14 @@ impl MemoryAccount {
 
 impl Quotas {
     /// Bytes per token for a world not yet measured and for learned links'
-    /// quota check: the measured structures of 100K `uniform` tokens at steady
-    /// state (ticks 500–1,000, default learning and hierarchy), links excluded
-    /// (`neurograph bench steady --tokens 100000`; see docs/performance.md).
+    /// quota check: the measured structures of 100K `uniform` tokens at tick
+    /// 1,000 (default learning and hierarchy), links excluded: 1,167, rounded
+    /// up (`neurograph bench steady --tokens 100000 --ticks 1000 --json`, its
+    /// `memory`; see docs/performance.md).
     pub const BYTES_PER_TOKEN: u64 = 1_200;
     /// Bytes per link, measured alike: the link graph and the force stage's
-    /// link table.
-    pub const BYTES_PER_LINK: u64 = 136;
+    /// link table, 127 B per link for 178,141 links, rounded up.
+    pub const BYTES_PER_LINK: u64 = 130;
 
     /// Checks that the world may grow from (`tokens`, `links`) by (`add_tokens`,
     /// `add_links`), against the measured structures in `account`.
