@@ -401,7 +401,8 @@ struct RunArgs {
     snapshot_every: Option<u64>,
     /// Memory budget in bytes (quotas.memory_budget_bytes; default 1 GiB):
     /// spawns are checked against the measured structures, and a world
-    /// larger than about 850K tokens needs more than the default.
+    /// larger than about 895K tokens (1 GiB at 1,200 B per token) needs more
+    /// than the default.
     #[arg(long, value_name = "BYTES")]
     memory_budget: Option<u64>,
     /// Print `durable TICK` on stdout each time the durable tick advances.
@@ -958,6 +959,9 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
             print_report(a.json, &report, report.to_text())
         }
         BenchCommand::Spawn(a) => {
+            if a.tokens == 0 {
+                return Err("--tokens must be at least 1".into());
+            }
             let report = neurograph::app::benchmarks::spawn(
                 &neurograph::app::benchmarks::SpawnBenchOptions {
                     tokens: a.tokens,

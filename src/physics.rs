@@ -320,9 +320,10 @@ impl LinkTable {
         table
     }
 
-    /// [`build`](Self::build) in place, reusing this table's buffers (a
-    /// table rebuilt every tick, as links form, then costs no fresh pages),
-    /// with `slot_of` the [`slot_table`] of `ids`.
+    /// [`build`](Self::build) in place, reusing this table's row, end and
+    /// place buffers (a table rebuilt every tick, as links form, then
+    /// allocates only a cursor per token, and more when the links come
+    /// unsorted), with `slot_of` the [`slot_table`] of `ids`.
     pub fn rebuild(
         &mut self,
         ids: &[TokenId],
@@ -345,7 +346,10 @@ impl LinkTable {
             }
         }
         if offsets.iter().all(|&o| o == 0) {
-            *self = Self::default();
+            // No links: empty rows (`row` reads no offsets), buffers kept.
+            offsets.clear();
+            self.ends.clear();
+            self.places.clear();
             return;
         }
         for i in 0..ids.len() {

@@ -131,12 +131,16 @@ fn world_size(world: &World) -> (u64, u64) {
 }
 
 /// Measures the world's structures into [`MemoryAccount`] (for the memory
-/// quota) when the token or link count changed since the last measurement,
+/// quota; not when the budget is `u64::MAX`) when the token or link count changed since the last measurement,
 /// and every [`MemoryAccount::EVERY`] ticks. A measurement walks every table,
 /// row arena and adjacency list: 0.03–0.25 ms at 100K `uniform` tokens, the
 /// more the more links (which change in most ticks while links learn).
 pub fn account_memory(world: &mut World) {
     crate::profile_system!("account_memory");
+    // An unlimited budget (the benchmarks') needs no measurement.
+    if world.resource::<Quotas>().memory_budget_bytes == u64::MAX {
+        return;
+    }
     let (tokens, links) = world_size(world);
     let tick = world.resource::<SimClock>().tick;
     let last = *world.resource::<MemoryAccount>();

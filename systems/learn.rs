@@ -362,7 +362,10 @@ fn form_links(
     let mut formed = 0u64;
     for (a, b, r) in proposals {
         if quotas.check(tokens as u64, graph.len(), 0, 1).is_err() {
-            // Learned links never push the world past its quotas.
+            // Learned links never push the world past its quotas as the
+            // calibrated figures count it (a replayable decision; see
+            // `Quotas::check` and docs/embedding.md for how it can differ
+            // from the measured memory commands are checked against).
             stats.quota_stops += 1;
             break;
         }

@@ -989,6 +989,10 @@ fn bad_settings_are_named_as_such_not_blamed_on_a_wal_or_a_count() {
             "18446744073709551615 requested > max_tokens = 10000000",
         ),
         (
+            &["bench", "spawn", "--tokens", "0"],
+            "--tokens must be at least 1",
+        ),
+        (
             &["bench", "spawn", "--tokens", "18446744073709551615"],
             "18446744073709551615 requested > max_tokens = 10000000",
         ),

@@ -94,7 +94,7 @@ catalogue! {
     LINKS_FORMED_TOTAL = "neurograph_links_formed_total", Counter, [], "Links formed by learning.";
     LINKS_PRUNED_TOTAL = "neurograph_links_pruned_total", Counter, [], "Links pruned by learning.";
     GROUP_EVENTS_TOTAL = "neurograph_group_events_total", Counter, ["event"], "Group identity events.";
-    MEMORY_MEASURED_BYTES = "neurograph_memory_measured_bytes", Gauge, [], "Bytes of the world's structures at their last measurement (what the memory quota is checked against).";
+    MEMORY_MEASURED_BYTES = "neurograph_memory_measured_bytes", Gauge, [], "Bytes of the world's structures at their last measurement (what the memory quota is checked against; measured at the end of a tick, after this gauge is set, so one tick behind).";
     MEMORY_BUDGET_BYTES = "neurograph_memory_budget_bytes", Gauge, [], "The memory quota (quotas.memory_budget_bytes).";
     NEIGHBOR_REBUILDS_TOTAL = "neurograph_neighbor_rebuilds_total", Counter, [], "Neighbour-list rebuilds.";
     WAL_BYTES_TOTAL = "neurograph_wal_bytes_total", Counter, [], "Bytes written to the WAL.";
