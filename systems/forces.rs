@@ -275,7 +275,11 @@ pub fn compute_densities(
         neighbors.len(),
         density.len()
     );
-    let common = common_radius(params);
+    let candidates = Candidates {
+        positions,
+        params,
+        common: common_radius(params),
+    };
     density
         .par_chunks_mut(CHUNK)
         .enumerate()
@@ -294,24 +298,7 @@ pub fn compute_densities(
                 if within.len() < row.len() {
                     within.resize(row.len(), (0.0, 0.0));
                 }
-                let mut n = 0;
-                if let Some(r) = common {
-                    // One radius for all: no candidate's parameters to load.
-                    let c2 = r * r;
-                    for &j in row {
-                        let r2 = (positions[j as usize] - xi).length_squared();
-                        within[n] = (r2, r);
-                        n += (r2 < c2) as usize;
-                    }
-                } else {
-                    for &j in row {
-                        let pj = &params[j as usize];
-                        let r2 = (positions[j as usize] - xi).length_squared();
-                        let cutoff = pi.radius.max(pj.radius);
-                        within[n] = (r2, cutoff);
-                        n += (r2 < cutoff * cutoff) as usize;
-                    }
-                }
+                let n = candidates.within(row, xi, pi.radius, &mut within, |_, r2, c| (r2, c));
                 // Pass 2: their weights, in the same (id) order. The candidates
                 // left out would add exactly 0 to a sum that starts at +0.
                 let mut sum = 0.0f32;
@@ -390,7 +377,11 @@ pub fn compute_forces_proposing(
             "compute_forces: proposals for another world"
         );
     }
-    let common = common_radius(params);
+    let candidates = Candidates {
+        positions,
+        params,
+        common: common_radius(params),
+    };
     let (within2, max_degree, ids) = proposals
         .as_ref()
         .map_or((0.0, 0, &[][..]), |p| (p.within2, p.max_degree, p.ids));
@@ -409,23 +400,7 @@ pub fn compute_forces_proposing(
             if within.len() < row.len() {
                 within.resize(row.len(), 0);
             }
-            let mut n = 0;
-            if let Some(r) = common {
-                let c2 = r * r;
-                for &j in row {
-                    let r2 = (positions[j as usize] - xi).length_squared();
-                    within[n] = j;
-                    n += (r2 < c2) as usize;
-                }
-            } else {
-                for &j in row {
-                    let pj = &params[j as usize];
-                    let r2 = (positions[j as usize] - xi).length_squared();
-                    let cutoff = pi.radius.max(pj.radius);
-                    within[n] = j;
-                    n += (r2 < cutoff * cutoff) as usize;
-                }
-            }
+            let n = candidates.within(row, xi, pi.radius, &mut within, |j, _, _| j);
             // Pass 2: the forces of the pairs, in the same (id) order, and the
             // nearest unlinked partner for `Learn`.
             let lrow = links.row(i);
@@ -480,6 +455,52 @@ pub fn compute_forces_proposing(
             .enumerate()
             .map(|(c, (out, near))| chunk(c, out, Some(near)))
             .sum(),
+    }
+}
+
+/// What the passes' cutoff filter reads.
+struct Candidates<'a> {
+    positions: &'a [Vec8],
+    params: &'a [TokenParams],
+    /// [`common_radius`] of `params`.
+    common: Option<f32>,
+}
+
+impl Candidates<'_> {
+    /// Writes `keep(j, r², cutoff)` of the candidates `j` of `row` within
+    /// their cutoff of a token at `xi` with radius `ri` (the test
+    /// `pair_force` makes: `r² < max(R_i, R_j)²`, false for NaN) to the front
+    /// of `out`, in row order, and returns how many. Branch-free: every
+    /// candidate is written and the count advances by the test, as an
+    /// unpredictable branch per candidate costs more than the arithmetic.
+    /// With one radius for all, no candidate's parameters are loaded.
+    #[inline(always)]
+    fn within<T>(
+        &self,
+        row: &[u32],
+        xi: Vec8,
+        ri: f32,
+        out: &mut [T],
+        keep: impl Fn(u32, f32, f32) -> T,
+    ) -> usize {
+        let mut n = 0;
+        if let Some(r) = self.common {
+            let c2 = r * r;
+            for &j in row {
+                let r2 = (self.positions[j as usize] - xi).length_squared();
+                out[n] = keep(j, r2, r);
+                n += (r2 < c2) as usize;
+            }
+        } else {
+            for &j in row {
+                let pj = &self.params[j as usize];
+                let r2 = (self.positions[j as usize] - xi).length_squared();
+                let cutoff = ri.max(pj.radius);
+                out[n] = keep(j, r2, cutoff);
+                n += (r2 < cutoff * cutoff) as usize;
+            }
+        }
+        n
     }
 }
 
