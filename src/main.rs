@@ -85,6 +85,11 @@ enum Command {
     /// Write a scenario's initial tokens as a CSV file that `run --input` reads
     /// (with the planted `label`/`group` columns), e.g. to cluster them offline.
     Generate(GenerateArgs),
+    /// Bring a data set of any dimension D >= 8 (.csv with a header, or a 2-D
+    /// .npy) into the engine's space: PCA to 8D and a length scale from the
+    /// k-nearest-neighbour distances; writes a CSV that `run --input` reads (a
+    /// `label` column is kept as ground truth for the ARI).
+    Import(ImportArgs),
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -287,6 +292,23 @@ struct GenerateArgs {
     /// The CSV file to write.
     #[arg(long, value_name = "FILE.csv")]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The data: .csv (a header; every column a feature except one named
+    /// `label`) or .npy (a 2-D array of numbers).
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    /// The token CSV to write (`x0..x7`, and `label` when the input has one).
+    #[arg(long, value_name = "FILE.csv")]
+    out: PathBuf,
+    /// Multiply the reduced points by this instead of the automatic scale.
+    #[arg(long)]
+    scale: Option<f64>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -1154,6 +1176,50 @@ fn plot(args: PlotArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn import(args: ImportArgs) -> Result<(), String> {
+    use neurograph::app::embed;
+    neurograph::app::paths::check_output_file(&args.out, &["csv"]).map_err(|e| e.to_string())?;
+    let data = embed::read_data(&args.input).map_err(|e| e.to_string())?;
+    let e = embed::reduce(&data.values, data.rows, data.dims, args.scale)
+        .map_err(|e| format!("{}: {e}", args.input.display()))?;
+    let labels = data
+        .labels
+        .as_deref()
+        .map(|l| (l, data.label_names.as_slice()));
+    embed::write_tokens_csv(&args.out, &e, labels).map_err(|e| e.to_string())?;
+    if args.json {
+        let mut v = serde_json::to_value(&e).map_err(|e| e.to_string())?;
+        v["out"] = serde_json::Value::String(args.out.display().to_string());
+        v["labelled"] = serde_json::Value::Bool(labels.is_some());
+        outln!("{v}");
+    } else {
+        let ratios: Vec<String> = e
+            .explained_variance_ratio
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect();
+        outln!(
+            "{}: {} tokens from {} dimensions; explained variance {:.3} ({}); \
+             median distance to the {}th neighbour {:.4} -> scale {:.6}{} ({:.2} field radii)",
+            args.out.display(),
+            e.rows,
+            e.dims,
+            e.explained_variance,
+            ratios.join(" "),
+            e.knn_k,
+            e.knn_median,
+            e.scale,
+            if args.scale.is_some() {
+                format!(" (given; automatic {:.6})", e.auto_scale)
+            } else {
+                " (automatic)".into()
+            },
+            e.knn_target
+        );
+    }
+    Ok(())
+}
+
 fn generate(args: GenerateArgs) -> Result<Outcome, String> {
     let sc = neurograph::scenario::find(&args.scenario).map_err(|e| e.to_string())?;
     // A file `run --input` could not load is refused before it is written.
@@ -1296,6 +1362,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect(a).map(|()| Outcome::Done),
         Command::Plot(a) => plot(a).map(|()| Outcome::Done),
         Command::Generate(a) => generate(a),
+        Command::Import(a) => import(a).map(|()| Outcome::Done),
         Command::Bench(b) => bench(b).map(|()| Outcome::Done),
     };
     // A closed stdout ends any command quietly, whatever else happened.

@@ -201,6 +201,51 @@ impl Simulation {
         })
     }
 
+    /// Live token ids in increasing order: the row order of every
+    /// [`column`](Self::column). Shape `(N,)`.
+    pub fn ids(&self) -> Vec<u64> {
+        let registry = self.world().resource::<TokenRegistry>();
+        let mut ids = Vec::with_capacity(registry.len() as usize);
+        ids.extend(registry.iter().map(|(id, _)| id.0));
+        ids
+    }
+
+    /// `f` of component `C` of every live token, `K` values per token, rows in
+    /// increasing id order (as [`ids`](Self::ids)): a flat row-major `(N, K)`
+    /// array. Reads the ECS tables in storage order and scatters each row to
+    /// its id's place, so it costs one pass over the tables (no per-token
+    /// lookups, no sort).
+    pub fn column<C: Component, T: Copy + Default, const K: usize>(
+        &mut self,
+        f: impl Fn(&C) -> [T; K],
+    ) -> Vec<T> {
+        let registry = self.world().resource::<TokenRegistry>();
+        let n = registry.len() as usize;
+        let next = registry.next_id().0 as usize;
+        // With no despawned ids, a token's row is its id.
+        let rank: Option<Vec<u32>> = (n != next).then(|| {
+            let mut rank = vec![u32::MAX; next];
+            for (row, (id, _)) in registry.iter().enumerate() {
+                rank[id.0 as usize] = row as u32;
+            }
+            rank
+        });
+        let mut out = vec![T::default(); n * K];
+        let world = self.app.world_mut();
+        let mut query = world.query::<(&TokenId, &C)>();
+        for (id, c) in query.iter(world) {
+            let row = match &rank {
+                Some(rank) => rank.get(id.0 as usize).map_or(usize::MAX, |&r| r as usize),
+                None => id.0 as usize,
+            };
+            // Every token entity is registered; anything else is not a row.
+            if row < n {
+                out[row * K..(row + 1) * K].copy_from_slice(&f(c));
+            }
+        }
+        out
+    }
+
     /// The current constitution.
     pub fn cdna(&self) -> &Cdna {
         self.world().resource::<Cdna>()

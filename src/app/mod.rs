@@ -3,6 +3,7 @@
 //! share. The binary (`src/main.rs`) parses the command line and calls these.
 
 pub mod benchmarks;
+pub mod embed;
 pub mod paths;
 pub mod plot;
 pub mod runner;

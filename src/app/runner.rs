@@ -113,6 +113,8 @@ pub struct RunOptions {
     /// resumes a WAL goes on with it, or, when `None`, with the backend the WAL
     /// started with (its manifest). New runs use `config.sim.backend`.
     pub backend: Option<Backend>,
+    /// Tokens to start from instead of the config's scenario or input.
+    pub given: Option<GivenTokens>,
 }
 
 /// Recoveries allowed by default ([`RunOptions::panic_retries`]).
@@ -135,6 +137,7 @@ impl Default for RunOptions {
             #[cfg(feature = "fault-injection")]
             fault: None,
             backend: None,
+            given: None,
         }
     }
 }
@@ -355,14 +358,66 @@ pub fn load_cdna(config: &RunConfig) -> Result<Cdna, RunError> {
     }
 }
 
+/// Tokens a caller hands to a run instead of a scenario or an input file
+/// (the Python bindings' `Simulation.from_embeddings`), with their labels.
+#[derive(Clone, Debug)]
+pub struct GivenTokens {
+    /// What the summary calls the source (its `scenario` key).
+    pub name: String,
+    /// The tokens, in spawn order (ids from 0 up).
+    pub tokens: Arc<Vec<Generated>>,
+}
+
+impl GivenTokens {
+    /// A content hash of the tokens and labels (the WAL's run identity).
+    fn hash(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for g in self.tokens.iter() {
+            let s = &g.spec;
+            for x in s
+                .position
+                .to_array()
+                .into_iter()
+                .chain(s.velocity.to_array())
+            {
+                h.update(&x.to_bits().to_le_bytes());
+            }
+            for x in [s.charge, s.mass, s.radius, s.strength] {
+                h.update(&x.to_bits().to_le_bytes());
+            }
+            h.update(&[s.kind as u8]);
+            for l in [g.label, g.group] {
+                h.update(&l.map_or(u64::MAX, u64::from).to_le_bytes());
+            }
+        }
+        h.digest()
+    }
+}
+
 /// Where the tokens of a run come from.
 enum Source {
     Input(PathBuf),
     Scenario(&'static scenario::Scenario, usize),
+    Given(GivenTokens),
 }
 
 impl Source {
-    fn of(c: &RunConfig) -> Result<Self, RunError> {
+    fn of(c: &RunConfig, given: Option<&GivenTokens>) -> Result<Self, RunError> {
+        if let Some(g) = given {
+            if c.input.is_some() || c.scenario.is_some() || c.tokens.is_some() {
+                return Err(RunError::Config(format!(
+                    "the run is given its {} tokens; it takes no input, scenario or tokens setting",
+                    g.tokens.len()
+                )));
+            }
+            if g.tokens.is_empty() {
+                return Err(RunError::Config("no tokens given".into()));
+            }
+            c.quotas
+                .check(0, 0, g.tokens.len() as u64, 0)
+                .map_err(CommandError::Quota)?;
+            return Ok(Self::Given(g.clone()));
+        }
         if let Some(path) = &c.input {
             if c.scenario.is_some() {
                 return Err(RunError::Config(
@@ -395,6 +450,7 @@ impl Source {
     fn name(&self) -> String {
         match self {
             Self::Input(_) => "input".into(),
+            Self::Given(g) => g.name.clone(),
             Self::Scenario(s, _) => s.name.into(),
         }
     }
@@ -417,6 +473,11 @@ impl Source {
                 id.insert("scenario".into(), s.name.into());
                 id.insert("tokens".into(), tokens.to_string());
             }
+            Self::Given(g) => {
+                id.insert("given".into(), g.name.clone());
+                id.insert("tokens".into(), g.tokens.len().to_string());
+                id.insert("given_xxh3".into(), format!("{:016x}", g.hash()));
+            }
         }
         id.insert("seed".into(), seed.to_string());
         id.insert("cdna".into(), cdna.checksum_hex());
@@ -431,6 +492,7 @@ impl Source {
     /// Spawns the tokens into `sim`; returns the ground truth.
     fn spawn(&self, sim: &mut Simulation, cdna: &Cdna, seed: u64) -> Result<GroundTruth, RunError> {
         Ok(match self {
+            Self::Given(g) => spawn_stream(sim, g.tokens.iter().copied(), SPAWN_BATCH)?,
             Self::Input(path) => {
                 let data = load_csv(path, cdna)?;
                 scenario::check_quotas(sim, data.tokens.len())?;
@@ -461,6 +523,11 @@ impl Source {
     fn truth(&self, cdna: &Cdna, seed: u64) -> Result<GroundTruth, RunError> {
         Ok(match self {
             Self::Input(path) => load_csv(path, cdna)?.truth.unwrap_or_default(),
+            Self::Given(g) => {
+                let mut truth = GroundTruth::default();
+                g.tokens.iter().for_each(|t| truth.record(t));
+                truth
+            }
             Self::Scenario(s, tokens) => s.truth(&ScenarioParams {
                 tokens: *tokens,
                 seed,
@@ -547,98 +614,195 @@ fn reopen_wal(
 /// be created, recovered or written, a lost GPU, or a tick that panicked
 /// without a recovery ([`RunError::Panicked`]).
 pub fn run_keep(opts: &RunOptions) -> Result<(RunSummary, Simulation), RunError> {
-    let c = &opts.config;
-    // Bad settings are named as such, before a WAL could blame its snapshots or
-    // call the run another one.
-    c.sim
-        .validate()
-        .map_err(|e| RunError::Config(e.to_string()))?;
-    let cdna = load_cdna(c)?;
-    let seed = c.seed.unwrap_or(DEFAULT_SEED);
-    let ticks = c.ticks.unwrap_or(DEFAULT_TICKS);
-    let source = Source::of(c)?;
-    // Before any work: every file and directory the run will write.
-    if let Some(path) = &opts.blackbox {
-        crate::app::paths::check_output_file(path, &[])?;
-    }
-    if let Some(dir) = &opts.wal_dir {
-        crate::app::paths::check_output_dir(dir)?;
-    }
-    let spawn_start = Instant::now();
-    let (mut sim, ground_truth, recovery) = open_world(opts, &source, &cdna, seed)?;
-    let spawn_seconds = spawn_start.elapsed().as_secs_f64();
-    let start_tick = sim.tick();
-    let durability = sim
-        .world()
-        .get_resource::<Journal>()
-        .map(|j| j.durability().name().to_string());
-    equip(&mut sim, opts, BlackBox::default());
-    ::metrics::counter!(crate::observe::metrics::PANICS_TOTAL).increment(0);
-    ::metrics::counter!(crate::observe::metrics::RECOVERIES_TOTAL).increment(0);
-
-    let mut run = Progress::new(
-        progress_bar(opts, ticks.saturating_sub(start_tick)),
-        start_tick,
-    );
-    while sim.tick() < ticks {
-        if run.reader_gone
+    let ticks = opts.config.ticks.unwrap_or(DEFAULT_TICKS);
+    let mut session = Session::open(opts.clone())?;
+    session.run.bar = progress_bar(opts, ticks.saturating_sub(session.run.start_tick));
+    while session.tick() < ticks {
+        if session.run.reader_gone
             || opts
                 .interrupt
                 .as_ref()
                 .is_some_and(|f| f.load(Ordering::Relaxed))
         {
-            run.interrupted = true;
+            session.run.interrupted = true;
             break;
         }
-        let before = sim.tick();
-        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.step()));
-        if let Err(payload) = stepped {
-            sim = run.recover_from_panic(opts, sim, before + 1, &*payload)?;
-            continue;
-        }
-        if run.ticks == 0 {
-            run.first_tick_seconds = run.start.elapsed().as_secs_f64();
-        }
-        run.ticks += 1;
-        run.after_tick(opts, &mut sim)?;
+        session.step()?;
     }
-    let seconds = run.start.elapsed().as_secs_f64();
-    if let Some(bar) = run.bar.take() {
+    if let Some(bar) = session.run.bar.take() {
         bar.finish_and_clear();
     }
-    let wal_stats = match wal::close(&mut sim) {
-        Ok(s) => s,
-        Err(e) => {
-            let err = RunError::Wal(e);
-            fatal_dump(&mut sim, opts, &err);
-            return Err(err);
+    session.close()
+}
+
+/// A run driven one tick at a time by its caller: what [`run_keep`] does, with
+/// the loop outside (the Python bindings step it). It owns the simulation, the
+/// run's WAL (when `opts.wal_dir` is set: created, or resumed when the
+/// directory holds a WAL of the same run) and what the summary needs (the
+/// ground truth for the ARI, the recovery report, the loop's counters).
+pub struct Session {
+    opts: RunOptions,
+    sim: Simulation,
+    run: Progress,
+    scenario: String,
+    seed: u64,
+    spawn_seconds: f64,
+    ground_truth: GroundTruth,
+    recovery: Option<RecoveryReport>,
+    durability: Option<String>,
+}
+
+impl Session {
+    /// Validates the settings, checks every output path, then builds the world:
+    /// recovered from `opts.wal_dir` when it holds a WAL of the same run, else
+    /// spawned from the scenario or input (and journaled from the start when
+    /// the run has a WAL directory). `opts.config.ticks`, `progress` and
+    /// `interrupt` are for [`run_keep`]'s loop and are not used here.
+    ///
+    /// # Errors
+    /// As [`run`], for everything before the first tick.
+    pub fn open(opts: RunOptions) -> Result<Self, RunError> {
+        let c = &opts.config;
+        // Bad settings are named as such, before a WAL could blame its snapshots or
+        // call the run another one.
+        c.sim
+            .validate()
+            .map_err(|e| RunError::Config(e.to_string()))?;
+        let cdna = load_cdna(c)?;
+        let seed = c.seed.unwrap_or(DEFAULT_SEED);
+        let source = Source::of(c, opts.given.as_ref())?;
+        // Before any work: every file and directory the run will write.
+        if let Some(path) = &opts.blackbox {
+            crate::app::paths::check_output_file(path, &[])?;
         }
-    };
-    let mut blackbox_failed = None;
-    if opts.blackbox.is_some() {
-        let bb = sim.world().resource::<BlackBox>();
-        match try_dump_blackbox(bb, opts.blackbox.as_deref(), "end") {
-            Ok(p) => run.dumps.push(p),
-            Err(e) => blackbox_failed = Some(e),
+        if let Some(dir) = &opts.wal_dir {
+            crate::app::paths::check_output_dir(dir)?;
         }
+        let spawn_start = Instant::now();
+        let (mut sim, ground_truth, recovery) = open_world(&opts, &source, &cdna, seed)?;
+        let spawn_seconds = spawn_start.elapsed().as_secs_f64();
+        let start_tick = sim.tick();
+        let durability = sim
+            .world()
+            .get_resource::<Journal>()
+            .map(|j| j.durability().name().to_string());
+        equip(&mut sim, &opts, BlackBox::default());
+        ::metrics::counter!(crate::observe::metrics::PANICS_TOTAL).increment(0);
+        ::metrics::counter!(crate::observe::metrics::RECOVERIES_TOTAL).increment(0);
+        Ok(Self {
+            run: Progress::new(None, start_tick),
+            scenario: source.name(),
+            seed,
+            spawn_seconds,
+            ground_truth,
+            recovery,
+            durability,
+            sim,
+            opts,
+        })
     }
-    if opts.report_durable && durability.is_some() && !run.reader_gone {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "durable {}", sim.tick()).and_then(|()| out.flush());
+
+    /// Runs one tick. A tick that panics is recovered from the WAL when the
+    /// run has one and retries are left (as `neurograph run` does): the world
+    /// is then the recovered one.
+    ///
+    /// # Errors
+    /// [`RunError::Panicked`] when a tick panicked and could not be recovered,
+    /// [`RunError::Gpu`] when a required GPU was lost, [`RunError::Wal`] when
+    /// the WAL writer failed. After an error the run is over: [`close`](Self::close)
+    /// it (or drop it); the world may be half-way through a tick.
+    pub fn step(&mut self) -> Result<(), RunError> {
+        let t0 = Instant::now();
+        let before = self.sim.tick();
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sim.step()));
+        if let Err(payload) = stepped {
+            // The panicked world is given up either way; a bare one holds its
+            // place until the recovered one (if any) replaces it.
+            let sim = std::mem::replace(&mut self.sim, Simulation::with_defaults());
+            self.sim = self
+                .run
+                .recover_from_panic(&self.opts, sim, before + 1, &*payload)?;
+            self.run.busy += t0.elapsed();
+            return Ok(());
+        }
+        if self.run.ticks == 0 {
+            self.run.first_tick_seconds = (self.run.busy + t0.elapsed()).as_secs_f64();
+        }
+        self.run.ticks += 1;
+        let after = self.run.after_tick(&self.opts, &mut self.sim);
+        self.run.busy += t0.elapsed();
+        after
     }
-    let end = RunEnd {
-        scenario: source.name(),
-        seed,
-        seconds,
-        spawn_seconds,
-        ground_truth,
-        recovery,
-        durability,
-        wal_stats,
-        blackbox_failed,
-    };
-    let summary = summarize(opts, &mut sim, run, end);
-    Ok((summary, sim))
+
+    /// Ticks completed (those recovered from a WAL included).
+    pub fn tick(&self) -> u64 {
+        self.sim.tick()
+    }
+
+    /// The simulation.
+    pub fn sim(&self) -> &Simulation {
+        &self.sim
+    }
+
+    /// The simulation, mutable: commands go through it
+    /// ([`Simulation::apply`]), and are journaled with the next tick.
+    pub fn sim_mut(&mut self) -> &mut Simulation {
+        &mut self.sim
+    }
+
+    /// The run's ground truth (labels per token id, for the ARI).
+    pub fn ground_truth(&self) -> &GroundTruth {
+        &self.ground_truth
+    }
+
+    /// Replaces the ground truth (for tokens spawned by the caller with labels).
+    pub fn set_ground_truth(&mut self, truth: GroundTruth) {
+        self.ground_truth = truth;
+    }
+
+    /// The summary so far, as `neurograph run --json` prints it at the end
+    /// (with the WAL counters as of now; `seconds` counts time spent in
+    /// [`step`](Self::step) only).
+    pub fn summary(&mut self) -> RunSummary {
+        let wal_stats = self
+            .sim
+            .world()
+            .get_resource::<Journal>()
+            .map(Journal::stats)
+            .unwrap_or_default();
+        summarize(self, wal_stats, None)
+    }
+
+    /// Ends the run: closes the WAL (a final snapshot, everything durable),
+    /// writes the black box asked for, and returns the summary and the world.
+    ///
+    /// # Errors
+    /// [`RunError::Wal`] when the WAL cannot be closed.
+    pub fn close(mut self) -> Result<(RunSummary, Simulation), RunError> {
+        let opts = &self.opts;
+        let wal_stats = match wal::close(&mut self.sim) {
+            Ok(s) => s,
+            Err(e) => {
+                let err = RunError::Wal(e);
+                fatal_dump(&mut self.sim, opts, &err);
+                return Err(err);
+            }
+        };
+        let mut blackbox_failed = None;
+        if opts.blackbox.is_some() {
+            let bb = self.sim.world().resource::<BlackBox>();
+            match try_dump_blackbox(bb, opts.blackbox.as_deref(), "end") {
+                Ok(p) => self.run.dumps.push(p),
+                Err(e) => blackbox_failed = Some(e),
+            }
+        }
+        if opts.report_durable && self.durability.is_some() && !self.run.reader_gone {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "durable {}", self.sim.tick()).and_then(|()| out.flush());
+        }
+        let summary = summarize(&mut self, wal_stats, blackbox_failed);
+        Ok((summary, self.sim))
+    }
 }
 
 /// Builds the run's world: recovered from its WAL when the directory holds
@@ -715,7 +879,8 @@ fn progress_bar(opts: &RunOptions, len: u64) -> Option<indicatif::ProgressBar> {
 /// A run's loop state.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
-    start: Instant,
+    /// Time spent in ticks (and the checks after each).
+    busy: std::time::Duration,
     start_tick: u64,
     /// Ticks run by this process (recovered ones are not run again).
     ticks: u64,
@@ -730,25 +895,12 @@ struct Progress {
     dumps: Vec<PathBuf>,
 }
 
-/// What the end of a run knows besides the world and the loop.
-struct RunEnd {
-    scenario: String,
-    seed: u64,
-    seconds: f64,
-    spawn_seconds: f64,
-    ground_truth: GroundTruth,
-    recovery: Option<RecoveryReport>,
-    durability: Option<String>,
-    wal_stats: wal::WalStats,
-    blackbox_failed: Option<String>,
-}
-
 impl Progress {
     /// The state as the loop starts, at `start_tick`.
     fn new(bar: Option<indicatif::ProgressBar>, start_tick: u64) -> Self {
         Self {
             bar,
-            start: Instant::now(),
+            busy: std::time::Duration::ZERO,
             start_tick,
             ticks: 0,
             first_tick_seconds: 0.0,
@@ -959,19 +1111,23 @@ fn fail(sim: &mut Simulation, opts: &RunOptions, err: RunError) -> RunError {
     err
 }
 
-/// The run summary, from the world after the run, the loop and the rest.
-fn summarize(opts: &RunOptions, sim: &mut Simulation, run: Progress, end: RunEnd) -> RunSummary {
-    let RunEnd {
-        scenario: scenario_name,
-        seed,
-        seconds,
-        spawn_seconds,
+/// The run summary, from the session's world, loop and the rest.
+fn summarize(
+    session: &mut Session,
+    wal_stats: wal::WalStats,
+    blackbox_failed: Option<String>,
+) -> RunSummary {
+    let Session {
+        opts,
+        sim,
+        run,
         ground_truth,
         recovery,
         durability,
-        wal_stats,
-        blackbox_failed,
-    } = end;
+        ..
+    } = session;
+    let (seed, spawn_seconds, seconds) =
+        (session.seed, session.spawn_seconds, run.busy.as_secs_f64());
     let Progress {
         ticks: ticks_run,
         start_tick,
@@ -979,9 +1135,9 @@ fn summarize(opts: &RunOptions, sim: &mut Simulation, run: Progress, end: RunEnd
         interrupted,
         panics,
         recoveries,
-        dumps,
+        ref dumps,
         ..
-    } = run;
+    } = *run;
     let tokens = sim.token_count();
     let violations = sim.violations().clone();
     let peak = peak_rss_bytes().unwrap_or(0);
@@ -995,7 +1151,7 @@ fn summarize(opts: &RunOptions, sim: &mut Simulation, run: Progress, end: RunEnd
     let learn = sim.learn_stats();
     let per_s = |x: f64| if seconds > 0.0 { x / seconds } else { 0.0 };
     RunSummary {
-        scenario: scenario_name,
+        scenario: session.scenario.clone(),
         seed,
         tokens,
         links: sim.link_count(),
@@ -1058,16 +1214,16 @@ fn summarize(opts: &RunOptions, sim: &mut Simulation, run: Progress, end: RunEnd
                 uploaded_bytes: total.uploaded_bytes,
                 readback_bytes: total.readback_bytes,
             }),
-        wal_durability: durability,
+        wal_durability: durability.clone(),
         wal_bytes: wal_stats.bytes,
         wal_fsyncs: wal_stats.fsyncs,
         wal_records: wal_stats.records,
         wal_snapshots: wal_stats.snapshots,
-        recovery,
+        recovery: recovery.clone(),
         panics,
         recoveries: recoveries as u64,
         blackbox_events: sim.world().resource::<BlackBox>().recorded(),
-        blackbox_dumps: dumps,
+        blackbox_dumps: dumps.clone(),
         blackbox_failed,
         trace: opts.trace.as_ref().map(|t| {
             t.sampler.flush();
