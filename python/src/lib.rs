@@ -22,12 +22,14 @@ use std::path::PathBuf;
 
 /// The session, movable between Python threads.
 ///
-/// `neurograph::sim::Simulation` is not `Send` only because bevy's `App`
-/// keeps a `Box<dyn FnOnce(App)>` runner, which the engine never sets (the
-/// default runner is a plain function), and its world holds no non-`Send`
-/// resource. pyo3's borrow flag gives one thread at a time `&mut` access
-/// (another thread's call while `step` runs is refused with "already
-/// borrowed"), so sharing the handle between threads is sound.
+/// `neurograph::sim::Simulation` is neither `Send` nor `Sync` only because of
+/// closures bevy's `App` keeps: its runner (`Box<dyn FnOnce(App)>`, never
+/// called here: the engine steps the world itself) and its sub-apps' extract
+/// functions (`Send` but not `Sync`; the engine has no sub-app). Its world is
+/// `Send + Sync` and holds no non-`Send` resource, and the tick runs on the
+/// engine's own thread pool. pyo3's borrow flag gives one thread at a time
+/// `&mut` access (another thread's call while `step` runs is refused with
+/// "already borrowed"), so sharing the handle between threads is sound.
 struct Shared(Session);
 // SAFETY: see the type's documentation: nothing in the session is tied to a
 // thread, and pyo3 serialises access through its borrow flag.
@@ -88,6 +90,7 @@ fn command_error(e: CommandError) -> PyErr {
 
 fn run_error(e: RunError) -> PyErr {
     match e {
+        RunError::Command(CommandError::Quota(_)) => PyRuntimeError::new_err(e.to_string()),
         RunError::Config(_) | RunError::Cdna(_) | RunError::Input(_) | RunError::Command(_) => {
             value_error(e)
         }
@@ -344,22 +347,22 @@ impl Simulation {
         Self::open(py, opts)
     }
 
-    /// Builds a simulation of a data set of any dimension `D >= 8`: `X` `(N, D)`
-    /// is reduced to 8D by PCA and scaled so that the median distance to the
-    /// 10th nearest neighbour is 1.1 field radii (or by `scale`, when
-    /// given). `labels` (and `groups`, coarse) `(N,)` non-negative integers
-    /// become the ground truth of the ARI in `summary()`; without `groups` the
-    /// labels serve for both levels. The reduction is reported by the
+    /// Builds a simulation of a data set of any dimension `8 <= D <= 4096`:
+    /// `X` `(N, D)` (any real dtype) is reduced to 8D by PCA and scaled so that
+    /// the median distance to the 10th nearest neighbour is 1.1 field radii
+    /// (or by `scale`, when given). `labels` (fine) and `groups` (coarse)
+    /// `(N,)` non-negative integers become the ground truth of the ARI in
+    /// `summary()`; either one alone serves for both levels. The reduction is reported by the
     /// `embedding` property (explained variance, the scale chosen).
     ///
     /// Raises `ValueError` for a bad shape, a NaN or infinite value (naming
     /// the row and column), a bad scale, or labels of the wrong length.
     #[staticmethod]
-    #[pyo3(name = "from_embeddings", signature = (x, labels=None, groups=None, *, scale=None, seed=None, cdna=None, config=None, wal=None, durability=None, snapshot_every=None, threads=None, memory_budget=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(name = "from_embeddings", signature = (X, labels=None, groups=None, *, scale=None, seed=None, cdna=None, config=None, wal=None, durability=None, snapshot_every=None, threads=None, memory_budget=None))]
+    #[allow(clippy::too_many_arguments, non_snake_case)]
     fn from_embeddings<'py>(
         py: Python<'py>,
-        x: PyArrayLike2<'py, f64, AllowTypeChange>,
+        X: PyArrayLike2<'py, f64, AllowTypeChange>,
         labels: Option<PyArrayLike1<'py, i64, AllowTypeChange>>,
         groups: Option<PyArrayLike1<'py, i64, AllowTypeChange>>,
         scale: Option<f64>,
@@ -372,7 +375,7 @@ impl Simulation {
         threads: Option<usize>,
         memory_budget: Option<u64>,
     ) -> PyResult<Self> {
-        let a = x.as_array();
+        let a = X.as_array();
         let (rows, dims) = a.dim();
         let values: Vec<f64> = a.iter().copied().collect();
         let label_column = |l: &Option<PyArrayLike1<'py, i64, AllowTypeChange>>, name: &str| {
@@ -382,7 +385,7 @@ impl Simulation {
             let l = l.as_array();
             if l.len() != rows {
                 return Err(value_error(format!(
-                    "{name} has {} rows; x has {rows}",
+                    "{name} has {} rows; X has {rows}",
                     l.len()
                 )));
             }
@@ -456,7 +459,10 @@ impl Simulation {
                 self.session = None;
                 return Err(PyRuntimeError::new_err(e.to_string()));
             }
-            py.check_signals()?;
+            if let Err(e) = py.check_signals() {
+                shared.0.mark_interrupted();
+                return Err(e);
+            }
         }
         Ok(self.session()?.tick())
     }
@@ -549,8 +555,11 @@ impl Simulation {
                 }
             }
         }
+        if level > h.levels.len() {
+            of.clear();
+        }
         // Walk the token → group map up to `level`.
-        for k in 1..level {
+        for k in 1..level.min(h.levels.len()) {
             let mut parent = std::collections::HashMap::new();
             if let Some(groups) = h.levels.get(k) {
                 for g in groups {
@@ -757,7 +766,27 @@ impl Simulation {
 
     /// Ends the run: closes the WAL (a final snapshot; everything durable)
     /// and returns the final summary. The simulation cannot be used after.
+    ///
+    /// With a WAL, commands applied since the last tick are journaled with the
+    /// next tick: `close()` then raises `RuntimeError` and closes nothing
+    /// (`step()` once first).
     fn close<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let pending = {
+            let sim = self.session()?.sim();
+            let world = sim.world();
+            let journaled = world.get_resource::<neurograph::wal::Journal>().is_some();
+            let applied = world
+                .get_resource::<neurograph::model::commands::CommandLog>()
+                .map_or(0, |l| l.applied.len());
+            (journaled && applied > 0).then(|| (applied, sim.tick()))
+        };
+        if let Some((applied, tick)) = pending {
+            let what = if applied == 1 { "command" } else { "commands" };
+            return Err(PyRuntimeError::new_err(format!(
+                "{applied} {what} applied after tick {tick} not in the WAL yet (commands are \
+                 journaled with the next tick): step() once, then close(); nothing was closed"
+            )));
+        }
         let Some(shared) = self.session.take() else {
             return Err(self.ended_error());
         };
@@ -817,7 +846,7 @@ fn recover<'py>(py: Python<'py>, dir: PathBuf) -> PyResult<Bound<'py, PyAny>> {
             )
             .map(|r| r.report)
         })
-        .map_err(|e| PyRuntimeError::new_err(format!("{}: {e}", dir.display())))?;
+        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     json_to_py(py, &to_json(&report)?)
 }
 

@@ -72,12 +72,90 @@ def test_bad_embeddings_are_refused():
         neurograph.Simulation.from_embeddings(bad)
     with pytest.raises(ValueError, match="scale = -1"):
         neurograph.Simulation.from_embeddings(x, scale=-1.0)
-    with pytest.raises(ValueError, match="labels has 3 rows; x has 50"):
+    with pytest.raises(ValueError, match="labels has 3 rows; X has 50"):
         neurograph.Simulation.from_embeddings(x, labels=[1, 2, 3])
     with pytest.raises(ValueError, match=r"labels\[0\] = -1"):
         neurograph.Simulation.from_embeddings(x, labels=np.full(50, -1))
-    with pytest.raises(ValueError, match="coincide"):
+    with pytest.raises(ValueError, match="duplicates"):
         neurograph.Simulation.from_embeddings(np.ones((20, 10)))
+    with pytest.raises(ValueError, match="every value is 0"):
+        neurograph.Simulation.from_embeddings(np.zeros((20, 10)))
+
+
+def test_duplicates_and_extreme_units_are_handled():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(200, 12))
+    # Each point 11 times: the duplicates do not count as neighbours.
+    dup = np.repeat(base, 11, axis=0)
+    assert neurograph.Simulation.from_embeddings(dup).embedding["auto_scale"] > 0
+    # A given scale needs no distances at all.
+    given = neurograph.Simulation.from_embeddings(np.ones((20, 10)), scale=1.0)
+    assert given.embedding["scale"] == 1.0 and given.embedding["auto_scale"] is None
+    ref = neurograph.Simulation.from_embeddings(base).positions()
+    for unit in (1e300, 1e-300):
+        p = neurograph.Simulation.from_embeddings(base * unit).positions()
+        assert np.allclose(p, ref, atol=1e-5), unit
+
+
+def test_groups_alone_are_the_ground_truth(digits):
+    x, y = digits
+    sim = neurograph.Simulation.from_embeddings(x[:300], groups=y[:300])
+    sim.step(5)
+    assert sim.summary()["labelled_tokens"] == 300
+
+
+def test_npy_orders_and_dtypes(tmp_path, cli):
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 16, size=(120, 10))
+    outs = {}
+    for name, arr in {
+        "c64": x.astype(np.float64),
+        "fortran": np.asfortranarray(x.astype(np.float64)),
+        "int32": x.astype(np.int32),
+        "uint8": x.astype(np.uint8),
+        "float32": x.astype(np.float32),
+    }.items():
+        np.save(tmp_path / f"{name}.npy", arr)
+        subprocess.run(
+            [cli, "import", "--input", str(tmp_path / f"{name}.npy"), "--out", str(tmp_path / f"{name}.csv")],
+            check=True, capture_output=True, text=True,
+        )
+        outs[name] = np.loadtxt(tmp_path / f"{name}.csv", delimiter=",", skiprows=1)
+    for name, pts in outs.items():
+        assert np.allclose(pts, outs["c64"], atol=1e-5), name
+    np.save(tmp_path / "f16.npy", x.astype(np.float16))
+    r = subprocess.run(
+        [cli, "import", "--input", str(tmp_path / "f16.npy"), "--out", str(tmp_path / "f16.csv")],
+        capture_output=True, text=True,
+    )
+    assert r.returncode != 0 and "not supported" in r.stderr
+
+
+def test_cli_import_of_a_labelled_csv(tmp_path, cli, digits):
+    x, y = digits
+    x, y = x[:400], y[:400]
+    with open(tmp_path / "d.csv", "w") as f:
+        f.write(",".join(f"f{i}" for i in range(64)) + ",label\n")
+        for row, label in zip(x, y):
+            f.write(",".join(str(v) for v in row) + f",digit-{label}\n")
+    subprocess.run(
+        [cli, "import", "--input", str(tmp_path / "d.csv"), "--out", str(tmp_path / "t.csv")],
+        check=True, capture_output=True, text=True,
+    )
+    sim = neurograph.Simulation.from_csv(str(tmp_path / "t.csv"))
+    direct = neurograph.Simulation.from_embeddings(x, labels=y)
+    assert np.allclose(sim.positions(), direct.positions(), atol=1e-6)
+    sim.step(5)
+    assert sim.summary()["labelled_tokens"] == 400
+    # A file without a header is refused, not read one row short.
+    with open(tmp_path / "bare.csv", "w") as f:
+        for row in x[:20]:
+            f.write(",".join(str(v) for v in row) + "\n")
+    r = subprocess.run(
+        [cli, "import", "--input", str(tmp_path / "bare.csv"), "--out", str(tmp_path / "b.csv")],
+        capture_output=True, text=True,
+    )
+    assert r.returncode != 0 and "header" in r.stderr
 
 
 def test_cli_import_gives_the_same_world(digits, tmp_path, cli):

@@ -17,9 +17,11 @@
 //!    [`KNN_TARGET`]` · R`. A multiplied input gives the same points, up to
 //!    rounding. The scale chosen is reported and can be overridden.
 //!
-//! Cost: `O(n·D²)` for the covariance, `O(D³)` for the eigensolver, and
-//! `O(min(n, 1000) · n)` distances for the scale (brute force, in parallel):
-//! about a second at `n` = 1M. The whole matrix is held in memory as `f64`.
+//! Cost: `O(n·D²)` for the covariance (16 `D × D` partial sums, gemm over
+//! blocks of 512 rows), `O(D³)` for the eigensolver (`D` ≤ [`MAX_DIMS`]), and
+//! `O(min(n, 1000) · n)` 8D distances for the scale (brute force, in
+//! parallel). The whole matrix is held in memory as `f64`, twice (the input
+//! and a copy in units of its largest magnitude).
 
 use crate::model::components::TokenSpec;
 use crate::model::math::Vec8;
@@ -34,6 +36,12 @@ pub const KNN_K: usize = 10;
 pub const KNN_TARGET: f64 = 1.1;
 /// Points whose k-NN distance is measured (evenly spaced through the data).
 pub const SCALE_SAMPLE: usize = 1000;
+/// The most input dimensions taken (the eigensolver is `O(D³)`).
+pub const MAX_DIMS: usize = 4096;
+/// Parts of the rows whose covariances are summed in order.
+const COV_PARTS: usize = 16;
+/// Rows per `Bᵀ·B` update.
+const COV_BLOCK: usize = 512;
 
 /// Why a data set cannot be brought in.
 #[derive(Debug, thiserror::Error)]
@@ -74,10 +82,12 @@ pub struct Embedding {
     pub explained_variance_ratio: [f64; 8],
     /// Their sum: the fraction of the variance the 8D points keep.
     pub explained_variance: f64,
-    /// The median distance to the [`KNN_K`]-th neighbour in 8D before scaling,
-    /// in the input's units.
+    /// The median distance to the [`KNN_K`]-th neighbour (exact duplicates
+    /// left out) in 8D before scaling, in the input's units; 0 when none could
+    /// be measured (then a scale was given).
     pub knn_median: f64,
-    /// The scale [`KNN_TARGET`]` / knn_median` taken from the data.
+    /// The scale [`KNN_TARGET`]` / knn_median` taken from the data (NaN when
+    /// it could not be: then a scale was given).
     pub auto_scale: f64,
     /// The scale applied (the automatic one unless overridden).
     pub scale: f64,
@@ -91,10 +101,10 @@ pub struct Embedding {
 /// automatic scale, or `scale` when given).
 ///
 /// # Errors
-/// [`EmbedError::Shape`] when `x` is not `rows × dims` with `dims ≥ 8` and
-/// `rows ≥ 2`; [`EmbedError::NotFinite`] naming the first NaN or infinite
-/// value; [`EmbedError::Scale`] when `scale` is not positive and finite, or no
-/// scale can be taken from the data (its points coincide).
+/// [`EmbedError::Shape`] when `x` is not `rows × dims` with
+/// `8 ≤ dims ≤ MAX_DIMS` and `rows ≥ 2`; [`EmbedError::NotFinite`] naming the first NaN or infinite
+/// value; [`EmbedError::Scale`] when `scale` is not positive and finite, or,
+/// without `scale`, when none can be taken from the data (its points coincide).
 pub fn reduce(
     x: &[f64],
     rows: usize,
@@ -126,8 +136,24 @@ pub fn reduce(
             "scale = {s}: must be a positive finite number"
         )));
     }
-    let (axes, ratio) = principal_axes(x, rows, dims);
-    let mean = column_means(x, rows, dims);
+    if dims > MAX_DIMS {
+        return Err(EmbedError::Shape(format!(
+            "the data have {dims} dimensions; at most {MAX_DIMS} are taken (the PCA diagonalises a \
+             dims × dims covariance)"
+        )));
+    }
+    // Work in units of the largest magnitude, so that neither huge nor tiny
+    // inputs overflow or underflow; the result does not depend on the unit.
+    let unit = x.iter().fold(0f64, |m, v| m.max(v.abs()));
+    if unit == 0.0 {
+        return Err(EmbedError::Scale(
+            "every value is 0: the points coincide, so no length scale can be taken from them"
+                .into(),
+        ));
+    }
+    let x: Vec<f64> = x.iter().map(|v| v / unit).collect();
+    let (axes, ratio) = principal_axes(&x, rows, dims);
+    let mean = column_means(&x, rows, dims);
     let projected: Vec<[f64; 8]> = x
         .par_chunks(dims)
         .map(|row| {
@@ -143,19 +169,25 @@ pub fn reduce(
             p
         })
         .collect();
-    let knn_median = median_knn_distance(&projected, KNN_K.min(rows - 1));
-    if knn_median.is_nan() || knn_median <= 0.0 {
-        return Err(EmbedError::Scale(format!(
-            "the median distance to the {}th nearest neighbour is {knn_median}: the points \
-             (after reduction to 8D) coincide, so no length scale can be taken from them",
-            KNN_K.min(rows - 1)
-        )));
-    }
-    let auto_scale = KNN_TARGET / knn_median;
-    let scale = scale.unwrap_or(auto_scale);
+    drop(x);
+    let k = KNN_K.min(rows - 1);
+    // In input units. Exact duplicates (distance 0) are left out of the median.
+    let knn_median = median_knn_distance(&projected, k).map(|d| d * unit);
+    let auto_scale = knn_median.map(|d| KNN_TARGET / d);
+    let scale = match (scale, auto_scale) {
+        (Some(s), _) => s,
+        (None, Some(a)) => a,
+        (None, None) => {
+            return Err(EmbedError::Scale(format!(
+                "every sampled point has {k} exact duplicates or more (after reduction to 8D), \
+                 so no length scale can be taken from the distances to their {k}th nearest \
+                 neighbours; give the scale"
+            )));
+        }
+    };
     let points = projected
         .iter()
-        .map(|p| Vec8::from_array(p.map(|v| (v * scale) as f32)))
+        .map(|p| Vec8::from_array(p.map(|v| (v * unit * scale) as f32)))
         .collect();
     Ok(Embedding {
         rows,
@@ -163,11 +195,11 @@ pub fn reduce(
         points,
         explained_variance: ratio.iter().sum(),
         explained_variance_ratio: ratio,
-        knn_median,
-        auto_scale,
+        knn_median: knn_median.unwrap_or(0.0),
+        auto_scale: auto_scale.unwrap_or(f64::NAN),
         scale,
-        knn_k: KNN_K.min(rows - 1),
-        knn_target: knn_median * scale,
+        knn_k: k,
+        knn_target: knn_median.unwrap_or(0.0) * scale,
     })
 }
 
@@ -186,31 +218,28 @@ fn column_means(x: &[f64], rows: usize, dims: usize) -> Vec<f64> {
 /// and the fraction of the variance along each.
 fn principal_axes(x: &[f64], rows: usize, dims: usize) -> ([Vec<f64>; 8], [f64; 8]) {
     let mean = column_means(x, rows, dims);
-    // Covariance, accumulated per block of rows in parallel (fixed blocks, so
-    // the sum's order does not depend on the thread count).
+    // Covariance as a sum over a fixed number of contiguous parts of the rows
+    // (so the order of the sum does not depend on the thread count), each
+    // accumulated as `Bᵀ·B` over blocks of centred rows (nalgebra's gemm).
+    let part = rows.div_ceil(COV_PARTS).max(1);
     let cov = x
-        .par_chunks(dims * 256)
-        .map(|block| {
+        .par_chunks(part * dims)
+        .map(|rows_of_part| {
             let mut c = nalgebra::DMatrix::<f64>::zeros(dims, dims);
-            for row in block.chunks(dims) {
-                let centred: Vec<f64> = row.iter().zip(&mean).map(|(v, m)| v - m).collect();
-                for i in 0..dims {
-                    for j in i..dims {
-                        c[(i, j)] += centred[i] * centred[j];
-                    }
+            for block in rows_of_part.chunks(COV_BLOCK * dims) {
+                let r = block.len() / dims;
+                let mut b = nalgebra::DMatrix::<f64>::from_row_slice(r, dims, block);
+                for (j, mut col) in b.column_iter_mut().enumerate() {
+                    col.add_scalar_mut(-mean[j]);
                 }
+                c.gemm_tr(1.0, &b, &b, 1.0);
             }
             c
         })
         .collect::<Vec<_>>()
         .into_iter()
         .fold(nalgebra::DMatrix::<f64>::zeros(dims, dims), |a, b| a + b);
-    let mut cov = cov / (rows - 1) as f64;
-    for i in 0..dims {
-        for j in 0..i {
-            cov[(i, j)] = cov[(j, i)];
-        }
-    }
+    let cov = cov / (rows - 1) as f64;
     let eig = nalgebra::SymmetricEigen::new(cov);
     let mut order: Vec<usize> = (0..dims).collect();
     order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
@@ -238,48 +267,51 @@ fn principal_axes(x: &[f64], rows: usize, dims: usize) -> ([Vec<f64>; 8], [f64; 
 }
 
 /// The median, over up to [`SCALE_SAMPLE`] evenly spaced points, of the
-/// distance to their `k`-th nearest other point (brute force over all points).
-fn median_knn_distance(points: &[[f64; 8]], k: usize) -> f64 {
+/// distance to their `k`-th nearest other point at a positive distance (brute
+/// force over all points; exact duplicates do not count as neighbours), or
+/// `None` when no sampled point has `k` such neighbours.
+fn median_knn_distance(points: &[[f64; 8]], k: usize) -> Option<f64> {
     let n = points.len();
     let m = n.min(SCALE_SAMPLE);
     let mut d: Vec<f64> = (0..m)
         .into_par_iter()
-        .map(|s| {
+        .filter_map(|s| {
             let i = s * n / m;
             let q = points[i];
-            // The k smallest squared distances to other points, kept sorted.
+            // The k smallest positive squared distances, kept sorted.
             let mut best = vec![f64::INFINITY; k];
-            for (j, p) in points.iter().enumerate() {
-                if j == i {
-                    continue;
-                }
+            for p in points {
                 let d2: f64 = q.iter().zip(p).map(|(a, b)| (a - b) * (a - b)).sum();
-                if d2 < best[k - 1] {
+                if d2 > 0.0 && d2 < best[k - 1] {
                     let at = best.partition_point(|&b| b <= d2);
                     best.insert(at, d2);
                     best.pop();
                 }
             }
-            best[k - 1].sqrt()
+            best[k - 1].is_finite().then(|| best[k - 1].sqrt())
         })
         .collect();
+    if d.is_empty() {
+        return None;
+    }
     d.sort_by(f64::total_cmp);
-    d[d.len() / 2]
+    Some(d[d.len() / 2])
 }
 
 /// The tokens of an embedding (default charge, mass, radius and strength,
-/// at rest), with `labels` as fine ground truth and `groups` (or, without
-/// them, the labels again) as coarse ground truth.
+/// at rest), with `labels` as fine ground truth and `groups` as coarse ground
+/// truth; either one alone serves for both.
 pub fn tokens(e: &Embedding, labels: Option<&[u32]>, groups: Option<&[u32]>) -> Vec<Generated> {
     e.points
         .iter()
         .enumerate()
         .map(|(i, &p)| {
             let label = labels.map(|l| l[i]);
+            let group = groups.map(|g| g[i]);
             Generated {
                 spec: TokenSpec::at(p),
-                label,
-                group: groups.map(|g| g[i]).or(label),
+                label: label.or(group),
+                group: group.or(label),
             }
         })
         .collect()
@@ -309,49 +341,7 @@ pub struct DataSet {
 pub fn read_data(path: &Path) -> Result<DataSet, EmbedError> {
     let err = |m: String| EmbedError::File(format!("{}: {m}", path.display()));
     match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => {
-            let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-            let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| err(e.to_string()))?;
-            let shape = npy.shape().to_vec();
-            if shape.len() != 2 {
-                return Err(err(format!(
-                    "an array of shape {shape:?}: a 2-D array (rows, dims) is needed"
-                )));
-            }
-            let (rows, dims) = (shape[0] as usize, shape[1] as usize);
-            let values: Vec<f64> = match npy.dtype() {
-                npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float => {
-                    match t.size_field() {
-                        4 => npy
-                            .into_vec::<f32>()
-                            .map_err(|e| err(e.to_string()))?
-                            .into_iter()
-                            .map(f64::from)
-                            .collect(),
-                        _ => npy.into_vec::<f64>().map_err(|e| err(e.to_string()))?,
-                    }
-                }
-                npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Int => npy
-                    .into_vec::<i64>()
-                    .map_err(|e| err(e.to_string()))?
-                    .into_iter()
-                    .map(|v| v as f64)
-                    .collect(),
-                other => {
-                    return Err(err(format!(
-                        "dtype {}: floats or integers are needed",
-                        other.descr()
-                    )));
-                }
-            };
-            Ok(DataSet {
-                values,
-                rows,
-                dims,
-                labels: None,
-                label_names: Vec::new(),
-            })
-        }
+        Some("npy") => read_npy(path),
         Some("csv") => read_csv(path),
         _ => Err(err(
             "unknown file type: .csv or .npy (a 2-D array) is needed".into(),
@@ -359,10 +349,129 @@ pub fn read_data(path: &Path) -> Result<DataSet, EmbedError> {
     }
 }
 
+/// Reads a 2-D `.npy` of floats (32 or 64 bits), integers or booleans, in C
+/// or Fortran order.
+fn read_npy(path: &Path) -> Result<DataSet, EmbedError> {
+    use npyz::TypeChar;
+    let err = |m: String| EmbedError::File(format!("{}: {m}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| err(e.to_string()))?;
+    let shape = npy.shape().to_vec();
+    if shape.len() != 2 {
+        return Err(err(format!(
+            "an array of shape {shape:?}: a 2-D array (rows, dims) is needed"
+        )));
+    }
+    let (rows, dims) = (shape[0] as usize, shape[1] as usize);
+    let fortran = npy.order() == npyz::Order::Fortran;
+    let dtype = npy.dtype();
+    let read = |e: std::io::Error| err(e.to_string());
+    let values: Vec<f64> = match &dtype {
+        npyz::DType::Plain(t) => match (t.type_char(), t.size_field()) {
+            (TypeChar::Float, 4) => npy
+                .into_vec::<f32>()
+                .map_err(read)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            (TypeChar::Float, 8) => npy.into_vec::<f64>().map_err(read)?,
+            (TypeChar::Int, 1) => npy
+                .into_vec::<i8>()
+                .map_err(read)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            (TypeChar::Int, 2) => npy
+                .into_vec::<i16>()
+                .map_err(read)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            (TypeChar::Int, 4) => npy
+                .into_vec::<i32>()
+                .map_err(read)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            (TypeChar::Int, 8) => npy
+                .into_vec::<i64>()
+                .map_err(read)?
+                .into_iter()
+                .map(|v| v as f64)
+                .collect(),
+            (TypeChar::Uint, 1) => npy
+                .into_vec::<u8>()
+                .map_err(read)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            (TypeChar::Uint, 2) => npy
+                .into_vec::<u16>()
+                .map_err(read)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            (TypeChar::Uint, 4) => npy
+                .into_vec::<u32>()
+                .map_err(read)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            (TypeChar::Uint, 8) => npy
+                .into_vec::<u64>()
+                .map_err(read)?
+                .into_iter()
+                .map(|v| v as f64)
+                .collect(),
+            (TypeChar::Bool, _) => npy
+                .into_vec::<bool>()
+                .map_err(read)?
+                .into_iter()
+                .map(|b| f64::from(u8::from(b)))
+                .collect(),
+            _ => {
+                return Err(err(format!(
+                    "dtype {}: not supported (float32, float64, integers of 8 to 64 bits or bool are)",
+                    dtype.descr()
+                )));
+            }
+        },
+        _ => {
+            return Err(err(format!(
+                "dtype {}: a structured array; a plain 2-D array of numbers is needed",
+                dtype.descr()
+            )));
+        }
+    };
+    // Fortran order stores column after column: bring it to rows.
+    let values = if fortran {
+        let mut by_row = vec![0f64; values.len()];
+        for (k, v) in values.into_iter().enumerate() {
+            let (col, row) = (k / rows.max(1), k % rows.max(1));
+            by_row[row * dims + col] = v;
+        }
+        by_row
+    } else {
+        values
+    };
+    Ok(DataSet {
+        values,
+        rows,
+        dims,
+        labels: None,
+        label_names: Vec::new(),
+    })
+}
+
 fn read_csv(path: &Path) -> Result<DataSet, EmbedError> {
     let err = |m: String| EmbedError::File(format!("{}: {m}", path.display()));
     let mut r = csv::Reader::from_path(path).map_err(|e| err(e.to_string()))?;
     let header = r.headers().map_err(|e| err(e.to_string()))?.clone();
+    if header.iter().all(|h| h.trim().parse::<f64>().is_ok()) {
+        return Err(err(
+            "line 1 holds only numbers: a header naming the columns is needed".into(),
+        ));
+    }
     let label_col = header.iter().position(|h| h.trim() == "label");
     let dims = header.len() - usize::from(label_col.is_some());
     let mut values = Vec::new();

@@ -734,6 +734,12 @@ impl Session {
         after
     }
 
+    /// Marks the run as stopped early by its caller (the summary's
+    /// `interrupted`), as Ctrl-C does in `neurograph run`.
+    pub fn mark_interrupted(&mut self) {
+        self.run.interrupted = true;
+    }
+
     /// Ticks completed (those recovered from a WAL included).
     pub fn tick(&self) -> u64 {
         self.sim.tick()
