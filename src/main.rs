@@ -90,6 +90,10 @@ enum Command {
     /// k-nearest-neighbour distances; writes a CSV that `run --input` reads (a
     /// `label` column is kept as ground truth for the ARI).
     Import(ImportArgs),
+    /// An interactive session on a simulation (a scenario, --input, or a WAL to
+    /// resume): /help /status /stats /step N /query /token /spawn /link /despawn
+    /// /save /quit, with line editing and history.
+    Repl(Box<ReplArgs>),
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -292,6 +296,47 @@ struct GenerateArgs {
     /// The CSV file to write.
     #[arg(long, value_name = "FILE.csv")]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct ReplArgs {
+    /// Scenario name (see `neurograph scenarios`).
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Number of tokens.
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// RNG seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Load tokens from a CSV file instead of a scenario.
+    #[arg(long, conflicts_with_all = ["scenario", "tokens"])]
+    input: Option<PathBuf>,
+    /// CDNA file (TOML).
+    #[arg(long, conflicts_with = "profile")]
+    cdna: Option<PathBuf>,
+    /// CDNA profile: default, explorer, analyst, creative, custom.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Run configuration file (TOML); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Journal every tick to a write-ahead log in DIR; a WAL of the same run
+    /// there is resumed.
+    #[arg(long, value_name = "DIR")]
+    wal: Option<PathBuf>,
+    /// When journaled ticks reach the disk: sync, batched (default) or off.
+    #[arg(long, requires = "wal", value_name = "POLICY")]
+    durability: Option<Durability>,
+    /// Worker threads (0 = one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Memory budget in bytes (quotas.memory_budget_bytes).
+    #[arg(long, value_name = "BYTES")]
+    memory_budget: Option<u64>,
+    /// The history file (default: $HOME/.neurograph_history; none without HOME).
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -1176,6 +1221,106 @@ fn plot(args: PlotArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn repl(args: ReplArgs) -> Result<(), String> {
+    use neurograph::app::repl::{Next, Repl};
+    use rustyline::error::ReadlineError;
+    let mut config = match &args.config {
+        Some(p) => RunConfig::load(p).map_err(|e| e.to_string())?,
+        None => RunConfig::default(),
+    };
+    macro_rules! over {
+        ($($f:ident),*) => { $( if args.$f.is_some() { config.$f = args.$f.clone(); } )* };
+    }
+    over!(scenario, tokens, seed, cdna, profile, input);
+    if args.cdna.is_some() {
+        config.profile = None;
+    }
+    if args.profile.is_some() {
+        config.cdna = None;
+    }
+    if args.input.is_some() {
+        (config.scenario, config.tokens) = (None, None);
+    }
+    if let Some(t) = args.threads {
+        config.sim.threads = t;
+    }
+    if let Some(d) = args.durability {
+        config.wal.durability = d;
+    }
+    if let Some(b) = args.memory_budget {
+        config.quotas.memory_budget_bytes = b;
+    }
+    let session = runner::Session::open(RunOptions {
+        config,
+        wal_dir: args.wal.clone(),
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let mut repl = Repl { session };
+    // Ctrl-C while ticks run (the terminal is not in raw mode then) stops
+    // /step between ticks; at the prompt the line editor takes it.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    let mut rl = rustyline::DefaultEditor::new().map_err(|e| e.to_string())?;
+    let history = args
+        .history
+        .clone()
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".neurograph_history")));
+    if let Some(h) = &history
+        && let Err(e) = rl.load_history(h)
+        && !matches!(&e, ReadlineError::Io(io) if io.kind() == std::io::ErrorKind::NotFound)
+    {
+        note!("history {}: {e}", h.display());
+    }
+    {
+        let sim = repl.session.sim();
+        outln!(
+            "NeuroGraph repl: {} tokens, {} links, tick {}. /help lists the commands; /quit or Ctrl-D leaves.",
+            sim.token_count(),
+            sim.link_count(),
+            sim.tick()
+        );
+    }
+    loop {
+        match rl.readline("neurograph> ") {
+            Ok(line) => {
+                let _ = rl.add_history_entry(line.as_str());
+                interrupt.store(false, std::sync::atomic::Ordering::Relaxed);
+                let stop = || interrupt.load(std::sync::atomic::Ordering::Relaxed);
+                match repl.execute(&line, &stop) {
+                    Ok((_, Next::Quit)) => break,
+                    Ok((out, Next::Continue)) => {
+                        if !out.is_empty() {
+                            outln!("{out}");
+                        }
+                    }
+                    Err(e) => outln!("error: {e}"),
+                }
+            }
+            Err(ReadlineError::Interrupted) => outln!("(Ctrl-C: /quit or Ctrl-D leaves)"),
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(format!("reading a line: {e}")),
+        }
+    }
+    if let Some(h) = &history
+        && let Err(e) = rl.save_history(h)
+    {
+        note!("history {}: {e}", h.display());
+    }
+    let (summary, _) = repl.session.close().map_err(|e| e.to_string())?;
+    outln!(
+        "closed at tick {} (digest {}){}",
+        summary.final_tick,
+        summary.digest,
+        summary
+            .wal_durability
+            .map(|d| format!("; WAL closed ({d})"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
 fn import(args: ImportArgs) -> Result<(), String> {
     use neurograph::app::embed;
     neurograph::app::paths::check_output_file(&args.out, &["csv"]).map_err(|e| e.to_string())?;
@@ -1363,6 +1508,7 @@ fn main() -> ExitCode {
         Command::Plot(a) => plot(a).map(|()| Outcome::Done),
         Command::Generate(a) => generate(a),
         Command::Import(a) => import(a).map(|()| Outcome::Done),
+        Command::Repl(a) => repl(*a).map(|()| Outcome::Done),
         Command::Bench(b) => bench(b).map(|()| Outcome::Done),
     };
     // A closed stdout ends any command quietly, whatever else happened.

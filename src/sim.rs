@@ -11,6 +11,7 @@ use crate::model::commands::{
 };
 use crate::model::components::*;
 use crate::model::config::{Quotas, SimConfig};
+use crate::model::math::Vec8;
 use crate::model::registry::{LinkGraph, TokenRegistry};
 use crate::observe::ObserveSettings;
 use crate::plugin::NeuroGraphPlugins;
@@ -64,6 +65,33 @@ pub struct TokenState {
     pub kind: TokenKind,
     /// Hierarchy level (0 for user tokens).
     pub level: u8,
+}
+
+/// A bad spatial query.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct QueryError(pub String);
+
+fn check_point(p: Vec8) -> Result<(), QueryError> {
+    match p.to_array().iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(k) => Err(QueryError(format!(
+            "point[{k}] = {}: every component must be a finite number",
+            p.to_array()[k]
+        ))),
+    }
+}
+
+/// The spatial index of [`Simulation::nearest`] and [`Simulation::within`]:
+/// a k-d tree over the live tokens' positions as of `key` (tick, commands
+/// applied). An embedder who edits positions through `world_mut` removes it
+/// to have it rebuilt.
+#[derive(Resource, Default)]
+pub struct QueryIndex {
+    key: Option<(u64, u64)>,
+    ids: Vec<u64>,
+    points: Vec<Vec8>,
+    tree: crate::geometry::spatial::KdTree,
 }
 
 /// A headless simulation.
@@ -244,6 +272,74 @@ impl Simulation {
             }
         }
         out
+    }
+
+    /// The `k` live tokens nearest to `point` (Euclidean, in 8D), nearest
+    /// first (ties by id), with their distances: exact. The spatial index is a
+    /// k-d tree over the current positions, built on the first query after a
+    /// tick or a command and reused until the next ([`QueryIndex`]).
+    ///
+    /// # Errors
+    /// [`QueryError`] when `point` has a component that is not finite.
+    pub fn nearest(&mut self, point: Vec8, k: usize) -> Result<Vec<(TokenId, f32)>, QueryError> {
+        check_point(point)?;
+        let index = self.query_index();
+        Ok(index
+            .tree
+            .nearest(&index.points, point, k)
+            .into_iter()
+            .map(|(j, d2)| (TokenId(index.ids[j as usize]), d2.sqrt()))
+            .collect())
+    }
+
+    /// Every live token within `radius` of `point` (`|x − point| ≤ radius`),
+    /// nearest first (ties by id), with their distances: exact, from the same
+    /// index as [`nearest`](Self::nearest).
+    ///
+    /// # Errors
+    /// [`QueryError`] when `point` has a component that is not finite, or
+    /// `radius` is negative or not finite.
+    pub fn within(&mut self, point: Vec8, radius: f32) -> Result<Vec<(TokenId, f32)>, QueryError> {
+        check_point(point)?;
+        if !(radius.is_finite() && radius >= 0.0) {
+            return Err(QueryError(format!(
+                "radius = {radius}: must be a finite number >= 0"
+            )));
+        }
+        let index = self.query_index();
+        let mut out = Vec::new();
+        index
+            .tree
+            .for_each_within(&index.points, point, radius * radius, |j, d2| {
+                out.push((TokenId(index.ids[j as usize]), d2.sqrt()));
+            });
+        out.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// The query index, rebuilt when a tick or a command came since.
+    fn query_index(&mut self) -> &QueryIndex {
+        let key = (self.tick(), self.command_log().applied_total);
+        let stale = self
+            .world()
+            .get_resource::<QueryIndex>()
+            .is_none_or(|q| q.key != Some(key));
+        if stale {
+            let ids = self.ids();
+            let points: Vec<Vec8> = self
+                .column::<Position, f32, 8>(|p| p.0.to_array())
+                .chunks_exact(8)
+                .map(|c| Vec8::from_array(c.try_into().expect("8 values")))
+                .collect();
+            let tree = crate::geometry::spatial::KdTree::build(&points);
+            self.world_mut().insert_resource(QueryIndex {
+                key: Some(key),
+                ids,
+                points,
+                tree,
+            });
+        }
+        self.world().resource::<QueryIndex>()
     }
 
     /// The current constitution.

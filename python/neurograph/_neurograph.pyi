@@ -89,6 +89,14 @@ class Simulation:
     def groups(self, level: int = 1) -> npt.NDArray[np.int64]:
         """(N,) int64: the group at `level`, or -1."""
     def group_table(self) -> dict: ...
+    def nearest(
+        self, point: Sequence[float], k: int = 10
+    ) -> Tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]:
+        """The k nearest tokens, nearest first (ties by id): (ids, distances). Exact."""
+    def within(
+        self, point: Sequence[float], radius: float
+    ) -> Tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]:
+        """Every token within radius, nearest first: (ids, distances). Exact."""
     def spawn_batch(
         self,
         positions: npt.ArrayLike,

@@ -242,6 +242,14 @@ fn vec8(v: &[f32], what: &str) -> PyResult<Vec8> {
     Ok(Vec8::from_array(a))
 }
 
+/// Query hits as numpy arrays: ids and distances.
+type Hits<'py> = (Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<f32>>);
+
+fn hit_arrays(py: Python<'_>, hits: Vec<(TokenId, f32)>) -> Hits<'_> {
+    let (ids, d): (Vec<u64>, Vec<f32>) = hits.into_iter().map(|(id, d)| (id.0, d)).unzip();
+    (PyArray1::from_vec(py, ids), PyArray1::from_vec(py, d))
+}
+
 /// An optional per-row column: absent, or shape `(n,)`.
 fn optional_column(
     col: &Option<PyArrayLike1<'_, f32, AllowTypeChange>>,
@@ -578,6 +586,37 @@ impl Simulation {
             .map(|id| of.get(id).copied().unwrap_or(-1))
             .collect();
         Ok(PyArray1::from_vec(py, out))
+    }
+
+    /// The `k` tokens nearest to `point` (8 numbers), nearest first (ties by
+    /// id), exact: `(ids (k,) uint64, distances (k,) float32)`. The index is a
+    /// k-d tree over the current positions, rebuilt after a tick or command.
+    #[pyo3(signature = (point, k=10))]
+    fn nearest<'py>(&mut self, py: Python<'py>, point: Vec<f32>, k: usize) -> PyResult<Hits<'py>> {
+        let p = vec8(&point, "point")?;
+        let hits = self
+            .session_mut()?
+            .sim_mut()
+            .nearest(p, k)
+            .map_err(value_error)?;
+        Ok(hit_arrays(py, hits))
+    }
+
+    /// Every token within `radius` of `point`, nearest first (ties by id),
+    /// exact: `(ids (M,) uint64, distances (M,) float32)`.
+    fn within<'py>(
+        &mut self,
+        py: Python<'py>,
+        point: Vec<f32>,
+        radius: f32,
+    ) -> PyResult<Hits<'py>> {
+        let p = vec8(&point, "point")?;
+        let hits = self
+            .session_mut()?
+            .sim_mut()
+            .within(p, radius)
+            .map_err(value_error)?;
+        Ok(hit_arrays(py, hits))
     }
 
     /// The group table, as of the last detection: a dict of arrays, one row

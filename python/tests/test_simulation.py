@@ -281,3 +281,27 @@ def test_groups_above_the_top_level_are_all_minus_one():
     g = sim.groups(10**12)
     assert time.perf_counter() - t0 < 1
     assert (g == -1).all() and (sim.groups(top + 1) == -1).all()
+
+
+def test_nearest_and_within_are_exact():
+    sim = small(tokens=400)
+    sim.step(10)
+    pos = sim.positions().astype(np.float64)
+    ids = sim.ids()
+    q = pos[17] + 0.05
+    d = np.sqrt(((pos - q) ** 2).sum(axis=1))
+    order = np.lexsort((ids, d))
+    got_ids, got_d = sim.nearest(q.tolist(), k=7)
+    assert list(got_ids) == list(ids[order[:7]])
+    assert np.allclose(got_d, d[order[:7]], rtol=1e-4, atol=1e-5)
+    r = float(np.sort(d)[12])
+    w_ids, w_d = sim.within(q.tolist(), r)
+    assert set(w_ids) == set(ids[d <= r * (1 - 1e-6)]) | (set(w_ids) & set(ids[np.abs(d - r) < 1e-4]))
+    assert np.all(np.diff(w_d) >= 0)
+    with pytest.raises(ValueError, match="radius = -1"):
+        sim.within([0] * 8, -1)
+    with pytest.raises(ValueError, match=r"point\[2\] = NaN"):
+        sim.nearest([0, 0, float("nan"), 0, 0, 0, 0, 0])
+    # The index follows commands: a token spawned at q is found at once.
+    (new,) = sim.spawn_batch(np.array([q]))
+    assert sim.nearest(q.tolist(), k=1)[0][0] == new

@@ -6,4 +6,5 @@ pub mod benchmarks;
 pub mod embed;
 pub mod paths;
 pub mod plot;
+pub mod repl;
 pub mod runner;

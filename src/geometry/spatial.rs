@@ -195,6 +195,59 @@ impl KdTree {
         self.walk(points, q, r2, after + 1, f);
     }
 
+    /// The `k` points nearest to `q` (all of them when there are fewer), as
+    /// `(j, |x_j − q|²)`, nearest first, ties by index: exact, by a
+    /// depth-first walk that visits the nearer child first and prunes every
+    /// box farther than the `k`-th best so far (Friedman, Bentley & Finkel
+    /// 1977). `q` and the points must be finite.
+    pub fn nearest(&self, points: &[Vec8], q: Vec8, k: usize) -> Vec<(u32, f32)> {
+        // Non-negative finite f32s order as their bits.
+        let mut best: std::collections::BinaryHeap<(u32, u32)> =
+            std::collections::BinaryHeap::with_capacity(k + 1);
+        if k == 0 || self.nodes.is_empty() {
+            return Vec::new();
+        }
+        let box_d2 = |n: &Node| (n.lo - q).max(q - n.hi).max(Vec8::ZERO).length_squared();
+        let mut stack = vec![(0u32, 0f32)];
+        while let Some((ni, bd)) = stack.pop() {
+            if best.len() == k && bd.to_bits() > best.peek().map_or(u32::MAX, |b| b.0) {
+                continue;
+            }
+            let node = &self.nodes[ni as usize];
+            if node.left == 0 {
+                for &j in &self.perm[node.start as usize..node.end as usize] {
+                    let key = ((points[j as usize] - q).length_squared().to_bits(), j);
+                    if best.len() < k {
+                        best.push(key);
+                    } else if best.peek().is_some_and(|top| key < *top) {
+                        best.pop();
+                        best.push(key);
+                    }
+                }
+            } else {
+                let (l, r) = (node.left, node.right);
+                let (dl, dr) = (
+                    box_d2(&self.nodes[l as usize]),
+                    box_d2(&self.nodes[r as usize]),
+                );
+                // The nearer child is popped first.
+                if dl <= dr {
+                    stack.push((r, dr));
+                    stack.push((l, dl));
+                } else {
+                    stack.push((l, dl));
+                    stack.push((r, dr));
+                }
+            }
+        }
+        let mut out: Vec<(u32, f32)> = best
+            .into_iter()
+            .map(|(d, j)| (j, f32::from_bits(d)))
+            .collect();
+        out.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
     /// The range query over the points at tree positions `first..`.
     #[inline]
     fn walk(&self, points: &[Vec8], q: Vec8, r2: f32, first: usize, mut f: impl FnMut(u32, f32)) {
@@ -901,6 +954,29 @@ mod tests {
                 .collect();
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn nearest_matches_brute_force() {
+        let pts = random_points(3000, 4.0, 11);
+        let tree = KdTree::build(&pts);
+        for (s, &q) in random_points(40, 5.0, 12).iter().enumerate() {
+            for k in [0, 1, 7, 64, 3000, 5000] {
+                let mut all: Vec<(u32, f32)> = pts
+                    .iter()
+                    .enumerate()
+                    .map(|(j, p)| (j as u32, (*p - q).length_squared()))
+                    .collect();
+                all.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+                all.truncate(k);
+                assert_eq!(tree.nearest(&pts, q, k), all, "query {s}, k {k}");
+            }
+        }
+        // Ties are broken by index: duplicates come back in index order.
+        let dup = vec![Vec8::splat(1.0); 50];
+        let t = KdTree::build(&dup);
+        let got: Vec<u32> = t.nearest(&dup, Vec8::ZERO, 5).iter().map(|x| x.0).collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
     }
 
     #[test]
