@@ -1221,9 +1221,8 @@ fn plot(args: PlotArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn repl(args: ReplArgs) -> Result<(), String> {
-    use neurograph::app::repl::{Next, Repl};
-    use rustyline::error::ReadlineError;
+/// The run configuration of `repl`: the config file, then the flags.
+fn repl_config(args: &ReplArgs) -> Result<RunConfig, String> {
     let mut config = match &args.config {
         Some(p) => RunConfig::load(p).map_err(|e| e.to_string())?,
         None => RunConfig::default(),
@@ -1250,29 +1249,60 @@ fn repl(args: ReplArgs) -> Result<(), String> {
     if let Some(b) = args.memory_budget {
         config.quotas.memory_budget_bytes = b;
     }
-    let session = runner::Session::open(RunOptions {
-        config,
-        wal_dir: args.wal.clone(),
-        ..Default::default()
-    })
-    .map_err(|e| e.to_string())?;
-    let mut repl = Repl { session };
-    // Ctrl-C while ticks run (the terminal is not in raw mode then) stops
-    // /step between ticks; at the prompt the line editor takes it.
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let flag = interrupt.clone();
-    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
-    let mut rl = rustyline::DefaultEditor::new().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+/// The history file of `repl` (a regular file, or none yet), loaded into `rl`.
+fn repl_history(args: &ReplArgs, rl: &mut rustyline::DefaultEditor) -> Option<PathBuf> {
+    use rustyline::error::ReadlineError;
     let history = args
         .history
         .clone()
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".neurograph_history")));
+    // Only a regular file (or none yet) is written: the line editor would
+    // also change a device's or a link target's permissions.
+    let history = history.filter(|h| match std::fs::symlink_metadata(h) {
+        Ok(m) if !m.file_type().is_file() => {
+            note!(
+                "history {}: not a regular file; history is not kept",
+                h.display()
+            );
+            false
+        }
+        _ => true,
+    });
     if let Some(h) = &history
         && let Err(e) = rl.load_history(h)
         && !matches!(&e, ReadlineError::Io(io) if io.kind() == std::io::ErrorKind::NotFound)
     {
         note!("history {}: {e}", h.display());
     }
+    history
+}
+
+fn repl(args: ReplArgs) -> Result<(), String> {
+    use neurograph::app::repl::{Next, Repl};
+    use rustyline::error::ReadlineError;
+    let config = repl_config(&args)?;
+    let session = runner::Session::open(RunOptions {
+        config,
+        wal_dir: args.wal.clone(),
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let protected: Vec<PathBuf> = args.input.iter().chain(args.wal.iter()).cloned().collect();
+    let mut repl = Repl {
+        session,
+        ended: None,
+        protected,
+    };
+    // Ctrl-C while ticks run (the terminal is not in raw mode then) stops
+    // /step between ticks; at the prompt the line editor takes it.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    let mut rl = rustyline::DefaultEditor::new().map_err(|e| e.to_string())?;
+    let history = repl_history(&args, &mut rl);
     {
         let sim = repl.session.sim();
         outln!(
@@ -1282,6 +1312,7 @@ fn repl(args: ReplArgs) -> Result<(), String> {
             sim.tick()
         );
     }
+    let mut failure = None;
     loop {
         match rl.readline("neurograph> ") {
             Ok(line) => {
@@ -1297,10 +1328,21 @@ fn repl(args: ReplArgs) -> Result<(), String> {
                     }
                     Err(e) => outln!("error: {e}"),
                 }
+                if let Some(why) = &repl.ended {
+                    failure = Some(why.clone());
+                    break;
+                }
             }
             Err(ReadlineError::Interrupted) => outln!("(Ctrl-C: /quit or Ctrl-D leaves)"),
             Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(format!("reading a line: {e}")),
+            Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                outln!("error: the line is not valid UTF-8; ignored");
+            }
+            Err(e) => {
+                // The terminal is gone (a hangup): close the run all the same.
+                failure = Some(format!("reading a line: {e}"));
+                break;
+            }
         }
     }
     if let Some(h) = &history
@@ -1308,7 +1350,25 @@ fn repl(args: ReplArgs) -> Result<(), String> {
     {
         note!("history {}: {e}", h.display());
     }
-    let (summary, _) = repl.session.close().map_err(|e| e.to_string())?;
+    let pending = repl.unjournaled();
+    if failure.is_none() && pending > 0 {
+        // Commands are journaled with the tick after them: one more tick keeps them.
+        match repl.session.step() {
+            Ok(()) => outln!(
+                "journaled {pending} pending command(s) with one more tick (tick {})",
+                repl.session.tick()
+            ),
+            Err(e) => failure = Some(e.to_string()),
+        }
+    }
+    let closed = repl.session.close();
+    if let Some(why) = failure {
+        return Err(match closed {
+            Ok(_) => format!("{why}; the run was closed"),
+            Err(e) => format!("{why}; closing the run: {e}"),
+        });
+    }
+    let (summary, _) = closed.map_err(|e| e.to_string())?;
     outln!(
         "closed at tick {} (digest {}){}",
         summary.final_tick,

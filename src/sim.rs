@@ -72,11 +72,19 @@ pub struct TokenState {
 #[error("{0}")]
 pub struct QueryError(pub String);
 
+/// The largest query coordinate and radius: squared distances stay finite in
+/// `f32` (up to ~1.8e19 apart) with room to spare.
+pub const QUERY_LIMIT: f32 = 1e15;
+
 fn check_point(p: Vec8) -> Result<(), QueryError> {
-    match p.to_array().iter().position(|v| !v.is_finite()) {
+    match p
+        .to_array()
+        .iter()
+        .position(|v| !(v.is_finite() && v.abs() <= QUERY_LIMIT))
+    {
         None => Ok(()),
         Some(k) => Err(QueryError(format!(
-            "point[{k}] = {}: every component must be a finite number",
+            "point[{k}] = {}: every component must be a finite number within ±{QUERY_LIMIT:e}",
             p.to_array()[k]
         ))),
     }
@@ -280,7 +288,8 @@ impl Simulation {
     /// tick or a command and reused until the next ([`QueryIndex`]).
     ///
     /// # Errors
-    /// [`QueryError`] when `point` has a component that is not finite.
+    /// [`QueryError`] when `point` has a component that is not finite or
+    /// beyond ±[`QUERY_LIMIT`].
     pub fn nearest(&mut self, point: Vec8, k: usize) -> Result<Vec<(TokenId, f32)>, QueryError> {
         check_point(point)?;
         let index = self.query_index();
@@ -297,13 +306,13 @@ impl Simulation {
     /// index as [`nearest`](Self::nearest).
     ///
     /// # Errors
-    /// [`QueryError`] when `point` has a component that is not finite, or
-    /// `radius` is negative or not finite.
+    /// [`QueryError`] when `point` has a component that is not finite or
+    /// beyond ±[`QUERY_LIMIT`], or `radius` is not in `[0, QUERY_LIMIT]`.
     pub fn within(&mut self, point: Vec8, radius: f32) -> Result<Vec<(TokenId, f32)>, QueryError> {
         check_point(point)?;
-        if !(radius.is_finite() && radius >= 0.0) {
+        if !(radius.is_finite() && (0.0..=QUERY_LIMIT).contains(&radius)) {
             return Err(QueryError(format!(
-                "radius = {radius}: must be a finite number >= 0"
+                "radius = {radius}: must be a finite number in [0, {QUERY_LIMIT:e}]"
             )));
         }
         let index = self.query_index();

@@ -170,7 +170,43 @@ fn a_wal_is_closed_on_quit_and_resumed() {
     let mut p = repl(home.path(), &args);
     let status = ask(&mut p, "/status");
     assert!(status.contains("tick 7  tokens 401"), "{status}");
+    // A command right before /quit is journaled with one more tick, not lost.
+    ask(&mut p, "/spawn 2 2 2 2 2 2 2 2");
+    // /save may not overwrite what the session reads.
+    let refused = ask(&mut p, &format!("/save {}/x.csv", w));
+    assert!(refused.contains("which this session reads"), "{refused}");
+    let end = quit(p);
+    assert!(
+        end.contains("journaled 1 pending command(s) with one more tick (tick 8)"),
+        "{end}"
+    );
+    let mut p = repl(home.path(), &args);
+    assert!(ask(&mut p, "/status").contains("tick 8  tokens 402"));
+    // k is bounded, and a huge k is not an allocation.
+    assert!(ask(&mut p, "/query 0 0 0 0 0 0 0 0 k=4294967296").contains("error: k = "));
+    assert!(ask(&mut p, "/query 0 0 0 0 0 0 0 0 k=4000000000").contains("402 tokens"));
+    assert!(ask(&mut p, "/query 2e19 0 0 0 0 0 0 0 r=1").contains("error: point[0] = "));
     quit(p);
+}
+
+#[test]
+fn history_is_kept_only_in_a_regular_file() {
+    let home = tempfile::tempdir().unwrap();
+    let target = home.path().join("target-file");
+    std::fs::write(&target, "").unwrap();
+    let link = home.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let mut p = repl(
+        home.path(),
+        &["--tokens", "100", "--history", link.to_str().unwrap()],
+    );
+    ask(&mut p, "/status");
+    quit(p);
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "",
+        "a symlinked history is not written"
+    );
 }
 
 #[test]

@@ -40,6 +40,11 @@ pub enum Next {
 pub struct Repl {
     /// The run.
     pub session: Session,
+    /// Why the run is over (a tick failed: its WAL writer, a panic with no
+    /// recovery, a lost GPU); the REPL then leaves.
+    pub ended: Option<String>,
+    /// Files the REPL must not overwrite (its input).
+    pub protected: Vec<std::path::PathBuf>,
 }
 
 fn number<T: std::str::FromStr>(word: &str, what: &str) -> Result<T, String> {
@@ -133,6 +138,18 @@ impl Repl {
         Ok((out, Next::Continue))
     }
 
+    /// Commands applied since the last tick that a WAL has not journaled yet
+    /// (they are journaled with the next tick).
+    pub fn unjournaled(&self) -> usize {
+        let world = self.session.sim().world();
+        if world.get_resource::<crate::wal::Journal>().is_none() {
+            return 0;
+        }
+        world
+            .get_resource::<crate::model::commands::CommandLog>()
+            .map_or(0, |l| l.applied.len())
+    }
+
     fn apply(&mut self, cmd: SimCommand) -> Result<(), String> {
         self.session
             .sim_mut()
@@ -203,7 +220,10 @@ impl Repl {
             if interrupted() {
                 break;
             }
-            self.session.step().map_err(|e| e.to_string())?;
+            if let Err(e) = self.session.step() {
+                self.ended = Some(e.to_string());
+                return Err(format!("{e}; the run is over"));
+            }
             done += 1;
         }
         let secs = t0.elapsed().as_secs_f64();
@@ -220,8 +240,15 @@ impl Repl {
         let sim = self.session.sim_mut();
         let hits = match opts.as_slice() {
             [] => sim.nearest(p, 10),
-            [("k", k)] if *k >= 0.0 && k.fract() == 0.0 => sim.nearest(p, *k as usize),
-            [("k", k)] => return Err(format!("k = {k}: must be a whole number >= 0")),
+            [("k", k)] if *k >= 0.0 && k.fract() == 0.0 && f64::from(*k) <= f64::from(u32::MAX) => {
+                sim.nearest(p, *k as usize)
+            }
+            [("k", k)] => {
+                return Err(format!(
+                    "k = {k}: must be a whole number in [0, {}]",
+                    u32::MAX
+                ));
+            }
             [("r", r)] => sim.within(p, *r),
             _ => return Err("give k=K or r=R, not both".into()),
         }
@@ -300,6 +327,15 @@ impl Repl {
         };
         let path = Path::new(path);
         crate::app::paths::check_output_file(path, &["csv"]).map_err(|e| e.to_string())?;
+        if let Some(p) = self.protected.iter().find(|p| {
+            crate::app::paths::same_file(p, path) || crate::app::paths::in_directory(path, p)
+        }) {
+            return Err(format!(
+                "{}: would overwrite or land in {}, which this session reads",
+                path.display(),
+                p.display()
+            ));
+        }
         let sim = self.session.sim_mut();
         let ids = sim.ids();
         let written = crate::app::paths::write_whole(path, |out| {

@@ -201,6 +201,7 @@ impl KdTree {
     /// box farther than the `k`-th best so far (Friedman, Bentley & Finkel
     /// 1977). `q` and the points must be finite.
     pub fn nearest(&self, points: &[Vec8], q: Vec8, k: usize) -> Vec<(u32, f32)> {
+        let k = k.min(self.perm.len());
         // Non-negative finite f32s order as their bits.
         let mut best: std::collections::BinaryHeap<(u32, u32)> =
             std::collections::BinaryHeap::with_capacity(k + 1);
