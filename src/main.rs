@@ -671,37 +671,73 @@ fn report_run(
 
 /// Applies `run`'s flags over the config file: a flag replaces what the file
 /// says about the same thing.
+/// The flags that choose a world and its settings, over a config file's
+/// values (shared by `run` and `repl`): a CDNA file replaces a profile and the
+/// other way round; an input replaces a scenario and token count and the
+/// other way round.
+struct WorldFlags<'a> {
+    scenario: &'a Option<String>,
+    tokens: Option<usize>,
+    seed: Option<u64>,
+    cdna: &'a Option<PathBuf>,
+    profile: &'a Option<String>,
+    input: &'a Option<PathBuf>,
+    threads: Option<usize>,
+    durability: Option<Durability>,
+    memory_budget: Option<u64>,
+}
+
+impl WorldFlags<'_> {
+    fn apply(&self, config: &mut RunConfig) {
+        macro_rules! over {
+            ($($f:ident),*) => { $( if self.$f.is_some() { config.$f = self.$f.clone(); } )* };
+        }
+        over!(scenario, tokens, seed, cdna, profile, input);
+        if self.cdna.is_some() {
+            config.profile = None;
+        }
+        if self.profile.is_some() {
+            config.cdna = None;
+        }
+        if self.input.is_some() {
+            (config.scenario, config.tokens) = (None, None);
+        }
+        if self.scenario.is_some() || self.tokens.is_some() {
+            config.input = None;
+        }
+        if let Some(t) = self.threads {
+            config.sim.threads = t;
+        }
+        if let Some(d) = self.durability {
+            config.wal.durability = d;
+        }
+        if let Some(b) = self.memory_budget {
+            config.quotas.memory_budget_bytes = b;
+        }
+    }
+}
+
 fn apply_run_flags(args: &RunArgs, config: &mut RunConfig) {
-    macro_rules! over {
-        ($($f:ident),*) => { $( if args.$f.is_some() { config.$f = args.$f.clone(); } )* };
+    WorldFlags {
+        scenario: &args.scenario,
+        tokens: args.tokens,
+        seed: args.seed,
+        cdna: &args.cdna,
+        profile: &args.profile,
+        input: &args.input,
+        threads: args.threads,
+        durability: args.durability,
+        memory_budget: args.memory_budget,
     }
-    over!(scenario, tokens, ticks, seed, cdna, profile, input);
-    if args.cdna.is_some() {
-        config.profile = None;
-    }
-    if args.profile.is_some() {
-        config.cdna = None;
-    }
-    if args.input.is_some() {
-        (config.scenario, config.tokens) = (None, None);
-    }
-    if args.scenario.is_some() || args.tokens.is_some() {
-        config.input = None;
-    }
-    if let Some(t) = args.threads {
-        config.sim.threads = t;
+    .apply(config);
+    if args.ticks.is_some() {
+        config.ticks = args.ticks;
     }
     if let Some(b) = args.backend {
         config.sim.backend = b;
     }
-    if let Some(d) = args.durability {
-        config.wal.durability = d;
-    }
     if let Some(s) = args.snapshot_every {
         config.wal.snapshot_every = s;
-    }
-    if let Some(b) = args.memory_budget {
-        config.quotas.memory_budget_bytes = b;
     }
 }
 
@@ -1227,28 +1263,18 @@ fn repl_config(args: &ReplArgs) -> Result<RunConfig, String> {
         Some(p) => RunConfig::load(p).map_err(|e| e.to_string())?,
         None => RunConfig::default(),
     };
-    macro_rules! over {
-        ($($f:ident),*) => { $( if args.$f.is_some() { config.$f = args.$f.clone(); } )* };
+    WorldFlags {
+        scenario: &args.scenario,
+        tokens: args.tokens,
+        seed: args.seed,
+        cdna: &args.cdna,
+        profile: &args.profile,
+        input: &args.input,
+        threads: args.threads,
+        durability: args.durability,
+        memory_budget: args.memory_budget,
     }
-    over!(scenario, tokens, seed, cdna, profile, input);
-    if args.cdna.is_some() {
-        config.profile = None;
-    }
-    if args.profile.is_some() {
-        config.cdna = None;
-    }
-    if args.input.is_some() {
-        (config.scenario, config.tokens) = (None, None);
-    }
-    if let Some(t) = args.threads {
-        config.sim.threads = t;
-    }
-    if let Some(d) = args.durability {
-        config.wal.durability = d;
-    }
-    if let Some(b) = args.memory_budget {
-        config.quotas.memory_budget_bytes = b;
-    }
+    .apply(&mut config);
     Ok(config)
 }
 

@@ -219,3 +219,43 @@ fn a_bad_start_is_an_error_not_a_prompt() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such"), "{err}");
 }
+
+#[test]
+fn flags_override_the_config_file_as_for_run() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("run.toml");
+    std::fs::write(&config, "input = \"elsewhere.csv\"\nseed = 9\n").unwrap();
+    // --scenario and --tokens replace the file's input, as `run` does.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_neurograph"))
+        .args([
+            "repl",
+            "--config",
+            config.to_str().unwrap(),
+            "--scenario",
+            "uniform",
+            "--tokens",
+            "150",
+        ])
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stdin is not a terminal: lines are read plainly, with no prompt.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"/status\n/quit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("tick 0  tokens 150"), "{text}");
+}
