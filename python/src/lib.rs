@@ -8,6 +8,7 @@
 
 use neurograph::app::embed;
 use neurograph::app::runner::{GivenTokens, RunConfig, RunError, RunOptions, RunSummary, Session};
+use neurograph::model::cdna::Profile;
 use neurograph::model::commands::{CommandError, SetValue, SimCommand};
 use neurograph::model::components::{Charge, Mass};
 use neurograph::model::components::{Field, LinkSpec, Position, TokenId, TokenSpec, Velocity};
@@ -149,8 +150,7 @@ impl Opened<'_, '_> {
                 })?;
                 p.display().to_string()
             };
-            let profiles = ["default", "explorer", "analyst", "creative", "custom"];
-            if profiles.contains(&text.as_str()) {
+            if text.parse::<Profile>().is_ok() {
                 config.profile = Some(text);
                 config.cdna = None;
             } else {

@@ -756,16 +756,6 @@ impl Session {
         &mut self.sim
     }
 
-    /// The run's ground truth (labels per token id, for the ARI).
-    pub fn ground_truth(&self) -> &GroundTruth {
-        &self.ground_truth
-    }
-
-    /// Replaces the ground truth (for tokens spawned by the caller with labels).
-    pub fn set_ground_truth(&mut self, truth: GroundTruth) {
-        self.ground_truth = truth;
-    }
-
     /// The summary so far, as `neurograph run --json` prints it at the end
     /// (with the WAL counters as of now; `seconds` counts time spent in
     /// [`step`](Self::step) only).
