@@ -94,6 +94,10 @@ enum Command {
     /// resume): /help /status /stats /step N /query /token /spawn /link /despawn
     /// /save /quit, with line editing and history.
     Repl(Box<ReplArgs>),
+    /// A live engine: ticks a simulation (a scenario, --input, or a WAL to
+    /// resume) and serves a JSON API, a WebSocket stream, /metrics, /health and
+    /// a live page at / on --listen, until Ctrl-C or SIGTERM.
+    Serve(Box<ServeArgs>),
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -299,7 +303,8 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
-struct ReplArgs {
+/// The world of an interactive session (`repl`, `serve`): as `run`'s flags.
+struct WorldArgs {
     /// Scenario name (see `neurograph scenarios`).
     #[arg(long)]
     scenario: Option<String>,
@@ -334,9 +339,54 @@ struct ReplArgs {
     /// Memory budget in bytes (quotas.memory_budget_bytes).
     #[arg(long, value_name = "BYTES")]
     memory_budget: Option<u64>,
+    /// Force backend: cpu or gpu (a resumed WAL goes on with its own unless
+    /// this is given).
+    #[arg(long)]
+    backend: Option<neurograph::model::config::Backend>,
+}
+
+#[derive(Args)]
+struct ReplArgs {
+    #[command(flatten)]
+    world: WorldArgs,
     /// The history file (default: $HOME/.neurograph_history; none without HOME).
     #[arg(long, value_name = "FILE")]
     history: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    world: WorldArgs,
+    /// Address to listen on (HTTP, WebSocket, the page, /metrics, /health).
+    /// Beyond loopback it needs --auth-token.
+    #[arg(long, default_value = neurograph::app::serve::DEFAULT_LISTEN, value_name = "HOST:PORT")]
+    listen: String,
+    /// At most this many ticks per second (default: no limit).
+    #[arg(long, value_name = "TICKS_PER_S")]
+    rate: Option<f64>,
+    /// Start paused (POST /api/control/resume or step to tick).
+    #[arg(long)]
+    paused: bool,
+    /// Bearer token every request but the page must carry (at least 16
+    /// characters); read from NEUROGRAPH_AUTH_TOKEN when not given, so that
+    /// it need not show in the process list.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "NEUROGRAPH_AUTH_TOKEN",
+        hide_env_values = true
+    )]
+    auth_token: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = neurograph::app::serve::ServeLimits::default().max_body_bytes)]
+    max_body: usize,
+    /// Most tokens in one batch command.
+    #[arg(long, value_name = "N", default_value_t = neurograph::app::serve::ServeLimits::default().max_batch)]
+    max_batch: usize,
+    /// Print `durable TICK` on stdout whenever the WAL's durable tick advances.
+    #[arg(long, hide = true)]
+    report_durable: bool,
 }
 
 #[derive(Args)]
@@ -1258,7 +1308,7 @@ fn plot(args: PlotArgs) -> Result<(), String> {
 }
 
 /// The run configuration of `repl`: the config file, then the flags.
-fn repl_config(args: &ReplArgs) -> Result<RunConfig, String> {
+fn world_config(args: &WorldArgs) -> Result<RunConfig, String> {
     let mut config = match &args.config {
         Some(p) => RunConfig::load(p).map_err(|e| e.to_string())?,
         None => RunConfig::default(),
@@ -1276,6 +1326,67 @@ fn repl_config(args: &ReplArgs) -> Result<RunConfig, String> {
     }
     .apply(&mut config);
     Ok(config)
+}
+
+/// The run options of a `repl` or `serve` world.
+fn world_options(args: &WorldArgs) -> Result<RunOptions, String> {
+    let mut config = world_config(args)?;
+    if let Some(b) = args.backend {
+        config.sim.backend = b;
+    }
+    Ok(RunOptions {
+        config,
+        wal_dir: args.wal.clone(),
+        backend: args.backend,
+        ..Default::default()
+    })
+}
+
+/// `neurograph serve`: starts the server, prints its address on stdout, and
+/// serves until Ctrl-C or SIGTERM (or until the engine stops).
+fn serve(args: ServeArgs) -> Result<Outcome, String> {
+    use neurograph::app::serve::{ServeLimits, ServeOptions, Server};
+    let mut run = world_options(&args.world)?;
+    run.report_durable = args.report_durable;
+    let metrics = match neurograph::observe::metrics::install_prometheus() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            note!("metrics: {e}; /metrics answers 404");
+            None
+        }
+    };
+    let server = Server::start(ServeOptions {
+        run,
+        listen: args.listen.clone(),
+        rate: args.rate,
+        paused: args.paused,
+        auth_token: args.auth_token.clone(),
+        limits: ServeLimits {
+            max_body_bytes: args.max_body,
+            max_batch: args.max_batch,
+            ..Default::default()
+        },
+        metrics,
+    })
+    .map_err(|e| e.to_string())?;
+    outln!("listening on http://{}", server.addr());
+    note!(
+        "serving: the live page at http://{0}/, the API under /api, the stream at /ws; Ctrl-C stops",
+        server.addr()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && server.running() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let summary = server.stop().map_err(|e| e.to_string())?;
+    note!("{}", summary.to_text());
+    Ok(if stop.load(std::sync::atomic::Ordering::Relaxed) {
+        Outcome::Done
+    } else {
+        Outcome::Failed
+    })
 }
 
 /// The history file of `repl` (a regular file, or none yet), loaded into `rl`.
@@ -1309,14 +1420,9 @@ fn repl_history(args: &ReplArgs, rl: &mut rustyline::DefaultEditor) -> Option<Pa
 fn repl(args: ReplArgs) -> Result<(), String> {
     use neurograph::app::repl::{Next, Repl};
     use rustyline::error::ReadlineError;
-    let config = repl_config(&args)?;
-    let session = runner::Session::open(RunOptions {
-        config,
-        wal_dir: args.wal.clone(),
-        ..Default::default()
-    })
-    .map_err(|e| e.to_string())?;
-    let protected: Vec<PathBuf> = args.input.iter().chain(args.wal.iter()).cloned().collect();
+    let session = runner::Session::open(world_options(&args.world)?).map_err(|e| e.to_string())?;
+    let w = &args.world;
+    let protected: Vec<PathBuf> = w.input.iter().chain(w.wal.iter()).cloned().collect();
     let mut repl = Repl {
         session,
         ended: None,
@@ -1595,6 +1701,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate(a),
         Command::Import(a) => import(a).map(|()| Outcome::Done),
         Command::Repl(a) => repl(*a).map(|()| Outcome::Done),
+        Command::Serve(a) => serve(*a),
         Command::Bench(b) => bench(b).map(|()| Outcome::Done),
     };
     // A closed stdout ends any command quietly, whatever else happened.

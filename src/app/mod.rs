@@ -8,3 +8,4 @@ pub mod paths;
 pub mod plot;
 pub mod repl;
 pub mod runner;
+pub mod serve;

@@ -82,6 +82,41 @@ impl Journal {
         }
     }
 
+    /// Writes a snapshot of the world as it is now, between ticks, and returns
+    /// its tick. A snapshot of a tick that has one already is not written
+    /// again.
+    ///
+    /// # Errors
+    /// The writer's errors ([`WalError::Io`] and others); [`WalError::Refused`] when there is
+    /// no WAL, when journaling has stopped, or when commands applied since the
+    /// last tick are not journaled yet (a snapshot would hold them, and the next
+    /// tick's record would apply them a second time on replay).
+    pub fn snapshot_now(world: &mut World) -> Result<u64, WalError> {
+        let refused = |why: String| Err(WalError::Refused(why));
+        let Some(j) = world.get_resource::<Journal>() else {
+            return refused("this run has no WAL (start it with --wal DIR)".into());
+        };
+        if let Some(f) = &j.failure {
+            return refused(format!("journaling stopped: {f}"));
+        }
+        let tick = tick_of(world);
+        if j.last_snapshot == tick && tick > 0 {
+            return Ok(tick);
+        }
+        let pending = world.resource::<CommandLog>().applied.len();
+        if pending > 0 {
+            return refused(format!(
+                "{pending} command(s) applied since tick {tick} are journaled with the next tick; \
+                 a snapshot now would replay them twice: snapshot after the next tick"
+            ));
+        }
+        let snap = capture(world, None);
+        let mut j = world.resource_mut::<Journal>();
+        j.writer.snapshot(snap)?;
+        j.last_snapshot = tick;
+        Ok(tick)
+    }
+
     /// Why journaling stopped, if it did. Runners check this after every tick.
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()

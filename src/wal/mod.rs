@@ -54,6 +54,10 @@ pub enum WalError {
     /// The directory has no manifest.
     #[error("{}: not a NeuroGraph WAL (no manifest.json)", .0.display())]
     NotAWal(PathBuf),
+    /// An operation on a running WAL that cannot be done now (the reason says
+    /// why and what to do).
+    #[error("{0}")]
+    Refused(String),
     /// The directory does not exist.
     #[error("{}: no such directory", .0.display())]
     NoDirectory(PathBuf),

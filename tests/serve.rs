@@ -1,0 +1,557 @@
+//! `neurograph serve` end to end: the real binary on loopback, driven over
+//! HTTP (a plain HTTP/1.1 client on a TcpStream) and WebSocket (tungstenite).
+//! Every endpoint and refusal, the bearer token, hostile clients, and
+//! commands acknowledged under a `sync` WAL surviving a SIGKILL right after
+//! the acknowledgement.
+#![cfg(all(unix, feature = "cli"))]
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Serve {
+    child: Child,
+    addr: String,
+}
+
+impl Serve {
+    fn start(args: &[&str]) -> Serve {
+        Self::start_env(args, &[])
+    }
+
+    fn start_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_neurograph"));
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("NEUROGRAPH_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start neurograph serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Serve { child, addr }
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        request(&self.addr, "GET", path, None, None)
+    }
+
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        request(&self.addr, "POST", path, Some(&body.to_string()), None)
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Value) -> Value {
+        let b = body.to_string();
+        let (code, v) = request(
+            &self.addr,
+            method,
+            path,
+            (method == "POST").then_some(&*b),
+            None,
+        );
+        assert_eq!(code, 200, "{method} {path}: {v}");
+        v
+    }
+
+    fn tick(&self) -> u64 {
+        self.ok("GET", "/api/status", Value::Null)["tick"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; the status and the JSON body
+/// (or the body as a JSON string when it is not JSON).
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    auth: Option<&str>,
+) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.unwrap_or("");
+    let auth = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a response head");
+    let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let v = serde_json::from_str(rest).unwrap_or_else(|_| Value::String(rest.to_string()));
+    (code, v)
+}
+
+fn err_of(v: &Value) -> &str {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message in {v}"))
+}
+
+#[test]
+fn every_endpoint_and_refusal() {
+    let s = Serve::start(&[
+        "--scenario",
+        "clusters",
+        "--tokens",
+        "600",
+        "--seed",
+        "3",
+        "--paused",
+    ]);
+    // Paused: the tick stands still; step moves it exactly.
+    let t0 = s.tick();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.tick(), t0);
+    assert_eq!(
+        s.ok("POST", "/api/control/step", json!({"n": 25}))["tick"],
+        t0 + 25
+    );
+    let st = s.ok("GET", "/api/status", Value::Null);
+    assert_eq!(st["tokens"], 600);
+    assert_eq!(st["paused"], true);
+    assert!(st["digest"].as_str().unwrap().len() == 16, "{st}");
+    assert_eq!(st["wal"], Value::Null);
+    let summary = s.ok("GET", "/api/summary", Value::Null);
+    assert_eq!(summary["scenario"], "clusters");
+    assert_eq!(summary["final_tick"], t0 + 25);
+
+    // Tokens, paged, and one by id.
+    let page = s.ok("GET", "/api/tokens?offset=590&limit=50", Value::Null);
+    assert_eq!(page["total"], 600);
+    assert_eq!(page["tokens"].as_array().unwrap().len(), 10);
+    assert_eq!(page["tokens"][0]["id"], 590);
+    let all = s.ok("GET", "/api/tokens?limit=10000", Value::Null);
+    let all = all["tokens"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 600);
+    let one = s.ok("GET", "/api/tokens/17", Value::Null);
+    assert_eq!(one["position"], all[17]["position"]);
+    let (code, v) = s.get("/api/tokens/6000");
+    assert_eq!((code, err_of(&v)), (404, "unknown token 6000"));
+    let (code, v) = s.get("/api/tokens?limit=20000");
+    assert_eq!(code, 422);
+    assert!(err_of(&v).contains("at most 10000"), "{v}");
+    let (code, _) = s.get("/api/tokens?limit=-1");
+    assert_eq!(code, 400);
+
+    // Query: exact against a brute-force scan of the positions.
+    let q = [0.3, -0.2, 0.1, 0.0, 0.5, -0.4, 0.2, 0.1];
+    let mut brute: Vec<(f64, u64)> = all
+        .iter()
+        .map(|t| {
+            let p = t["position"].as_array().unwrap();
+            let d2: f64 = p
+                .iter()
+                .zip(q)
+                .map(|(a, b)| (a.as_f64().unwrap() as f32 - b as f32) as f64)
+                .map(|d| d * d)
+                .sum();
+            (d2.sqrt(), t["id"].as_u64().unwrap())
+        })
+        .collect();
+    brute.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let near = s.ok("POST", "/api/query", json!({"point": q, "k": 10}));
+    let ids: Vec<u64> = near["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, brute[..10].iter().map(|b| b.1).collect::<Vec<_>>());
+    let r = brute[40].0 + 1e-4;
+    let within = s.ok(
+        "POST",
+        "/api/query",
+        json!({"point": q, "radius": r, "limit": 5}),
+    );
+    let expect = brute.iter().filter(|b| b.0 <= r).count();
+    assert_eq!(within["count"].as_u64().unwrap() as usize, expect);
+    assert_eq!(within["results"].as_array().unwrap().len(), 5);
+    assert_eq!(within["truncated"], true);
+    for (body, needle) in [
+        (json!({"point": [0, 0, 0]}), "exactly 8"),
+        (
+            json!({"point": q, "k": 200000}),
+            "k = 200000: at most 100000",
+        ),
+        (json!({"point": q, "k": 3, "radius": 1.0}), "not both"),
+        (json!({"point": q, "radius": -1.0}), "radius = -1"),
+        (json!({"point": [1e39, 0, 0, 0, 0, 0, 0, 0]}), "point[0]"),
+        (json!({"point": q, "kk": 3}), "unknown field"),
+    ] {
+        let (code, v) = s.post("/api/query", body.clone());
+        assert!(code == 422 || code == 400, "{body}: {code} {v}");
+        assert!(err_of(&v).contains(needle), "{body}: {v}");
+    }
+
+    // The hierarchy and one group with its members.
+    let h = s.ok("GET", "/api/hierarchy", Value::Null);
+    let level1 = &h["levels"][0];
+    assert!(level1["count"].as_u64().unwrap() > 0, "{h}");
+    let g = &level1["groups"][0];
+    let group = s.ok("GET", &format!("/api/groups/{}", g["id"]), Value::Null);
+    assert_eq!(group["member_count"], g["children"]);
+    assert_eq!(group["members_are"], "tokens");
+    let member = group["members"][0].as_u64().unwrap();
+    assert_eq!(
+        s.ok("GET", &format!("/api/tokens/{member}"), Value::Null)["group"],
+        g["id"]
+    );
+    assert_eq!(s.get("/api/groups/999999").0, 404);
+
+    // Commands: applied at once (no WAL), refused with the engine's message.
+    let spawned = s.ok(
+        "POST",
+        "/api/commands/spawn",
+        json!({"position": [9, 9, 9, 9, 9, 9, 9, 9], "mass": 2.0}),
+    );
+    let id = spawned["first_id"].as_u64().unwrap();
+    assert_eq!(spawned["durable"], false);
+    let tok = s.ok("GET", &format!("/api/tokens/{id}"), Value::Null);
+    assert_eq!(
+        (tok["mass"].as_f64(), tok["position"][0].as_f64()),
+        (Some(2.0), Some(9.0))
+    );
+    let (code, v) = s.post(
+        "/api/commands/spawn",
+        json!({"position": [0, 0, 0, 0, 0, 0, 0, 0], "charge": 3}),
+    );
+    assert_eq!(code, 422);
+    assert!(err_of(&v).starts_with("charge = 3"), "{v}");
+    let batch: Vec<Value> = (0..5)
+        .map(|k| json!({"position": [k, 0, 0, 0, 0, 0, 0, 0]}))
+        .collect();
+    let b = s.ok("POST", "/api/commands/batch", json!({ "tokens": batch }));
+    assert_eq!(b["count"], 5);
+    let mut bad = batch.clone();
+    bad[3]["radius"] = json!(-1);
+    let (code, v) = s.post("/api/commands/batch", json!({ "tokens": bad }));
+    assert_eq!(code, 422);
+    assert!(err_of(&v).contains("batch item 3"), "{v}");
+    assert_eq!(s.ok("GET", "/api/status", Value::Null)["tokens"], 606);
+    let (code, v) = s.post(
+        "/api/commands/batch",
+        json!({ "tokens": vec![json!({"position": [0, 0, 0, 0, 0, 0, 0, 0]}); 10_001] }),
+    );
+    assert_eq!(code, 413);
+    assert!(err_of(&v).contains("at most 10000"), "{v}");
+    let huge = format!(
+        "{{\"tokens\": [{}]}}",
+        vec!["{\"position\":[0,0,0,0,0,0,0,0]}"; 200_000].join(",")
+    );
+    let (code, _) = request(&s.addr, "POST", "/api/commands/batch", Some(&huge), None);
+    assert_eq!(code, 413, "a body beyond --max-body");
+    s.ok(
+        "POST",
+        "/api/commands/link",
+        json!({"a": 0, "b": id, "weight": 0.5}),
+    );
+    let (code, v) = s.post("/api/commands/link", json!({"a": 0, "b": id}));
+    assert_eq!(code, 409);
+    assert!(err_of(&v).contains("already linked"), "{v}");
+    s.ok(
+        "POST",
+        "/api/commands/set_link",
+        json!({"a": 0, "b": id, "weight": 0.7}),
+    );
+    s.ok("POST", "/api/commands/unlink", json!({"a": 0, "b": id}));
+    assert_eq!(
+        s.post("/api/commands/unlink", json!({"a": 0, "b": id})).0,
+        409
+    );
+    assert_eq!(s.post("/api/commands/link", json!({"a": 1, "b": 1})).0, 422);
+    s.ok(
+        "POST",
+        "/api/commands/set",
+        json!({"id": id, "charge": -0.5}),
+    );
+    assert_eq!(
+        s.ok("GET", &format!("/api/tokens/{id}"), Value::Null)["charge"],
+        -0.5
+    );
+    let (code, v) = s.post(
+        "/api/commands/set",
+        json!({"id": id, "charge": 0.1, "mass": 1.0}),
+    );
+    assert_eq!(code, 422);
+    assert!(err_of(&v).contains("exactly one"), "{v}");
+    s.ok(
+        "POST",
+        "/api/commands/impulse",
+        json!({"id": id, "impulse": [2, 0, 0, 0, 0, 0, 0, 0]}),
+    );
+    assert_eq!(
+        s.ok("GET", &format!("/api/tokens/{id}"), Value::Null)["velocity"][0],
+        1.0
+    );
+    s.ok("POST", "/api/commands/despawn", json!({"id": id}));
+    assert_eq!(s.post("/api/commands/despawn", json!({"id": id})).0, 404);
+    let mut cdna = s.ok("GET", "/api/cdna", Value::Null);
+    cdna["physics"]["damping"] = json!(0.2);
+    assert_eq!(
+        s.ok("POST", "/api/commands/cdna_update", cdna.clone())["cdna_version"],
+        2
+    );
+    cdna["physics"]["damping"] = json!(-3);
+    let (code, v) = s.post("/api/commands/cdna_update", cdna);
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(
+        s.ok("POST", "/api/commands/cdna_revert", json!({}))["cdna_version"],
+        1
+    );
+    let (code, v) = s.post("/api/commands/cdna_revert", json!({}));
+    assert_eq!(
+        (code, err_of(&v)),
+        (409, "no earlier CDNA version to revert to")
+    );
+    assert_eq!(s.post("/api/commands/teleport", json!({})).0, 404);
+    let (code, v) = request(
+        &s.addr,
+        "POST",
+        "/api/commands/spawn",
+        Some("{\"position\": [1,"),
+        None,
+    );
+    assert_eq!(code, 400);
+    assert!(err_of(&v).starts_with("bad JSON body"), "{v}");
+
+    // Control: snapshot needs a WAL; rate; resume makes ticks go.
+    let (code, v) = s.post("/api/control/snapshot", json!({}));
+    assert_eq!(code, 409);
+    assert!(err_of(&v).contains("no WAL"), "{v}");
+    assert_eq!(s.post("/api/control/rate", json!({"rate": 0})).0, 422);
+    assert_eq!(s.post("/api/control/step", json!({"n": 2_000_000})).0, 422);
+    s.ok("POST", "/api/control/rate", json!({"rate": 50}));
+    let before = s.tick();
+    s.ok("POST", "/api/control/resume", json!({}));
+    std::thread::sleep(Duration::from_millis(600));
+    let moved = s.tick() - before;
+    assert!(
+        (5..=45).contains(&moved),
+        "{moved} ticks in 0.6 s at --rate 50"
+    );
+
+    // /health, /metrics, the page, unknown paths.
+    assert_eq!(s.get("/health").1["status"], "ok");
+    let (code, m) = s.get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        m.as_str().unwrap().contains("neurograph_ticks_total"),
+        "{m}"
+    );
+    let (code, page) = s.get("/");
+    assert_eq!(code, 200);
+    assert!(page.as_str().unwrap().contains("<canvas"));
+    assert_eq!(s.get("/api/nothing").0, 404);
+}
+
+#[test]
+fn bearer_token_and_public_addresses() {
+    let token = "0123456789abcdef0123";
+    let s = Serve::start_env(
+        &["--scenario", "uniform", "--tokens", "200", "--rate", "20"],
+        &[("NEUROGRAPH_AUTH_TOKEN", token)],
+    );
+    for path in ["/api/status", "/health", "/metrics", "/ws"] {
+        let (code, v) = request(&s.addr, "GET", path, None, None);
+        assert_eq!(code, 401, "{path} without a token: {v}");
+        let (code, _) = request(&s.addr, "GET", path, None, Some("0123456789abcdef0124"));
+        assert_eq!(code, 401, "{path} with a wrong token");
+    }
+    let (code, v) = request(&s.addr, "GET", "/api/status", None, Some(token));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        request(&s.addr, "GET", "/", None, None).0,
+        200,
+        "the page itself holds no data"
+    );
+    let url = format!("ws://{}/ws?access_token={token}", s.addr);
+    let (mut ws, _) = tungstenite::connect(url).expect("the stream with access_token");
+    let msg: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(msg["type"], "tick");
+    assert!(tungstenite::connect(format!("ws://{}/ws?access_token=nope", s.addr)).is_err());
+
+    // Beyond loopback without a token: refused before anything starts.
+    let out = Command::new(env!("CARGO_BIN_EXE_neurograph"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--tokens", "10"])
+        .env_remove("NEUROGRAPH_AUTH_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a loopback address") && err.contains("--auth-token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn websocket_streams_ticks_and_projection() {
+    let s = Serve::start(&["--scenario", "clusters", "--tokens", "800", "--rate", "100"]);
+    let (mut ws, _) = tungstenite::connect(format!("ws://{}/ws?ticks_hz=20", s.addr)).unwrap();
+    let mut ticks = Vec::new();
+    while ticks.len() < 5 {
+        let m: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+        assert_eq!(m["type"], "tick", "{m}");
+        assert_eq!(m["tokens"], 800);
+        ticks.push(m["tick"].as_u64().unwrap());
+    }
+    assert!(
+        ticks.windows(2).all(|w| w[1] > w[0]),
+        "ticks advance: {ticks:?}"
+    );
+    // Until the hierarchy stage has found groups (it runs every few ticks).
+    loop {
+        let m: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+        if !m["groups"].as_array().unwrap().is_empty() {
+            break;
+        }
+    }
+    // A bad parameter is answered on the stream, which goes on.
+    ws.send(tungstenite::Message::text("{\"points\": 0}"))
+        .unwrap();
+    ws.send(tungstenite::Message::text(
+        "{\"projection_hz\": 10, \"points\": 300, \"ticks_hz\": 0}",
+    ))
+    .unwrap();
+    let (mut saw_error, mut frame) = (false, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while frame.is_none() && Instant::now() < deadline {
+        let m: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+        match m["type"].as_str() {
+            Some("error") => {
+                assert!(m["error"].as_str().unwrap().contains("points = 0"), "{m}");
+                saw_error = true;
+            }
+            Some("projection") => frame = Some(m),
+            _ => {}
+        }
+    }
+    assert!(saw_error);
+    let f = frame.expect("a projection frame");
+    assert_eq!(f["x"].as_array().unwrap().len(), 300);
+    assert_eq!(f["group"].as_array().unwrap().len(), 300);
+    assert_eq!(f["tokens"], 800);
+    assert!(
+        f["group"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g.as_i64().unwrap() >= 0),
+        "some points are grouped"
+    );
+    match tungstenite::connect(format!("ws://{}/ws?points=0", s.addr)) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 422),
+        other => panic!("points=0 accepted: {:?}", other.map(|_| ())),
+    }
+    let (code, v) = request(&s.addr, "GET", "/ws", None, None);
+    assert_eq!(code, 400, "not an upgrade: {v}");
+}
+
+#[test]
+fn hostile_clients_do_not_stall_the_tick() {
+    let s = Serve::start(&["--scenario", "uniform", "--tokens", "300", "--rate", "40"]);
+    // Half-sent requests, a stream that is never read, and a flood of
+    // connections that send nothing.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        c.write_all(b"GET /api/status HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        idle.push(c);
+    }
+    let (unread, _) = tungstenite::connect(format!(
+        "ws://{}/ws?ticks_hz=60&projection_hz=30&points=100000",
+        s.addr
+    ))
+    .unwrap();
+    let t0 = s.tick();
+    std::thread::sleep(Duration::from_millis(1500));
+    let moved = s.tick() - t0;
+    assert!(
+        moved >= 20,
+        "only {moved} ticks in 1.5 s at --rate 40 with hostile clients"
+    );
+    drop(unread);
+    drop(idle);
+}
+
+/// A spawn acknowledged under `--durability sync` survives `kill -9` right
+/// after the acknowledgement: 20 trials on one WAL, each resumed by the next.
+#[test]
+fn acknowledged_commands_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let wal = wal.to_str().unwrap();
+    let args = [
+        "--scenario",
+        "uniform",
+        "--tokens",
+        "300",
+        "--wal",
+        wal,
+        "--durability",
+        "sync",
+        "--rate",
+        "200",
+    ];
+    let mut acked: Vec<(u64, f64)> = Vec::new();
+    for trial in 0..20u32 {
+        let mut s = Serve::start(&args);
+        // Every earlier acknowledged token is there, with its mass.
+        for &(id, mass) in &acked {
+            let t = s.ok("GET", &format!("/api/tokens/{id}"), Value::Null);
+            assert_eq!(
+                t["mass"].as_f64().unwrap() as f32,
+                mass as f32,
+                "trial {trial}: token {id}"
+            );
+        }
+        let mass = 1.0 + f64::from(trial) * 0.01;
+        let ack = s.ok(
+            "POST",
+            "/api/commands/spawn",
+            json!({"position": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], "mass": mass}),
+        );
+        assert_eq!(ack["durable"], true, "{ack}");
+        s.child.kill().unwrap(); // SIGKILL, at once
+        s.child.wait().unwrap();
+        acked.push((ack["first_id"].as_u64().unwrap(), mass));
+    }
+    let s = Serve::start(&args);
+    for &(id, mass) in &acked {
+        let t = s.ok("GET", &format!("/api/tokens/{id}"), Value::Null);
+        assert_eq!(
+            t["mass"].as_f64().unwrap() as f32,
+            mass as f32,
+            "token {id}"
+        );
+    }
+}
