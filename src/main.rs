@@ -121,9 +121,41 @@ enum BenchCommand {
     /// token, ticks/s, pairs/s, rebuilds and memory, then the late-over-early
     /// tick ratio and the memory growth (does the cost stay flat?).
     Steady(SteadyBenchArgs),
+    /// A bounded load test of `serve` on loopback: the tick rate alone, then
+    /// CLIENTS concurrent clients mixing reads, queries and commands for
+    /// SECONDS; per endpoint, requests, errors and p50/p99 latency.
+    Serve(ServeBenchArgs),
     /// Batch spawn with every component: `Simulation::spawn_batch` next to
     /// bevy's own `World::spawn_batch` into a bare World, alternated in one run.
     Spawn(SpawnBenchArgs),
+}
+
+#[derive(Args)]
+struct ServeBenchArgs {
+    /// Scenario name.
+    #[arg(long, default_value = "uniform")]
+    scenario: String,
+    /// Tokens.
+    #[arg(long, default_value_t = 100_000)]
+    tokens: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Seconds under load.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// Seconds of the tick rate alone, before the load.
+    #[arg(long, default_value_t = 15.0)]
+    baseline_seconds: f64,
+    /// Ticks run before anything is measured (steady state, not the first ticks).
+    #[arg(long, default_value_t = 300)]
+    warmup_ticks: u64,
+    /// Seed of the world and of the clients.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -387,6 +419,15 @@ struct ServeArgs {
     /// Print `durable TICK` on stdout whenever the WAL's durable tick advances.
     #[arg(long, hide = true)]
     report_durable: bool,
+    /// Export the sampled tick spans and the HTTP request spans over OTLP/HTTP
+    /// (protobuf) to this receiver, e.g. http://localhost:4318 (spans go to
+    /// URL/v1/traces). Needs a build with `--features otel`.
+    #[arg(long, value_name = "URL")]
+    otlp: Option<String>,
+    /// Fraction of ticks whose spans are exported with --otlp (by a hash of
+    /// the tick number, so the same ticks every run).
+    #[arg(long, value_name = "RATE", default_value_t = 0.01, requires = "otlp")]
+    otlp_tick_rate: f64,
 }
 
 #[derive(Args)]
@@ -1081,6 +1122,7 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
             print_report(a.json, &report, report.to_text())
         }
+        BenchCommand::Serve(a) => bench_serve(a),
         BenchCommand::Steady(a) => {
             let options = neurograph::app::benchmarks::SteadyBenchOptions {
                 scenario: a.scenario,
@@ -1344,7 +1386,7 @@ fn world_options(args: &WorldArgs) -> Result<RunOptions, String> {
 
 /// `neurograph serve`: starts the server, prints its address on stdout, and
 /// serves until Ctrl-C or SIGTERM (or until the engine stops).
-fn serve(args: ServeArgs) -> Result<Outcome, String> {
+fn serve(args: ServeArgs, otel: Option<Otel>) -> Result<Outcome, String> {
     use neurograph::app::serve::{ServeLimits, ServeOptions, Server};
     let mut run = world_options(&args.world)?;
     run.report_durable = args.report_durable;
@@ -1380,13 +1422,91 @@ fn serve(args: ServeArgs) -> Result<Outcome, String> {
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && server.running() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let summary = server.stop().map_err(|e| e.to_string())?;
+    let summary = server.stop().map_err(|e| e.to_string());
+    if let Some(o) = otel {
+        otel_shutdown(o);
+    }
+    let summary = summary?;
     note!("{}", summary.to_text());
     Ok(if stop.load(std::sync::atomic::Ordering::Relaxed) {
         Outcome::Done
     } else {
         Outcome::Failed
     })
+}
+
+/// `neurograph bench serve`: the load test; fails when a request failed.
+fn bench_serve(a: ServeBenchArgs) -> Result<(), String> {
+    let report = neurograph::app::serve::load::load(&neurograph::app::serve::load::LoadOptions {
+        scenario: a.scenario,
+        tokens: a.tokens,
+        clients: a.clients.max(1),
+        seconds: a.seconds.max(0.1),
+        baseline_seconds: a.baseline_seconds.max(0.1),
+        warmup_ticks: a.warmup_ticks,
+        seed: a.seed,
+    })
+    .map_err(|e| e.to_string())?;
+    if a.json {
+        outln!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        outln!("{}", report.to_text());
+    }
+    if report.errors > 0 {
+        return Err(format!("{} requests failed", report.errors));
+    }
+    Ok(())
+}
+
+#[cfg(feature = "otel")]
+type Otel = neurograph::app::serve::otel::Otel;
+#[cfg(not(feature = "otel"))]
+type Otel = std::convert::Infallible;
+
+/// The layer-type the subscriber stack takes the OTel layer as.
+type BoxedLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// `serve --otlp`'s layer (our spans from INFO) and pipeline.
+#[cfg(feature = "otel")]
+fn otel_for(cmd: &Command) -> Result<Option<(BoxedLayer, Otel)>, String> {
+    use tracing_subscriber::Layer;
+    let Command::Serve(a) = cmd else {
+        return Ok(None);
+    };
+    let Some(url) = &a.otlp else {
+        return Ok(None);
+    };
+    let (layer, otel) = neurograph::app::serve::otel::layer(url, a.otlp_tick_rate)?;
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("neurograph", tracing::Level::INFO)
+        .with_default(tracing::Level::WARN);
+    Ok(Some((Box::new(layer.with_filter(filter)), otel)))
+}
+
+#[cfg(not(feature = "otel"))]
+fn otel_for(cmd: &Command) -> Result<Option<(BoxedLayer, Otel)>, String> {
+    match cmd {
+        Command::Serve(a) if a.otlp.is_some() => {
+            Err("--otlp: this build has no OpenTelemetry; build it with --features otel".into())
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(feature = "otel")]
+fn otel_shutdown(o: Otel) {
+    let endpoint = o.endpoint.clone();
+    if let Err(e) = o.shutdown() {
+        note!("--otlp {endpoint}: the last spans were not exported: {e}");
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+fn otel_shutdown(o: Otel) {
+    match o {}
 }
 
 /// The history file of `repl` (a regular file, or none yet), loaded into `rl`.
@@ -1687,7 +1807,16 @@ fn main() -> ExitCode {
         .with_filter(filter);
     // The sampler sees our spans and events at INFO, other crates' from WARN.
     let sampling = sampling.map(|l| l.with_filter(neurograph::observe::sampler::default_filter()));
+    let (otel_layer, otel) = match otel_for(&cli.command) {
+        Ok(Some((layer, otel))) => (Some(layer), Some(otel)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            note!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::registry()
+        .with(otel_layer)
         .with(log)
         .with(sampling)
         .init();
@@ -1701,7 +1830,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate(a),
         Command::Import(a) => import(a).map(|()| Outcome::Done),
         Command::Repl(a) => repl(*a).map(|()| Outcome::Done),
-        Command::Serve(a) => serve(*a),
+        Command::Serve(a) => serve(*a, otel),
         Command::Bench(b) => bench(b).map(|()| Outcome::Done),
     };
     // A closed stdout ends any command quietly, whatever else happened.

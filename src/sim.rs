@@ -91,12 +91,13 @@ fn check_point(p: Vec8) -> Result<(), QueryError> {
 }
 
 /// The spatial index of [`Simulation::nearest`] and [`Simulation::within`]:
-/// a k-d tree over the live tokens' positions as of `key` (tick, commands
-/// applied). An embedder who edits positions through `world_mut` removes it
-/// to have it rebuilt.
+/// a k-d tree over the live tokens' positions as of `key` (the tick).
+/// [`Simulation::apply`] removes it when a command adds, removes or moves a
+/// token; an embedder who edits positions through `world_mut` removes it to
+/// have it rebuilt.
 #[derive(Resource, Default)]
 pub struct QueryIndex {
-    key: Option<(u64, u64)>,
+    key: Option<u64>,
     ids: Vec<u64>,
     points: Vec<Vec8>,
     tree: crate::geometry::spatial::KdTree,
@@ -150,6 +151,20 @@ impl Simulation {
     pub fn apply(&mut self, cmd: SimCommand) -> Result<CommandOutcome, CommandError> {
         let world = self.app.world_mut();
         let out = apply_command(world, &cmd)?;
+        // A command that adds, removes or moves a token makes the query index
+        // stale (an impulse or a charge does not).
+        if matches!(
+            cmd,
+            SimCommand::Spawn(_)
+                | SimCommand::SpawnBatch(_)
+                | SimCommand::Despawn(_)
+                | SimCommand::Set {
+                    value: crate::model::commands::SetValue::Position(_),
+                    ..
+                }
+        ) {
+            world.remove_resource::<QueryIndex>();
+        }
         let mut log = world.resource_mut::<CommandLog>();
         if log.record {
             log.applied.push(cmd);
@@ -328,7 +343,7 @@ impl Simulation {
 
     /// The query index, rebuilt when a tick or a command came since.
     fn query_index(&mut self) -> &QueryIndex {
-        let key = (self.tick(), self.command_log().applied_total);
+        let key = self.tick();
         let stale = self
             .world()
             .get_resource::<QueryIndex>()

@@ -208,7 +208,44 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.max_body_bytes,
         ))
+        .layer(axum::middleware::from_fn(request_span))
         .with_state(state)
+}
+
+/// The route of a path for a span's name: numeric segments become `{id}`.
+fn route_of(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+                "{id}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Every request runs in a span (target `neurograph::http`), named
+/// `METHOD route`, with OpenTelemetry's HTTP attributes; with the `otel`
+/// feature an incoming `traceparent` is its parent.
+async fn request_span(req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let name = format!("{} {}", req.method(), route_of(req.uri().path()));
+    let span = tracing::info_span!(
+        target: "neurograph::http",
+        "http.request",
+        otel.name = %name,
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    #[cfg(feature = "otel")]
+    super::otel::parent_from_headers(&span, req.headers());
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// Whether `given` is the configured token, in time that does not depend on
@@ -278,6 +315,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
 async fn status(State(s): State<AppState>) -> ApiResult {
     s.ask(|e| {
         let tps = e.ticks_per_s();
+        let digest = e.digest();
         let wal = e.durability();
         let (paused, rate, ended) = (e.paused, e.rate, e.ended.clone());
         let sim = e.session.sim_mut();
@@ -295,7 +333,7 @@ async fn status(State(s): State<AppState>) -> ApiResult {
             "tokens": sim.token_count(),
             "links": sim.link_count(),
             "groups": sim.hierarchy().groups_per_level(),
-            "digest": sim.digest().to_string(),
+            "digest": digest,
             "ticks_per_s": tps,
             "paused": paused,
             "rate": rate,

@@ -20,8 +20,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
-/// What the cached group map was made for: the last detection and the
-/// commands applied.
+/// What a cached value was made for: a tick (or the last detection) and a
+/// count that changes with the world between ticks.
 type GroupsKey = (Option<u64>, u64);
 
 /// Work for the engine thread, run between two ticks.
@@ -32,7 +32,9 @@ pub type Reply = oneshot::Sender<Result<Value, ApiError>>;
 
 /// Jobs run back to back before the engine ticks again (while ticking).
 const JOBS_PER_GAP: usize = 256;
-/// Time spent on jobs before the engine ticks again (while ticking).
+/// Time spent on jobs before the engine ticks again (while ticking): at
+/// least this, or half the last tick's time when that is longer, so requests
+/// get at most a third of the engine's time under load and never starve.
 const JOB_TIME_PER_GAP: Duration = Duration::from_millis(20);
 
 /// The engine: the session and the serving state around it.
@@ -53,8 +55,10 @@ pub struct Engine {
     durable_waiters: Vec<(Value, Reply)>,
     snapshot_waiters: Vec<Reply>,
     recent: VecDeque<Instant>,
+    last_tick: Duration,
     live: watch::Sender<Arc<TickInfo>>,
     groups: Option<(GroupsKey, Arc<HashMap<u64, u64>>)>,
+    digest: Option<(GroupsKey, String)>,
     /// The last projection frame and the key it was made for.
     pub projection: Option<((u64, u64, usize), Arc<String>)>,
 }
@@ -77,8 +81,10 @@ impl Engine {
             durable_waiters: Vec::new(),
             snapshot_waiters: Vec::new(),
             recent: VecDeque::new(),
+            last_tick: Duration::ZERO,
             live,
             groups: None,
+            digest: None,
             projection: None,
         };
         e.publish();
@@ -133,6 +139,21 @@ impl Engine {
         let map = Arc::new(map);
         self.groups = Some((key, map.clone()));
         map
+    }
+
+    /// The state digest, computed once per tick (and after commands): it
+    /// hashes the whole state, which a busy `/api/status` should not repeat.
+    pub fn digest(&mut self) -> String {
+        let sim = self.session.sim_mut();
+        let key = (Some(sim.tick()), sim.command_log().applied_total);
+        if let Some((k, d)) = &self.digest
+            && *k == key
+        {
+            return d.clone();
+        }
+        let d = sim.digest().to_string();
+        self.digest = Some((key, d.clone()));
+        d
     }
 
     /// Applies a command now (validated by the engine), then acknowledges it:
@@ -220,7 +241,9 @@ impl Engine {
     }
 
     fn tick(&mut self) {
+        let t0 = Instant::now();
         let result = self.session.step();
+        self.last_tick = t0.elapsed();
         self.steps_left = self.steps_left.saturating_sub(1);
         let now = Instant::now();
         self.recent.push_back(now);
@@ -288,12 +311,12 @@ impl Engine {
         let mut due = Instant::now();
         while !shutdown.load(Ordering::Relaxed) {
             let started = Instant::now();
+            let budget = JOB_TIME_PER_GAP.max(self.last_tick / 2);
             let mut ran = 0;
             while let Ok(job) = jobs.try_recv() {
                 job(self);
                 ran += 1;
-                if self.will_tick() && (ran >= JOBS_PER_GAP || started.elapsed() > JOB_TIME_PER_GAP)
-                {
+                if self.will_tick() && (ran >= JOBS_PER_GAP || started.elapsed() > budget) {
                     break;
                 }
             }

@@ -8,6 +8,9 @@
 
 pub mod api;
 pub mod engine;
+pub mod load;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod stream;
 
 use crate::app::runner::{RunError, RunOptions, RunSummary, Session};
@@ -113,6 +116,7 @@ pub enum ServeError {
 /// closes the run (the WAL with a final snapshot) and returns the summary.
 pub struct Server {
     addr: SocketAddr,
+    live: tokio::sync::watch::Receiver<Arc<api::TickInfo>>,
     shutdown: Arc<AtomicBool>,
     runtime: Option<tokio::runtime::Runtime>,
     engine: Option<std::thread::JoinHandle<Result<RunSummary, RunError>>>,
@@ -218,7 +222,7 @@ impl Server {
         }
         let state = api::AppState {
             jobs: jobs_tx,
-            live: live_rx,
+            live: live_rx.clone(),
             limits: opts.limits,
             auth: opts.auth_token.map(Into::into),
             metrics: opts.metrics,
@@ -238,6 +242,7 @@ impl Server {
         runtime.spawn(accept_loop(listener, api::router(state), opts.limits));
         Ok(Self {
             addr,
+            live: live_rx,
             shutdown,
             runtime: Some(runtime),
             engine: Some(engine),
@@ -247,6 +252,11 @@ impl Server {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The last tick completed.
+    pub fn tick(&self) -> u64 {
+        self.live.borrow().tick
     }
 
     /// Whether the engine thread is still running.
