@@ -150,6 +150,14 @@ struct ServeBenchArgs {
     /// Ticks run before anything is measured (steady state, not the first ticks).
     #[arg(long, default_value_t = 300)]
     warmup_ticks: u64,
+    /// Keep the engine paused: the requests' own cost, without waiting for the
+    /// tick in progress (no warm-up; the tick rates read 0).
+    #[arg(long)]
+    paused: bool,
+    /// Memory budget in bytes (quotas.memory_budget_bytes; default 1 GiB):
+    /// 1M tokens need about 1.2 GB of it.
+    #[arg(long, value_name = "BYTES")]
+    memory_budget: Option<u64>,
     /// Seed of the world and of the clients.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -1445,6 +1453,8 @@ fn bench_serve(a: ServeBenchArgs) -> Result<(), String> {
         baseline_seconds: a.baseline_seconds.max(0.1),
         warmup_ticks: a.warmup_ticks,
         seed: a.seed,
+        paused: a.paused,
+        memory_budget: a.memory_budget,
     })
     .map_err(|e| e.to_string())?;
     if a.json {

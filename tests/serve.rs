@@ -195,21 +195,29 @@ fn every_endpoint_and_refusal() {
     assert_eq!(within["count"].as_u64().unwrap() as usize, expect);
     assert_eq!(within["results"].as_array().unwrap().len(), 5);
     assert_eq!(within["truncated"], true);
-    for (body, needle) in [
-        (json!({"point": [0, 0, 0]}), "exactly 8"),
+    for (body, status, needle) in [
+        (json!({"point": [0, 0, 0]}), 422, "exactly 8"),
         (
             json!({"point": q, "k": 200000}),
+            422,
             "k = 200000: at most 100000",
         ),
-        (json!({"point": q, "k": 3, "radius": 1.0}), "not both"),
-        (json!({"point": q, "radius": -1.0}), "radius = -1"),
-        (json!({"point": [1e39, 0, 0, 0, 0, 0, 0, 0]}), "point[0]"),
-        (json!({"point": q, "kk": 3}), "unknown field"),
+        (json!({"point": q, "k": 3, "radius": 1.0}), 422, "not both"),
+        (json!({"point": q, "radius": -1.0}), 422, "radius = -1"),
+        (
+            json!({"point": [1e39, 0, 0, 0, 0, 0, 0, 0]}),
+            422,
+            "point[0]",
+        ),
+        (json!({"point": q, "kk": 3}), 400, "unknown field"),
     ] {
         let (code, v) = s.post("/api/query", body.clone());
-        assert!(code == 422 || code == 400, "{body}: {code} {v}");
+        assert_eq!(code, status, "{body}: {v}");
         assert!(err_of(&v).contains(needle), "{body}: {v}");
     }
+    // A k query returns its k (beyond the radius query's default 1,000).
+    let many = s.ok("POST", "/api/query", json!({"point": q, "k": 1500}));
+    assert_eq!(many["results"].as_array().unwrap().len(), 600);
 
     // The hierarchy and one group with its members.
     let h = s.ok("GET", "/api/hierarchy", Value::Null);
@@ -477,7 +485,7 @@ fn websocket_streams_ticks_and_projection() {
 
 #[test]
 fn hostile_clients_do_not_stall_the_tick() {
-    let s = Serve::start(&["--scenario", "uniform", "--tokens", "300", "--rate", "40"]);
+    let s = Serve::start(&["--scenario", "uniform", "--tokens", "3000", "--rate", "40"]);
     // Half-sent requests, a stream that is never read, and a flood of
     // connections that send nothing.
     let mut idle = Vec::new();
@@ -493,11 +501,13 @@ fn hostile_clients_do_not_stall_the_tick() {
     ))
     .unwrap();
     let t0 = s.tick();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Long enough for the unread stream to fill its socket and hit the send
+    // timeout (3,000-point frames at 30 per second).
+    std::thread::sleep(Duration::from_millis(7000));
     let moved = s.tick() - t0;
     assert!(
-        moved >= 20,
-        "only {moved} ticks in 1.5 s at --rate 40 with hostile clients"
+        moved >= 210,
+        "only {moved} ticks in 7 s at --rate 40 with hostile clients (280 expected)"
     );
     drop(unread);
     drop(idle);
@@ -524,7 +534,13 @@ fn acknowledged_commands_survive_sigkill() {
     ];
     let mut acked: Vec<(u64, f64)> = Vec::new();
     for trial in 0..20u32 {
-        let mut s = Serve::start(&args);
+        // Odd trials are paused: the acknowledgement waits for the one tick
+        // the engine runs to journal the command.
+        let mut s = if trial % 2 == 1 {
+            Serve::start(&[&args[..], &["--paused"]].concat())
+        } else {
+            Serve::start(&args)
+        };
         // Every earlier acknowledged token is there, with its mass.
         for &(id, mass) in &acked {
             let t = s.ok("GET", &format!("/api/tokens/{id}"), Value::Null);
@@ -554,4 +570,127 @@ fn acknowledged_commands_survive_sigkill() {
             "token {id}"
         );
     }
+}
+
+/// The refusals a web page elsewhere could provoke through a browser, the
+/// control endpoints' edge cases, and a snapshot and a durable command on a
+/// paused engine.
+#[test]
+fn controls_and_cross_site_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let s = Serve::start(&[
+        "--tokens",
+        "200",
+        "--paused",
+        "--wal",
+        wal.to_str().unwrap(),
+        "--durability",
+        "sync",
+    ]);
+    let t0 = s.tick();
+    // An empty body steps one tick; `{}` too.
+    let (code, v) = request(&s.addr, "POST", "/api/control/step", None, None);
+    assert_eq!((code, v["tick"].as_u64()), (200, Some(t0 + 1)), "{v}");
+    assert_eq!(s.ok("POST", "/api/control/step", json!({}))["tick"], t0 + 2);
+    // A durable command while paused runs exactly one tick.
+    let ack = s.ok(
+        "POST",
+        "/api/commands/spawn",
+        json!({"position": [0.2, 0, 0, 0, 0, 0, 0, 0]}),
+    );
+    assert_eq!(
+        (ack["durable"].as_bool(), ack["durable_tick"].as_u64()),
+        (Some(true), Some(t0 + 3)),
+        "{ack}"
+    );
+    assert_eq!(s.tick(), t0 + 3);
+    // A snapshot of the tick, then again (written once).
+    assert_eq!(
+        s.ok("POST", "/api/control/snapshot", json!({}))["snapshot_tick"],
+        t0 + 3
+    );
+    assert_eq!(
+        s.ok("POST", "/api/control/snapshot", json!({}))["snapshot_tick"],
+        t0 + 3
+    );
+    // Rates too small to tick, and stream rates likewise.
+    for r in [1e-300, 0.0, -1.0, 2e6] {
+        let (code, v) = s.post("/api/control/rate", json!({"rate": r}));
+        assert_eq!(code, 422, "rate {r}: {v}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_neurograph"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            "10",
+            "--rate",
+            "1e-300",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ticks per second in [0.001, 1e6]"));
+    match tungstenite::connect(format!("ws://{}/ws?ticks_hz=1e-300", s.addr)) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 422),
+        other => panic!("ticks_hz=1e-300 accepted: {:?}", other.map(|_| ())),
+    }
+    // A rate set after a slow one takes effect at once.
+    s.ok("POST", "/api/control/rate", json!({"rate": 0.001}));
+    s.ok("POST", "/api/control/resume", json!({}));
+    s.ok("POST", "/api/control/rate", json!({"rate": 100}));
+    let t1 = s.tick();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(s.tick() > t1 + 10, "the new rate applies at once");
+    // Bad path segments and methods answer JSON.
+    let (code, v) = s.get("/api/tokens/abc");
+    assert_eq!(code, 400);
+    assert!(v["error"].is_string(), "{v}");
+    let (code, v) = request(&s.addr, "DELETE", "/api/status", None, None);
+    assert_eq!(code, 405);
+    assert!(v["error"].is_string(), "{v}");
+
+    // Cross-site: a foreign Origin, a DNS name as Host (rebinding).
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    let body = "{\"n\": 1}";
+    write!(
+        c,
+        "POST /api/control/pause HTTP/1.1\r\nHost: {}\r\nOrigin: http://evil.example\r\n\
+               Connection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        s.addr,
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    let port = s.addr.rsplit_once(':').unwrap().1;
+    write!(
+        c,
+        "GET /api/status HTTP/1.1\r\nHost: rebind.example:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
+    assert!(raw.contains("rebinding"), "{raw}");
+    // The same origin is fine (the live page's own requests).
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        c,
+        "GET /api/status HTTP/1.1\r\nHost: {0}\r\nOrigin: http://{0}\r\nConnection: close\r\n\r\n",
+        s.addr
+    )
+    .unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert_eq!(
+        s.ok("GET", "/api/status", Value::Null)["paused"],
+        false,
+        "the cross-site pause was refused"
+    );
 }

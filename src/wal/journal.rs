@@ -83,8 +83,7 @@ impl Journal {
     }
 
     /// Writes a snapshot of the world as it is now, between ticks, and returns
-    /// its tick. A snapshot of a tick that has one already is not written
-    /// again.
+    /// its tick (a snapshot of the same tick is replaced).
     ///
     /// # Errors
     /// The writer's errors ([`WalError::Io`] and others); [`WalError::Refused`] when there is
@@ -100,9 +99,6 @@ impl Journal {
             return refused(format!("journaling stopped: {f}"));
         }
         let tick = tick_of(world);
-        if j.last_snapshot == tick && tick > 0 {
-            return Ok(tick);
-        }
         let pending = world.resource::<CommandLog>().applied.len();
         if pending > 0 {
             return refused(format!(

@@ -10,7 +10,7 @@ use crate::model::commands::{SetValue, SimCommand};
 use crate::model::components::{LinkKind, LinkSpec, TokenId, TokenKind, TokenSpec};
 use crate::model::math::Vec8;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -205,8 +205,18 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(|| async { Html(super::PAGE) }))
         .merge(api)
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/serve.md") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed here; see docs/serve.md",
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.max_body_bytes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            same_origin,
         ))
         .layer(axum::middleware::from_fn(request_span))
         .with_state(state)
@@ -255,6 +265,54 @@ pub fn token_matches(expected: &str, given: &str) -> bool {
     expected.as_bytes().ct_eq(given.as_bytes()).into()
 }
 
+/// Whether `host` (a Host header: name or address, optional port) names this
+/// machine by an address or as `localhost`: not a name an attacker's DNS
+/// could point here (DNS rebinding).
+fn local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Refuses what a web page elsewhere could send through a visitor's browser:
+/// a request whose `Origin` is not this server (cross-site POSTs, WebSocket
+/// upgrades), and, without a token, a `Host` that is a DNS name (rebinding).
+async fn same_origin(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if s.auth.is_none() && !local_host(host) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Host {host:?}: without --auth-token only an address or localhost is served \
+                 (a DNS name could be rebinding)"
+            ),
+        )
+        .into_response();
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let same = origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host));
+        if !same {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Origin {origin:?} is not this server ({host}): cross-site requests are refused"
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
 async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let Some(expected) = &s.auth else {
         return next.run(req).await;
@@ -267,13 +325,9 @@ async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> R
     // Browsers cannot set headers on a WebSocket: the stream may carry the
     // token as `access_token` (RFC 6750 §2.3).
     let from_query = (req.uri().path() == "/ws")
-        .then(|| req.uri().query())
+        .then(|| Query::<std::collections::HashMap<String, String>>::try_from_uri(req.uri()).ok())
         .flatten()
-        .and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix("access_token="))
-                .map(str::to_string)
-        });
+        .and_then(|Query(mut q)| q.remove("access_token"));
     let ok = bearer.is_some_and(|b| token_matches(expected, b))
         || from_query.is_some_and(|q| token_matches(expected, &q));
     if ok {
@@ -415,7 +469,14 @@ async fn tokens(State(s): State<AppState>, q: Result<Query<Page>, QueryRejection
     .await
 }
 
-async fn token(State(s): State<AppState>, Path(id): Path<u64>) -> ApiResult {
+/// A numeric path segment; a bad one is a JSON 400.
+fn path_id(p: Result<Path<u64>, PathRejection>) -> Result<u64, ApiError> {
+    p.map(|Path(id)| id)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+async fn token(State(s): State<AppState>, p: Result<Path<u64>, PathRejection>) -> ApiResult {
+    let id = path_id(p)?;
     s.ask(move |e| {
         let groups = e.group_of();
         let sim = e.session.sim();
@@ -462,7 +523,9 @@ async fn query(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> A
     let q: QueryBody = body(b)?;
     let point = point8(&q.point, "point")?;
     let max = s.limits.max_results as u64;
-    let limit = q.limit.unwrap_or(max.min(1000));
+    // A nearest query returns its k; a radius query the first 1,000 unless
+    // `limit` says otherwise.
+    let limit = q.limit.unwrap_or_else(|| q.k.unwrap_or(1000).min(max));
     if limit > max {
         return Err(ApiError::unprocessable(format!(
             "limit = {limit}: at most {max} results"
@@ -561,9 +624,10 @@ async fn hierarchy(
 
 async fn group(
     State(s): State<AppState>,
-    Path(id): Path<u64>,
+    id: Result<Path<u64>, PathRejection>,
     q: Result<Query<Page>, QueryRejection>,
 ) -> ApiResult {
+    let id = path_id(id)?;
     let p = query_params(q)?;
     let max = s.limits.max_page as u64;
     let limit = p.limit.unwrap_or(max);
@@ -817,11 +881,18 @@ async fn command(
         .await
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StepBody {
     #[serde(default = "one_u64")]
     n: u64,
+}
+
+/// An empty body steps one tick, as `{}` does.
+impl Default for StepBody {
+    fn default() -> Self {
+        Self { n: 1 }
+    }
 }
 
 fn one_u64() -> u64 {
@@ -843,8 +914,7 @@ async fn control(
         "pause" | "resume" => {
             let paused = action == "pause";
             s.ask(move |e| {
-                e.paused = paused;
-                e.publish();
+                e.control(paused, e.rate);
                 Ok(json!({ "paused": paused, "tick": e.session.tick() }))
             })
             .await
@@ -863,21 +933,21 @@ async fn control(
                     step.n
                 )));
             }
-            s.ask_for(s.limits.step_timeout, move |e, r| e.step(step.n, r))
+            s.ask_for(s.limits.step_timeout, move |e, r| e.step(step.n, max, r))
                 .await
         }
         "rate" => {
             let r: RateBody = body(b)?;
+            let min = super::engine::MIN_RATE;
             if let Some(x) = r.rate
-                && !(x.is_finite() && x > 0.0 && x <= 1e6)
+                && !(x.is_finite() && (min..=1e6).contains(&x))
             {
                 return Err(ApiError::unprocessable(format!(
-                    "rate = {x}: a number of ticks/s in (0, 1e6], or null for no limit"
+                    "rate = {x}: a number of ticks/s in [{min}, 1e6], or null for no limit"
                 )));
             }
             s.ask(move |e| {
-                e.rate = r.rate;
-                e.publish();
+                e.control(e.paused, r.rate);
                 Ok(json!({ "rate": e.rate }))
             })
             .await

@@ -30,6 +30,10 @@ pub type Job = Box<dyn FnOnce(&mut Engine) + Send>;
 /// A reply channel for a JSON answer or a refusal.
 pub type Reply = oneshot::Sender<Result<Value, ApiError>>;
 
+/// The lowest rate in ticks/s (`--rate`, `control/rate`): a tick at least
+/// every 1,000 s.
+pub const MIN_RATE: f64 = 1e-3;
+
 /// Jobs run back to back before the engine ticks again (while ticking).
 const JOBS_PER_GAP: usize = 256;
 /// Time spent on jobs before the engine ticks again (while ticking): at
@@ -48,8 +52,12 @@ pub struct Engine {
     /// Why the run is over (a tick failed); requests that need the world
     /// still read it, commands and ticks are refused.
     pub ended: Option<String>,
-    steps_left: u64,
+    /// Tick until this tick even while paused (`step`).
+    step_until: u64,
     step_waiters: Vec<(u64, Reply)>,
+    /// When the next tick is due (at the rate).
+    due: Instant,
+    last_snapshot: Option<u64>,
     /// Acknowledgements held until the next tick's record is durable (a WAL
     /// under `sync`).
     durable_waiters: Vec<(Value, Reply)>,
@@ -76,7 +84,9 @@ impl Engine {
             paused,
             rate,
             ended: None,
-            steps_left: 0,
+            step_until: 0,
+            due: Instant::now(),
+            last_snapshot: None,
             step_waiters: Vec::new(),
             durable_waiters: Vec::new(),
             snapshot_waiters: Vec::new(),
@@ -166,6 +176,10 @@ impl Engine {
             ))));
             return;
         }
+        // The client gave up (timed out, disconnected): do not apply it.
+        if reply.is_closed() {
+            return;
+        }
         let name = cmd.name();
         let outcome = match self.session.sim_mut().apply(cmd) {
             Ok(o) => o,
@@ -195,23 +209,43 @@ impl Engine {
                 let _ = reply.send(Ok(ack));
             }
         }
+        self.publish();
     }
 
-    /// Runs `n` more ticks (paused or not) and answers when they are done.
-    pub fn step(&mut self, n: u64, reply: Reply) {
+    /// Sets the rate and whether ticking is paused; the next tick is due now.
+    pub fn control(&mut self, paused: bool, rate: Option<f64>) {
+        self.paused = paused;
+        self.rate = rate;
+        self.due = Instant::now();
+        self.publish();
+    }
+
+    /// Answers when the tick `n` ticks from now is done, ticking until then
+    /// even while paused. Steps asked for at once overlap (two `step 5` run
+    /// 5 ticks); at most `max` ticks may be outstanding.
+    pub fn step(&mut self, n: u64, max: u64, reply: Reply) {
         if let Some(why) = &self.ended {
             let _ = reply.send(Err(ApiError::unavailable(format!(
                 "the run is over ({why})"
             ))));
             return;
         }
-        self.steps_left += n;
-        let target = self.session.tick() + self.steps_left;
-        if n == 0 {
-            let _ = reply.send(Ok(json!({ "tick": self.session.tick() })));
-        } else {
-            self.step_waiters.push((target, reply));
+        let tick = self.session.tick();
+        let target = tick.saturating_add(n);
+        if target.max(self.step_until) - tick > max {
+            let _ = reply.send(Err(ApiError::unprocessable(format!(
+                "n = {n}: at most {max} ticks may be outstanding ({} are)",
+                self.step_until.saturating_sub(tick)
+            ))));
+            return;
         }
+        if n == 0 {
+            let _ = reply.send(Ok(json!({ "tick": tick })));
+            return;
+        }
+        self.step_until = self.step_until.max(target);
+        self.due = Instant::now();
+        self.step_waiters.push((target, reply));
     }
 
     /// Writes a WAL snapshot now, or after the next tick when commands since
@@ -226,25 +260,42 @@ impl Engine {
         let _ = reply.send(self.snapshot_result());
     }
 
+    /// A snapshot of this tick, written once however often it is asked for.
     fn snapshot_result(&mut self) -> Result<Value, ApiError> {
+        let tick = self.session.tick();
+        let pending = self.session.sim().command_log().applied.len();
+        if self.last_snapshot == Some(tick) && pending == 0 {
+            return Ok(json!({ "snapshot_tick": tick }));
+        }
         match Journal::snapshot_now(self.session.sim_mut().world_mut()) {
-            Ok(tick) => Ok(json!({ "snapshot_tick": tick })),
+            Ok(tick) => {
+                self.last_snapshot = Some(tick);
+                Ok(json!({ "snapshot_tick": tick }))
+            }
             Err(e) => Err(ApiError::conflict(e.to_string())),
         }
     }
 
-    /// Whether the loop ticks without being asked: running, stepping, or
-    /// holding acknowledgements that wait for a durable tick.
+    /// Whether the loop ticks: running, stepping, or holding answers that
+    /// wait for the next tick (durable commands, snapshots).
     fn will_tick(&self) -> bool {
         self.ended.is_none()
-            && (!self.paused || self.steps_left > 0 || !self.durable_waiters.is_empty())
+            && (!self.paused
+                || self.session.tick() < self.step_until
+                || !self.durable_waiters.is_empty()
+                || !self.snapshot_waiters.is_empty())
     }
 
     fn tick(&mut self) {
         let t0 = Instant::now();
+        let before = self.session.tick();
         let result = self.session.step();
         self.last_tick = t0.elapsed();
-        self.steps_left = self.steps_left.saturating_sub(1);
+        if result.is_ok() && self.session.tick() != before + 1 {
+            // The tick panicked and the world was recovered from the WAL: the
+            // commands applied since the last journaled tick are gone.
+            self.recovered(before);
+        }
         let now = Instant::now();
         self.recent.push_back(now);
         while self.recent.len() > 2 && now.duration_since(self.recent[0]) > Duration::from_secs(3) {
@@ -284,6 +335,28 @@ impl Engine {
         self.publish();
     }
 
+    /// After a recovery from the WAL: refuse the acknowledgements that wait
+    /// for a tick that never was, and drop the caches of the old world.
+    fn recovered(&mut self, before: u64) {
+        let now = self.session.tick();
+        tracing::warn!(
+            before,
+            now,
+            "a tick panicked; the world was recovered from the WAL"
+        );
+        for (_, r) in self.durable_waiters.drain(..) {
+            let _ = r.send(Err(ApiError::unavailable(format!(
+                "tick {} panicked and the world was recovered to tick {now} from the WAL; \
+                 this command was not journaled: send it again",
+                before + 1
+            ))));
+        }
+        self.groups = None;
+        self.digest = None;
+        self.projection = None;
+        self.last_snapshot = None;
+    }
+
     /// Sends the tick summary to the WebSocket streams (and `/health`).
     pub fn publish(&mut self) {
         let sim = self.session.sim();
@@ -308,12 +381,18 @@ impl Engine {
     /// The loop: jobs between ticks, ticks at the rate, until `shutdown` is
     /// set or every sender is gone.
     pub fn run(&mut self, jobs: &Receiver<Job>, shutdown: &AtomicBool) {
-        let mut due = Instant::now();
+        self.due = Instant::now();
         while !shutdown.load(Ordering::Relaxed) {
             let started = Instant::now();
             let budget = JOB_TIME_PER_GAP.max(self.last_tick / 2);
             let mut ran = 0;
-            while let Ok(job) = jobs.try_recv() {
+            loop {
+                let job = match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    // The server is gone: stop.
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                };
                 job(self);
                 ran += 1;
                 if self.will_tick() && (ran >= JOBS_PER_GAP || started.elapsed() > budget) {
@@ -321,23 +400,20 @@ impl Engine {
                 }
             }
             let now = Instant::now();
-            if self.will_tick() && now >= due {
+            if self.will_tick() && now >= self.due {
                 self.tick();
                 // Steps asked for while paused run as fast as they go.
                 let period = match self.rate {
-                    Some(r) if !self.paused => Duration::from_secs_f64(1.0 / r),
+                    Some(r) if !self.paused => Duration::from_secs_f64(1.0 / r.max(MIN_RATE)),
                     _ => Duration::ZERO,
                 };
                 // No catching up after a slow tick or a pause: the next one is
                 // a period after this one at the earliest.
-                due = (due + period).max(now);
-                if self.paused && self.steps_left == 0 {
-                    due = Instant::now();
-                }
+                self.due = (self.due + period).max(now);
                 continue;
             }
             let wait = if self.will_tick() {
-                due.saturating_duration_since(now)
+                self.due.saturating_duration_since(now)
             } else {
                 Duration::from_millis(100)
             };

@@ -33,6 +33,11 @@ pub struct LoadOptions {
     pub warmup_ticks: u64,
     /// Seed of the world and of the clients' choices.
     pub seed: u64,
+    /// Keep the engine paused (no warm-up, no ticks): the requests' own cost,
+    /// without the wait for the tick in progress.
+    pub paused: bool,
+    /// `quotas.memory_budget_bytes` (default: the quota's default, 1 GiB).
+    pub memory_budget: Option<u64>,
 }
 
 /// One endpoint's figures.
@@ -55,6 +60,8 @@ pub struct EndpointLoad {
 pub struct LoadReport {
     /// Tokens in the world.
     pub tokens: u64,
+    /// Whether the engine was paused.
+    pub paused: bool,
     /// Ticks run before the measurements.
     pub warmup_ticks: u64,
     /// Clients.
@@ -214,12 +221,15 @@ fn tick_rate(server: &Server, seconds: f64) -> f64 {
 /// [`ServeError`] when the server cannot start (a bad scenario or size) or
 /// stop, or the clients' runtime cannot start.
 pub fn load(o: &LoadOptions) -> Result<LoadReport, ServeError> {
-    let config = RunConfig {
+    let mut config = RunConfig {
         scenario: Some(o.scenario.clone()),
         tokens: Some(o.tokens),
         seed: Some(o.seed),
         ..Default::default()
     };
+    if let Some(b) = o.memory_budget {
+        config.quotas.memory_budget_bytes = b;
+    }
     let server = Server::start(ServeOptions {
         run: RunOptions {
             config,
@@ -227,14 +237,14 @@ pub fn load(o: &LoadOptions) -> Result<LoadReport, ServeError> {
         },
         listen: "127.0.0.1:0".into(),
         rate: None,
-        paused: false,
+        paused: o.paused,
         auth_token: None,
         limits: ServeLimits::default(),
         metrics: None,
     })?;
     let addr = server.addr();
     let n = o.tokens as u64;
-    while server.tick() < o.warmup_ticks && server.running() {
+    while !o.paused && server.tick() < o.warmup_ticks && server.running() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let alone = tick_rate(&server, o.baseline_seconds);
@@ -286,7 +296,8 @@ pub fn load(o: &LoadOptions) -> Result<LoadReport, ServeError> {
     }
     Ok(LoadReport {
         tokens: n,
-        warmup_ticks: o.warmup_ticks,
+        paused: o.paused,
+        warmup_ticks: if o.paused { 0 } else { o.warmup_ticks },
         clients: o.clients,
         seconds: o.seconds,
         ticks_per_s_alone: alone,
@@ -302,13 +313,14 @@ impl LoadReport {
     /// The report as a table.
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "{} clients for {:.0} s on {} tokens (after {} ticks): {:.0} requests/s, {} errors\n\
+            "{} clients for {:.0} s on {} tokens (after {} ticks{}): {:.0} requests/s, {} errors\n\
              ticks/s alone {:.2}, under load {:.2}\n\
              {:<36} {:>9} {:>7} {:>9} {:>9}\n",
             self.clients,
             self.seconds,
             self.tokens,
             self.warmup_ticks,
+            if self.paused { ", paused" } else { "" },
             self.requests_per_s,
             self.errors,
             self.ticks_per_s_alone,

@@ -126,17 +126,18 @@ pub struct Server {
 /// beyond loopback has a token.
 fn check(opts: &ServeOptions) -> Result<Vec<SocketAddr>, ServeError> {
     if let Some(r) = opts.rate
-        && !(r.is_finite() && r > 0.0 && r <= 1e6)
+        && !(r.is_finite() && (engine::MIN_RATE..=1e6).contains(&r))
     {
         return Err(ServeError::Config(format!(
-            "--rate {r}: ticks per second in (0, 1e6] (leave it out for no limit)"
+            "--rate {r}: ticks per second in [{}, 1e6] (leave it out for no limit)",
+            engine::MIN_RATE
         )));
     }
     if let Some(t) = &opts.auth_token
         && t.len() < 16
     {
         return Err(ServeError::Config(format!(
-            "--auth-token: {} characters; use at least 16 (e.g. `openssl rand -hex 32`)",
+            "--auth-token: {} bytes; use at least 16 (e.g. `openssl rand -hex 32`)",
             t.len()
         )));
     }
@@ -229,15 +230,20 @@ impl Server {
             health,
             ws_slots: Arc::new(tokio::sync::Semaphore::new(opts.limits.max_streams)),
         };
+        // From here a failure stops the engine thread before returning.
+        let stop_engine = |e: ServeError| {
+            shutdown.store(true, Ordering::Relaxed);
+            e
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("neurograph-serve")
             .enable_all()
             .build()
-            .map_err(|e| ServeError::Internal(e.to_string()))?;
+            .map_err(|e| stop_engine(ServeError::Internal(e.to_string())))?;
         let listener = {
             let _guard = runtime.enter();
-            tokio::net::TcpListener::from_std(listener).map_err(bind_err)?
+            tokio::net::TcpListener::from_std(listener).map_err(|e| stop_engine(bind_err(e)))?
         };
         runtime.spawn(accept_loop(listener, api::router(state), opts.limits));
         Ok(Self {
@@ -273,11 +279,14 @@ impl Server {
     /// [`ServeError::Internal`] when the engine thread panicked.
     pub fn stop(mut self) -> Result<RunSummary, ServeError> {
         self.shutdown.store(true, Ordering::Relaxed);
+        // The engine first: its last tick answers the acknowledgements that
+        // wait for it, while the connections are still there to carry them.
+        let engine = self.engine.take().expect("stopped once");
+        let joined = engine.join();
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(1));
         }
-        let engine = self.engine.take().expect("stopped once");
-        match engine.join() {
+        match joined {
             Ok(r) => r.map_err(ServeError::Run),
             Err(p) => Err(ServeError::Internal(format!(
                 "the engine thread panicked: {}",

@@ -43,12 +43,17 @@ pub struct StreamParams {
 
 impl StreamParams {
     fn check(&self) -> Result<(), String> {
-        if !(self.ticks_hz.is_finite() && (0.0..=60.0).contains(&self.ticks_hz)) {
-            return Err(format!("ticks_hz = {}: must be in [0, 60]", self.ticks_hz));
-        }
-        if !(self.projection_hz.is_finite() && (0.0..=30.0).contains(&self.projection_hz)) {
+        // 0 turns a stream off; else at least one message a minute.
+        let ok = |hz: f64, max: f64| hz == 0.0 || (1.0 / 60.0..=max).contains(&hz);
+        if !ok(self.ticks_hz, 60.0) {
             return Err(format!(
-                "projection_hz = {}: must be in [0, 30]",
+                "ticks_hz = {}: must be 0 or in [1/60, 60]",
+                self.ticks_hz
+            ));
+        }
+        if !ok(self.projection_hz, 30.0) {
+            return Err(format!(
+                "projection_hz = {}: must be 0 or in [1/60, 30]",
                 self.projection_hz
             ));
         }
