@@ -216,6 +216,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            announced_length,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             same_origin,
         ))
         .layer(axum::middleware::from_fn(request_span))
@@ -309,6 +313,24 @@ async fn same_origin(State(s): State<AppState>, req: Request, next: Next) -> Res
             )
             .into_response();
         }
+    }
+    next.run(req).await
+}
+
+/// Refuses a body announced beyond the bound before reading any of it (a
+/// client that sent `Expect: 100-continue` never sends it).
+async fn announced_length(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let max = s.limits.max_body_bytes;
+    if let Some(n) = announced
+        && n > max as u64
+    {
+        return ApiError::too_large(format!("a body of {n} bytes: at most {max} (--max-body)"))
+            .into_response();
     }
     next.run(req).await
 }
