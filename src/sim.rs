@@ -341,7 +341,8 @@ impl Simulation {
         Ok(out)
     }
 
-    /// The query index, rebuilt when a tick or a command came since.
+    /// The query index, rebuilt after a tick, or after a command that added,
+    /// removed or moved a token (which removed it).
     fn query_index(&mut self) -> &QueryIndex {
         let key = self.tick();
         let stale = self
