@@ -192,6 +192,14 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// A tick's fixed draw in `[0, 1)` for sampling at a base rate: the low 53
+/// bits of a SplitMix64 hash of the tick. A tick is sampled at rate `r` when its draw is below `r`,
+/// so every sampler that uses it (this one, `serve --otlp`'s) keeps the same
+/// ticks.
+pub fn tick_draw(tick: u64) -> f64 {
+    (mix(tick) & ((1 << 53) - 1)) as f64 / (1u64 << 53) as f64
+}
+
 impl Shared {
     /// Notes a tick's duration; returns whether it counts as slow.
     fn note_duration(&self, ns: u64) -> bool {
@@ -227,7 +235,7 @@ impl Shared {
         } else if slow && h >> 63 == 0 {
             Some(KeepReason::Slow)
         } else {
-            let u = (h & ((1 << 53) - 1)) as f64 / (1u64 << 53) as f64;
+            let u = tick_draw(tick);
             let rate = f32::from_bits(self.rate_bits.load(Ordering::Relaxed)) as f64;
             (u < rate).then_some(KeepReason::Sampled)
         }

@@ -7,8 +7,8 @@
 //! Sampling ([`TickSampler`]): a span with a parent follows the parent's
 //! decision (an incoming W3C `traceparent` is the parent of its request's
 //! span, see [`parent_from_headers`]); a root `tick` span is kept when a hash
-//! of its tick number falls below the rate (the same ticks on every run, as
-//! the `--trace` sampler does); any other root (a request without
+//! of its tick number falls below the rate (the same ticks on every run, and
+//! the same ones `--trace` samples at that rate: [`crate::observe::sampler::tick_draw`]); any other root (a request without
 //! `traceparent`) is kept.
 //!
 //! The crates are the OpenTelemetry project's own (`opentelemetry`,
@@ -26,14 +26,6 @@ use std::time::Duration;
 pub struct TickSampler {
     /// Fraction of root tick spans kept, in `[0, 1]`.
     pub rate: f64,
-}
-
-/// SplitMix64, as the `--trace` sampler draws: a tick's draw is fixed.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 impl ShouldSample for TickSampler {
@@ -61,8 +53,7 @@ impl ShouldSample for TickSampler {
                         Value::String(t) => t.as_str().parse().ok(),
                         _ => None,
                     });
-                let u = (mix(tick.unwrap_or(0)) >> 11) as f64 / (1u64 << 53) as f64;
-                u < self.rate
+                crate::observe::sampler::tick_draw(tick.unwrap_or(0)) < self.rate
             }
             (None, _) => true,
         };
