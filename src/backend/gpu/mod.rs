@@ -1,8 +1,10 @@
 //! The GPU context (the `gpu` feature): one wgpu adapter, device and queue, found
 //! without ever unwrapping, with the adapter's own limits so large worlds fit when
-//! the hardware allows. [`GpuForces`] runs the force pass on it.
+//! the hardware allows. [`GpuForces`] runs the force pass on it;
+//! [`resident::GpuResident`] runs the whole physics tick on it.
 
 mod forces;
+pub mod resident;
 
 pub use forces::{
     BINDINGS, BindingAccess, ENTRY_POINTS, ForceInput, GpuForces, GpuParams, GpuTimings,
@@ -13,7 +15,10 @@ pub use forces::{
 pub const FORCES_WGSL: &str = include_str!("../../../shaders/forces.wgsl");
 
 /// Every WGSL file the library embeds, by file name (for validation).
-pub const SHADERS: &[(&str, &str)] = &[("forces.wgsl", FORCES_WGSL)];
+pub const SHADERS: &[(&str, &str)] = &[
+    ("forces.wgsl", FORCES_WGSL),
+    ("resident.wgsl", resident::RESIDENT_WGSL),
+];
 
 /// Why the GPU cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,0 +1,318 @@
+// The GPU-resident tick (`src/backend/gpu/resident.rs`): neighbour search,
+// integration and the CDNA's token constraints, on state that stays on the
+// device across ticks. The forces between them are `forces.wgsl`'s `density`
+// and `main`, run on the same buffers. One tick is these dispatches in order:
+//
+//   begin          1 invocation: is this tick a list rebuild? (a flag the last
+//                  tick's `integrate` raised)
+//   bounds_blocks  one per block of BLOCK consecutive tokens of the sort order
+//   bounds_super   one per superblock of FAN blocks
+//   build          one per token: its Verlet row, exact
+//   density, main  (forces.wgsl)
+//   integrate      one per token: semi-implicit Euler, then the constraints
+//
+// Neighbour search. The host orders the tokens along a k-d tree's leaves (a
+// space-filling order; `perm` holds the slots in that order) once per load or
+// `reorder`; the order only makes the pruning tight, never the result: every
+// rebuild bounds each block and superblock of the order by an axis-aligned box
+// of its tokens' current positions (and the largest field radius in it), and a
+// token's row is every j != i with |x_j - x_i| <= max(R_i, R_j) + skin (with the
+// CPU's 1e-5 slack), found by skipping every superblock and block whose box is
+// farther than max(R_i, R_box) + skin. A box's distance is a lower bound of its
+// members' distances (min/max are exact, and subtraction, squaring and summing
+// round monotonically), so no pair is skipped: the rows hold exactly what the
+// CPU's k-d tree finds. Each row is kept sorted by slot (insertion sort), so
+// the force sums run in slot order: the order of the CPU's rows when slots are
+// in id order.
+//
+// Capacity: a row holds at most `cap` slots. `build` writes the true count to
+// `flags[MAX_COUNT]` (an atomic max of integers: order-independent); the host
+// reads it after a batch of ticks, and when it exceeds `cap` grows the rows and
+// recomputes the batch from a device-side copy of its starting state.
+//
+// The rebuild rule is the CPU's (`Travel`): each token's path since its row was
+// built must stay within skin / 2. `integrate` adds |v| dt to the path and
+// raises `flags[NEXT]` when any path passes skin / 2 (or is not finite); the next
+// tick rebuilds every row. Results do not depend on when rows are rebuilt: a
+// row holds every pair within the cutoff, and the sums skip the others.
+//
+// No float atomics: every float is one invocation's own; the atomics are
+// integer counters, maxima and flags, whose results do not depend on order.
+
+const WORKGROUP_SIZE: u32 = 64u;
+// Tokens per block, blocks per superblock (`resident::BLOCK`, `resident::FAN`).
+const BLOCK: u32 = 32u;
+const FAN: u32 = 32u;
+const BIG: f32 = 3.0e38;
+
+// Indices into `flags`.
+const NOW: u32 = 0u;
+const NEXT: u32 = 1u;
+const MAX_COUNT: u32 = 2u;
+const REBUILDS: u32 = 3u;
+const TICKS: u32 = 4u;
+const LIMITED: u32 = 5u;
+const NON_FINITE: u32 = 6u;
+const BOUNDS: u32 = 7u;
+const SPEED: u32 = 8u;
+const MAX_STEP: u32 = 9u;
+
+// Mirrors `resident::ResidentUniform` (a test checks the layout with naga).
+struct Params {
+    // Tokens.
+    n: u32,
+    // Workgroups along x of a per-token dispatch (the grid is 2-D past 65535).
+    groups_x: u32,
+    // Blocks, and superblocks (stored after the blocks in `boxes`).
+    blocks: u32,
+    supers: u32,
+    // Slots per row.
+    cap: u32,
+    // Workgroups along x of a per-block dispatch.
+    block_groups_x: u32,
+    dt: f32,
+    // 1 − damping · dt.
+    keep: f32,
+    max_speed: f32,
+    skin: f32,
+    half_skin: f32,
+    pad: f32,
+    // Per-axis mobility and position bounds, axes 0..4 and 4..8.
+    scale0: vec4<f32>,
+    scale1: vec4<f32>,
+    lo0: vec4<f32>,
+    lo1: vec4<f32>,
+    hi0: vec4<f32>,
+    hi1: vec4<f32>,
+}
+
+// An axis-aligned box in 8D and the largest field radius of its tokens (x).
+struct Box {
+    lo0: vec4<f32>,
+    lo1: vec4<f32>,
+    hi0: vec4<f32>,
+    hi1: vec4<f32>,
+    radius: vec4<f32>,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// Two vec4 per token (axes 0..4, 4..8).
+@group(0) @binding(1) var<storage, read_write> pos: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> vel: array<vec4<f32>>;
+// Per token: charge, mass, radius, strength.
+@group(0) @binding(3) var<storage, read> tok: array<vec4<f32>>;
+// Per token: candidates start, count (written by `build`), links start, count.
+@group(0) @binding(4) var<storage, read_write> rows: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read_write> cand: array<u32>;
+// Slots in the sort order.
+@group(0) @binding(6) var<storage, read> perm: array<u32>;
+// The blocks' boxes, then the superblocks'.
+@group(0) @binding(7) var<storage, read_write> boxes: array<Box>;
+// The forces of this tick (written by forces.wgsl's `main`).
+@group(0) @binding(8) var<storage, read> force: array<vec4<f32>>;
+// Per token: path length since its row was built.
+@group(0) @binding(9) var<storage, read_write> travel: array<f32>;
+@group(0) @binding(10) var<storage, read_write> flags: array<atomic<u32>, 16>;
+
+fn finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+fn finite4(v: vec4<f32>) -> bool {
+    return finite(v.x) && finite(v.y) && finite(v.z) && finite(v.w);
+}
+
+fn invocation(wg: vec3<u32>, local: u32, groups_x: u32) -> u32 {
+    return (wg.y * groups_x + wg.x) * WORKGROUP_SIZE + local;
+}
+
+@compute @workgroup_size(1)
+fn begin() {
+    let next = atomicExchange(&flags[NEXT], 0u);
+    atomicStore(&flags[NOW], next);
+    if next != 0u {
+        atomicAdd(&flags[REBUILDS], 1u);
+    }
+    atomicAdd(&flags[TICKS], 1u);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn bounds_blocks(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let b = invocation(wg, local, p.block_groups_x);
+    if b >= p.blocks || atomicLoad(&flags[NOW]) == 0u {
+        return;
+    }
+    var lo0 = vec4<f32>(BIG);
+    var lo1 = vec4<f32>(BIG);
+    var hi0 = vec4<f32>(-BIG);
+    var hi1 = vec4<f32>(-BIG);
+    var r = 0.0;
+    let end = min(b * BLOCK + BLOCK, p.n);
+    for (var k = b * BLOCK; k < end; k++) {
+        let s = perm[k];
+        let x0 = pos[2u * s];
+        let x1 = pos[2u * s + 1u];
+        lo0 = min(lo0, x0);
+        lo1 = min(lo1, x1);
+        hi0 = max(hi0, x0);
+        hi1 = max(hi1, x1);
+        r = max(r, tok[s].z);
+    }
+    boxes[b] = Box(lo0, lo1, hi0, hi1, vec4<f32>(r, 0.0, 0.0, 0.0));
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn bounds_super(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let s = invocation(wg, local, p.block_groups_x);
+    if s >= p.supers || atomicLoad(&flags[NOW]) == 0u {
+        return;
+    }
+    var out = boxes[s * FAN];
+    let end = min(s * FAN + FAN, p.blocks);
+    for (var b = s * FAN + 1u; b < end; b++) {
+        let x = boxes[b];
+        out.lo0 = min(out.lo0, x.lo0);
+        out.lo1 = min(out.lo1, x.lo1);
+        out.hi0 = max(out.hi0, x.hi0);
+        out.hi1 = max(out.hi1, x.hi1);
+        out.radius.x = max(out.radius.x, x.radius.x);
+    }
+    boxes[p.blocks + s] = out;
+}
+
+// True when some point of `bx` may lie within max(r, R_box) + skin of x (with
+// twice the pair test's slack, against fused multiply-adds).
+fn near(bx: Box, x0: vec4<f32>, x1: vec4<f32>, r: f32) -> bool {
+    let g0 = max(max(bx.lo0 - x0, x0 - bx.hi0), vec4<f32>(0.0));
+    let g1 = max(max(bx.lo1 - x1, x1 - bx.hi1), vec4<f32>(0.0));
+    let d2 = dot(g0, g0) + dot(g1, g1);
+    let c = max(r, bx.radius.x) + p.skin;
+    return d2 <= c * c * (1.0 + 2e-5);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn build(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = invocation(wg, local, p.groups_x);
+    if i >= p.n || atomicLoad(&flags[NOW]) == 0u {
+        return;
+    }
+    travel[i] = 0.0;
+    let xi0 = pos[2u * i];
+    let xi1 = pos[2u * i + 1u];
+    let ri = tok[i].z;
+    let base = i * p.cap;
+    var count = 0u;
+    for (var s = 0u; s < p.supers; s++) {
+        if !near(boxes[p.blocks + s], xi0, xi1, ri) {
+            continue;
+        }
+        let last_block = min(s * FAN + FAN, p.blocks);
+        for (var b = s * FAN; b < last_block; b++) {
+            if !near(boxes[b], xi0, xi1, ri) {
+                continue;
+            }
+            let end = min(b * BLOCK + BLOCK, p.n);
+            for (var k = b * BLOCK; k < end; k++) {
+                let j = perm[k];
+                if j == i {
+                    continue;
+                }
+                let d0 = pos[2u * j] - xi0;
+                let d1 = pos[2u * j + 1u] - xi1;
+                let d2 = dot(d0, d0) + dot(d1, d1);
+                let c = max(ri, tok[j].z) + p.skin;
+                if d2 <= c * c * (1.0 + 1e-5) {
+                    if count < p.cap {
+                        // Insert j, keeping the row ascending by slot.
+                        var m = count;
+                        while m > 0u && cand[base + m - 1u] > j {
+                            cand[base + m] = cand[base + m - 1u];
+                            m -= 1u;
+                        }
+                        cand[base + m] = j;
+                    }
+                    count += 1u;
+                }
+            }
+        }
+    }
+    rows[i].x = base;
+    rows[i].y = min(count, p.cap);
+    atomicMax(&flags[MAX_COUNT], count);
+}
+
+// `Integrate` then `Constrain`'s token rules, as `systems/integrate.rs` and
+// `systems/constrain.rs` compute them: v' = (v + (s ⊙ F) · dt/m) · (1 − γ dt),
+// capped at v_max; x' = x + v' dt; then non-finite coordinates are reset, the
+// position is clamped to the bounds (stopping the motion across them, axis by
+// axis) and the speed capped again.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn integrate(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = invocation(wg, local, p.groups_x);
+    if i >= p.n {
+        return;
+    }
+    let a = p.dt / tok[i].y;
+    var v0 = (vel[2u * i] + force[2u * i] * p.scale0 * a) * p.keep;
+    var v1 = (vel[2u * i + 1u] + force[2u * i + 1u] * p.scale1 * a) * p.keep;
+    let speed2 = dot(v0, v0) + dot(v1, v1);
+    if speed2 > p.max_speed * p.max_speed {
+        let k = p.max_speed / sqrt(speed2);
+        v0 *= k;
+        v1 *= k;
+        atomicAdd(&flags[LIMITED], 1u);
+    }
+    var x0 = pos[2u * i] + v0 * p.dt;
+    var x1 = pos[2u * i + 1u] + v1 * p.dt;
+    let step = sqrt(dot(v0, v0) + dot(v1, v1)) * p.dt;
+    let path = travel[i] + step;
+    travel[i] = path;
+    if !(path <= p.half_skin) || !finite(path) {
+        atomicMax(&flags[NEXT], 1u);
+    }
+    if finite(step) {
+        atomicMax(&flags[MAX_STEP], bitcast<u32>(step));
+    }
+
+    if !finite4(x0) || !finite4(x1) || !finite4(v0) || !finite4(v1) {
+        atomicAdd(&flags[NON_FINITE], 1u);
+        let z0 = clamp(vec4<f32>(0.0), p.lo0, p.hi0);
+        let z1 = clamp(vec4<f32>(0.0), p.lo1, p.hi1);
+        x0 = select(z0, x0, vec4<bool>(finite(x0.x), finite(x0.y), finite(x0.z), finite(x0.w)));
+        x1 = select(z1, x1, vec4<bool>(finite(x1.x), finite(x1.y), finite(x1.z), finite(x1.w)));
+        v0 = vec4<f32>(0.0);
+        v1 = vec4<f32>(0.0);
+    }
+    let c0 = clamp(x0, p.lo0, p.hi0);
+    let c1 = clamp(x1, p.lo1, p.hi1);
+    if any(c0 != x0) || any(c1 != x1) {
+        atomicAdd(&flags[BOUNDS], 1u);
+        v0 = select(v0, vec4<f32>(0.0), c0 != x0);
+        v1 = select(v1, vec4<f32>(0.0), c1 != x1);
+        x0 = c0;
+        x1 = c1;
+    }
+    let s2 = dot(v0, v0) + dot(v1, v1);
+    if s2 > p.max_speed * p.max_speed * (1.0 + 1e-5) {
+        atomicAdd(&flags[SPEED], 1u);
+        let k = p.max_speed / sqrt(s2);
+        v0 *= k;
+        v1 *= k;
+    }
+    pos[2u * i] = x0;
+    pos[2u * i + 1u] = x1;
+    vel[2u * i] = v0;
+    vel[2u * i + 1u] = v1;
+}

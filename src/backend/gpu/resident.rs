@@ -1,0 +1,1082 @@
+//! The GPU-resident tick: positions, velocities, token parameters, links and
+//! neighbour lists live in device buffers across ticks, and a tick is a
+//! sequence of compute dispatches with nothing crossing the bus
+//! (`shaders/resident.wgsl`, then `shaders/forces.wgsl` on the same buffers).
+//!
+//! One tick, all on the device:
+//!
+//! 1. **Neighbour search** (when any token's path since its row was built passed
+//!    `skin / 2`, the CPU's rule): every block of [`BLOCK`] tokens of a
+//!    space-filling order, and every superblock of [`FAN`] blocks, is bounded by
+//!    a box of its current positions; each token's row, every `j` within
+//!    `max(R_i, R_j) + skin`, is found by pruning boxes, and kept sorted by slot.
+//!    Exact: it finds what the CPU's k-d tree finds (see the shader's header).
+//! 2. **Forces**: `forces.wgsl`'s `density` then `main` (the same shader as the
+//!    CPU-assisted GPU backend, so the same law, the same summation order).
+//! 3. **Integration and constraints**: `Integrate`'s semi-implicit Euler and
+//!    `Constrain`'s token rules (non-finite values, position bounds, speed).
+//!
+//! The space-filling order is the leaf order of the CPU's k-d tree
+//! ([`KdTree::order`]), taken at [`load`](GpuResident::load) and
+//! [`reorder`](GpuResident::reorder). It decides only how tight the boxes are;
+//! rows are exact in any order.
+//!
+//! **What crosses the bus.** [`step`](GpuResident::step) writes nothing per
+//! tick; it reads back one 64-byte block of counters per batch of at most
+//! [`BATCH`] ticks (the rebuild count, the largest row, the constraint counts).
+//! State comes back only when asked ([`read_state`](GpuResident::read_state) and
+//! the others), and every byte each way is counted
+//! ([`transfers`](GpuResident::transfers)).
+//!
+//! **Capacity.** Rows hold at most `cap` slots (first 64). The search counts
+//! every row's true length; when one exceeded `cap`, the batch is recomputed from
+//! a device-side copy of its starting state with rows a quarter longer than the
+//! longest (results do not depend on when rows are rebuilt, so the recomputed
+//! batch is what a large enough `cap` would have given, bit for bit). Every
+//! buffer's size is computed in 64 bits and checked against the device's limits
+//! before it is made ([`GpuError::TooLarge`], naming the buffer), which also keeps
+//! every index the shaders compute below 2³².
+//!
+//! **Determinism.** Every float is one invocation's own (no float atomics; the
+//! atomics are integer counters and maxima): the same device and driver replay a
+//! run bit for bit.
+//!
+//! Learning, `Organize`, the digest and the WAL are not part of this tick: it is
+//! the physics of a world whose links and parameters are fixed between
+//! [`load`](GpuResident::load)s (see `docs/gpu.md`).
+
+use super::forces::{GpuParams, WORKGROUP_SIZE};
+use super::{FORCES_WGSL, GpuContext, GpuError};
+use crate::geometry::spatial::KdTree;
+use crate::model::math::Vec8;
+use crate::physics::{ForceParams, LinkTable, TokenParams};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The WGSL of the resident tick, as embedded.
+pub const RESIDENT_WGSL: &str = include_str!("../../../shaders/resident.wgsl");
+
+/// Tokens per block of the neighbour search (the shader's `BLOCK`).
+pub const BLOCK: u32 = 32;
+/// Blocks per superblock (the shader's `FAN`).
+pub const FAN: u32 = 32;
+/// Ticks per batch: one counter readback per batch.
+pub const BATCH: u32 = 64;
+/// Slots per row at first.
+pub const FIRST_CAP: u32 = 64;
+
+/// The resident tick's entry points, in dispatch order per tick (`density` and
+/// `main` are `forces.wgsl`'s).
+pub const RESIDENT_ENTRY_POINTS: [&str; 7] = [
+    "begin",
+    "bounds_blocks",
+    "bounds_super",
+    "build",
+    "density",
+    "main",
+    "integrate",
+];
+
+/// The bindings each entry point uses (its bind group holds these and only these).
+const USES: [&[u32]; 7] = [
+    &[10],
+    &[0, 1, 3, 6, 7, 10],
+    &[0, 7, 10],
+    &[0, 1, 3, 4, 5, 6, 7, 9, 10],
+    &[0, 1, 2, 3, 4, 8],
+    &[0, 1, 2, 3, 4, 5, 6, 7, 8],
+    &[0, 1, 2, 3, 8, 9, 10],
+];
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Indices of the counters in the flags buffer (the shader's constants).
+mod flag {
+    pub const NEXT: usize = 1;
+    pub const MAX_COUNT: usize = 2;
+    pub const REBUILDS: usize = 3;
+    pub const TICKS: usize = 4;
+    pub const LIMITED: usize = 5;
+    pub const NON_FINITE: usize = 6;
+    pub const BOUNDS: usize = 7;
+    pub const SPEED: usize = 8;
+    pub const MAX_STEP: usize = 9;
+    pub const LEN: usize = 16;
+}
+
+/// The uniform block of `resident.wgsl` (`Params` there).
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct ResidentUniform {
+    /// Tokens.
+    pub n: u32,
+    /// Workgroups along x of a per-token dispatch.
+    pub groups_x: u32,
+    /// Blocks.
+    pub blocks: u32,
+    /// Superblocks.
+    pub supers: u32,
+    /// Slots per row.
+    pub cap: u32,
+    /// Workgroups along x of a per-block dispatch.
+    pub block_groups_x: u32,
+    /// Time step.
+    pub dt: f32,
+    /// `1 − damping · dt`.
+    pub keep: f32,
+    /// Speed limit.
+    pub max_speed: f32,
+    /// Verlet skin.
+    pub skin: f32,
+    /// Half the skin.
+    pub half_skin: f32,
+    /// Padding.
+    pub pad: f32,
+    /// Mobility, axes 0..4 and 4..8.
+    pub scale: [[f32; 4]; 2],
+    /// Lower bounds.
+    pub lo: [[f32; 4]; 2],
+    /// Upper bounds.
+    pub hi: [[f32; 4]; 2],
+}
+
+/// The constants of the resident tick.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResidentParams {
+    /// The force law's constants.
+    pub forces: ForceParams,
+    /// Time step.
+    pub dt: f32,
+    /// Velocity damping per unit time.
+    pub damping: f32,
+    /// Speed limit.
+    pub max_speed: f32,
+    /// Per-axis mobility (the CDNA's scales).
+    pub scales: Vec8,
+    /// Lower position bounds.
+    pub min_bounds: Vec8,
+    /// Upper position bounds.
+    pub max_bounds: Vec8,
+    /// Verlet skin (length units).
+    pub skin: f32,
+}
+
+impl ResidentParams {
+    /// The constants a [`Cdna`](crate::model::cdna::Cdna) and a
+    /// [`SimConfig`](crate::model::config::SimConfig) give, as the CPU tick uses them.
+    pub fn new(cdna: &crate::model::cdna::Cdna, config: &crate::model::config::SimConfig) -> Self {
+        Self {
+            forces: ForceParams::from_cdna(cdna),
+            dt: config.dt,
+            damping: cdna.physics.damping,
+            max_speed: cdna.physics.max_speed,
+            scales: cdna.scales(),
+            min_bounds: cdna.min_bounds(),
+            max_bounds: cdna.max_bounds(),
+            skin: config.neighbor_skin,
+        }
+    }
+}
+
+/// The state a resident world starts from, slot order. Rows and sums run in
+/// slot order: give the tokens in id order to sum as the CPU does.
+pub struct ResidentState<'a> {
+    /// Positions.
+    pub positions: &'a [Vec8],
+    /// Velocities.
+    pub velocities: &'a [Vec8],
+    /// Charge, mass, radius and strength.
+    pub params: &'a [TokenParams],
+    /// Links, by slot (see [`LinkTable::build`]); empty for none.
+    pub links: &'a LinkTable,
+}
+
+/// Counters of the resident tick since the last [`load`](GpuResident::load).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ResidentStats {
+    /// Ticks run.
+    pub ticks: u64,
+    /// Ticks that rebuilt the neighbour lists.
+    pub rebuilds: u64,
+    /// The longest row (candidates within cutoff + skin) built since the load.
+    pub max_candidates: u32,
+    /// Slots per row now.
+    pub row_capacity: u32,
+    /// Batches recomputed because a row outgrew its capacity.
+    pub regrows: u64,
+    /// Token-steps capped at the speed limit by the integrator.
+    pub speed_limited: u64,
+    /// Non-finite positions or velocities reset.
+    pub non_finite: u64,
+    /// Positions clamped to the bounds.
+    pub bounds: u64,
+    /// Speeds capped by the constraints.
+    pub speed: u64,
+    /// Largest distance a token moved in one tick, in the last batch.
+    pub max_step: f32,
+}
+
+/// Bytes moved between host and device since the last [`load`](GpuResident::load)
+/// (the load's own upload included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Transfers {
+    /// Bytes written to the device.
+    pub uploaded: u64,
+    /// Bytes read back.
+    pub read_back: u64,
+}
+
+/// Wall time of each entry point of one tick, measured by
+/// [`profile_tick`](GpuResident::profile_tick).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct KernelTimes {
+    /// `(entry point, seconds)`, in dispatch order.
+    pub kernels: Vec<(&'static str, f64)>,
+    /// Whether the neighbour lists were rebuilt in that tick.
+    pub rebuilt: bool,
+}
+
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_DST)
+    .union(wgpu::BufferUsages::COPY_SRC);
+
+/// Every device buffer, by binding.
+struct Buffers {
+    uniform: wgpu::Buffer,
+    forces_uniform: wgpu::Buffer,
+    pos: wgpu::Buffer,
+    vel: wgpu::Buffer,
+    tok: wgpu::Buffer,
+    rows: wgpu::Buffer,
+    cand: wgpu::Buffer,
+    perm: wgpu::Buffer,
+    boxes: wgpu::Buffer,
+    force: wgpu::Buffer,
+    aux: wgpu::Buffer,
+    rho: wgpu::Buffer,
+    links: wgpu::Buffer,
+    travel: wgpu::Buffer,
+    flags: wgpu::Buffer,
+    /// Device-side copies of the batch's starting state (pos, vel, travel, flags).
+    backup: [wgpu::Buffer; 4],
+}
+
+impl Buffers {
+    /// The buffer of `binding` for `entry` (`resident.wgsl`'s numbering, or
+    /// `forces.wgsl`'s for `density` and `main`).
+    fn binding(&self, entry: usize, binding: u32) -> &wgpu::Buffer {
+        if entry == 4 || entry == 5 {
+            return match binding {
+                0 => &self.forces_uniform,
+                1 => &self.pos,
+                2 => &self.tok,
+                3 => &self.rows,
+                4 => &self.cand,
+                5 => &self.links,
+                6 => &self.force,
+                7 => &self.aux,
+                _ => &self.rho,
+            };
+        }
+        match binding {
+            0 => &self.uniform,
+            1 => &self.pos,
+            2 => &self.vel,
+            3 => &self.tok,
+            4 => &self.rows,
+            5 => &self.cand,
+            6 => &self.perm,
+            7 => &self.boxes,
+            8 => &self.force,
+            9 => &self.travel,
+            _ => &self.flags,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        [
+            &self.uniform,
+            &self.forces_uniform,
+            &self.pos,
+            &self.vel,
+            &self.tok,
+            &self.rows,
+            &self.cand,
+            &self.perm,
+            &self.boxes,
+            &self.force,
+            &self.aux,
+            &self.rho,
+            &self.links,
+            &self.travel,
+            &self.flags,
+        ]
+        .into_iter()
+        .chain(&self.backup)
+        .map(|b| b.size())
+        .sum()
+    }
+}
+
+/// A world whose tick runs on the device (see the module docs).
+pub struct GpuResident {
+    ctx: GpuContext,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    bufs: Option<Buffers>,
+    binds: Vec<wgpu::BindGroup>,
+    params: Option<ResidentParams>,
+    n: u32,
+    cap: u32,
+    first_cap: u32,
+    grid: (u32, u32),
+    block_grid: (u32, u32),
+    stats: ResidentStats,
+    transfers: Transfers,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::fmt::Debug for GpuResident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuResident")
+            .field("adapter", &self.ctx.describe())
+            .field("tokens", &self.n)
+            .finish()
+    }
+}
+
+fn create(ctx: &GpuContext, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&format!("neurograph.resident.{label}")),
+        size: size.max(16).next_multiple_of(16),
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+impl GpuResident {
+    /// Compiles both shaders on `ctx`.
+    ///
+    /// # Errors
+    /// [`GpuError::Device`] when the device allows fewer than 8 storage buffers
+    /// per stage; [`GpuError::Failed`] when a shader does not compile on it.
+    pub fn new(ctx: GpuContext) -> Result<Self, GpuError> {
+        if ctx.limits.max_storage_buffers_per_shader_stage < 8 {
+            return Err(GpuError::Device {
+                adapter: ctx.describe(),
+                reason: format!(
+                    "it allows {} storage buffers per shader stage, the resident tick needs 8",
+                    ctx.limits.max_storage_buffers_per_shader_stage
+                ),
+            });
+        }
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        {
+            let errors = errors.clone();
+            ctx.device
+                .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                    tracing::error!(target: "neurograph::gpu", "GPU error: {e}");
+                    if let Ok(mut v) = errors.lock() {
+                        v.push(e.to_string());
+                    }
+                }));
+        }
+        let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = |label: &str, src: &'static str| {
+            ctx.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(label),
+                    source: wgpu::ShaderSource::Wgsl(src.into()),
+                })
+        };
+        let resident = module("neurograph.resident.wgsl", RESIDENT_WGSL);
+        let forces = module("neurograph.forces.wgsl", FORCES_WGSL);
+        let pipelines = RESIDENT_ENTRY_POINTS
+            .iter()
+            .enumerate()
+            .map(|(k, entry)| {
+                let m = if k == 4 || k == 5 { &forces } else { &resident };
+                ctx.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(&format!("neurograph.resident.{entry}")),
+                        layout: None,
+                        module: m,
+                        entry_point: Some(entry),
+                        compilation_options: Default::default(),
+                        cache: None,
+                    })
+            })
+            .collect();
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Failed(format!(
+                "the resident tick's shaders do not compile: {e}"
+            )));
+        }
+        Ok(Self {
+            ctx,
+            pipelines,
+            bufs: None,
+            binds: Vec::new(),
+            params: None,
+            n: 0,
+            cap: FIRST_CAP,
+            first_cap: FIRST_CAP,
+            grid: (1, 1),
+            block_grid: (1, 1),
+            stats: ResidentStats::default(),
+            transfers: Transfers::default(),
+            errors,
+        })
+    }
+
+    /// The device.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Tokens loaded.
+    pub fn len(&self) -> usize {
+        self.n as usize
+    }
+
+    /// True when no world is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Slots per row that the next [`load`](Self::load) reserves (at least 1;
+    /// [`FIRST_CAP`] unless set). Rows grow past it as needed.
+    pub fn set_first_row_capacity(&mut self, slots: u32) {
+        self.first_cap = slots.max(1);
+    }
+
+    /// Counters since the last load.
+    pub fn stats(&self) -> ResidentStats {
+        self.stats
+    }
+
+    /// Bytes moved each way since the last load.
+    pub fn transfers(&self) -> Transfers {
+        self.transfers
+    }
+
+    /// Bytes of the state proper: positions, velocities, token parameters (80 B a
+    /// token) and link ends (12 B each). "1% of the state" is of this.
+    pub fn state_bytes(&self, links: usize) -> u64 {
+        self.n as u64 * 80 + links as u64 * 12
+    }
+
+    /// Bytes of every device buffer.
+    pub fn device_bytes(&self) -> u64 {
+        self.bufs.as_ref().map_or(0, Buffers::bytes)
+    }
+
+    fn check_errors(&self) -> Result<(), GpuError> {
+        let mut v = self
+            .errors
+            .lock()
+            .map_err(|_| GpuError::Failed("error log poisoned".into()))?;
+        if v.is_empty() {
+            Ok(())
+        } else {
+            let msg = v.join("; ");
+            v.clear();
+            Err(GpuError::Failed(msg))
+        }
+    }
+
+    fn wait(&self) -> Result<(), GpuError> {
+        self.ctx
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(WAIT),
+            })
+            .map_err(|e| GpuError::Failed(format!("waiting for the device: {e}")))?;
+        self.check_errors()
+    }
+
+    /// Workgroups for `count` invocations, 2-D past the per-dimension limit.
+    fn grid(&self, count: u64) -> Result<(u32, u32), GpuError> {
+        let max_dim = (self.ctx.limits.max_compute_workgroups_per_dimension as u64).max(1);
+        let groups = count.div_ceil(WORKGROUP_SIZE as u64).max(1);
+        let x = groups.min(max_dim);
+        let y = groups.div_ceil(x);
+        if y > max_dim {
+            return Err(GpuError::TooManyTokens {
+                tokens: count,
+                limit: max_dim * max_dim * WORKGROUP_SIZE as u64,
+            });
+        }
+        Ok((x as u32, y as u32))
+    }
+
+    /// A storage buffer of `bytes`, checked against the device's limits.
+    fn storage(&self, what: &'static str, bytes: u64) -> Result<wgpu::Buffer, GpuError> {
+        let limit = self.ctx.max_binding();
+        if bytes > limit {
+            return Err(GpuError::TooLarge { what, bytes, limit });
+        }
+        Ok(create(&self.ctx, what, bytes, STORAGE))
+    }
+
+    /// Uploads a world and its constants, replacing any world loaded before;
+    /// the first tick builds every row.
+    ///
+    /// # Errors
+    /// [`GpuError::BadInput`] when the arrays disagree in length, a value is not
+    /// finite, a mass or radius is not positive, or a link names a slot past the
+    /// tokens; [`GpuError::TooLarge`] / [`GpuError::TooManyTokens`] when the world
+    /// does not fit the device (the buffer, its bytes and the limit named);
+    /// [`GpuError::Failed`] when the device fails.
+    pub fn load(
+        &mut self,
+        state: ResidentState<'_>,
+        params: ResidentParams,
+    ) -> Result<(), GpuError> {
+        validate(&state)?;
+        self.bufs = None;
+        self.binds.clear();
+        let n = state.positions.len();
+        if n as u64 > (u32::MAX / 2) as u64 {
+            return Err(GpuError::TooManyTokens {
+                tokens: n as u64,
+                limit: (u32::MAX / 2) as u64,
+            });
+        }
+        self.n = n as u32;
+        self.stats = ResidentStats::default();
+        self.transfers = Transfers::default();
+        self.cap = self.first_cap;
+        self.grid = self.grid(n as u64)?;
+        let blocks = (n as u64).div_ceil(BLOCK as u64);
+        self.block_grid = self.grid(blocks)?;
+        let supers = blocks.div_ceil(FAN as u64);
+        let nn = n as u64;
+        let ends = state.links.ends();
+        let bufs = Buffers {
+            uniform: create(
+                &self.ctx,
+                "params",
+                size_of::<ResidentUniform>() as u64,
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            ),
+            forces_uniform: create(
+                &self.ctx,
+                "force params",
+                size_of::<GpuParams>() as u64,
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            ),
+            pos: self.storage("positions", nn * 32)?,
+            vel: self.storage("velocities", nn * 32)?,
+            tok: self.storage("token parameters", nn * 16)?,
+            rows: self.storage("rows", nn * 16)?,
+            cand: self.storage("neighbour rows", nn * self.cap as u64 * 4)?,
+            perm: self.storage("sort order", nn * 4)?,
+            boxes: self.storage("boxes", (blocks + supers) * 80)?,
+            force: self.storage("forces", nn * 32)?,
+            aux: self.storage("pair counts", nn * 8)?,
+            rho: self.storage("densities", nn * 4)?,
+            links: self.storage("link ends", ends.len() as u64 * 12)?,
+            travel: self.storage("paths", nn * 4)?,
+            flags: self.storage("counters", flag::LEN as u64 * 4)?,
+            backup: [
+                self.storage("positions (batch start)", nn * 32)?,
+                self.storage("velocities (batch start)", nn * 32)?,
+                self.storage("paths (batch start)", nn * 4)?,
+                self.storage("counters (batch start)", flag::LEN as u64 * 4)?,
+            ],
+        };
+        self.bufs = Some(bufs);
+        self.params = Some(params);
+        let q = &self.ctx.queue;
+        let b = self.bufs.as_ref().expect("just set");
+        let mut up = 0u64;
+        let mut write = |buf: &wgpu::Buffer, bytes: &[u8]| {
+            if !bytes.is_empty() {
+                q.write_buffer(buf, 0, bytes);
+            }
+            up += bytes.len() as u64;
+        };
+        write(&b.pos, bytemuck::cast_slice(state.positions));
+        write(&b.vel, bytemuck::cast_slice(state.velocities));
+        write(&b.tok, bytemuck::cast_slice(state.params));
+        write(&b.links, bytemuck::cast_slice(ends));
+        write(&b.rows, bytemuck::cast_slice(&link_rows(state.links, n)));
+        write(&b.travel, bytemuck::cast_slice(&vec![0f32; n]));
+        let mut flags = [0u32; flag::LEN];
+        flags[flag::NEXT] = 1;
+        write(&b.flags, bytemuck::cast_slice(&flags));
+        self.transfers.uploaded += up;
+        self.write_uniforms()?;
+        self.upload_order(state.positions);
+        self.rebind();
+        let r = self.flush();
+        if r.is_err() {
+            self.bufs = None;
+        }
+        r
+    }
+
+    /// Writes the order of a k-d tree over `positions`.
+    fn upload_order(&mut self, positions: &[Vec8]) {
+        let order = KdTree::build(positions).order().to_vec();
+        let b = self.bufs.as_ref().expect("loaded");
+        if !order.is_empty() {
+            self.ctx
+                .queue
+                .write_buffer(&b.perm, 0, bytemuck::cast_slice(&order));
+        }
+        self.transfers.uploaded += order.len() as u64 * 4;
+    }
+
+    fn write_uniforms(&mut self) -> Result<(), GpuError> {
+        let p = self
+            .params
+            .ok_or(GpuError::BadInput("no world loaded".into()))?;
+        let b = self
+            .bufs
+            .as_ref()
+            .ok_or(GpuError::BadInput("no world loaded".into()))?;
+        let blocks = (self.n as u64).div_ceil(BLOCK as u64) as u32;
+        let halves = |v: Vec8| {
+            let a = v.to_array();
+            [[a[0], a[1], a[2], a[3]], [a[4], a[5], a[6], a[7]]]
+        };
+        let u = ResidentUniform {
+            n: self.n,
+            groups_x: self.grid.0,
+            blocks,
+            supers: blocks.div_ceil(FAN),
+            cap: self.cap,
+            block_groups_x: self.block_grid.0,
+            dt: p.dt,
+            keep: 1.0 - p.damping * p.dt,
+            max_speed: p.max_speed,
+            skin: p.skin,
+            half_skin: p.skin / 2.0,
+            pad: 0.0,
+            scale: halves(p.scales),
+            lo: halves(p.min_bounds),
+            hi: halves(p.max_bounds),
+        };
+        let f = GpuParams {
+            n: self.n,
+            first: 0,
+            propose: 0,
+            max_degree: 0,
+            groups_x: self.grid.0,
+            k_field: p.forces.k_field,
+            k_core: p.forces.k_core,
+            core_radius: p.forces.core_radius,
+            k_link: p.forces.k_link,
+            within2: 0.0,
+            k_density: p.forces.k_density,
+            inv_target_density: p.forces.inv_target_density,
+        };
+        self.ctx
+            .queue
+            .write_buffer(&b.uniform, 0, bytemuck::bytes_of(&u));
+        self.ctx
+            .queue
+            .write_buffer(&b.forces_uniform, 0, bytemuck::bytes_of(&f));
+        self.transfers.uploaded += (size_of_val(&u) + size_of_val(&f)) as u64;
+        Ok(())
+    }
+
+    fn rebind(&mut self) {
+        let Some(b) = &self.bufs else {
+            self.binds.clear();
+            return;
+        };
+        self.binds = self
+            .pipelines
+            .iter()
+            .enumerate()
+            .map(|(k, pipeline)| {
+                let entries: Vec<wgpu::BindGroupEntry> = USES[k]
+                    .iter()
+                    .map(|&binding| wgpu::BindGroupEntry {
+                        binding,
+                        resource: b.binding(k, binding).as_entire_binding(),
+                    })
+                    .collect();
+                self.ctx
+                    .device
+                    .create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(&format!("neurograph.resident.{}", RESIDENT_ENTRY_POINTS[k])),
+                        layout: &pipeline.get_bind_group_layout(0),
+                        entries: &entries,
+                    })
+            })
+            .collect();
+    }
+
+    /// Submits what was queued and waits for it.
+    fn flush(&self) -> Result<(), GpuError> {
+        self.ctx.queue.submit([]);
+        self.wait()
+    }
+
+    /// Encodes dispatch `k` of a tick.
+    fn dispatch(&self, enc: &mut wgpu::CommandEncoder, k: usize) {
+        let (gx, gy) = match k {
+            0 => (1, 1),
+            1 | 2 => self.block_grid,
+            _ => self.grid,
+        };
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(RESIDENT_ENTRY_POINTS[k]),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&self.pipelines[k]);
+        pass.set_bind_group(0, &self.binds[k], &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+    }
+
+    /// Runs `ticks` ticks on the device, in batches of at most [`BATCH`], and
+    /// returns the counters.
+    ///
+    /// # Errors
+    /// [`GpuError::BadInput`] when no world is loaded; [`GpuError::TooLarge`] when
+    /// the rows a batch needs do not fit one binding; [`GpuError::Failed`] when the
+    /// device fails (the world is then dropped: load it again).
+    pub fn step(&mut self, ticks: u64) -> Result<ResidentStats, GpuError> {
+        if self.bufs.is_none() {
+            return Err(GpuError::BadInput("no world loaded".into()));
+        }
+        if self.n == 0 {
+            self.stats.ticks += ticks;
+            return Ok(self.stats);
+        }
+        // Counters are u32 on the device: a batch adds fewer than 2³² to each.
+        let per_batch = (BATCH as u64).min((u32::MAX as u64 / self.n as u64).max(1));
+        let mut left = ticks;
+        while left > 0 {
+            let k = left.min(per_batch);
+            if let Err(e) = self.batch(k as u32) {
+                self.bufs = None;
+                self.binds.clear();
+                return Err(e);
+            }
+            left -= k;
+        }
+        Ok(self.stats)
+    }
+
+    /// One batch, recomputed with longer rows until no row overflows.
+    fn batch(&mut self, ticks: u32) -> Result<(), GpuError> {
+        let nn = self.n as u64;
+        loop {
+            let b = self.bufs.as_ref().expect("loaded");
+            let mut enc = self.encoder();
+            let saved = [(&b.pos, 32), (&b.vel, 32), (&b.travel, 4)];
+            for ((src, w), dst) in saved.into_iter().zip(&b.backup) {
+                enc.copy_buffer_to_buffer(src, 0, dst, 0, nn * w);
+            }
+            enc.copy_buffer_to_buffer(&b.flags, 0, &b.backup[3], 0, flag::LEN as u64 * 4);
+            clear_counters(&mut enc, &b.flags);
+            for _ in 0..ticks {
+                for k in 0..RESIDENT_ENTRY_POINTS.len() {
+                    self.dispatch(&mut enc, k);
+                }
+            }
+            self.ctx.queue.submit([enc.finish()]);
+            let flags = self.read_flags()?;
+            let longest = flags[flag::MAX_COUNT];
+            if longest <= self.cap {
+                self.account(&flags, ticks);
+                return Ok(());
+            }
+            self.grow(longest)?;
+        }
+    }
+
+    fn encoder(&self) -> wgpu::CommandEncoder {
+        self.ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("neurograph.resident"),
+            })
+    }
+
+    /// Adds a batch's counters to the stats.
+    fn account(&mut self, flags: &[u32; flag::LEN], ticks: u32) {
+        let s = &mut self.stats;
+        s.ticks += ticks as u64;
+        s.rebuilds += flags[flag::REBUILDS] as u64;
+        s.max_candidates = s.max_candidates.max(flags[flag::MAX_COUNT]);
+        s.row_capacity = self.cap;
+        s.speed_limited += flags[flag::LIMITED] as u64;
+        s.non_finite += flags[flag::NON_FINITE] as u64;
+        s.bounds += flags[flag::BOUNDS] as u64;
+        s.speed += flags[flag::SPEED] as u64;
+        s.max_step = f32::from_bits(flags[flag::MAX_STEP]);
+        debug_assert_eq!(flags[flag::TICKS], ticks);
+    }
+
+    /// Rows of a quarter more than `longest` slots, and the batch's start restored
+    /// with a rebuild at its first tick.
+    fn grow(&mut self, longest: u32) -> Result<(), GpuError> {
+        let cap = (longest as u64 + longest as u64 / 4 + 8).min(u32::MAX as u64);
+        let bytes = self.n as u64 * cap * 4;
+        let limit = self.ctx.max_binding();
+        if bytes > limit {
+            return Err(GpuError::TooLarge {
+                what: "neighbour rows",
+                bytes,
+                limit,
+            });
+        }
+        tracing::debug!(target: "neurograph::gpu", "resident rows: {} -> {cap} slots", self.cap);
+        self.cap = cap as u32;
+        self.stats.regrows += 1;
+        let nn = self.n as u64;
+        let cand = self.storage("neighbour rows", bytes)?;
+        {
+            let b = self.bufs.as_mut().expect("loaded");
+            b.cand = cand;
+        }
+        self.write_uniforms()?;
+        let b = self.bufs.as_ref().expect("loaded");
+        let mut enc = self.encoder();
+        let saved = [(&b.pos, 32), (&b.vel, 32), (&b.travel, 4)];
+        for ((dst, w), src) in saved.into_iter().zip(&b.backup) {
+            enc.copy_buffer_to_buffer(src, 0, dst, 0, nn * w);
+        }
+        enc.copy_buffer_to_buffer(&b.backup[3], 0, &b.flags, 0, flag::LEN as u64 * 4);
+        self.ctx.queue.submit([enc.finish()]);
+        self.ctx
+            .queue
+            .write_buffer(&b.flags, flag::NEXT as u64 * 4, bytemuck::bytes_of(&1u32));
+        self.transfers.uploaded += 4;
+        self.rebind();
+        self.flush()
+    }
+
+    fn read_flags(&mut self) -> Result<[u32; flag::LEN], GpuError> {
+        let flags = self.loaded()?.flags.clone();
+        let bytes = self.read(&[(&flags, flag::LEN as u64 * 4)])?;
+        let mut out = [0u32; flag::LEN];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut out).copy_from_slice(&bytes);
+        Ok(out)
+    }
+
+    /// Copies `(buffer, bytes)` pairs into one staging buffer and reads it.
+    fn read(&mut self, what: &[(&wgpu::Buffer, u64)]) -> Result<Vec<u8>, GpuError> {
+        let total: u64 = what.iter().map(|w| w.1).sum();
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        if total > self.ctx.max_buffer() {
+            return Err(GpuError::TooLarge {
+                what: "readback",
+                bytes: total,
+                limit: self.ctx.max_buffer(),
+            });
+        }
+        let staging = create(
+            &self.ctx,
+            "readback",
+            total,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        let mut enc = self.encoder();
+        let mut at = 0;
+        for &(buf, bytes) in what {
+            enc.copy_buffer_to_buffer(buf, 0, &staging, at, bytes);
+            at += bytes;
+        }
+        self.ctx.queue.submit([enc.finish()]);
+        let mapped: Arc<Mutex<Option<Result<(), wgpu::BufferAsyncError>>>> = Arc::default();
+        {
+            let mapped = mapped.clone();
+            staging.map_async(wgpu::MapMode::Read, 0..total, move |r| {
+                if let Ok(mut m) = mapped.lock() {
+                    *m = Some(r);
+                }
+            });
+        }
+        self.wait()?;
+        match mapped.lock().ok().and_then(|mut m| m.take()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(GpuError::Failed(format!("mapping the results: {e}"))),
+            None => return Err(GpuError::Failed("the results were never mapped".into())),
+        }
+        let out = staging
+            .get_mapped_range(0..total)
+            .map_err(|e| GpuError::Failed(format!("reading the results: {e}")))?
+            .to_vec();
+        staging.unmap();
+        self.transfers.read_back += total;
+        Ok(out)
+    }
+
+    fn loaded(&self) -> Result<&Buffers, GpuError> {
+        self.bufs
+            .as_ref()
+            .ok_or(GpuError::BadInput("no world loaded".into()))
+    }
+
+    /// Positions and velocities, slot order (64 bytes a token cross the bus).
+    ///
+    /// # Errors
+    /// [`GpuError::BadInput`] when no world is loaded; [`GpuError::Failed`] when
+    /// the device fails.
+    pub fn read_state(&mut self) -> Result<(Vec<Vec8>, Vec<Vec8>), GpuError> {
+        let b = self.loaded()?;
+        let (pos, vel) = (b.pos.clone(), b.vel.clone());
+        let nn = self.n as u64 * 32;
+        let bytes = self.read(&[(&pos, nn), (&vel, nn)])?;
+        let (x, v) = bytes.split_at(nn as usize);
+        Ok((
+            bytemuck::pod_collect_to_vec(x),
+            bytemuck::pod_collect_to_vec(v),
+        ))
+    }
+
+    /// The last tick's forces and densities, slot order (36 bytes a token).
+    ///
+    /// # Errors
+    /// As [`read_state`](Self::read_state).
+    pub fn read_forces(&mut self) -> Result<(Vec<Vec8>, Vec<f32>), GpuError> {
+        let b = self.loaded()?;
+        let (force, rho) = (b.force.clone(), b.rho.clone());
+        let n = self.n as u64;
+        let bytes = self.read(&[(&force, n * 32), (&rho, n * 4)])?;
+        let (f, r) = bytes.split_at(n as usize * 32);
+        Ok((
+            bytemuck::pod_collect_to_vec(f),
+            bytemuck::pod_collect_to_vec(r),
+        ))
+    }
+
+    /// The neighbour rows as the last rebuild left them, slot order.
+    ///
+    /// # Errors
+    /// As [`read_state`](Self::read_state).
+    pub fn read_rows(&mut self) -> Result<Vec<Vec<u32>>, GpuError> {
+        let b = self.loaded()?;
+        let (rows, cand) = (b.rows.clone(), b.cand.clone());
+        let n = self.n as u64;
+        let bytes = self.read(&[(&rows, n * 16), (&cand, n * self.cap as u64 * 4)])?;
+        let (r, c) = bytes.split_at(n as usize * 16);
+        let rows: Vec<[u32; 4]> = bytemuck::pod_collect_to_vec(r);
+        let cand: Vec<u32> = bytemuck::pod_collect_to_vec(c);
+        Ok(rows
+            .iter()
+            .map(|r| cand[r[0] as usize..(r[0] + r[1]) as usize].to_vec())
+            .collect())
+    }
+
+    /// Orders the tokens along a k-d tree over their current positions (a readback
+    /// of the positions and an upload of the order: 36 bytes a token), so the
+    /// search's boxes stay tight as the world moves; the next tick rebuilds.
+    ///
+    /// # Errors
+    /// As [`read_state`](Self::read_state).
+    pub fn reorder(&mut self) -> Result<(), GpuError> {
+        let (x, _) = self.read_state()?;
+        self.upload_order(&x);
+        let b = self.loaded()?;
+        self.ctx
+            .queue
+            .write_buffer(&b.flags, flag::NEXT as u64 * 4, bytemuck::bytes_of(&1u32));
+        self.transfers.uploaded += 4;
+        self.flush()
+    }
+
+    /// Runs one tick with a wait after each dispatch, and returns each entry
+    /// point's wall time (submission and wait included: an upper bound of the
+    /// kernel's own time). The tick is a real one: the world advances.
+    ///
+    /// # Errors
+    /// As [`step`](Self::step). A row that outgrows its capacity here fails with
+    /// [`GpuError::Failed`]: run [`step`](Self::step) first.
+    pub fn profile_tick(&mut self) -> Result<KernelTimes, GpuError> {
+        self.loaded()?;
+        let before = self.stats.rebuilds;
+        let mut out = KernelTimes::default();
+        for (k, name) in RESIDENT_ENTRY_POINTS.iter().enumerate() {
+            let start = Instant::now();
+            let mut enc = self.encoder();
+            if k == 0 {
+                clear_counters(&mut enc, &self.loaded()?.flags);
+            }
+            self.dispatch(&mut enc, k);
+            self.ctx.queue.submit([enc.finish()]);
+            self.wait()?;
+            out.kernels.push((name, start.elapsed().as_secs_f64()));
+        }
+        let flags = self.read_flags()?;
+        if flags[flag::MAX_COUNT] > self.cap {
+            return Err(GpuError::Failed(format!(
+                "a neighbour row needed {} slots, {} are reserved: profile after `step`",
+                flags[flag::MAX_COUNT],
+                self.cap
+            )));
+        }
+        self.account(&flags, 1);
+        out.rebuilt = self.stats.rebuilds > before;
+        Ok(out)
+    }
+}
+
+/// Zeroes the counters of a batch (all but the rebuild flags `NOW` and `NEXT`).
+fn clear_counters(enc: &mut wgpu::CommandEncoder, flags: &wgpu::Buffer) {
+    let first = flag::MAX_COUNT as u64;
+    let last = flag::MAX_STEP as u64;
+    enc.clear_buffer(flags, first * 4, Some((last - first + 1) * 4));
+}
+
+/// Each token's link placement, as the fourth and third words of its row.
+fn link_rows(links: &LinkTable, n: usize) -> Vec<[u32; 4]> {
+    (0..n)
+        .map(|i| {
+            if links.is_empty() {
+                [0, 0, 0, 0]
+            } else {
+                let (s, l) = links.placement(i);
+                [0, 0, s, l]
+            }
+        })
+        .collect()
+}
+
+fn validate(state: &ResidentState<'_>) -> Result<(), GpuError> {
+    let n = state.positions.len();
+    let bad = |s: String| Err(GpuError::BadInput(s));
+    if state.velocities.len() != n || state.params.len() != n {
+        return bad(format!(
+            "{n} positions, {} velocities, {} token parameters: they must agree",
+            state.velocities.len(),
+            state.params.len()
+        ));
+    }
+    if !state.links.is_empty() && state.links.rows() != n {
+        return bad(format!(
+            "the link table covers {} tokens, the positions {n}",
+            state.links.rows()
+        ));
+    }
+    for (i, (x, v)) in state.positions.iter().zip(state.velocities).enumerate() {
+        if !x.is_finite() || !v.is_finite() {
+            return bad(format!("slot {i}: position or velocity is not finite"));
+        }
+    }
+    for (i, t) in state.params.iter().enumerate() {
+        let ok = t.mass > 0.0 && t.radius > 0.0 && t.charge.is_finite() && t.strength.is_finite();
+        if !ok || !t.mass.is_finite() || !t.radius.is_finite() {
+            return bad(format!(
+                "slot {i}: mass {} and radius {} must be positive and finite, charge {} and strength {} finite",
+                t.mass, t.radius, t.charge, t.strength
+            ));
+        }
+    }
+    if let Some(e) = state.links.ends().iter().find(|e| e.other as usize >= n) {
+        return bad(format!(
+            "a link names slot {}, past the {n} tokens",
+            e.other
+        ));
+    }
+    Ok(())
+}
