@@ -126,6 +126,100 @@ mod embedded {
     }
 
     #[test]
+    fn the_resident_tick_matches_its_rust_side() {
+        use neurograph::backend::gpu::resident::{
+            BLOCK, ENTRY_BINDINGS, FAN, RESIDENT_ENTRY_POINTS, RESIDENT_WGSL, ResidentUniform,
+        };
+        let resident = module("resident.wgsl", RESIDENT_WGSL);
+        let forces = module("forces.wgsl", FORCES_WGSL);
+        let constant = |name: &str| {
+            let (_, c) = resident
+                .constants
+                .iter()
+                .find(|(_, c)| c.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("const {name}"));
+            match resident.global_expressions[c.init] {
+                naga::Expression::Literal(naga::Literal::U32(v)) => v,
+                ref other => panic!("{name} is {other:?}"),
+            }
+        };
+        assert_eq!(constant("BLOCK"), BLOCK);
+        assert_eq!(constant("FAN"), FAN);
+        assert_eq!(constant("WORKGROUP_SIZE"), WORKGROUP_SIZE);
+        // The uniform block: every Rust field at the WGSL member's offset.
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(resident.to_ctx()).expect("layout");
+        let (handle, ty) = resident
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some("Params"))
+            .expect("struct Params");
+        let naga::TypeInner::Struct { members, .. } = &ty.inner else {
+            panic!("Params is not a struct");
+        };
+        assert_eq!(layouter[handle].size as usize, size_of::<ResidentUniform>());
+        use std::mem::offset_of;
+        let rust = [
+            ("n", offset_of!(ResidentUniform, n)),
+            ("groups_x", offset_of!(ResidentUniform, groups_x)),
+            ("blocks", offset_of!(ResidentUniform, blocks)),
+            ("supers", offset_of!(ResidentUniform, supers)),
+            ("cap", offset_of!(ResidentUniform, cap)),
+            ("block_groups_x", offset_of!(ResidentUniform, block_groups_x)),
+            ("dt", offset_of!(ResidentUniform, dt)),
+            ("keep", offset_of!(ResidentUniform, keep)),
+            ("max_speed", offset_of!(ResidentUniform, max_speed)),
+            ("skin", offset_of!(ResidentUniform, skin)),
+            ("half_skin", offset_of!(ResidentUniform, half_skin)),
+            ("pad", offset_of!(ResidentUniform, pad)),
+            ("scale0", offset_of!(ResidentUniform, scale)),
+            ("scale1", offset_of!(ResidentUniform, scale) + 16),
+            ("lo0", offset_of!(ResidentUniform, lo)),
+            ("lo1", offset_of!(ResidentUniform, lo) + 16),
+            ("hi0", offset_of!(ResidentUniform, hi)),
+            ("hi1", offset_of!(ResidentUniform, hi) + 16),
+        ];
+        assert_eq!(members.len(), rust.len());
+        for (name, offset) in rust {
+            let member = members
+                .iter()
+                .find(|mm| mm.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("Params.{name} missing in WGSL"));
+            assert_eq!(member.offset as usize, offset, "Params.{name}");
+        }
+        // Each entry point's bind group holds exactly the bindings it uses.
+        let validate = |m: &naga::Module| {
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::default(),
+            )
+            .validate(m)
+            .expect("valid")
+        };
+        let infos = [(&resident, validate(&resident)), (&forces, validate(&forces))];
+        for (k, entry) in RESIDENT_ENTRY_POINTS.iter().enumerate() {
+            let (m, info) = infos
+                .iter()
+                .find(|(m, _)| m.entry_points.iter().any(|e| e.name == *entry))
+                .unwrap_or_else(|| panic!("no shader has entry point {entry}"));
+            let index = m.entry_points.iter().position(|e| e.name == *entry).unwrap();
+            let used = info.get_entry_point(index);
+            let mut bindings: Vec<u32> = m
+                .global_variables
+                .iter()
+                .filter(|(h, _)| !used[*h].is_empty())
+                .filter_map(|(_, g)| g.binding.as_ref().map(|b| b.binding))
+                .collect();
+            bindings.sort_unstable();
+            assert_eq!(bindings, ENTRY_BINDINGS[k], "{entry}");
+        }
+        // Every entry point of resident.wgsl is dispatched.
+        for e in &resident.entry_points {
+            assert!(RESIDENT_ENTRY_POINTS.contains(&e.name.as_str()), "{}", e.name);
+        }
+    }
+
+    #[test]
     fn bindings_match_the_rust_layout() {
         use neurograph::backend::gpu::{BINDINGS, BindingAccess};
         let m = module("forces.wgsl", FORCES_WGSL);

@@ -77,8 +77,10 @@ pub const RESIDENT_ENTRY_POINTS: [&str; 7] = [
     "integrate",
 ];
 
-/// The bindings each entry point uses (its bind group holds these and only these).
-const USES: [&[u32]; 7] = [
+/// The bindings each entry of [`RESIDENT_ENTRY_POINTS`] uses, in its own
+/// shader's numbering (its bind group holds these and only these; a test checks
+/// them against the WGSL).
+pub const ENTRY_BINDINGS: [&[u32]; 7] = [
     &[10],
     &[0, 1, 3, 6, 7, 10],
     &[0, 7, 10],
@@ -693,7 +695,7 @@ impl GpuResident {
             .iter()
             .enumerate()
             .map(|(k, pipeline)| {
-                let entries: Vec<wgpu::BindGroupEntry> = USES[k]
+                let entries: Vec<wgpu::BindGroupEntry> = ENTRY_BINDINGS[k]
                     .iter()
                     .map(|&binding| wgpu::BindGroupEntry {
                         binding,
