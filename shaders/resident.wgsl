@@ -7,7 +7,7 @@
 //                  tick's `integrate` raised)
 //   bounds_blocks  one per block of BLOCK consecutive tokens of the sort order
 //   bounds_super   one per superblock of FAN blocks
-//   build          one per token: its Verlet row, exact
+//   build          one per token (in the sort order): its Verlet row, exact
 //   density, main  (forces.wgsl)
 //   integrate      one per token: semi-implicit Euler, then the constraints
 //
@@ -56,6 +56,8 @@ const NON_FINITE: u32 = 6u;
 const BOUNDS: u32 = 7u;
 const SPEED: u32 = 8u;
 const MAX_STEP: u32 = 9u;
+// A 64-bit count: low word, then high word.
+const SCANNED: u32 = 10u;
 
 // Mirrors `resident::ResidentUniform` (a test checks the layout with naga).
 struct Params {
@@ -201,16 +203,21 @@ fn build(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = invocation(wg, local, p.groups_x);
-    if i >= p.n || atomicLoad(&flags[NOW]) == 0u {
+    // Invocation k searches for the k-th token of the sort order, so that the
+    // invocations of a workgroup (which run in lockstep) are near one another
+    // and visit nearly the same boxes.
+    let k = invocation(wg, local, p.groups_x);
+    if k >= p.n || atomicLoad(&flags[NOW]) == 0u {
         return;
     }
+    let i = perm[k];
     travel[i] = 0.0;
     let xi0 = pos[2u * i];
     let xi1 = pos[2u * i + 1u];
     let ri = tok[i].z;
     let base = i * p.cap;
     var count = 0u;
+    var scanned = 0u;
     for (var s = 0u; s < p.supers; s++) {
         if !near(boxes[p.blocks + s], xi0, xi1, ri) {
             continue;
@@ -221,8 +228,9 @@ fn build(
                 continue;
             }
             let end = min(b * BLOCK + BLOCK, p.n);
-            for (var k = b * BLOCK; k < end; k++) {
-                let j = perm[k];
+            scanned += end - b * BLOCK;
+            for (var m = b * BLOCK; m < end; m++) {
+                let j = perm[m];
                 if j == i {
                     continue;
                 }
@@ -233,12 +241,12 @@ fn build(
                 if d2 <= c * c * (1.0 + 1e-5) {
                     if count < p.cap {
                         // Insert j, keeping the row ascending by slot.
-                        var m = count;
-                        while m > 0u && cand[base + m - 1u] > j {
-                            cand[base + m] = cand[base + m - 1u];
-                            m -= 1u;
+                        var at = count;
+                        while at > 0u && cand[base + at - 1u] > j {
+                            cand[base + at] = cand[base + at - 1u];
+                            at -= 1u;
                         }
-                        cand[base + m] = j;
+                        cand[base + at] = j;
                     }
                     count += 1u;
                 }
@@ -248,6 +256,12 @@ fn build(
     rows[i].x = base;
     rows[i].y = min(count, p.cap);
     atomicMax(&flags[MAX_COUNT], count);
+    // Distances computed, summed in 64 bits: an add that wraps the low word
+    // carries one into the high word.
+    let before = atomicAdd(&flags[SCANNED], scanned);
+    if before + scanned < before {
+        atomicAdd(&flags[SCANNED + 1u], 1u);
+    }
 }
 
 // `Integrate` then `Constrain`'s token rules, as `systems/integrate.rs` and

@@ -165,7 +165,10 @@ mod embedded {
             ("blocks", offset_of!(ResidentUniform, blocks)),
             ("supers", offset_of!(ResidentUniform, supers)),
             ("cap", offset_of!(ResidentUniform, cap)),
-            ("block_groups_x", offset_of!(ResidentUniform, block_groups_x)),
+            (
+                "block_groups_x",
+                offset_of!(ResidentUniform, block_groups_x),
+            ),
             ("dt", offset_of!(ResidentUniform, dt)),
             ("keep", offset_of!(ResidentUniform, keep)),
             ("max_speed", offset_of!(ResidentUniform, max_speed)),
@@ -196,13 +199,20 @@ mod embedded {
             .validate(m)
             .expect("valid")
         };
-        let infos = [(&resident, validate(&resident)), (&forces, validate(&forces))];
+        let infos = [
+            (&resident, validate(&resident)),
+            (&forces, validate(&forces)),
+        ];
         for (k, entry) in RESIDENT_ENTRY_POINTS.iter().enumerate() {
             let (m, info) = infos
                 .iter()
                 .find(|(m, _)| m.entry_points.iter().any(|e| e.name == *entry))
                 .unwrap_or_else(|| panic!("no shader has entry point {entry}"));
-            let index = m.entry_points.iter().position(|e| e.name == *entry).unwrap();
+            let index = m
+                .entry_points
+                .iter()
+                .position(|e| e.name == *entry)
+                .unwrap();
             let used = info.get_entry_point(index);
             let mut bindings: Vec<u32> = m
                 .global_variables
@@ -215,7 +225,11 @@ mod embedded {
         }
         // Every entry point of resident.wgsl is dispatched.
         for e in &resident.entry_points {
-            assert!(RESIDENT_ENTRY_POINTS.contains(&e.name.as_str()), "{}", e.name);
+            assert!(
+                RESIDENT_ENTRY_POINTS.contains(&e.name.as_str()),
+                "{}",
+                e.name
+            );
         }
     }
 

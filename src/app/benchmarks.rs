@@ -1194,6 +1194,53 @@ pub struct GpuBenchSize {
     pub first_tick_force_error: Option<f64>,
     /// Why the GPU did not run this size.
     pub gpu_refused: Option<String>,
+    /// Median `Forces` + `Integrate` + `Constrain` stages on the CPU backend: the
+    /// part of its tick the GPU-resident tick does.
+    pub cpu_physics: f64,
+    /// The GPU-resident tick from the same state (None: refused, see
+    /// `resident_refused`).
+    pub resident: Option<ResidentBench>,
+    /// Why the GPU-resident tick did not run this size.
+    pub resident_refused: Option<String>,
+}
+
+/// The GPU-resident tick (`backend::gpu::resident`) at one size.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ResidentBench {
+    /// Mean seconds per tick over one batch of the timed ticks (no readback
+    /// but the counters).
+    pub tick: f64,
+    /// `cpu_physics / tick`.
+    pub physics_speedup: f64,
+    /// Median seconds per entry point over the profiled ticks that did not
+    /// rebuild the rows, each dispatched and waited for alone (an upper bound
+    /// of the kernel's time).
+    pub kernels: Vec<(String, f64)>,
+    /// The same over the profiled ticks that rebuilt the rows.
+    pub kernels_rebuilding: Vec<(String, f64)>,
+    /// Ticks profiled.
+    pub profiled: u32,
+    /// Ticks that rebuilt the neighbour rows, of the timed ones.
+    pub rebuilds: u64,
+    /// Bytes written to the device per timed tick.
+    pub uploaded_per_tick: f64,
+    /// Bytes read back per timed tick.
+    pub read_back_per_tick: f64,
+    /// Bytes of the state (positions, velocities, token parameters, link ends).
+    pub state_bytes: u64,
+    /// Seconds to read positions and velocities back once (what a stage on the
+    /// CPU, the digest for one, would add to a tick that needs them).
+    pub read_state: f64,
+    /// Bytes read back by that readback.
+    pub read_state_bytes: u64,
+    /// Bytes of every device buffer.
+    pub device_bytes: u64,
+    /// The longest neighbour row (candidates within cutoff + skin).
+    pub max_candidates: u32,
+    /// Mean distances the search computed per row built: how well the boxes
+    /// prune (a row holds its candidates within cutoff + skin, at most
+    /// `max_candidates`).
+    pub tested_per_row: f64,
 }
 
 /// The `bench gpu` report.
@@ -1349,6 +1396,8 @@ fn gpu_bench_size(
             None
         }
     };
+    #[cfg(feature = "gpu")]
+    let start = resident_start(&mut cpu);
     let (first_error, mut refused) = gpu_first_tick(&mut cpu, &mut gpu, adapter.as_str());
     let avg_neighbors = cpu.last_pair_count() as f64 / n.max(1) as f64;
     // Variant 0 is the CPU, 1 the GPU (when there is one): the CPU goes first on
@@ -1356,12 +1405,14 @@ fn gpu_bench_size(
     // that fails stops there (its later turns time nothing) and the CPU steps
     // on alone.
     let mut cpu_force_times = Vec::new();
+    let mut cpu_physics_times = Vec::new();
     let mut samples = GpuSamples::default();
     let variants = if gpu.is_some() { 2 } else { 1 };
     let times = interleave(variants, o.ticks, |v, _, lap| {
         if v == 0 {
             lap.time(|| cpu.step());
             cpu_force_times.push(forces_stage(&cpu));
+            cpu_physics_times.push(physics_stages(&cpu));
             return Ok(());
         }
         let failed = match gpu.as_mut() {
@@ -1384,8 +1435,20 @@ fn gpu_bench_size(
     let med = |v: &mut Vec<f64>| (ran && !v.is_empty()).then(|| median(v));
     let (cpu_tick, cpu_forces) = (median(&mut cpu_ticks), median(&mut cpu_force_times));
     let (gpu_tick, gpu_forces) = (med(&mut gpu_ticks), med(&mut samples.forces));
+    drop(gpu);
+    let cpu_physics = median(&mut cpu_physics_times);
+    #[cfg(feature = "gpu")]
+    let (resident, resident_refused) = match resident_bench(&start, o.ticks, cpu_physics) {
+        Ok(r) => (Some(r), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    #[cfg(not(feature = "gpu"))]
+    let (resident, resident_refused) = (None, Some("built without the `gpu` feature".into()));
     Ok(GpuBenchSize {
         tokens: n,
+        cpu_physics,
+        resident,
+        resident_refused,
         avg_neighbors,
         cpu_tick,
         cpu_forces,
@@ -1400,6 +1463,150 @@ fn gpu_bench_size(
         tick_speedup: gpu_tick.map(|g| cpu_tick / g),
         first_tick_force_error: first_error.filter(|_| ran),
         gpu_refused: refused,
+    })
+}
+
+/// The seconds of the `Forces`, `Integrate` and `Constrain` stages of `sim`'s
+/// last tick.
+fn physics_stages(sim: &Simulation) -> f64 {
+    use crate::schedule::{SimSystems, StageTimes};
+    let t = sim.world().resource::<StageTimes>();
+    [
+        SimSystems::Forces,
+        SimSystems::Integrate,
+        SimSystems::Constrain,
+    ]
+    .into_iter()
+    .map(|stage| t.last_of(stage))
+    .sum()
+}
+
+/// A world's state as the resident tick loads it: slots in id order.
+#[cfg(feature = "gpu")]
+struct ResidentStart {
+    positions: Vec<crate::model::math::Vec8>,
+    velocities: Vec<crate::model::math::Vec8>,
+    params: Vec<crate::physics::TokenParams>,
+    links: crate::physics::LinkTable,
+    constants: crate::backend::gpu::resident::ResidentParams,
+}
+
+#[cfg(feature = "gpu")]
+fn resident_start(sim: &mut Simulation) -> ResidentStart {
+    use crate::model::components::{Charge, Field, Mass, Position, TokenId, Velocity};
+    use crate::model::math::Vec8;
+    let vecs = |flat: Vec<f32>| -> Vec<Vec8> {
+        flat.chunks_exact(8)
+            .map(|c| Vec8::from_array(c.try_into().expect("8 floats")))
+            .collect()
+    };
+    let ids: Vec<TokenId> = sim.ids().into_iter().map(TokenId).collect();
+    let positions = vecs(sim.column::<Position, f32, 8>(|p| p.0.to_array()));
+    let velocities = vecs(sim.column::<Velocity, f32, 8>(|v| v.0.to_array()));
+    let q = sim.column::<Charge, f32, 1>(|c| [c.0]);
+    let m = sim.column::<Mass, f32, 1>(|c| [c.0]);
+    let f = sim.column::<Field, f32, 2>(|f| [f.radius, f.strength]);
+    let params = (0..ids.len())
+        .map(|i| crate::physics::TokenParams {
+            charge: q[i],
+            mass: m[i],
+            radius: f[2 * i],
+            strength: f[2 * i + 1],
+        })
+        .collect();
+    let links = crate::physics::LinkTable::build(
+        &ids,
+        sim.world()
+            .resource::<crate::model::registry::LinkGraph>()
+            .iter()
+            .map(|(&(a, b), l)| (a, b, l.weight, l.rest_length)),
+    );
+    let constants = crate::backend::gpu::resident::ResidentParams::new(
+        sim.cdna(),
+        sim.world().resource::<SimConfig>(),
+    );
+    ResidentStart {
+        positions,
+        velocities,
+        params,
+        links,
+        constants,
+    }
+}
+
+/// Runs the resident tick from `start`: one untimed batch, then `ticks` timed
+/// in one batch, then five ticks profiled kernel by kernel, then one readback
+/// of the state.
+#[cfg(feature = "gpu")]
+fn resident_bench(
+    start: &ResidentStart,
+    ticks: u64,
+    cpu_physics: f64,
+) -> Result<ResidentBench, crate::backend::gpu::GpuError> {
+    use crate::backend::gpu::resident::{GpuResident, ResidentState};
+    use crate::backend::gpu::{AdapterPolicy, GpuContext};
+    let mut r = GpuResident::new(GpuContext::new(AdapterPolicy::Any)?)?;
+    r.load(
+        ResidentState {
+            positions: &start.positions,
+            velocities: &start.velocities,
+            params: &start.params,
+            links: &start.links,
+        },
+        start.constants,
+    )?;
+    r.step(ticks.min(20))?;
+    let (before, rebuilds) = (r.transfers(), r.stats().rebuilds);
+    let t0 = Instant::now();
+    r.step(ticks)?;
+    let tick = t0.elapsed().as_secs_f64() / ticks.max(1) as f64;
+    let after = r.transfers();
+    let rebuilds = r.stats().rebuilds - rebuilds;
+    // Profiled ticks, split into those that rebuilt the rows and those that did
+    // not: up to 3 of each, at most 12 ticks.
+    let mut per_kernel: [Vec<Vec<f64>>; 2] = Default::default();
+    let mut profiled = 0;
+    while profiled < 12
+        && per_kernel
+            .iter()
+            .any(|k| k.first().is_none_or(|v| v.len() < 3))
+    {
+        let k = r.profile_tick()?;
+        profiled += 1;
+        let into = &mut per_kernel[k.rebuilt as usize];
+        into.resize(k.kernels.len(), Vec::new());
+        for (v, (_, secs)) in into.iter_mut().zip(&k.kernels) {
+            v.push(*secs);
+        }
+    }
+    let names = crate::backend::gpu::resident::RESIDENT_ENTRY_POINTS;
+    let [plain, rebuilding] = per_kernel.map(|mut ks| {
+        names
+            .iter()
+            .zip(ks.iter_mut())
+            .map(|(n, v)| (n.to_string(), median(v)))
+            .collect::<Vec<_>>()
+    });
+    let read_before = r.transfers().read_back;
+    let t0 = Instant::now();
+    r.read_state()?;
+    let read_state = t0.elapsed().as_secs_f64();
+    let per_tick = |b: u64| b as f64 / ticks.max(1) as f64;
+    Ok(ResidentBench {
+        tick,
+        physics_speedup: cpu_physics / tick,
+        kernels: plain,
+        kernels_rebuilding: rebuilding,
+        profiled,
+        rebuilds,
+        uploaded_per_tick: per_tick(after.uploaded - before.uploaded),
+        read_back_per_tick: per_tick(after.read_back - before.read_back),
+        state_bytes: r.state_bytes(start.links.ends().len()),
+        read_state,
+        read_state_bytes: r.transfers().read_back - read_before,
+        device_bytes: r.device_bytes(),
+        max_candidates: r.stats().max_candidates,
+        tested_per_row: r.stats().distances_tested as f64 / r.stats().rows_built.max(1) as f64,
     })
 }
 
@@ -1466,11 +1673,85 @@ impl GpuBenchReport {
                 let _ = writeln!(s, "{:>9}   GPU: {r}", "");
             }
         }
+        self.resident_text(&mut s);
         let _ = writeln!(
             s,
             "\nMedians per tick. \"GPU force\" is the whole Forces stage on the GPU backend (the CPU keeps\nthe neighbour lists); upload/dispatch/readback are its device phases. On a software adapter\n(lavapipe) this shows correctness, not speed."
         );
         s
+    }
+}
+
+impl GpuBenchReport {
+    fn resident_text(&self, s: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(
+            s,
+            "\nGPU-resident tick (neighbour search, forces, integration, constraints on the device)\n"
+        );
+        let _ = writeln!(
+            s,
+            "{:>9} | {:>11} {:>11} {:>8} | {:>9} {:>12} {:>9} | {:>11} {:>10} | {:>8} {:>9} {:>9}",
+            "tokens",
+            "CPU physics",
+            "GPU tick",
+            "x",
+            "ticks/s",
+            "bytes/tick",
+            "of state",
+            "read state",
+            "its bytes",
+            "rebuilds",
+            "longest",
+            "tested"
+        );
+        let ms = |v: f64| format!("{:.2} ms", v * 1e3);
+        for z in &self.sizes {
+            let Some(r) = &z.resident else {
+                let why = z.resident_refused.as_deref().unwrap_or("?");
+                let _ = writeln!(s, "{:>9} | refused: {why}", z.tokens);
+                continue;
+            };
+            let moved = r.uploaded_per_tick + r.read_back_per_tick;
+            let _ = writeln!(
+                s,
+                "{:>9} | {:>11} {:>11} {:>8.2} | {:>9.1} {:>12.1} {:>8.4}% | {:>11} {:>10} | {:>8} {:>9} {:>9.0}",
+                z.tokens,
+                ms(z.cpu_physics),
+                ms(r.tick),
+                r.physics_speedup,
+                1.0 / r.tick,
+                moved,
+                100.0 * moved / r.state_bytes.max(1) as f64,
+                ms(r.read_state),
+                r.read_state_bytes,
+                r.rebuilds,
+                r.max_candidates,
+                r.tested_per_row,
+            );
+            let kernels = |ks: &[(String, f64)]| {
+                ks.iter()
+                    .map(|(k, t)| format!("{k} {}", ms(*t)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                s,
+                "{:>9}   per kernel, plain tick: {}",
+                "",
+                kernels(&r.kernels)
+            );
+            let _ = writeln!(
+                s,
+                "{:>9}   per kernel, rebuilding tick: {}",
+                "",
+                kernels(&r.kernels_rebuilding)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nCPU physics: the Forces, Integrate and Constrain stages of the CPU backend (median). GPU tick:\nthe mean over one batch of the timed ticks. Per kernel: medians of ticks profiled dispatch by\ndispatch (each waited for). bytes/tick: both ways, per timed tick; \"of state\":\nof the positions, velocities, token parameters and link ends. read state: one readback of the\npositions and velocities, what a stage left on the CPU adds to a tick that needs them."
+        );
     }
 }
 

@@ -103,6 +103,8 @@ mod flag {
     pub const BOUNDS: usize = 7;
     pub const SPEED: usize = 8;
     pub const MAX_STEP: usize = 9;
+    /// Low word; the high word follows.
+    pub const SCANNED: usize = 10;
     pub const LEN: usize = 16;
 }
 
@@ -202,6 +204,11 @@ pub struct ResidentStats {
     pub rebuilds: u64,
     /// The longest row (candidates within cutoff + skin) built since the load.
     pub max_candidates: u32,
+    /// Rows built (tokens × rebuilding ticks).
+    pub rows_built: u64,
+    /// Distances the search computed, over every row built:
+    /// `distances_tested / rows_built` is how well the boxes prune.
+    pub distances_tested: u64,
     /// Slots per row now.
     pub row_capacity: u32,
     /// Batches recomputed because a row outgrew its capacity.
@@ -806,6 +813,8 @@ impl GpuResident {
         let s = &mut self.stats;
         s.ticks += ticks as u64;
         s.rebuilds += flags[flag::REBUILDS] as u64;
+        s.rows_built += flags[flag::REBUILDS] as u64 * self.n as u64;
+        s.distances_tested += flags[flag::SCANNED] as u64 | (flags[flag::SCANNED + 1] as u64) << 32;
         s.max_candidates = s.max_candidates.max(flags[flag::MAX_COUNT]);
         s.row_capacity = self.cap;
         s.speed_limited += flags[flag::LIMITED] as u64;
@@ -1026,7 +1035,7 @@ impl GpuResident {
 /// Zeroes the counters of a batch (all but the rebuild flags `NOW` and `NEXT`).
 fn clear_counters(enc: &mut wgpu::CommandEncoder, flags: &wgpu::Buffer) {
     let first = flag::MAX_COUNT as u64;
-    let last = flag::MAX_STEP as u64;
+    let last = flag::SCANNED as u64 + 1;
     enc.clear_buffer(flags, first * 4, Some((last - first + 1) * 4));
 }
 
