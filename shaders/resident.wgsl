@@ -3,41 +3,49 @@
 // device across ticks. The forces between them are `forces.wgsl`'s `density`
 // and `main`, run on the same buffers. One tick is these dispatches in order:
 //
-//   begin          1 invocation: is this tick a list rebuild? (a flag the last
-//                  tick's `integrate` raised)
+//   begin          1 invocation: does this tick refresh or rebuild the rows?
+//                  (a flag the last tick's `integrate`, or the host, raised)
 //   bounds_blocks  one per block of BLOCK consecutive tokens of the sort order
 //   bounds_super   one per superblock of FAN blocks
 //   build          one per token (in the sort order): its Verlet row, exact
+//   insert, merge  one per token: a refresh's symmetric update of the others' rows
 //   density, main  (forces.wgsl)
 //   integrate      one per token: semi-implicit Euler, then the constraints
 //
 // Neighbour search. The host orders the tokens along a k-d tree's leaves (a
 // space-filling order; `perm` holds the slots in that order) once per load or
-// `reorder`; the order only makes the pruning tight, never the result: every
-// rebuild bounds each block and superblock of the order by an axis-aligned box
+// `reorder`; the order only makes the pruning tight, never the result: each
+// search bounds each block and superblock of the order by an axis-aligned box
 // of its tokens' current positions (and the largest field radius in it), and a
 // token's row is every j != i with |x_j - x_i| <= max(R_i, R_j) + skin (with the
 // CPU's 1e-5 slack), found by skipping every superblock and block whose box is
 // farther than max(R_i, R_box) + skin. A box's distance is a lower bound of its
 // members' distances (min/max are exact, and subtraction, squaring and summing
-// round monotonically), so no pair is skipped: the rows hold exactly what the
-// CPU's k-d tree finds. Each row is kept sorted by slot (insertion sort), so
-// the force sums run in slot order: the order of the CPU's rows when slots are
-// in id order.
+// round monotonically), so no pair is skipped: a row holds exactly what the
+// CPU's k-d tree finds. Each row is kept sorted by slot, so the force sums run
+// in slot order: the order of the CPU's rows when slots are in id order.
 //
-// Capacity: a row holds at most `cap` slots. `build` writes the true count to
-// `flags[MAX_COUNT]` (an atomic max of integers: order-independent); the host
-// reads it after a batch of ticks, and when it exceeds `cap` grows the rows and
-// recomputes the batch from a device-side copy of its starting state.
+// When rows are searched: the CPU's rule (`Travel`, `NeighborList::refresh`).
+// Each token's path since its row was searched must stay within skin / 2;
+// `integrate` adds |v| dt to the path and raises a refresh when a path passes
+// it (or is not finite). A refresh searches the rows of those tokens only;
+// `insert` then adds each of them to the rows of its new neighbours, and `merge`
+// drops them from every other row and sorts the row again. A pair missing from
+// the rows was at least cutoff + skin apart when last checked, and neither token
+// has moved more than skin / 2 since, so it is not a pair. A rebuild (after a
+// load, a reorder, or with `full_only`) searches every row. Results do not
+// depend on when or how rows were searched: a row holds every pair within the
+// cutoff, and the sums skip the others.
 //
-// The rebuild rule is the CPU's (`Travel`): each token's path since its row was
-// built must stay within skin / 2. `integrate` adds |v| dt to the path and
-// raises `flags[NEXT]` when any path passes skin / 2 (or is not finite); the next
-// tick rebuilds every row. Results do not depend on when rows are rebuilt: a
-// row holds every pair within the cutoff, and the sums skip the others.
+// Capacity: a row holds at most `cap` slots. `build` and `insert` raise
+// `flags[MAX_COUNT]` to the longest row they needed (an atomic max of integers:
+// order-independent); the host reads it after a batch of ticks, and when it
+// exceeds `cap` grows the rows and recomputes the batch from a device-side copy
+// of its starting state (with a rebuild first).
 //
 // No float atomics: every float is one invocation's own; the atomics are
-// integer counters, maxima and flags, whose results do not depend on order.
+// integer counters, maxima, flags and slot claims whose results do not depend
+// on order (`merge` sorts the claimed slots).
 
 const WORKGROUP_SIZE: u32 = 64u;
 // Tokens per block, blocks per superblock (`resident::BLOCK`, `resident::FAN`).
@@ -58,6 +66,12 @@ const SPEED: u32 = 8u;
 const MAX_STEP: u32 = 9u;
 // A 64-bit count: low word, then high word.
 const SCANNED: u32 = 10u;
+const ROWS: u32 = 12u;
+const FULL: u32 = 13u;
+
+// Values of `flags[NOW]` and `flags[NEXT]`.
+const REFRESH: u32 = 1u;
+const REBUILD: u32 = 2u;
 
 // Mirrors `resident::ResidentUniform` (a test checks the layout with naga).
 struct Params {
@@ -78,7 +92,8 @@ struct Params {
     max_speed: f32,
     skin: f32,
     half_skin: f32,
-    pad: f32,
+    // 1: every rebuild builds every row (no refreshes).
+    full_only: u32,
     // Per-axis mobility and position bounds, axes 0..4 and 4..8.
     scale0: vec4<f32>,
     scale1: vec4<f32>,
@@ -115,6 +130,8 @@ struct Box {
 // Per token: path length since its row was built.
 @group(0) @binding(9) var<storage, read_write> travel: array<f32>;
 @group(0) @binding(10) var<storage, read_write> flags: array<atomic<u32>, 16>;
+// Per token: slots other tokens' refreshes added to its row (`insert`).
+@group(0) @binding(11) var<storage, read_write> extra: array<atomic<u32>>;
 
 fn finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
@@ -130,10 +147,16 @@ fn invocation(wg: vec3<u32>, local: u32, groups_x: u32) -> u32 {
 
 @compute @workgroup_size(1)
 fn begin() {
-    let next = atomicExchange(&flags[NEXT], 0u);
+    var next = atomicExchange(&flags[NEXT], 0u);
+    if next == REFRESH && p.full_only != 0u {
+        next = REBUILD;
+    }
     atomicStore(&flags[NOW], next);
     if next != 0u {
         atomicAdd(&flags[REBUILDS], 1u);
+    }
+    if next == REBUILD {
+        atomicAdd(&flags[FULL], 1u);
     }
     atomicAdd(&flags[TICKS], 1u);
 }
@@ -211,7 +234,15 @@ fn build(
         return;
     }
     let i = perm[k];
-    travel[i] = 0.0;
+    let now = atomicLoad(&flags[NOW]);
+    let path = travel[i];
+    if now == REFRESH && path <= p.half_skin && finite(path) {
+        return;
+    }
+    // Marks the row as searched in this tick (for `insert` and `merge`);
+    // `integrate` counts the path from zero.
+    travel[i] = -1.0;
+    atomicAdd(&flags[ROWS], 1u);
     let xi0 = pos[2u * i];
     let xi1 = pos[2u * i + 1u];
     let ri = tok[i].z;
@@ -264,6 +295,72 @@ fn build(
     }
 }
 
+// Refresh, step 2: every token i searched in this tick adds itself to the row
+// of each neighbour j that was not searched (whose row may lack i), after the
+// row's entries, at a slot counted by `extra[j]` (an integer atomic: which
+// token takes which slot varies, `merge` sorts them).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn insert(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = invocation(wg, local, p.groups_x);
+    if i >= p.n || atomicLoad(&flags[NOW]) != REFRESH || !(travel[i] < 0.0) {
+        return;
+    }
+    let row = rows[i];
+    for (var k = 0u; k < row.y; k++) {
+        let j = cand[row.x + k];
+        if travel[j] < 0.0 {
+            continue;
+        }
+        let at = rows[j].y + atomicAdd(&extra[j], 1u);
+        if at < p.cap {
+            cand[j * p.cap + at] = i;
+        }
+        atomicMax(&flags[MAX_COUNT], at + 1u);
+    }
+}
+
+// Refresh, step 3: the row of every token j not searched in this tick keeps its
+// entries of tokens not searched either, drops those of searched ones (their
+// new rows say where they are now), takes the ones `insert` added, and is
+// sorted by slot again. It then holds exactly the pairs within cutoff + skin at
+// their last check, as a full rebuild's rows would for those checks: the CPU's
+// refresh (`NeighborList::refresh`) by the same argument (`Travel`).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn merge(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let j = invocation(wg, local, p.groups_x);
+    if j >= p.n || atomicLoad(&flags[NOW]) != REFRESH || travel[j] < 0.0 {
+        return;
+    }
+    let row = rows[j];
+    let added = atomicExchange(&extra[j], 0u);
+    var len = 0u;
+    for (var k = 0u; k < row.y; k++) {
+        let o = cand[row.x + k];
+        if !(travel[o] < 0.0) {
+            cand[row.x + len] = o;
+            len += 1u;
+        }
+    }
+    let end = min(row.y + added, p.cap);
+    for (var k = row.y; k < end; k++) {
+        let o = cand[row.x + k];
+        var at = len;
+        while at > 0u && cand[row.x + at - 1u] > o {
+            cand[row.x + at] = cand[row.x + at - 1u];
+            at -= 1u;
+        }
+        cand[row.x + at] = o;
+        len += 1u;
+    }
+    rows[j].y = len;
+}
+
 // `Integrate` then `Constrain`'s token rules, as `systems/integrate.rs` and
 // `systems/constrain.rs` compute them: v' = (v + (s ⊙ F) · dt/m) · (1 − γ dt),
 // capped at v_max; x' = x + v' dt; then non-finite coordinates are reset, the
@@ -291,10 +388,11 @@ fn integrate(
     var x0 = pos[2u * i] + v0 * p.dt;
     var x1 = pos[2u * i + 1u] + v1 * p.dt;
     let step = sqrt(dot(v0, v0) + dot(v1, v1)) * p.dt;
-    let path = travel[i] + step;
+    // A row searched in this tick is marked −1: its path starts at 0.
+    let path = max(travel[i], 0.0) + step;
     travel[i] = path;
     if !(path <= p.half_skin) || !finite(path) {
-        atomicMax(&flags[NEXT], 1u);
+        atomicMax(&flags[NEXT], REFRESH);
     }
     if finite(step) {
         atomicMax(&flags[MAX_STEP], bitcast<u32>(step));

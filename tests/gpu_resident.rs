@@ -161,6 +161,7 @@ fn neighbour_rows_are_exact_and_sorted() {
     let params = params_of(&sim);
     load(&mut gpu, &s, params);
     gpu.step(1).expect("one tick");
+    eprintln!("{:?}", gpu.stats());
     assert_eq!(gpu.stats().rebuilds, 1, "the first tick builds every row");
     let rows = gpu.read_rows().expect("rows");
     let skin = params.skin as f64;
@@ -168,7 +169,7 @@ fn neighbour_rows_are_exact_and_sorted() {
     for (i, row) in rows.iter().enumerate() {
         assert!(
             row.windows(2).all(|w| w[0] < w[1]),
-            "slot {i}: row not ascending"
+            "slot {i}: row not ascending: {row:?}"
         );
         let xi = s.positions[i];
         let near = |j: usize, slack: f64| {
@@ -273,11 +274,24 @@ fn runs_replay_bit_for_bit_whatever_the_skin_and_row_capacity() {
     let (x2, v2, st) = run(&mut gpu, wide);
     assert!(st.rebuilds < first.rebuilds, "{st:?} vs {first:?}");
     assert!(x0 == x2 && v0 == v2, "the skin changed the result");
+    // Refreshing only the rows of the tokens past half the skin gives what
+    // searching every row gives.
+    assert!(
+        first.full_rebuilds < first.rebuilds && first.rows_built < first.rebuilds * 2_000,
+        "the run refreshed rows: {first:?}"
+    );
+    gpu.set_full_rebuilds(true);
+    let (x4, v4, st) = run(&mut gpu, params);
+    assert_eq!(st.full_rebuilds, st.rebuilds, "{st:?}");
+    assert_eq!(st.rows_built, st.rebuilds * 2_000);
+    assert!(x0 == x4 && v0 == v4, "full rebuilds differ from refreshes");
+    gpu.set_full_rebuilds(false);
     // Rows of 4 slots overflow at once: each batch is recomputed with longer rows.
     gpu.set_first_row_capacity(4);
     let (x3, v3, st) = run(&mut gpu, params);
     assert!(st.regrows >= 1 && st.row_capacity > 4, "{st:?}");
     assert!(x0 == x3 && v0 == v3, "the recomputed batch differs");
+    eprintln!("refreshing: {first:?}");
 }
 
 #[test]

@@ -174,7 +174,7 @@ mod embedded {
             ("max_speed", offset_of!(ResidentUniform, max_speed)),
             ("skin", offset_of!(ResidentUniform, skin)),
             ("half_skin", offset_of!(ResidentUniform, half_skin)),
-            ("pad", offset_of!(ResidentUniform, pad)),
+            ("full_only", offset_of!(ResidentUniform, full_only)),
             ("scale0", offset_of!(ResidentUniform, scale)),
             ("scale1", offset_of!(ResidentUniform, scale) + 16),
             ("lo0", offset_of!(ResidentUniform, lo)),

@@ -66,25 +66,32 @@ pub const BATCH: u32 = 64;
 pub const FIRST_CAP: u32 = 64;
 
 /// The resident tick's entry points, in dispatch order per tick (`density` and
-/// `main` are `forces.wgsl`'s).
-pub const RESIDENT_ENTRY_POINTS: [&str; 7] = [
+/// `main` are `forces.wgsl`'s, at [`FORCE_ENTRIES`]).
+pub const RESIDENT_ENTRY_POINTS: [&str; 9] = [
     "begin",
     "bounds_blocks",
     "bounds_super",
     "build",
+    "insert",
+    "merge",
     "density",
     "main",
     "integrate",
 ];
 
+/// The indices in [`RESIDENT_ENTRY_POINTS`] of `forces.wgsl`'s entry points.
+pub const FORCE_ENTRIES: [usize; 2] = [6, 7];
+
 /// The bindings each entry of [`RESIDENT_ENTRY_POINTS`] uses, in its own
 /// shader's numbering (its bind group holds these and only these; a test checks
 /// them against the WGSL).
-pub const ENTRY_BINDINGS: [&[u32]; 7] = [
-    &[10],
+pub const ENTRY_BINDINGS: [&[u32]; 9] = [
+    &[0, 10],
     &[0, 1, 3, 6, 7, 10],
     &[0, 7, 10],
     &[0, 1, 3, 4, 5, 6, 7, 9, 10],
+    &[0, 4, 5, 9, 10, 11],
+    &[0, 4, 5, 9, 10, 11],
     &[0, 1, 2, 3, 4, 8],
     &[0, 1, 2, 3, 4, 5, 6, 7, 8],
     &[0, 1, 2, 3, 8, 9, 10],
@@ -105,6 +112,11 @@ mod flag {
     pub const MAX_STEP: usize = 9;
     /// Low word; the high word follows.
     pub const SCANNED: usize = 10;
+    pub const ROWS: usize = 12;
+    pub const FULL: usize = 13;
+    /// Values of `NEXT`: refresh the rows of the tokens past half the skin;
+    /// rebuild every row.
+    pub const REBUILD: u32 = 2;
     pub const LEN: usize = 16;
 }
 
@@ -134,8 +146,8 @@ pub struct ResidentUniform {
     pub skin: f32,
     /// Half the skin.
     pub half_skin: f32,
-    /// Padding.
-    pub pad: f32,
+    /// 1: every rebuild searches every row.
+    pub full_only: u32,
     /// Mobility, axes 0..4 and 4..8.
     pub scale: [[f32; 4]; 2],
     /// Lower bounds.
@@ -200,11 +212,13 @@ pub struct ResidentState<'a> {
 pub struct ResidentStats {
     /// Ticks run.
     pub ticks: u64,
-    /// Ticks that rebuilt the neighbour lists.
+    /// Ticks that searched neighbour rows (refreshes and full rebuilds).
     pub rebuilds: u64,
+    /// Of these, the ticks that searched every row.
+    pub full_rebuilds: u64,
     /// The longest row (candidates within cutoff + skin) built since the load.
     pub max_candidates: u32,
-    /// Rows built (tokens × rebuilding ticks).
+    /// Rows searched.
     pub rows_built: u64,
     /// Distances the search computed, over every row built:
     /// `distances_tested / rows_built` is how well the boxes prune.
@@ -266,6 +280,7 @@ struct Buffers {
     links: wgpu::Buffer,
     travel: wgpu::Buffer,
     flags: wgpu::Buffer,
+    extra: wgpu::Buffer,
     /// Device-side copies of the batch's starting state (pos, vel, travel, flags).
     backup: [wgpu::Buffer; 4],
 }
@@ -274,7 +289,7 @@ impl Buffers {
     /// The buffer of `binding` for `entry` (`resident.wgsl`'s numbering, or
     /// `forces.wgsl`'s for `density` and `main`).
     fn binding(&self, entry: usize, binding: u32) -> &wgpu::Buffer {
-        if entry == 4 || entry == 5 {
+        if FORCE_ENTRIES.contains(&entry) {
             return match binding {
                 0 => &self.forces_uniform,
                 1 => &self.pos,
@@ -298,7 +313,8 @@ impl Buffers {
             7 => &self.boxes,
             8 => &self.force,
             9 => &self.travel,
-            _ => &self.flags,
+            10 => &self.flags,
+            _ => &self.extra,
         }
     }
 
@@ -319,6 +335,7 @@ impl Buffers {
             &self.links,
             &self.travel,
             &self.flags,
+            &self.extra,
         ]
         .into_iter()
         .chain(&self.backup)
@@ -337,6 +354,7 @@ pub struct GpuResident {
     n: u32,
     cap: u32,
     first_cap: u32,
+    full_only: bool,
     grid: (u32, u32),
     block_grid: (u32, u32),
     stats: ResidentStats,
@@ -403,7 +421,11 @@ impl GpuResident {
             .iter()
             .enumerate()
             .map(|(k, entry)| {
-                let m = if k == 4 || k == 5 { &forces } else { &resident };
+                let m = if FORCE_ENTRIES.contains(&k) {
+                    &forces
+                } else {
+                    &resident
+                };
                 ctx.device
                     .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                         label: Some(&format!("neurograph.resident.{entry}")),
@@ -429,6 +451,7 @@ impl GpuResident {
             n: 0,
             cap: FIRST_CAP,
             first_cap: FIRST_CAP,
+            full_only: false,
             grid: (1, 1),
             block_grid: (1, 1),
             stats: ResidentStats::default(),
@@ -456,6 +479,14 @@ impl GpuResident {
     /// [`FIRST_CAP`] unless set). Rows grow past it as needed.
     pub fn set_first_row_capacity(&mut self, slots: u32) {
         self.first_cap = slots.max(1);
+    }
+
+    /// With `true`, every tick that must update the rows searches all of them
+    /// rather than refreshing those of the tokens past half the skin (the
+    /// results are the same bits; a test compares them). From the next
+    /// [`load`](Self::load).
+    pub fn set_full_rebuilds(&mut self, full: bool) {
+        self.full_only = full;
     }
 
     /// Counters since the last load.
@@ -588,6 +619,7 @@ impl GpuResident {
             links: self.storage("link ends", ends.len() as u64 * 12)?,
             travel: self.storage("paths", nn * 4)?,
             flags: self.storage("counters", flag::LEN as u64 * 4)?,
+            extra: self.storage("row additions", nn * 4)?,
             backup: [
                 self.storage("positions (batch start)", nn * 32)?,
                 self.storage("velocities (batch start)", nn * 32)?,
@@ -612,8 +644,9 @@ impl GpuResident {
         write(&b.links, bytemuck::cast_slice(ends));
         write(&b.rows, bytemuck::cast_slice(&link_rows(state.links, n)));
         write(&b.travel, bytemuck::cast_slice(&vec![0f32; n]));
+        write(&b.extra, bytemuck::cast_slice(&vec![0u32; n]));
         let mut flags = [0u32; flag::LEN];
-        flags[flag::NEXT] = 1;
+        flags[flag::NEXT] = flag::REBUILD;
         write(&b.flags, bytemuck::cast_slice(&flags));
         self.transfers.uploaded += up;
         self.write_uniforms()?;
@@ -663,7 +696,7 @@ impl GpuResident {
             max_speed: p.max_speed,
             skin: p.skin,
             half_skin: p.skin / 2.0,
-            pad: 0.0,
+            full_only: self.full_only as u32,
             scale: halves(p.scales),
             lo: halves(p.min_bounds),
             hi: halves(p.max_bounds),
@@ -813,7 +846,8 @@ impl GpuResident {
         let s = &mut self.stats;
         s.ticks += ticks as u64;
         s.rebuilds += flags[flag::REBUILDS] as u64;
-        s.rows_built += flags[flag::REBUILDS] as u64 * self.n as u64;
+        s.full_rebuilds += flags[flag::FULL] as u64;
+        s.rows_built += flags[flag::ROWS] as u64;
         s.distances_tested += flags[flag::SCANNED] as u64 | (flags[flag::SCANNED + 1] as u64) << 32;
         s.max_candidates = s.max_candidates.max(flags[flag::MAX_COUNT]);
         s.row_capacity = self.cap;
@@ -856,9 +890,11 @@ impl GpuResident {
         }
         enc.copy_buffer_to_buffer(&b.backup[3], 0, &b.flags, 0, flag::LEN as u64 * 4);
         self.ctx.queue.submit([enc.finish()]);
-        self.ctx
-            .queue
-            .write_buffer(&b.flags, flag::NEXT as u64 * 4, bytemuck::bytes_of(&1u32));
+        self.ctx.queue.write_buffer(
+            &b.flags,
+            flag::NEXT as u64 * 4,
+            bytemuck::bytes_of(&flag::REBUILD),
+        );
         self.transfers.uploaded += 4;
         self.rebind();
         self.flush()
@@ -989,9 +1025,11 @@ impl GpuResident {
         let (x, _) = self.read_state()?;
         self.upload_order(&x);
         let b = self.loaded()?;
-        self.ctx
-            .queue
-            .write_buffer(&b.flags, flag::NEXT as u64 * 4, bytemuck::bytes_of(&1u32));
+        self.ctx.queue.write_buffer(
+            &b.flags,
+            flag::NEXT as u64 * 4,
+            bytemuck::bytes_of(&flag::REBUILD),
+        );
         self.transfers.uploaded += 4;
         self.flush()
     }
@@ -1035,7 +1073,7 @@ impl GpuResident {
 /// Zeroes the counters of a batch (all but the rebuild flags `NOW` and `NEXT`).
 fn clear_counters(enc: &mut wgpu::CommandEncoder, flags: &wgpu::Buffer) {
     let first = flag::MAX_COUNT as u64;
-    let last = flag::SCANNED as u64 + 1;
+    let last = flag::FULL as u64;
     enc.clear_buffer(flags, first * 4, Some((last - first + 1) * 4));
 }
 
