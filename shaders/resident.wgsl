@@ -49,7 +49,7 @@
 
 const WORKGROUP_SIZE: u32 = 64u;
 // Tokens per block, blocks per superblock (`resident::BLOCK`, `resident::FAN`).
-const BLOCK: u32 = 32u;
+const BLOCK: u32 = 8u;
 const FAN: u32 = 32u;
 const BIG: f32 = 3.0e38;
 

@@ -1220,8 +1220,12 @@ pub struct ResidentBench {
     pub kernels_rebuilding: Vec<(String, f64)>,
     /// Ticks profiled.
     pub profiled: u32,
-    /// Ticks that rebuilt the neighbour rows, of the timed ones.
+    /// Ticks that searched neighbour rows (refreshes and rebuilds), of the
+    /// timed ones.
     pub rebuilds: u64,
+    /// Rows searched per timed tick (a refresh searches those of the tokens
+    /// past half the skin).
+    pub rows_per_tick: f64,
     /// Bytes written to the device per timed tick.
     pub uploaded_per_tick: f64,
     /// Bytes read back per timed tick.
@@ -1556,12 +1560,13 @@ fn resident_bench(
         start.constants,
     )?;
     r.step(ticks.min(20))?;
-    let (before, rebuilds) = (r.transfers(), r.stats().rebuilds);
+    let (before, rebuilds, rows) = (r.transfers(), r.stats().rebuilds, r.stats().rows_built);
     let t0 = Instant::now();
     r.step(ticks)?;
     let tick = t0.elapsed().as_secs_f64() / ticks.max(1) as f64;
     let after = r.transfers();
     let rebuilds = r.stats().rebuilds - rebuilds;
+    let rows_per_tick = (r.stats().rows_built - rows) as f64 / ticks.max(1) as f64;
     // Profiled ticks, split into those that rebuilt the rows and those that did
     // not: up to 3 of each, at most 12 ticks.
     let mut per_kernel: [Vec<Vec<f64>>; 2] = Default::default();
@@ -1599,6 +1604,7 @@ fn resident_bench(
         kernels_rebuilding: rebuilding,
         profiled,
         rebuilds,
+        rows_per_tick,
         uploaded_per_tick: per_tick(after.uploaded - before.uploaded),
         read_back_per_tick: per_tick(after.read_back - before.read_back),
         state_bytes: r.state_bytes(start.links.ends().len()),
@@ -1691,7 +1697,7 @@ impl GpuBenchReport {
         );
         let _ = writeln!(
             s,
-            "{:>9} | {:>11} {:>11} {:>8} | {:>9} {:>12} {:>9} | {:>11} {:>10} | {:>8} {:>9} {:>9}",
+            "{:>9} | {:>11} {:>11} {:>8} | {:>9} {:>12} {:>9} | {:>11} {:>10} | {:>8} {:>9} {:>9} {:>9}",
             "tokens",
             "CPU physics",
             "GPU tick",
@@ -1701,7 +1707,8 @@ impl GpuBenchReport {
             "of state",
             "read state",
             "its bytes",
-            "rebuilds",
+            "searches",
+            "rows/tick",
             "longest",
             "tested"
         );
@@ -1715,7 +1722,7 @@ impl GpuBenchReport {
             let moved = r.uploaded_per_tick + r.read_back_per_tick;
             let _ = writeln!(
                 s,
-                "{:>9} | {:>11} {:>11} {:>8.2} | {:>9.1} {:>12.1} {:>8.4}% | {:>11} {:>10} | {:>8} {:>9} {:>9.0}",
+                "{:>9} | {:>11} {:>11} {:>8.2} | {:>9.1} {:>12.1} {:>8.4}% | {:>11} {:>10} | {:>8} {:>9.1} {:>9} {:>9.0}",
                 z.tokens,
                 ms(z.cpu_physics),
                 ms(r.tick),
@@ -1726,6 +1733,7 @@ impl GpuBenchReport {
                 ms(r.read_state),
                 r.read_state_bytes,
                 r.rebuilds,
+                r.rows_per_tick,
                 r.max_candidates,
                 r.tested_per_row,
             );
@@ -1750,7 +1758,7 @@ impl GpuBenchReport {
         }
         let _ = writeln!(
             s,
-            "\nCPU physics: the Forces, Integrate and Constrain stages of the CPU backend (median). GPU tick:\nthe mean over one batch of the timed ticks. Per kernel: medians of ticks profiled dispatch by\ndispatch (each waited for). bytes/tick: both ways, per timed tick; \"of state\":\nof the positions, velocities, token parameters and link ends. read state: one readback of the\npositions and velocities, what a stage left on the CPU adds to a tick that needs them."
+            "\nCPU physics: the Forces, Integrate and Constrain stages of the CPU backend (median). GPU tick:\nthe mean over one batch of the timed ticks. Per kernel: medians of ticks profiled dispatch by\ndispatch (each waited for). bytes/tick: both ways, per timed tick; \"of state\":\nof the positions, velocities, token parameters and link ends. read state: one readback of the\npositions and velocities, what a stage left on the CPU adds to a tick that needs them.\nsearches: timed ticks that searched rows; rows/tick: rows searched per timed tick; longest: the\nlongest row; tested: distances computed per row searched (how well the boxes prune in 8D)."
         );
     }
 }

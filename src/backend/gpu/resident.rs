@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 pub const RESIDENT_WGSL: &str = include_str!("../../../shaders/resident.wgsl");
 
 /// Tokens per block of the neighbour search (the shader's `BLOCK`).
-pub const BLOCK: u32 = 32;
+pub const BLOCK: u32 = 8;
 /// Blocks per superblock (the shader's `FAN`).
 pub const FAN: u32 = 32;
 /// Ticks per batch: one counter readback per batch.
