@@ -7,8 +7,11 @@
 //                  (a flag the last tick's `integrate`, or the host, raised)
 //   bounds_blocks  one per block of BLOCK consecutive tokens of the sort order
 //   bounds_super   one per superblock of FAN blocks
-//   build          one per token (in the sort order): its Verlet row, exact
-//   insert, merge  one per token: a refresh's symmetric update of the others' rows
+//   collect        one per token: the tokens whose rows this tick searches
+//   args           1 invocation: the indirect dispatch of the next two
+//   build          one per listed token: its Verlet row, exact
+//   insert         one per listed token; merge: one per token: a refresh's
+//                  symmetric update of the other rows
 //   density, main  (forces.wgsl)
 //   integrate      one per token: semi-implicit Euler, then the constraints
 //
@@ -68,6 +71,8 @@ const MAX_STEP: u32 = 9u;
 const SCANNED: u32 = 10u;
 const ROWS: u32 = 12u;
 const FULL: u32 = 13u;
+// Tokens in `list`.
+const COUNT: u32 = 14u;
 
 // Values of `flags[NOW]` and `flags[NEXT]`.
 const REFRESH: u32 = 1u;
@@ -132,6 +137,11 @@ struct Box {
 @group(0) @binding(10) var<storage, read_write> flags: array<atomic<u32>, 16>;
 // Per token: slots other tokens' refreshes added to its row (`insert`).
 @group(0) @binding(11) var<storage, read_write> extra: array<atomic<u32>>;
+// The tokens whose rows this tick searches (`collect`).
+@group(0) @binding(12) var<storage, read_write> list: array<u32>;
+// The indirect dispatch arguments (x, y, z) of `build` and `insert` (a buffer
+// of its own: one that a dispatch reads its arguments from cannot be bound).
+@group(0) @binding(13) var<storage, read_write> dispatch: array<u32, 4>;
 
 fn finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
@@ -158,7 +168,59 @@ fn begin() {
     if next == REBUILD {
         atomicAdd(&flags[FULL], 1u);
     }
+    atomicStore(&flags[COUNT], 0u);
     atomicAdd(&flags[TICKS], 1u);
+}
+
+// The tokens to search: all of them in a rebuild (in the sort order, so that
+// the invocations of a workgroup, which run in lockstep, are near one another
+// and visit nearly the same boxes), else those past half the skin (in the order
+// they claim slots: each row comes out the same whichever invocation builds
+// it). Each is marked as searched in this tick (for `insert` and `merge`);
+// `integrate` counts its path from zero.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn collect(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let k = invocation(wg, local, p.groups_x);
+    let now = atomicLoad(&flags[NOW]);
+    if k >= p.n || now == 0u {
+        return;
+    }
+    let i = perm[k];
+    if now == REBUILD {
+        travel[i] = -1.0;
+        list[k] = i;
+        if k == 0u {
+            atomicStore(&flags[COUNT], p.n);
+        }
+        return;
+    }
+    let path = travel[i];
+    if path <= p.half_skin && finite(path) {
+        return;
+    }
+    travel[i] = -1.0;
+    list[atomicAdd(&flags[COUNT], 1u)] = i;
+}
+
+// The indirect dispatch of `build` and `insert`: one invocation per listed token.
+@compute @workgroup_size(1)
+fn args() {
+    let groups = (atomicLoad(&flags[COUNT]) + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE;
+    dispatch[0] = min(groups, 65535u);
+    dispatch[1] = max((groups + 65534u) / 65535u, 1u);
+    dispatch[2] = 1u;
+}
+
+// The k-th listed token of an indirect dispatch, or NONE.
+fn listed(wg: vec3<u32>, groups: vec3<u32>, local: u32) -> u32 {
+    let k = (wg.y * groups.x + wg.x) * WORKGROUP_SIZE + local;
+    if k >= atomicLoad(&flags[COUNT]) {
+        return 0xffffffffu;
+    }
+    return list[k];
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -224,24 +286,13 @@ fn near(bx: Box, x0: vec4<f32>, x1: vec4<f32>, r: f32) -> bool {
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn build(
     @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    // Invocation k searches for the k-th token of the sort order, so that the
-    // invocations of a workgroup (which run in lockstep) are near one another
-    // and visit nearly the same boxes.
-    let k = invocation(wg, local, p.groups_x);
-    if k >= p.n || atomicLoad(&flags[NOW]) == 0u {
+    let i = listed(wg, groups, local);
+    if i == 0xffffffffu {
         return;
     }
-    let i = perm[k];
-    let now = atomicLoad(&flags[NOW]);
-    let path = travel[i];
-    if now == REFRESH && path <= p.half_skin && finite(path) {
-        return;
-    }
-    // Marks the row as searched in this tick (for `insert` and `merge`);
-    // `integrate` counts the path from zero.
-    travel[i] = -1.0;
     atomicAdd(&flags[ROWS], 1u);
     let xi0 = pos[2u * i];
     let xi1 = pos[2u * i + 1u];
@@ -302,10 +353,11 @@ fn build(
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn insert(
     @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = invocation(wg, local, p.groups_x);
-    if i >= p.n || atomicLoad(&flags[NOW]) != REFRESH || !(travel[i] < 0.0) {
+    let i = listed(wg, groups, local);
+    if i == 0xffffffffu || atomicLoad(&flags[NOW]) != REFRESH {
         return;
     }
     let row = rows[i];

@@ -67,10 +67,12 @@ pub const FIRST_CAP: u32 = 64;
 
 /// The resident tick's entry points, in dispatch order per tick (`density` and
 /// `main` are `forces.wgsl`'s, at [`FORCE_ENTRIES`]).
-pub const RESIDENT_ENTRY_POINTS: [&str; 9] = [
+pub const RESIDENT_ENTRY_POINTS: [&str; 11] = [
     "begin",
     "bounds_blocks",
     "bounds_super",
+    "collect",
+    "args",
     "build",
     "insert",
     "merge",
@@ -80,17 +82,23 @@ pub const RESIDENT_ENTRY_POINTS: [&str; 9] = [
 ];
 
 /// The indices in [`RESIDENT_ENTRY_POINTS`] of `forces.wgsl`'s entry points.
-pub const FORCE_ENTRIES: [usize; 2] = [6, 7];
+pub const FORCE_ENTRIES: [usize; 2] = [8, 9];
+
+/// The indices of the entry points dispatched indirectly (one invocation per
+/// token `collect` listed; the arguments are in the counters).
+const INDIRECT_ENTRIES: [usize; 2] = [5, 6];
 
 /// The bindings each entry of [`RESIDENT_ENTRY_POINTS`] uses, in its own
 /// shader's numbering (its bind group holds these and only these; a test checks
 /// them against the WGSL).
-pub const ENTRY_BINDINGS: [&[u32]; 9] = [
+pub const ENTRY_BINDINGS: [&[u32]; 11] = [
     &[0, 10],
     &[0, 1, 3, 6, 7, 10],
     &[0, 7, 10],
-    &[0, 1, 3, 4, 5, 6, 7, 9, 10],
-    &[0, 4, 5, 9, 10, 11],
+    &[0, 6, 9, 10, 12],
+    &[10, 13],
+    &[0, 1, 3, 4, 5, 6, 7, 10, 12],
+    &[0, 4, 5, 9, 10, 11, 12],
     &[0, 4, 5, 9, 10, 11],
     &[0, 1, 2, 3, 4, 8],
     &[0, 1, 2, 3, 4, 5, 6, 7, 8],
@@ -281,6 +289,8 @@ struct Buffers {
     travel: wgpu::Buffer,
     flags: wgpu::Buffer,
     extra: wgpu::Buffer,
+    list: wgpu::Buffer,
+    args: wgpu::Buffer,
     /// Device-side copies of the batch's starting state (pos, vel, travel, flags).
     backup: [wgpu::Buffer; 4],
 }
@@ -314,7 +324,9 @@ impl Buffers {
             8 => &self.force,
             9 => &self.travel,
             10 => &self.flags,
-            _ => &self.extra,
+            11 => &self.extra,
+            12 => &self.list,
+            _ => &self.args,
         }
     }
 
@@ -336,6 +348,8 @@ impl Buffers {
             &self.travel,
             &self.flags,
             &self.extra,
+            &self.list,
+            &self.args,
         ]
         .into_iter()
         .chain(&self.backup)
@@ -620,6 +634,13 @@ impl GpuResident {
             travel: self.storage("paths", nn * 4)?,
             flags: self.storage("counters", flag::LEN as u64 * 4)?,
             extra: self.storage("row additions", nn * 4)?,
+            list: self.storage("rows to search", nn * 4)?,
+            args: create(
+                &self.ctx,
+                "dispatch arguments",
+                16,
+                STORAGE | wgpu::BufferUsages::INDIRECT,
+            ),
             backup: [
                 self.storage("positions (batch start)", nn * 32)?,
                 self.storage("velocities (batch start)", nn * 32)?,
@@ -762,7 +783,7 @@ impl GpuResident {
     /// Encodes dispatch `k` of a tick.
     fn dispatch(&self, enc: &mut wgpu::CommandEncoder, k: usize) {
         let (gx, gy) = match k {
-            0 => (1, 1),
+            0 | 4 => (1, 1),
             1 | 2 => self.block_grid,
             _ => self.grid,
         };
@@ -772,7 +793,12 @@ impl GpuResident {
         });
         pass.set_pipeline(&self.pipelines[k]);
         pass.set_bind_group(0, &self.binds[k], &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
+        if INDIRECT_ENTRIES.contains(&k) {
+            let b = self.bufs.as_ref().expect("loaded");
+            pass.dispatch_workgroups_indirect(&b.args, 0);
+        } else {
+            pass.dispatch_workgroups(gx, gy, 1);
+        }
     }
 
     /// Runs `ticks` ticks on the device, in batches of at most [`BATCH`], and
