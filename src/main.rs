@@ -232,6 +232,10 @@ struct GpuBenchArgs {
     /// 0 = time the scenario's first ticks).
     #[arg(long, default_value_t = 500)]
     warmup: u64,
+    /// Ticks of the GPU-resident tick timed in one batch per size (after 20
+    /// untimed ones); 0 = skip the resident tick.
+    #[arg(long, default_value_t = 100)]
+    resident_ticks: u64,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -1125,6 +1129,7 @@ fn bench(cmd: BenchCommand) -> Result<(), String> {
                     ticks: a.ticks.max(1),
                     threads: a.threads,
                     warmup: a.warmup,
+                    resident_ticks: a.resident_ticks,
                 },
             )
             .map_err(|e| e.to_string())?;

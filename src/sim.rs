@@ -392,6 +392,50 @@ impl Simulation {
         self.world().resource::<ForceBuffers>().stats
     }
 
+    /// The world as the GPU-resident tick loads it
+    /// ([`GpuResident::load`](crate::backend::gpu::resident::GpuResident::load)):
+    /// positions, velocities, token parameters and links with slots in
+    /// increasing id order (as [`ids`](Self::ids)), and the constants of this
+    /// world's CDNA and configuration.
+    #[cfg(feature = "gpu")]
+    pub fn resident_world(&mut self) -> crate::backend::gpu::resident::ResidentWorld {
+        use crate::backend::gpu::resident::{ResidentParams, ResidentWorld};
+        let vecs = |flat: Vec<f32>| -> Vec<Vec8> {
+            flat.chunks_exact(8)
+                .map(|c| Vec8::from_array(std::array::from_fn(|k| c[k])))
+                .collect()
+        };
+        let ids: Vec<TokenId> = self.ids().into_iter().map(TokenId).collect();
+        let positions = vecs(self.column::<Position, f32, 8>(|p| p.0.to_array()));
+        let velocities = vecs(self.column::<Velocity, f32, 8>(|v| v.0.to_array()));
+        let q = self.column::<Charge, f32, 1>(|c| [c.0]);
+        let m = self.column::<Mass, f32, 1>(|c| [c.0]);
+        let f = self.column::<Field, f32, 2>(|f| [f.radius, f.strength]);
+        let params = (0..ids.len())
+            .map(|i| crate::physics::TokenParams {
+                charge: q[i],
+                mass: m[i],
+                radius: f[2 * i],
+                strength: f[2 * i + 1],
+            })
+            .collect();
+        let links = crate::physics::LinkTable::build(
+            &ids,
+            self.world()
+                .resource::<LinkGraph>()
+                .iter()
+                .map(|(&(a, b), l)| (a, b, l.weight, l.rest_length)),
+        );
+        let constants = ResidentParams::new(self.cdna(), self.world().resource::<SimConfig>());
+        ResidentWorld {
+            positions,
+            velocities,
+            params,
+            links,
+            constants: Some(constants),
+        }
+    }
+
     /// Integrator counters.
     pub fn integrate_stats(&self) -> IntegrateStats {
         *self.world().resource::<IntegrateStats>()

@@ -3,10 +3,9 @@
 //! makes a missing adapter a failure rather than a skip).
 #![cfg(feature = "gpu")]
 
-use neurograph::backend::gpu::resident::{GpuResident, ResidentParams, ResidentState};
+use neurograph::backend::gpu::resident::{GpuResident, ResidentParams, ResidentWorld};
 use neurograph::backend::gpu::{AdapterPolicy, GpuContext, GpuError};
-use neurograph::model::registry::{LinkGraph, SimRng};
-use neurograph::physics::{LinkTable, TokenParams};
+use neurograph::model::registry::SimRng;
 use neurograph::prelude::*;
 use neurograph::scenario::{self, ScenarioParams};
 
@@ -61,64 +60,18 @@ fn engine(name: &str, tokens: usize, seed: u64, links: usize) -> Simulation {
 }
 
 /// The engine's state in id order (slot k = the k-th id).
-struct Snapshot {
-    positions: Vec<Vec8>,
-    velocities: Vec<Vec8>,
-    params: Vec<TokenParams>,
-    links: LinkTable,
-}
-
-fn vecs(flat: Vec<f32>) -> Vec<Vec8> {
-    flat.chunks(8)
-        .map(|c| Vec8::from_array(c.try_into().unwrap()))
-        .collect()
-}
+type Snapshot = ResidentWorld;
 
 fn snapshot(sim: &mut Simulation) -> Snapshot {
-    let ids: Vec<TokenId> = sim.ids().into_iter().map(TokenId).collect();
-    let positions = vecs(sim.column::<Position, f32, 8>(|p| p.0.to_array()));
-    let velocities = vecs(sim.column::<Velocity, f32, 8>(|v| v.0.to_array()));
-    let q = sim.column::<Charge, f32, 1>(|c| [c.0]);
-    let m = sim.column::<Mass, f32, 1>(|c| [c.0]);
-    let f = sim.column::<Field, f32, 2>(|f| [f.radius, f.strength]);
-    let params = (0..ids.len())
-        .map(|i| TokenParams {
-            charge: q[i],
-            mass: m[i],
-            radius: f[2 * i],
-            strength: f[2 * i + 1],
-        })
-        .collect();
-    let links = LinkTable::build(
-        &ids,
-        sim.world()
-            .resource::<LinkGraph>()
-            .iter()
-            .map(|(&(a, b), l)| (a, b, l.weight, l.rest_length)),
-    );
-    Snapshot {
-        positions,
-        velocities,
-        params,
-        links,
-    }
+    sim.resident_world()
 }
 
 fn load(gpu: &mut GpuResident, s: &Snapshot, params: ResidentParams) {
-    gpu.load(
-        ResidentState {
-            positions: &s.positions,
-            velocities: &s.velocities,
-            params: &s.params,
-            links: &s.links,
-        },
-        params,
-    )
-    .expect("the world loads");
+    gpu.load(s.state(), params).expect("the world loads");
 }
 
 fn params_of(sim: &Simulation) -> ResidentParams {
-    ResidentParams::new(sim.cdna(), &SimConfig::default())
+    ResidentParams::new(sim.cdna(), sim.world().resource::<SimConfig>())
 }
 
 /// The largest coordinate difference relative to the world's extent.
@@ -333,17 +286,7 @@ fn bad_input_is_refused_and_too_large_worlds_are_named() {
     let mut sim = engine("uniform", 300, 1, 10);
     let mut s = snapshot(&mut sim);
     let params = params_of(&sim);
-    let try_load = |gpu: &mut GpuResident, s: &Snapshot| {
-        gpu.load(
-            ResidentState {
-                positions: &s.positions,
-                velocities: &s.velocities,
-                params: &s.params,
-                links: &s.links,
-            },
-            params,
-        )
-    };
+    let try_load = |gpu: &mut GpuResident, s: &Snapshot| gpu.load(s.state(), params);
     s.positions[7] = Vec8::splat(f32::NAN);
     let e = try_load(&mut gpu, &s).unwrap_err().to_string();
     assert!(e.contains("slot 7") && e.contains("not finite"), "{e}");

@@ -1158,6 +1158,9 @@ pub struct GpuBenchOptions {
     /// Ticks run first on the CPU (once per size, then copied into both
     /// worlds); 0 = none.
     pub warmup: u64,
+    /// Ticks of the GPU-resident tick timed in one batch (after 20 untimed);
+    /// 0 = do not run it.
+    pub resident_ticks: u64,
 }
 
 /// One world size, both backends.
@@ -1401,7 +1404,7 @@ fn gpu_bench_size(
         }
     };
     #[cfg(feature = "gpu")]
-    let start = resident_start(&mut cpu);
+    let start = cpu.resident_world();
     let (first_error, mut refused) = gpu_first_tick(&mut cpu, &mut gpu, adapter.as_str());
     let avg_neighbors = cpu.last_pair_count() as f64 / n.max(1) as f64;
     // Variant 0 is the CPU, 1 the GPU (when there is one): the CPU goes first on
@@ -1442,9 +1445,12 @@ fn gpu_bench_size(
     drop(gpu);
     let cpu_physics = median(&mut cpu_physics_times);
     #[cfg(feature = "gpu")]
-    let (resident, resident_refused) = match resident_bench(&start, o.ticks, cpu_physics) {
-        Ok(r) => (Some(r), None),
-        Err(e) => (None, Some(e.to_string())),
+    let (resident, resident_refused) = match o.resident_ticks {
+        0 => (None, Some("not asked for (--resident-ticks 0)".into())),
+        ticks => match resident_bench(&start, ticks, cpu_physics) {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
     };
     #[cfg(not(feature = "gpu"))]
     let (resident, resident_refused) = (None, Some("built without the `gpu` feature".into()));
@@ -1485,81 +1491,23 @@ fn physics_stages(sim: &Simulation) -> f64 {
     .sum()
 }
 
-/// A world's state as the resident tick loads it: slots in id order.
-#[cfg(feature = "gpu")]
-struct ResidentStart {
-    positions: Vec<crate::model::math::Vec8>,
-    velocities: Vec<crate::model::math::Vec8>,
-    params: Vec<crate::physics::TokenParams>,
-    links: crate::physics::LinkTable,
-    constants: crate::backend::gpu::resident::ResidentParams,
-}
-
-#[cfg(feature = "gpu")]
-fn resident_start(sim: &mut Simulation) -> ResidentStart {
-    use crate::model::components::{Charge, Field, Mass, Position, TokenId, Velocity};
-    use crate::model::math::Vec8;
-    let vecs = |flat: Vec<f32>| -> Vec<Vec8> {
-        flat.chunks_exact(8)
-            .map(|c| Vec8::from_array(c.try_into().expect("8 floats")))
-            .collect()
-    };
-    let ids: Vec<TokenId> = sim.ids().into_iter().map(TokenId).collect();
-    let positions = vecs(sim.column::<Position, f32, 8>(|p| p.0.to_array()));
-    let velocities = vecs(sim.column::<Velocity, f32, 8>(|v| v.0.to_array()));
-    let q = sim.column::<Charge, f32, 1>(|c| [c.0]);
-    let m = sim.column::<Mass, f32, 1>(|c| [c.0]);
-    let f = sim.column::<Field, f32, 2>(|f| [f.radius, f.strength]);
-    let params = (0..ids.len())
-        .map(|i| crate::physics::TokenParams {
-            charge: q[i],
-            mass: m[i],
-            radius: f[2 * i],
-            strength: f[2 * i + 1],
-        })
-        .collect();
-    let links = crate::physics::LinkTable::build(
-        &ids,
-        sim.world()
-            .resource::<crate::model::registry::LinkGraph>()
-            .iter()
-            .map(|(&(a, b), l)| (a, b, l.weight, l.rest_length)),
-    );
-    let constants = crate::backend::gpu::resident::ResidentParams::new(
-        sim.cdna(),
-        sim.world().resource::<SimConfig>(),
-    );
-    ResidentStart {
-        positions,
-        velocities,
-        params,
-        links,
-        constants,
-    }
-}
-
-/// Runs the resident tick from `start`: one untimed batch, then `ticks` timed
-/// in one batch, then five ticks profiled kernel by kernel, then one readback
-/// of the state.
+/// Runs the resident tick from `start`: 20 untimed ticks, then `ticks` timed
+/// in one call, then up to 12 ticks profiled kernel by kernel (until 3 that
+/// searched rows and 3 that did not), then one readback of the state.
 #[cfg(feature = "gpu")]
 fn resident_bench(
-    start: &ResidentStart,
+    start: &crate::backend::gpu::resident::ResidentWorld,
     ticks: u64,
     cpu_physics: f64,
 ) -> Result<ResidentBench, crate::backend::gpu::GpuError> {
-    use crate::backend::gpu::resident::{GpuResident, ResidentState};
-    use crate::backend::gpu::{AdapterPolicy, GpuContext};
+    use crate::backend::gpu::resident::GpuResident;
+    use crate::backend::gpu::{AdapterPolicy, GpuContext, GpuError};
+    let constants = start
+        .constants
+        .ok_or_else(|| GpuError::BadInput("no constants".into()))?;
     let mut r = GpuResident::new(GpuContext::new(AdapterPolicy::Any)?)?;
-    r.load(
-        ResidentState {
-            positions: &start.positions,
-            velocities: &start.velocities,
-            params: &start.params,
-            links: &start.links,
-        },
-        start.constants,
-    )?;
-    r.step(ticks.min(20))?;
+    r.load(start.state(), constants)?;
+    r.step(20)?;
     let (before, rebuilds, rows) = (r.transfers(), r.stats().rebuilds, r.stats().rows_built);
     let t0 = Instant::now();
     r.step(ticks)?;

@@ -5,12 +5,17 @@
 //!
 //! One tick, all on the device:
 //!
-//! 1. **Neighbour search** (when any token's path since its row was built passed
-//!    `skin / 2`, the CPU's rule): every block of [`BLOCK`] tokens of a
-//!    space-filling order, and every superblock of [`FAN`] blocks, is bounded by
-//!    a box of its current positions; each token's row, every `j` within
-//!    `max(R_i, R_j) + skin`, is found by pruning boxes, and kept sorted by slot.
-//!    Exact: it finds what the CPU's k-d tree finds (see the shader's header).
+//! 1. **Neighbour search**, on the CPU's rule (`Travel`): a token's row holds
+//!    every `j` within `max(R_i, R_j) + skin`, and is searched again once the
+//!    token's path since its last search passes `skin / 2`. Every block of
+//!    [`BLOCK`] tokens of a space-filling order, and every superblock of [`FAN`]
+//!    blocks, is bounded by a box of its current positions; a search prunes by
+//!    these boxes and keeps the row sorted by slot. Exact: it finds what the
+//!    CPU's k-d tree finds (see the shader's header). A *refresh* searches the
+//!    rows of the tokens past half the skin only (listed by `collect`, searched
+//!    in an indirect dispatch), adds each of them to its new neighbours' rows
+//!    and drops it from the others (`insert`, `merge`: the CPU's symmetric
+//!    refresh); a *rebuild* (after a load, a reorder or a regrow) searches all.
 //! 2. **Forces**: `forces.wgsl`'s `density` then `main` (the same shader as the
 //!    CPU-assisted GPU backend, so the same law, the same summation order).
 //! 3. **Integration and constraints**: `Integrate`'s semi-implicit Euler and
@@ -23,7 +28,8 @@
 //!
 //! **What crosses the bus.** [`step`](GpuResident::step) writes nothing per
 //! tick; it reads back one 64-byte block of counters per batch of at most
-//! [`BATCH`] ticks (the rebuild count, the largest row, the constraint counts).
+//! [`BATCH`] ticks (searches, rows searched, the longest row, the constraint
+//! counts).
 //! State comes back only when asked ([`read_state`](GpuResident::read_state) and
 //! the others), and every byte each way is counted
 //! ([`transfers`](GpuResident::transfers)).
@@ -31,15 +37,16 @@
 //! **Capacity.** Rows hold at most `cap` slots (first 64). The search counts
 //! every row's true length; when one exceeded `cap`, the batch is recomputed from
 //! a device-side copy of its starting state with rows a quarter longer than the
-//! longest (results do not depend on when rows are rebuilt, so the recomputed
-//! batch is what a large enough `cap` would have given, bit for bit). Every
-//! buffer's size is computed in 64 bits and checked against the device's limits
-//! before it is made ([`GpuError::TooLarge`], naming the buffer), which also keeps
-//! every index the shaders compute below 2³².
+//! longest and a rebuild first (results do not depend on when or how rows are
+//! searched, so the recomputed batch is what a large enough `cap` would have
+//! given, bit for bit). Every buffer's size is computed in 64 bits and checked
+//! against the device's limits before it is made ([`GpuError::TooLarge`],
+//! naming the buffer), and the rows' slots (tokens × `cap`) must stay below
+//! 2³², so every index the shaders compute fits their 32 bits.
 //!
 //! **Determinism.** Every float is one invocation's own (no float atomics; the
-//! atomics are integer counters and maxima): the same device and driver replay a
-//! run bit for bit.
+//! atomics are integer counters, maxima and slot claims, and `merge` sorts the
+//! claimed slots): the same device and driver replay a run bit for bit.
 //!
 //! Learning, `Organize`, the digest and the WAL are not part of this tick: it is
 //! the physics of a world whose links and parameters are fixed between
@@ -213,6 +220,34 @@ pub struct ResidentState<'a> {
     pub params: &'a [TokenParams],
     /// Links, by slot (see [`LinkTable::build`]); empty for none.
     pub links: &'a LinkTable,
+}
+
+/// A world's state and constants as [`GpuResident::load`] takes them, owned
+/// (`Simulation::resident_world` gathers one from an engine).
+#[derive(Clone, Debug, Default)]
+pub struct ResidentWorld {
+    /// Positions, slot order (slot k: the k-th live id in increasing order).
+    pub positions: Vec<Vec8>,
+    /// Velocities.
+    pub velocities: Vec<Vec8>,
+    /// Charge, mass, radius and strength.
+    pub params: Vec<TokenParams>,
+    /// Links, by slot.
+    pub links: LinkTable,
+    /// The tick's constants.
+    pub constants: Option<ResidentParams>,
+}
+
+impl ResidentWorld {
+    /// The state, borrowed.
+    pub fn state(&self) -> ResidentState<'_> {
+        ResidentState {
+            positions: &self.positions,
+            velocities: &self.velocities,
+            params: &self.params,
+            links: &self.links,
+        }
+    }
 }
 
 /// Counters of the resident tick since the last [`load`](GpuResident::load).
@@ -573,6 +608,20 @@ impl GpuResident {
         Ok(create(&self.ctx, what, bytes, STORAGE))
     }
 
+    /// The neighbour rows' buffer: `n × cap` slots, fewer than 2³² (the shaders
+    /// index them in 32 bits) and within one binding.
+    fn rows_storage(&self, n: u64, cap: u64) -> Result<wgpu::Buffer, GpuError> {
+        let slots = n * cap;
+        if slots >= 1 << 32 {
+            return Err(GpuError::TooLarge {
+                what: "neighbour rows (2^32 slots at most)",
+                bytes: slots * 4,
+                limit: (1 << 32) * 4,
+            });
+        }
+        self.storage("neighbour rows", slots * 4)
+    }
+
     /// Uploads a world and its constants, replacing any world loaded before;
     /// the first tick builds every row.
     ///
@@ -624,7 +673,7 @@ impl GpuResident {
             vel: self.storage("velocities", nn * 32)?,
             tok: self.storage("token parameters", nn * 16)?,
             rows: self.storage("rows", nn * 16)?,
-            cand: self.storage("neighbour rows", nn * self.cap as u64 * 4)?,
+            cand: self.rows_storage(nn, self.cap as u64)?,
             perm: self.storage("sort order", nn * 4)?,
             boxes: self.storage("boxes", (blocks + supers) * 80)?,
             force: self.storage("forces", nn * 32)?,
@@ -889,20 +938,11 @@ impl GpuResident {
     /// with a rebuild at its first tick.
     fn grow(&mut self, longest: u32) -> Result<(), GpuError> {
         let cap = (longest as u64 + longest as u64 / 4 + 8).min(u32::MAX as u64);
-        let bytes = self.n as u64 * cap * 4;
-        let limit = self.ctx.max_binding();
-        if bytes > limit {
-            return Err(GpuError::TooLarge {
-                what: "neighbour rows",
-                bytes,
-                limit,
-            });
-        }
+        let nn = self.n as u64;
+        let cand = self.rows_storage(nn, cap)?;
         tracing::debug!(target: "neurograph::gpu", "resident rows: {} -> {cap} slots", self.cap);
         self.cap = cap as u32;
         self.stats.regrows += 1;
-        let nn = self.n as u64;
-        let cand = self.storage("neighbour rows", bytes)?;
         {
             let b = self.bufs.as_mut().expect("loaded");
             b.cand = cand;
