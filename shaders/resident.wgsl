@@ -10,8 +10,9 @@
 //   collect        one per token: the tokens whose rows this tick searches
 //   args           1 invocation: the indirect dispatch of the next two
 //   build          one per listed token: its Verlet row, exact
-//   insert         one per listed token; merge: one per token: a refresh's
-//                  symmetric update of the other rows
+//   prune, insert, merge
+//                  one per token, listed token, token: a refresh's symmetric
+//                  update of the rows not searched
 //   density, main  (forces.wgsl)
 //   integrate      one per token: semi-implicit Euler, then the constraints
 //
@@ -32,16 +33,20 @@
 // Each token's path since its row was searched must stay within skin / 2;
 // `integrate` adds |v| dt to the path and raises a refresh when a path passes
 // it (or is not finite). A refresh searches the rows of those tokens only;
-// `insert` then adds each of them to the rows of its new neighbours, and `merge`
-// drops them from every other row and sorts the row again. A pair missing from
-// the rows was at least cutoff + skin apart when last checked, and neither token
-// has moved more than skin / 2 since, so it is not a pair. A rebuild (after a
-// load, a reorder, or with `full_only`) searches every row. Results do not
-// depend on when or how rows were searched: a row holds every pair within the
-// cutoff, and the sums skip the others.
+// `prune` drops them from every other row, `insert` adds each of them to the
+// rows of its new neighbours, and `merge` sorts those rows again. A pair
+// missing from the rows was at least cutoff + skin apart when last checked, and
+// neither token has moved more than skin / 2 since, so it is not a pair.
+// (Clamping to the bounds only shortens a move, since positions start inside
+// them; a non-finite value makes the path non-finite and the row is searched.)
+// A rebuild (after a load, a reorder, a regrow, or with `full_only`) searches
+// every row. Results do not depend on when or how rows were searched: a row
+// holds every pair within the cutoff, and the sums skip the others. "Exact" is
+// the CPU's exactness: distances are f32 (with the 1e-5 slack at the edge), and
+// the path bound does not count the rounding of x + v dt.
 //
 // Capacity: a row holds at most `cap` slots. `build` and `insert` raise
-// `flags[MAX_COUNT]` to the longest row they needed (an atomic max of integers:
+// `flags[MAX_COUNT]` to the length the row needs (an atomic max of integers:
 // order-independent); the host reads it after a batch of ticks, and when it
 // exceeds `cap` grows the rows and recomputes the batch from a device-side copy
 // of its starting state (with a rebuild first).
@@ -123,7 +128,8 @@ struct Box {
 @group(0) @binding(2) var<storage, read_write> vel: array<vec4<f32>>;
 // Per token: charge, mass, radius, strength.
 @group(0) @binding(3) var<storage, read> tok: array<vec4<f32>>;
-// Per token: candidates start, count (written by `build`), links start, count.
+// Per token: candidates start, count (written by `build`, `prune` and `merge`),
+// links start, count.
 @group(0) @binding(4) var<storage, read_write> rows: array<vec4<u32>>;
 @group(0) @binding(5) var<storage, read_write> cand: array<u32>;
 // Slots in the sort order.
@@ -346,10 +352,11 @@ fn build(
     }
 }
 
-// Refresh, step 2: every token i searched in this tick adds itself to the row
+// Refresh, step 3: every token i searched in this tick adds itself to the row
 // of each neighbour j that was not searched (whose row may lack i), after the
 // row's entries, at a slot counted by `extra[j]` (an integer atomic: which
-// token takes which slot varies, `merge` sorts them).
+// token takes which slot varies, `merge` sorts them). The row's length is then
+// what it keeps plus what it gains: the longest is reported as needed.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn insert(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -374,12 +381,35 @@ fn insert(
     }
 }
 
-// Refresh, step 3: the row of every token j not searched in this tick keeps its
-// entries of tokens not searched either, drops those of searched ones (their
-// new rows say where they are now), takes the ones `insert` added, and is
-// sorted by slot again. It then holds exactly the pairs within cutoff + skin at
-// their last check, as a full rebuild's rows would for those checks: the CPU's
-// refresh (`NeighborList::refresh`) by the same argument (`Travel`).
+// Refresh, step 2 (before `insert`): the row of every token j not searched in
+// this tick drops its entries of searched tokens (their new rows say where they
+// are now), so that `insert` appends to what the row keeps.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn prune(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let j = invocation(wg, local, p.groups_x);
+    if j >= p.n || atomicLoad(&flags[NOW]) != REFRESH || travel[j] < 0.0 {
+        return;
+    }
+    let row = rows[j];
+    var len = 0u;
+    for (var k = 0u; k < row.y; k++) {
+        let o = cand[row.x + k];
+        if !(travel[o] < 0.0) {
+            cand[row.x + len] = o;
+            len += 1u;
+        }
+    }
+    rows[j].y = len;
+}
+
+// Refresh, step 4: the entries `insert` appended to the row of every token j
+// not searched in this tick are sorted into it. The row then holds exactly the
+// pairs within cutoff + skin at their last check, as a full rebuild's rows
+// would for those checks: the CPU's refresh (`NeighborList::refresh`) by the
+// same argument (`Travel`).
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn merge(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -391,26 +421,17 @@ fn merge(
     }
     let row = rows[j];
     let added = atomicExchange(&extra[j], 0u);
-    var len = 0u;
-    for (var k = 0u; k < row.y; k++) {
-        let o = cand[row.x + k];
-        if !(travel[o] < 0.0) {
-            cand[row.x + len] = o;
-            len += 1u;
-        }
-    }
     let end = min(row.y + added, p.cap);
     for (var k = row.y; k < end; k++) {
         let o = cand[row.x + k];
-        var at = len;
+        var at = k;
         while at > 0u && cand[row.x + at - 1u] > o {
             cand[row.x + at] = cand[row.x + at - 1u];
             at -= 1u;
         }
         cand[row.x + at] = o;
-        len += 1u;
     }
-    rows[j].y = len;
+    rows[j].y = end;
 }
 
 // `Integrate` then `Constrain`'s token rules, as `systems/integrate.rs` and

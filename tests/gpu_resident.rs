@@ -190,10 +190,13 @@ fn hundred_ticks_agree_with_the_cpu_engine() {
             st.rebuilds >= 2,
             "{name}: the lists were rebuilt as tokens moved"
         );
-        assert_eq!(
-            st.speed_limited,
-            sim.integrate_stats().speed_limited - limited_before,
-            "{name}: the speed limit bit as often on both"
+        // Speeds within rounding of the limit may be capped on one side only
+        // (fused multiply-adds): as often within 1%.
+        let cpu_limited = sim.integrate_stats().speed_limited - limited_before;
+        assert!(
+            st.speed_limited.abs_diff(cpu_limited) <= cpu_limited / 100 + 2,
+            "{name}: the speed limit bit {} times on the GPU, {cpu_limited} on the CPU",
+            st.speed_limited
         );
     }
 }
@@ -244,6 +247,28 @@ fn runs_replay_bit_for_bit_whatever_the_skin_and_row_capacity() {
     let (x3, v3, st) = run(&mut gpu, params);
     assert!(st.regrows >= 1 && st.row_capacity > 4, "{st:?}");
     assert!(x0 == x3 && v0 == v3, "the recomputed batch differs");
+    // So is a profiled tick whose rows overflow.
+    load(&mut gpu, &s, params);
+    let profiled = gpu.profile_tick().expect("a profiled tick");
+    assert_eq!(profiled.kernels.len(), 12);
+    assert!(
+        profiled.rebuilt && gpu.stats().regrows == 1,
+        "{:?}",
+        gpu.stats()
+    );
+    if gpu
+        .context()
+        .features
+        .contains(wgpu::Features::TIMESTAMP_QUERY)
+    {
+        assert!(profiled.timestamps);
+    }
+    gpu.step(149).expect("149 ticks");
+    let (x5, v5) = gpu.read_state().expect("state");
+    assert!(
+        x0 == bits(&x5) && v0 == bits(&v5),
+        "a profiled, regrown tick differs"
+    );
     eprintln!("refreshing: {first:?}");
 }
 
@@ -299,20 +324,39 @@ fn bad_input_is_refused_and_too_large_worlds_are_named() {
     let e = try_load(&mut gpu, &s).unwrap_err().to_string();
     assert!(e.contains("300 positions, 299 velocities"), "{e}");
     s.velocities.push(Vec8::ZERO);
+    let hi = params.max_bounds[2];
+    let mut a = s.positions[5].to_array();
+    a[2] = hi * 2.0 + 1.0;
+    s.positions[5] = Vec8::from_array(a);
+    let e = try_load(&mut gpu, &s).unwrap_err().to_string();
+    assert!(
+        e.contains("slot 5: coordinate 2") && e.contains("outside the bounds"),
+        "{e}"
+    );
+    a[2] = 0.0;
+    s.positions[5] = Vec8::from_array(a);
+    let nan_skin = ResidentParams {
+        skin: f32::NAN,
+        ..params
+    };
+    let e = gpu.load(s.state(), nan_skin).unwrap_err().to_string();
+    assert!(e.contains("skin is NaN"), "{e}");
     try_load(&mut gpu, &s).expect("valid again");
     // Rows of 10⁶ slots for 300 tokens: 1.2 GB, past any binding lavapipe allows.
     gpu.set_first_row_capacity(1_000_000);
     let limit = gpu.context().max_binding();
+    if limit >= 1_200_000_000 {
+        eprintln!("this device binds {limit} bytes: rows of 1.2 GB fit");
+        return;
+    }
     match try_load(&mut gpu, &s) {
         Err(GpuError::TooLarge { what, bytes, .. }) => {
             assert_eq!(what, "neighbour rows");
             assert_eq!(bytes, 300 * 1_000_000 * 4);
         }
-        other if limit >= 1_200_000_000 => {
-            eprintln!("this device binds {limit} bytes: {other:?}")
-        }
         other => panic!("expected TooLarge, got {other:?}"),
     }
+    assert!(gpu.is_empty(), "no world after a refusal");
     assert!(
         matches!(gpu.step(1), Err(GpuError::BadInput(_))),
         "no world after a refusal"

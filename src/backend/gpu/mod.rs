@@ -83,6 +83,9 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     /// The limits the device was opened with (the adapter's own).
     pub limits: wgpu::Limits,
+    /// The optional features the device was opened with: timestamp queries
+    /// when the adapter has them (for profiling), nothing else.
+    pub features: wgpu::Features,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -134,9 +137,10 @@ impl GpuContext {
             })?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("neurograph"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -149,6 +153,7 @@ impl GpuContext {
             queue,
             info,
             limits,
+            features,
         })
     }
 

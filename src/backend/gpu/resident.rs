@@ -74,13 +74,14 @@ pub const FIRST_CAP: u32 = 64;
 
 /// The resident tick's entry points, in dispatch order per tick (`density` and
 /// `main` are `forces.wgsl`'s, at [`FORCE_ENTRIES`]).
-pub const RESIDENT_ENTRY_POINTS: [&str; 11] = [
+pub const RESIDENT_ENTRY_POINTS: [&str; 12] = [
     "begin",
     "bounds_blocks",
     "bounds_super",
     "collect",
     "args",
     "build",
+    "prune",
     "insert",
     "merge",
     "density",
@@ -89,22 +90,24 @@ pub const RESIDENT_ENTRY_POINTS: [&str; 11] = [
 ];
 
 /// The indices in [`RESIDENT_ENTRY_POINTS`] of `forces.wgsl`'s entry points.
-pub const FORCE_ENTRIES: [usize; 2] = [8, 9];
+pub const FORCE_ENTRIES: [usize; 2] = [9, 10];
 
-/// The indices of the entry points dispatched indirectly (one invocation per
-/// token `collect` listed; the arguments are in the counters).
-const INDIRECT_ENTRIES: [usize; 2] = [5, 6];
+/// The indices of the entry points dispatched indirectly, one invocation per
+/// token `collect` listed (`args` writes their arguments to a buffer of their
+/// own).
+const INDIRECT_ENTRIES: [usize; 2] = [5, 7];
 
 /// The bindings each entry of [`RESIDENT_ENTRY_POINTS`] uses, in its own
 /// shader's numbering (its bind group holds these and only these; a test checks
 /// them against the WGSL).
-pub const ENTRY_BINDINGS: [&[u32]; 11] = [
+pub const ENTRY_BINDINGS: [&[u32]; 12] = [
     &[0, 10],
     &[0, 1, 3, 6, 7, 10],
     &[0, 7, 10],
     &[0, 6, 9, 10, 12],
     &[10, 13],
     &[0, 1, 3, 4, 5, 6, 7, 10, 12],
+    &[0, 4, 5, 9, 10],
     &[0, 4, 5, 9, 10, 11, 12],
     &[0, 4, 5, 9, 10, 11],
     &[0, 1, 2, 3, 4, 8],
@@ -129,8 +132,8 @@ mod flag {
     pub const SCANNED: usize = 10;
     pub const ROWS: usize = 12;
     pub const FULL: usize = 13;
-    /// Values of `NEXT`: refresh the rows of the tokens past half the skin;
-    /// rebuild every row.
+    /// The value of `NEXT` that rebuilds every row (1 refreshes the rows of
+    /// the tokens past half the skin; `integrate` raises it).
     pub const REBUILD: u32 = 2;
     pub const LEN: usize = 16;
 }
@@ -259,7 +262,8 @@ pub struct ResidentStats {
     pub rebuilds: u64,
     /// Of these, the ticks that searched every row.
     pub full_rebuilds: u64,
-    /// The longest row (candidates within cutoff + skin) built since the load.
+    /// The longest row (candidates within cutoff + skin) a search or refresh
+    /// needed since the load.
     pub max_candidates: u32,
     /// Rows searched.
     pub rows_built: u64,
@@ -278,7 +282,8 @@ pub struct ResidentStats {
     pub bounds: u64,
     /// Speeds capped by the constraints.
     pub speed: u64,
-    /// Largest distance a token moved in one tick, in the last batch.
+    /// Largest `|v| dt` of one token in one tick of the last batch (the step
+    /// before the constraints; non-finite steps are left out).
     pub max_step: f32,
 }
 
@@ -298,8 +303,13 @@ pub struct Transfers {
 pub struct KernelTimes {
     /// `(entry point, seconds)`, in dispatch order.
     pub kernels: Vec<(&'static str, f64)>,
-    /// Whether the neighbour lists were rebuilt in that tick.
+    /// Whether the tick searched neighbour rows (a refresh or a rebuild).
     pub rebuilt: bool,
+    /// True: the device's timestamps at the start and end of each compute pass
+    /// (the kernels' own time, all dispatched in one submission); false: the wall
+    /// time of each dispatch submitted and waited for alone (an upper bound),
+    /// where the device has no timestamp queries.
+    pub timestamps: bool,
 }
 
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -532,8 +542,8 @@ impl GpuResident {
 
     /// With `true`, every tick that must update the rows searches all of them
     /// rather than refreshing those of the tokens past half the skin (the
-    /// results are the same bits; a test compares them). From the next
-    /// [`load`](Self::load).
+    /// results are the same bits; a test compares them). Takes effect at the
+    /// next [`load`](Self::load) (or when the rows next grow).
     pub fn set_full_rebuilds(&mut self, full: bool) {
         self.full_only = full;
     }
@@ -636,9 +646,21 @@ impl GpuResident {
         state: ResidentState<'_>,
         params: ResidentParams,
     ) -> Result<(), GpuError> {
-        validate(&state)?;
-        self.bufs = None;
-        self.binds.clear();
+        validate(&state, &params)?;
+        self.drop_world();
+        let r = self.upload_world(state, params);
+        if r.is_err() {
+            self.drop_world();
+        }
+        r
+    }
+
+    /// [`load`](Self::load) after validation.
+    fn upload_world(
+        &mut self,
+        state: ResidentState<'_>,
+        params: ResidentParams,
+    ) -> Result<(), GpuError> {
         let n = state.positions.len();
         if n as u64 > (u32::MAX / 2) as u64 {
             return Err(GpuError::TooManyTokens {
@@ -646,10 +668,10 @@ impl GpuResident {
                 limit: (u32::MAX / 2) as u64,
             });
         }
-        self.n = n as u32;
         self.stats = ResidentStats::default();
         self.transfers = Transfers::default();
         self.cap = self.first_cap;
+        self.n = n as u32;
         self.grid = self.grid(n as u64)?;
         let blocks = (n as u64).div_ceil(BLOCK as u64);
         self.block_grid = self.grid(blocks)?;
@@ -722,11 +744,7 @@ impl GpuResident {
         self.write_uniforms()?;
         self.upload_order(state.positions);
         self.rebind();
-        let r = self.flush();
-        if r.is_err() {
-            self.bufs = None;
-        }
-        r
+        self.flush()
     }
 
     /// Writes the order of a k-d tree over `positions`.
@@ -831,6 +849,18 @@ impl GpuResident {
 
     /// Encodes dispatch `k` of a tick.
     fn dispatch(&self, enc: &mut wgpu::CommandEncoder, k: usize) {
+        self.dispatch_timed(enc, k, None);
+    }
+
+    /// Encodes dispatch `k` of a tick in its own compute pass, writing the
+    /// pass's start and end timestamps at `(queries, index)` and `index + 1`
+    /// when given.
+    fn dispatch_timed(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        k: usize,
+        timestamps: Option<(&wgpu::QuerySet, u32)>,
+    ) {
         let (gx, gy) = match k {
             0 | 4 => (1, 1),
             1 | 2 => self.block_grid,
@@ -838,7 +868,11 @@ impl GpuResident {
         };
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(RESIDENT_ENTRY_POINTS[k]),
-            timestamp_writes: None,
+            timestamp_writes: timestamps.map(|(query_set, at)| wgpu::ComputePassTimestampWrites {
+                query_set,
+                beginning_of_pass_write_index: Some(at),
+                end_of_pass_write_index: Some(at + 1),
+            }),
         });
         pass.set_pipeline(&self.pipelines[k]);
         pass.set_bind_group(0, &self.binds[k], &[]);
@@ -856,7 +890,7 @@ impl GpuResident {
     /// # Errors
     /// [`GpuError::BadInput`] when no world is loaded; [`GpuError::TooLarge`] when
     /// the rows a batch needs do not fit one binding; [`GpuError::Failed`] when the
-    /// device fails (the world is then dropped: load it again).
+    /// device fails. After any error the world is dropped: load it again.
     pub fn step(&mut self, ticks: u64) -> Result<ResidentStats, GpuError> {
         if self.bufs.is_none() {
             return Err(GpuError::BadInput("no world loaded".into()));
@@ -871,8 +905,7 @@ impl GpuResident {
         while left > 0 {
             let k = left.min(per_batch);
             if let Err(e) = self.batch(k as u32) {
-                self.bufs = None;
-                self.binds.clear();
+                self.drop_world();
                 return Err(e);
             }
             left -= k;
@@ -880,18 +913,31 @@ impl GpuResident {
         Ok(self.stats)
     }
 
+    /// Copies what a batch changes and [`grow`](Self::grow) restores (positions,
+    /// velocities, paths, counters) to the backups, on the device.
+    fn save(&self, enc: &mut wgpu::CommandEncoder) {
+        let b = self.bufs.as_ref().expect("loaded");
+        let nn = self.n as u64;
+        let saved = [(&b.pos, 32), (&b.vel, 32), (&b.travel, 4)];
+        for ((src, w), dst) in saved.into_iter().zip(&b.backup) {
+            enc.copy_buffer_to_buffer(src, 0, dst, 0, nn * w);
+        }
+        enc.copy_buffer_to_buffer(&b.flags, 0, &b.backup[3], 0, flag::LEN as u64 * 4);
+    }
+
+    /// Forgets the world after a failure (load it again).
+    fn drop_world(&mut self) {
+        self.bufs = None;
+        self.binds.clear();
+        self.n = 0;
+    }
+
     /// One batch, recomputed with longer rows until no row overflows.
     fn batch(&mut self, ticks: u32) -> Result<(), GpuError> {
-        let nn = self.n as u64;
         loop {
-            let b = self.bufs.as_ref().expect("loaded");
             let mut enc = self.encoder();
-            let saved = [(&b.pos, 32), (&b.vel, 32), (&b.travel, 4)];
-            for ((src, w), dst) in saved.into_iter().zip(&b.backup) {
-                enc.copy_buffer_to_buffer(src, 0, dst, 0, nn * w);
-            }
-            enc.copy_buffer_to_buffer(&b.flags, 0, &b.backup[3], 0, flag::LEN as u64 * 4);
-            clear_counters(&mut enc, &b.flags);
+            self.save(&mut enc);
+            clear_counters(&mut enc, &self.loaded()?.flags);
             for _ in 0..ticks {
                 for k in 0..RESIDENT_ENTRY_POINTS.len() {
                     self.dispatch(&mut enc, k);
@@ -1063,7 +1109,8 @@ impl GpuResident {
         ))
     }
 
-    /// The neighbour rows as the last rebuild left them, slot order.
+    /// The neighbour rows as the last search left them (refresh or rebuild),
+    /// slot order.
     ///
     /// # Errors
     /// As [`read_state`](Self::read_state).
@@ -1075,10 +1122,21 @@ impl GpuResident {
         let (r, c) = bytes.split_at(n as usize * 16);
         let rows: Vec<[u32; 4]> = bytemuck::pod_collect_to_vec(r);
         let cand: Vec<u32> = bytemuck::pod_collect_to_vec(c);
-        Ok(rows
-            .iter()
-            .map(|r| cand[r[0] as usize..(r[0] + r[1]) as usize].to_vec())
-            .collect())
+        rows.iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (start, len) = (r[0] as usize, r[1] as usize);
+                cand.get(start..start + len)
+                    .map(<[u32]>::to_vec)
+                    .ok_or_else(|| {
+                        GpuError::Failed(format!(
+                            "row {i} spans slots {start}..{} of {}",
+                            start + len,
+                            cand.len()
+                        ))
+                    })
+            })
+            .collect()
     }
 
     /// Orders the tokens along a k-d tree over their current positions (a readback
@@ -1100,16 +1158,49 @@ impl GpuResident {
         self.flush()
     }
 
-    /// Runs one tick with a wait after each dispatch, and returns each entry
-    /// point's wall time (submission and wait included: an upper bound of the
-    /// kernel's own time). The tick is a real one: the world advances.
+    /// Runs one tick and returns each entry point's time: from the device's
+    /// timestamps when it has timestamp queries (`wgpu::Features::TIMESTAMP_QUERY`,
+    /// requested by [`GpuContext::new`] when the adapter offers it), else the wall
+    /// time of each dispatch submitted and waited for alone. The tick is a real
+    /// one: the world advances.
     ///
     /// # Errors
-    /// As [`step`](Self::step). A row that outgrows its capacity here fails with
-    /// [`GpuError::Failed`]: run [`step`](Self::step) first.
+    /// As [`step`](Self::step) (a row that outgrows its capacity is handled as
+    /// there: the tick is recomputed with longer rows).
     pub fn profile_tick(&mut self) -> Result<KernelTimes, GpuError> {
         self.loaded()?;
-        let before = self.stats.rebuilds;
+        let r = self.profile_once();
+        if r.is_err() {
+            self.drop_world();
+        }
+        r
+    }
+
+    /// [`profile_tick`](Self::profile_tick), recomputed with longer rows (as a
+    /// batch is) until no row overflows.
+    fn profile_once(&mut self) -> Result<KernelTimes, GpuError> {
+        loop {
+            let before = self.stats.rebuilds;
+            let mut enc = self.encoder();
+            self.save(&mut enc);
+            self.ctx.queue.submit([enc.finish()]);
+            let mut out = if self.ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+                self.timed_by_timestamps()?
+            } else {
+                self.timed_by_waits()?
+            };
+            let flags = self.read_flags()?;
+            if flags[flag::MAX_COUNT] > self.cap {
+                self.grow(flags[flag::MAX_COUNT])?;
+                continue;
+            }
+            self.account(&flags, 1);
+            out.rebuilt = self.stats.rebuilds > before;
+            return Ok(out);
+        }
+    }
+
+    fn timed_by_waits(&mut self) -> Result<KernelTimes, GpuError> {
         let mut out = KernelTimes::default();
         for (k, name) in RESIDENT_ENTRY_POINTS.iter().enumerate() {
             let start = Instant::now();
@@ -1117,22 +1208,47 @@ impl GpuResident {
             if k == 0 {
                 clear_counters(&mut enc, &self.loaded()?.flags);
             }
-            self.dispatch(&mut enc, k);
+            self.dispatch_timed(&mut enc, k, None);
             self.ctx.queue.submit([enc.finish()]);
             self.wait()?;
             out.kernels.push((name, start.elapsed().as_secs_f64()));
         }
-        let flags = self.read_flags()?;
-        if flags[flag::MAX_COUNT] > self.cap {
-            return Err(GpuError::Failed(format!(
-                "a neighbour row needed {} slots, {} are reserved: profile after `step`",
-                flags[flag::MAX_COUNT],
-                self.cap
-            )));
-        }
-        self.account(&flags, 1);
-        out.rebuilt = self.stats.rebuilds > before;
         Ok(out)
+    }
+
+    fn timed_by_timestamps(&mut self) -> Result<KernelTimes, GpuError> {
+        let passes = RESIDENT_ENTRY_POINTS.len() as u32;
+        let queries = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("neurograph.resident.timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * passes,
+        });
+        let bytes = 2 * passes as u64 * 8;
+        let resolved = create(
+            &self.ctx,
+            "timestamps",
+            bytes,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        );
+        let mut enc = self.encoder();
+        clear_counters(&mut enc, &self.loaded()?.flags);
+        for k in 0..RESIDENT_ENTRY_POINTS.len() {
+            self.dispatch_timed(&mut enc, k, Some((&queries, 2 * k as u32)));
+        }
+        enc.resolve_query_set(&queries, 0..2 * passes, &resolved, 0);
+        self.ctx.queue.submit([enc.finish()]);
+        let raw = self.read(&[(&resolved, bytes)])?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
+        let period = self.ctx.queue.get_timestamp_period() as f64 * 1e-9;
+        Ok(KernelTimes {
+            kernels: RESIDENT_ENTRY_POINTS
+                .iter()
+                .zip(ticks.chunks_exact(2))
+                .map(|(name, t)| (*name, t[1].saturating_sub(t[0]) as f64 * period))
+                .collect(),
+            rebuilt: false,
+            timestamps: true,
+        })
     }
 }
 
@@ -1157,9 +1273,42 @@ fn link_rows(links: &LinkTable, n: usize) -> Vec<[u32; 4]> {
         .collect()
 }
 
-fn validate(state: &ResidentState<'_>) -> Result<(), GpuError> {
+fn validate(state: &ResidentState<'_>, p: &ResidentParams) -> Result<(), GpuError> {
     let n = state.positions.len();
     let bad = |s: String| Err(GpuError::BadInput(s));
+    let f = &p.forces;
+    let constants = [
+        ("dt", p.dt, p.dt > 0.0 && p.dt <= 1.0),
+        (
+            "damping",
+            p.damping,
+            p.damping >= 0.0 && p.damping * p.dt <= 1.0,
+        ),
+        ("max_speed", p.max_speed, p.max_speed > 0.0),
+        ("skin", p.skin, p.skin >= 0.0),
+        ("k_field", f.k_field, true),
+        ("k_density", f.k_density, true),
+        ("inv_target_density", f.inv_target_density, true),
+        ("k_core", f.k_core, true),
+        ("core_radius", f.core_radius, f.core_radius >= 0.0),
+        ("k_link", f.k_link, true),
+    ];
+    for (name, v, ok) in constants {
+        if !v.is_finite() || !ok {
+            return bad(format!(
+                "the constant {name} is {v}: constants must be finite, dt in (0, 1], damping · dt at most 1, max_speed positive, skin and core_radius not negative"
+            ));
+        }
+    }
+    let (lo, hi) = (p.min_bounds, p.max_bounds);
+    for k in 0..8 {
+        if !(lo[k].is_finite() && hi[k].is_finite() && lo[k] <= hi[k] && p.scales[k].is_finite()) {
+            return bad(format!(
+                "axis {k}: bounds [{}, {}] and scale {} must be finite, the lower bound at most the upper",
+                lo[k], hi[k], p.scales[k]
+            ));
+        }
+    }
     if state.velocities.len() != n || state.params.len() != n {
         return bad(format!(
             "{n} positions, {} velocities, {} token parameters: they must agree",
@@ -1177,6 +1326,12 @@ fn validate(state: &ResidentState<'_>) -> Result<(), GpuError> {
         if !x.is_finite() || !v.is_finite() {
             return bad(format!("slot {i}: position or velocity is not finite"));
         }
+        if let Some(k) = (0..8).find(|&k| x[k] < lo[k] || x[k] > hi[k]) {
+            return bad(format!(
+                "slot {i}: coordinate {k} is {}, outside the bounds [{}, {}]",
+                x[k], lo[k], hi[k]
+            ));
+        }
     }
     for (i, t) in state.params.iter().enumerate() {
         let ok = t.mass > 0.0 && t.radius > 0.0 && t.charge.is_finite() && t.strength.is_finite();
@@ -1187,11 +1342,19 @@ fn validate(state: &ResidentState<'_>) -> Result<(), GpuError> {
             ));
         }
     }
-    if let Some(e) = state.links.ends().iter().find(|e| e.other as usize >= n) {
-        return bad(format!(
-            "a link names slot {}, past the {n} tokens",
-            e.other
-        ));
+    for e in state.links.ends() {
+        if e.other as usize >= n {
+            return bad(format!(
+                "a link names slot {}, past the {n} tokens",
+                e.other
+            ));
+        }
+        if !e.weight.is_finite() || !e.rest.is_finite() {
+            return bad(format!(
+                "a link to slot {} has weight {} and rest length {}: they must be finite",
+                e.other, e.weight, e.rest
+            ));
+        }
     }
     Ok(())
 }
