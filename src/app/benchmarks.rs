@@ -1216,11 +1216,13 @@ pub struct ResidentBench {
     /// `cpu_physics / tick`.
     pub physics_speedup: f64,
     /// Median seconds per entry point over the profiled ticks that did not
-    /// rebuild the rows, each dispatched and waited for alone (an upper bound
-    /// of the kernel's time).
+    /// search rows (see `timestamps` for how they are measured).
     pub kernels: Vec<(String, f64)>,
-    /// The same over the profiled ticks that rebuilt the rows.
+    /// The same over the profiled ticks that searched rows.
     pub kernels_rebuilding: Vec<(String, f64)>,
+    /// True when the kernel times come from the device's timestamps (each
+    /// kernel's own time); false: each dispatch submitted and waited for alone.
+    pub timestamps: bool,
     /// Ticks profiled.
     pub profiled: u32,
     /// Ticks that searched neighbour rows (refreshes and rebuilds), of the
@@ -1519,6 +1521,7 @@ fn resident_bench(
     // not: up to 3 of each, at most 12 ticks.
     let mut per_kernel: [Vec<Vec<f64>>; 2] = Default::default();
     let mut profiled = 0;
+    let mut timestamps = false;
     while profiled < 12
         && per_kernel
             .iter()
@@ -1526,6 +1529,7 @@ fn resident_bench(
     {
         let k = r.profile_tick()?;
         profiled += 1;
+        timestamps = k.timestamps;
         let into = &mut per_kernel[k.rebuilt as usize];
         into.resize(k.kernels.len(), Vec::new());
         for (v, (_, secs)) in into.iter_mut().zip(&k.kernels) {
@@ -1550,6 +1554,7 @@ fn resident_bench(
         physics_speedup: cpu_physics / tick,
         kernels: plain,
         kernels_rebuilding: rebuilding,
+        timestamps,
         profiled,
         rebuilds,
         rows_per_tick,
@@ -1686,27 +1691,35 @@ impl GpuBenchReport {
                 r.tested_per_row,
             );
             let kernels = |ks: &[(String, f64)]| {
+                if ks.is_empty() {
+                    return "none of the profiled ticks".to_string();
+                }
                 ks.iter()
                     .map(|(k, t)| format!("{k} {}", ms(*t)))
                     .collect::<Vec<_>>()
                     .join(", ")
             };
+            let how = if r.timestamps {
+                "GPU timestamps"
+            } else {
+                "wall clock per dispatch"
+            };
             let _ = writeln!(
                 s,
-                "{:>9}   per kernel, plain tick: {}",
+                "{:>9}   per kernel ({how}), tick searching rows: {}",
                 "",
-                kernels(&r.kernels)
+                kernels(&r.kernels_rebuilding)
             );
             let _ = writeln!(
                 s,
-                "{:>9}   per kernel, rebuilding tick: {}",
+                "{:>9}   per kernel ({how}), tick not searching: {}",
                 "",
-                kernels(&r.kernels_rebuilding)
+                kernels(&r.kernels)
             );
         }
         let _ = writeln!(
             s,
-            "\nCPU physics: the Forces, Integrate and Constrain stages of the CPU backend (median). GPU tick:\nthe mean over one batch of the timed ticks. Per kernel: medians of ticks profiled dispatch by\ndispatch (each waited for). bytes/tick: both ways, per timed tick; \"of state\":\nof the positions, velocities, token parameters and link ends. read state: one readback of the\npositions and velocities, what a stage left on the CPU adds to a tick that needs them.\nsearches: timed ticks that searched rows; rows/tick: rows searched per timed tick; longest: the\nlongest row; tested: distances computed per row searched (how well the boxes prune in 8D)."
+            "\nCPU physics: the Forces, Integrate and Constrain stages of the CPU backend (median). GPU tick:\nthe mean over one batch of the timed ticks. Per kernel: medians over up to 12 profiled ticks, from\nthe device's timestamps where it has them, else each dispatch waited for alone. bytes/tick: both ways, per timed tick; \"of state\":\nof the positions, velocities, token parameters and link ends. read state: one readback of the\npositions and velocities, what a stage left on the CPU adds to a tick that needs them.\nsearches: timed ticks that searched rows; rows/tick: rows searched per timed tick; longest: the\nlongest row; tested: distances computed per row searched (how well the boxes prune in 8D)."
         );
     }
 }

@@ -13,8 +13,8 @@
 //!    these boxes and keeps the row sorted by slot. Exact: it finds what the
 //!    CPU's k-d tree finds (see the shader's header). A *refresh* searches the
 //!    rows of the tokens past half the skin only (listed by `collect`, searched
-//!    in an indirect dispatch), adds each of them to its new neighbours' rows
-//!    and drops it from the others (`insert`, `merge`: the CPU's symmetric
+//!    in an indirect dispatch), drops them from the other rows, adds each to its
+//!    new neighbours' rows (`prune`, `insert`, `merge`: the CPU's symmetric
 //!    refresh); a *rebuild* (after a load, a reorder or a regrow) searches all.
 //! 2. **Forces**: `forces.wgsl`'s `density` then `main` (the same shader as the
 //!    CPU-assisted GPU backend, so the same law, the same summation order).
