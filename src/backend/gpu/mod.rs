@@ -137,14 +137,24 @@ impl GpuContext {
             })?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("neurograph"),
-            required_features: features,
-            required_limits: limits.clone(),
-            ..Default::default()
-        }))
-        .map_err(|e| GpuError::Device {
+        // Timestamp queries (for profiling) when the adapter has them; a device
+        // that refuses them is asked again without.
+        let wanted = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let open = |features: wgpu::Features| {
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("neurograph"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            }))
+        };
+        let (features, opened) = match open(wanted) {
+            Err(_) if !wanted.is_empty() => {
+                (wgpu::Features::empty(), open(wgpu::Features::empty()))
+            }
+            r => (wanted, r),
+        };
+        let (device, queue) = opened.map_err(|e| GpuError::Device {
             adapter: describe(&info),
             reason: e.to_string(),
         })?;

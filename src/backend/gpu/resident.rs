@@ -632,22 +632,26 @@ impl GpuResident {
         self.storage("neighbour rows", slots * 4)
     }
 
-    /// Uploads a world and its constants, replacing any world loaded before;
-    /// the first tick builds every row.
+    /// Uploads a world and its constants, replacing any world loaded before
+    /// (which is gone even when this one is refused); the first tick builds
+    /// every row.
     ///
     /// # Errors
-    /// [`GpuError::BadInput`] when the arrays disagree in length, a value is not
-    /// finite, a mass or radius is not positive, or a link names a slot past the
-    /// tokens; [`GpuError::TooLarge`] / [`GpuError::TooManyTokens`] when the world
-    /// does not fit the device (the buffer, its bytes and the limit named);
-    /// [`GpuError::Failed`] when the device fails.
+    /// [`GpuError::BadInput`] when the arrays disagree in length, a position,
+    /// velocity, link weight or rest length is not finite, a position lies
+    /// outside the bounds, a mass or radius is not positive, a link names a slot
+    /// past the tokens, or a constant is out of range (the message names the
+    /// slot or constant and the value); [`GpuError::TooLarge`] /
+    /// [`GpuError::TooManyTokens`] when the world does not fit the device (the
+    /// buffer, its bytes and the limit named); [`GpuError::Failed`] when the
+    /// device fails.
     pub fn load(
         &mut self,
         state: ResidentState<'_>,
         params: ResidentParams,
     ) -> Result<(), GpuError> {
-        validate(&state, &params)?;
         self.drop_world();
+        validate(&state, &params)?;
         let r = self.upload_world(state, params);
         if r.is_err() {
             self.drop_world();
@@ -1055,7 +1059,10 @@ impl GpuResident {
                 }
             });
         }
-        self.wait()?;
+        if let Err(e) = self.wait() {
+            self.drop_world();
+            return Err(e);
+        }
         match mapped.lock().ok().and_then(|mut m| m.take()) {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(GpuError::Failed(format!("mapping the results: {e}"))),
