@@ -17,8 +17,8 @@
 //   integrate      one per token: semi-implicit Euler, then the constraints
 //
 // Neighbour search. The host orders the tokens along a k-d tree's leaves (a
-// space-filling order; `perm` holds the slots in that order) once per load or
-// `reorder`; the order only makes the pruning tight, never the result: each
+// space-filling order; `perm` holds the slots in that order) at each load and
+// reorder; the order only makes the pruning tight, never the result: each
 // search bounds each block and superblock of the order by an axis-aligned box
 // of its tokens' current positions (and the largest field radius in it), and a
 // token's row is every j != i with |x_j - x_i| <= max(R_i, R_j) + skin (with the
@@ -39,7 +39,7 @@
 // neither token has moved more than skin / 2 since, so it is not a pair.
 // (Clamping to the bounds only shortens a move, since positions start inside
 // them; a non-finite value makes the path non-finite and the row is searched.)
-// A rebuild (after a load, a reorder, a regrow, or with `full_only`) searches
+// A rebuild (after a load or a regrow, or always with `full_only`) searches
 // every row. Results do not depend on when or how rows were searched: a row
 // holds every pair within the cutoff, and the sums skip the others. "Exact" is
 // the CPU's exactness: distances are f32 (with the 1e-5 slack at the edge), and

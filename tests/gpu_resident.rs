@@ -242,6 +242,12 @@ fn runs_replay_bit_for_bit_whatever_the_skin_and_row_capacity() {
     assert_eq!(st.rows_built, st.rebuilds * 2_000);
     assert!(x0 == x4 && v0 == v4, "full rebuilds differ from refreshes");
     gpu.set_full_rebuilds(false);
+    // Ordering the tokens again (every 7 ticks) changes only the boxes.
+    gpu.set_reorder_every(7);
+    let (x6, v6, st) = run(&mut gpu, params);
+    assert!(st.reorders >= 20, "{st:?}");
+    assert!(x0 == x6 && v0 == v6, "reordering changed the result");
+    gpu.set_reorder_every(neurograph::backend::gpu::resident::DEFAULT_REORDER_EVERY);
     // Rows of 4 slots overflow at once: each batch is recomputed with longer rows.
     gpu.set_first_row_capacity(4);
     let (x3, v3, st) = run(&mut gpu, params);

@@ -15,7 +15,7 @@
 //!    rows of the tokens past half the skin only (listed by `collect`, searched
 //!    in an indirect dispatch), drops them from the other rows, adds each to its
 //!    new neighbours' rows (`prune`, `insert`, `merge`: the CPU's symmetric
-//!    refresh); a *rebuild* (after a load, a reorder or a regrow) searches all.
+//!    refresh); a *rebuild* (after a load or a regrow) searches all.
 //! 2. **Forces**: `forces.wgsl`'s `density` then `main` (the same shader as the
 //!    CPU-assisted GPU backend, so the same law, the same summation order).
 //! 3. **Integration and constraints**: `Integrate`'s semi-implicit Euler and
@@ -23,8 +23,9 @@
 //!
 //! The space-filling order is the leaf order of the CPU's k-d tree
 //! ([`KdTree::order`]), taken at [`load`](GpuResident::load) and
-//! [`reorder`](GpuResident::reorder). It decides only how tight the boxes are;
-//! rows are exact in any order.
+//! [`reorder`](GpuResident::reorder) (by [`step`](GpuResident::step) every
+//! [`DEFAULT_REORDER_EVERY`] ticks unless set otherwise). It decides only how
+//! tight the boxes are; rows are exact in any order.
 //!
 //! **What crosses the bus.** [`step`](GpuResident::step) writes nothing per
 //! tick; it reads back one 64-byte block of counters per batch of at most
@@ -71,6 +72,8 @@ pub const FAN: u32 = 32;
 pub const BATCH: u32 = 64;
 /// Slots per row at first.
 pub const FIRST_CAP: u32 = 64;
+/// Ticks between two orderings of the tokens by [`GpuResident::step`].
+pub const DEFAULT_REORDER_EVERY: u64 = 1000;
 
 /// The resident tick's entry points, in dispatch order per tick (`density` and
 /// `main` are `forces.wgsl`'s, at [`FORCE_ENTRIES`]).
@@ -274,6 +277,8 @@ pub struct ResidentStats {
     pub row_capacity: u32,
     /// Batches recomputed because a row outgrew its capacity.
     pub regrows: u64,
+    /// Times the tokens were ordered again ([`GpuResident::reorder`]).
+    pub reorders: u64,
     /// Token-steps capped at the speed limit by the integrator.
     pub speed_limited: u64,
     /// Non-finite positions or velocities reset.
@@ -414,6 +419,8 @@ pub struct GpuResident {
     cap: u32,
     first_cap: u32,
     full_only: bool,
+    reorder_every: u64,
+    since_reorder: u64,
     grid: (u32, u32),
     block_grid: (u32, u32),
     stats: ResidentStats,
@@ -511,6 +518,8 @@ impl GpuResident {
             cap: FIRST_CAP,
             first_cap: FIRST_CAP,
             full_only: false,
+            reorder_every: DEFAULT_REORDER_EVERY,
+            since_reorder: 0,
             grid: (1, 1),
             block_grid: (1, 1),
             stats: ResidentStats::default(),
@@ -674,6 +683,7 @@ impl GpuResident {
         }
         self.stats = ResidentStats::default();
         self.transfers = Transfers::default();
+        self.since_reorder = 0;
         self.cap = self.first_cap;
         self.n = n as u32;
         self.grid = self.grid(n as u64)?;
@@ -907,11 +917,18 @@ impl GpuResident {
         let per_batch = (BATCH as u64).min((u32::MAX as u64 / self.n as u64).max(1));
         let mut left = ticks;
         while left > 0 {
-            let k = left.min(per_batch);
+            if self.reorder_every > 0 && self.since_reorder >= self.reorder_every {
+                self.reorder()?;
+            }
+            let mut k = left.min(per_batch);
+            if self.reorder_every > 0 {
+                k = k.min(self.reorder_every - self.since_reorder);
+            }
             if let Err(e) = self.batch(k as u32) {
                 self.drop_world();
                 return Err(e);
             }
+            self.since_reorder += k;
             left -= k;
         }
         Ok(self.stats)
@@ -1147,22 +1164,31 @@ impl GpuResident {
     }
 
     /// Orders the tokens along a k-d tree over their current positions (a readback
-    /// of the positions and an upload of the order: 36 bytes a token), so the
-    /// search's boxes stay tight as the world moves; the next tick rebuilds.
+    /// of the positions and an upload of the order: 36 bytes a token, and the
+    /// tree built on the host), so the search's boxes stay tight as the world
+    /// moves. The rows stay as they are (they are exact in any order).
     ///
     /// # Errors
     /// As [`read_state`](Self::read_state).
     pub fn reorder(&mut self) -> Result<(), GpuError> {
-        let (x, _) = self.read_state()?;
+        let pos = self.loaded()?.pos.clone();
+        let bytes = self.read(&[(&pos, self.n as u64 * 32)])?;
+        let x: Vec<Vec8> = bytemuck::pod_collect_to_vec(&bytes);
         self.upload_order(&x);
-        let b = self.loaded()?;
-        self.ctx.queue.write_buffer(
-            &b.flags,
-            flag::NEXT as u64 * 4,
-            bytemuck::bytes_of(&flag::REBUILD),
-        );
-        self.transfers.uploaded += 4;
-        self.flush()
+        self.since_reorder = 0;
+        self.stats.reorders += 1;
+        let r = self.flush();
+        if r.is_err() {
+            self.drop_world();
+        }
+        r
+    }
+
+    /// Reorders (see [`reorder`](Self::reorder)) whenever `ticks` ticks have run
+    /// since the last order, between batches of [`step`](Self::step); 0 never.
+    /// [`DEFAULT_REORDER_EVERY`] unless set.
+    pub fn set_reorder_every(&mut self, ticks: u64) {
+        self.reorder_every = ticks;
     }
 
     /// Runs one tick and returns each entry point's time: from the device's
