@@ -8,7 +8,7 @@
 //   bounds_blocks  one per block of BLOCK consecutive tokens of the sort order
 //   bounds_super   one per superblock of FAN blocks
 //   collect        one per token: the tokens whose rows this tick searches
-//   args           1 invocation: the indirect dispatch of the next two
+//   args           1 invocation: the indirect dispatch of `build` and `insert`
 //   build          one per listed token: its Verlet row, exact
 //   prune, insert, merge
 //                  one per token, listed token, token: a refresh's symmetric

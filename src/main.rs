@@ -232,7 +232,7 @@ struct GpuBenchArgs {
     /// 0 = time the scenario's first ticks).
     #[arg(long, default_value_t = 500)]
     warmup: u64,
-    /// Ticks of the GPU-resident tick timed in one batch per size (after 20
+    /// Ticks of the GPU-resident tick timed in one `step` call per size (after 20
     /// untimed ones); 0 = skip the resident tick.
     #[arg(long, default_value_t = 100)]
     resident_ticks: u64,

@@ -1158,7 +1158,7 @@ pub struct GpuBenchOptions {
     /// Ticks run first on the CPU (once per size, then copied into both
     /// worlds); 0 = none.
     pub warmup: u64,
-    /// Ticks of the GPU-resident tick timed in one batch (after 20 untimed);
+    /// Ticks of the GPU-resident tick timed in one `step` call (after 20 untimed);
     /// 0 = do not run it.
     pub resident_ticks: u64,
 }
@@ -1210,7 +1210,7 @@ pub struct GpuBenchSize {
 /// The GPU-resident tick (`backend::gpu::resident`) at one size.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ResidentBench {
-    /// Mean seconds per tick over one batch of the timed ticks (no readback
+    /// Mean seconds per tick over the timed ticks, run by one `step` call (no readback
     /// but the counters).
     pub tick: f64,
     /// `cpu_physics / tick`.
@@ -1719,7 +1719,7 @@ impl GpuBenchReport {
         }
         let _ = writeln!(
             s,
-            "\nCPU physics: the Forces, Integrate and Constrain stages of the CPU backend (median). GPU tick:\nthe mean over one batch of the timed ticks. Per kernel: medians over up to 12 profiled ticks, from\nthe device's timestamps where it has them, else each dispatch waited for alone. bytes/tick: both ways, per timed tick; \"of state\":\nof the positions, velocities, token parameters and link ends. read state: one readback of the\npositions and velocities, what a stage left on the CPU adds to a tick that needs them.\nsearches: timed ticks that searched rows; rows/tick: rows searched per timed tick; longest: the\nlongest row; tested: distances computed per row searched (how well the boxes prune in 8D)."
+            "\nCPU physics: the Forces, Integrate and Constrain stages of the CPU backend (median). GPU tick:\nthe mean over the timed ticks (one step call: a counter readback per 64 ticks). Per kernel: medians over up to 12 profiled ticks, from\nthe device's timestamps where it has them, else each dispatch waited for alone. bytes/tick: both ways, per timed tick; \"of state\":\nof the positions, velocities, token parameters and link ends. read state: one readback of the\npositions and velocities, what a stage left on the CPU adds to a tick that needs them.\nsearches: timed ticks that searched rows; rows/tick: rows searched per timed tick; longest: the\nlongest row; tested: distances computed per row searched (how well the boxes prune in 8D)."
         );
     }
 }

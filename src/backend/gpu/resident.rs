@@ -37,8 +37,8 @@
 //!
 //! **Capacity.** Rows hold at most `cap` slots (first 64). The search counts
 //! every row's true length; when one exceeded `cap`, the batch is recomputed from
-//! a device-side copy of its starting state with rows a quarter longer than the
-//! longest and a rebuild first (results do not depend on when or how rows are
+//! a device-side copy of its starting state with rows of `longest + longest / 4 +
+//! 8` slots and a rebuild first (results do not depend on when or how rows are
 //! searched, so the recomputed batch is what a large enough `cap` would have
 //! given, bit for bit). Every buffer's size is computed in 64 bits and checked
 //! against the device's limits before it is made ([`GpuError::TooLarge`],
@@ -1001,7 +1001,7 @@ impl GpuResident {
         debug_assert_eq!(flags[flag::TICKS], ticks);
     }
 
-    /// Rows of a quarter more than `longest` slots, and the batch's start restored
+    /// Rows of `longest + longest / 4 + 8` slots, and the batch's start restored
     /// with a rebuild at its first tick.
     fn grow(&mut self, longest: u32) -> Result<(), GpuError> {
         let cap = (longest as u64 + longest as u64 / 4 + 8).min(u32::MAX as u64);
@@ -1080,15 +1080,21 @@ impl GpuResident {
             self.drop_world();
             return Err(e);
         }
-        match mapped.lock().ok().and_then(|mut m| m.take()) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(GpuError::Failed(format!("mapping the results: {e}"))),
-            None => return Err(GpuError::Failed("the results were never mapped".into())),
-        }
-        let out = staging
-            .get_mapped_range(0..total)
-            .map_err(|e| GpuError::Failed(format!("reading the results: {e}")))?
-            .to_vec();
+        let mapped = match mapped.lock().ok().and_then(|mut m| m.take()) {
+            Some(Ok(())) => staging
+                .get_mapped_range(0..total)
+                .map(|view| view.to_vec())
+                .map_err(|e| GpuError::Failed(format!("reading the results: {e}"))),
+            Some(Err(e)) => Err(GpuError::Failed(format!("mapping the results: {e}"))),
+            None => Err(GpuError::Failed("the results were never mapped".into())),
+        };
+        let out = match mapped {
+            Ok(out) => out,
+            Err(e) => {
+                self.drop_world();
+                return Err(e);
+            }
+        };
         staging.unmap();
         self.transfers.read_back += total;
         Ok(out)
