@@ -289,6 +289,17 @@ fn near(bx: Box, x0: vec4<f32>, x1: vec4<f32>, r: f32) -> bool {
     return d2 <= c * c * (1.0 + 2e-5);
 }
 
+// Puts slot `o` into the row at `base` whose first `len` entries are ascending
+// (an insertion sort's step: larger entries move up one place).
+fn sort_in(base: u32, len: u32, o: u32) {
+    var at = len;
+    while at > 0u && cand[base + at - 1u] > o {
+        cand[base + at] = cand[base + at - 1u];
+        at -= 1u;
+    }
+    cand[base + at] = o;
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn build(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -328,13 +339,7 @@ fn build(
                 let c = max(ri, tok[j].z) + p.skin;
                 if d2 <= c * c * (1.0 + 1e-5) {
                     if count < p.cap {
-                        // Insert j, keeping the row ascending by slot.
-                        var at = count;
-                        while at > 0u && cand[base + at - 1u] > j {
-                            cand[base + at] = cand[base + at - 1u];
-                            at -= 1u;
-                        }
-                        cand[base + at] = j;
+                        sort_in(base, count, j);
                     }
                     count += 1u;
                 }
@@ -423,13 +428,7 @@ fn merge(
     let added = atomicExchange(&extra[j], 0u);
     let end = min(row.y + added, p.cap);
     for (var k = row.y; k < end; k++) {
-        let o = cand[row.x + k];
-        var at = k;
-        while at > 0u && cand[row.x + at - 1u] > o {
-            cand[row.x + at] = cand[row.x + at - 1u];
-            at -= 1u;
-        }
-        cand[row.x + at] = o;
+        sort_in(row.x, k, cand[row.x + k]);
     }
     rows[j].y = end;
 }

@@ -22,13 +22,13 @@
 //! with [`GpuError::TooLarge`]. After any error the device copy is dropped and
 //! the next pass writes everything again.
 
-use super::{GpuContext, GpuError};
+use super::{DeviceErrors, GpuContext, GpuError};
 pub use crate::backend::GpuTimings;
 use crate::geometry::spatial::{BLOCK, NeighborList};
 use crate::model::math::Vec8;
 use crate::physics::{ForceParams, LinkEnd, LinkTable, TokenParams};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Invocations per workgroup; the shader's `WORKGROUP_SIZE` (a test checks).
 pub const WORKGROUP_SIZE: u32 = 64;
@@ -64,9 +64,6 @@ const PASS_LABELS: [&str; 2] = ["neurograph.density", "neurograph.main"];
 
 /// Elements compared (and written when different) at a time when mirroring.
 const MIRROR_CHUNK: usize = 4096;
-
-/// How long a tick may wait for the device before it counts as failed.
-const WAIT: Duration = Duration::from_secs(120);
 
 /// The uniform block of the force shader (`Params` in WGSL).
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
@@ -383,7 +380,7 @@ pub struct GpuForces {
     rows_key: Option<(u64, (u64, u64), usize)>,
     aux_host: Vec<[u32; 2]>,
     /// Errors the device reported outside a call (validation, out of memory, lost).
-    errors: Arc<Mutex<Vec<String>>>,
+    errors: DeviceErrors,
     last: GpuTimings,
     total: GpuTimings,
     passes: u64,
@@ -405,25 +402,7 @@ impl GpuForces {
     /// The device allows fewer storage buffers per stage than the pass binds
     /// ([`GpuError::Device`]), or the shader does not compile on it.
     pub fn new(ctx: GpuContext) -> Result<Self, GpuError> {
-        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
-        {
-            let errors = errors.clone();
-            ctx.device
-                .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-                    tracing::error!(target: "neurograph::gpu", "GPU error: {e}");
-                    if let Ok(mut v) = errors.lock() {
-                        v.push(e.to_string());
-                    }
-                }));
-        }
-        {
-            let errors = errors.clone();
-            ctx.device.set_device_lost_callback(move |reason, message| {
-                if let Ok(mut v) = errors.lock() {
-                    v.push(format!("device lost ({reason:?}): {message}"));
-                }
-            });
-        }
+        let errors = DeviceErrors::watch(&ctx);
         let storage = BINDINGS.len() as u32 - 1;
         if ctx.limits.max_storage_buffers_per_shader_stage < storage {
             return Err(GpuError::Device {
@@ -593,31 +572,6 @@ impl GpuForces {
         self.passes
     }
 
-    fn check_errors(&self) -> Result<(), GpuError> {
-        let mut v = self
-            .errors
-            .lock()
-            .map_err(|_| GpuError::Failed("error log poisoned".into()))?;
-        if v.is_empty() {
-            Ok(())
-        } else {
-            let msg = v.join("; ");
-            v.clear();
-            Err(GpuError::Failed(msg))
-        }
-    }
-
-    fn wait(&self) -> Result<(), GpuError> {
-        self.ctx
-            .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: Some(WAIT),
-            })
-            .map_err(|e| GpuError::Failed(format!("waiting for the device: {e}")))?;
-        self.check_errors()
-    }
-
     /// Runs the force pass; returns the ordered pair count. On error the outputs
     /// are unspecified (the caller computes them on the CPU instead), and the
     /// device copy is dropped, so a later pass uploads everything again.
@@ -687,7 +641,7 @@ impl GpuForces {
             self.last = t;
             return Ok(0);
         }
-        self.check_errors()?;
+        self.errors.check()?;
         let start = Instant::now();
         let grids = self.upload(&mut input, &mut t)?;
         t.upload = start.elapsed().as_secs_f64();
@@ -701,21 +655,6 @@ impl GpuForces {
         self.total.add(&t);
         self.passes += 1;
         Ok(pairs)
-    }
-
-    /// The grid of a chunk of `count` tokens: (x, y) workgroups.
-    fn grid(&self, count: u64) -> Result<(u64, u64), GpuError> {
-        let max_dim = (self.ctx.limits.max_compute_workgroups_per_dimension as u64).max(1);
-        let groups = count.div_ceil(WORKGROUP_SIZE as u64).max(1);
-        let x = groups.min(max_dim);
-        let y = groups.div_ceil(x);
-        if y > max_dim {
-            return Err(GpuError::TooManyTokens {
-                tokens: count,
-                limit: max_dim * max_dim * WORKGROUP_SIZE as u64,
-            });
-        }
-        Ok((x, y))
     }
 
     /// Uploads what changed since the last pass (positions always; parameters,
@@ -780,14 +719,14 @@ impl GpuForces {
         for chunk in &self.cand.chunks {
             let first = chunk.blocks.start * BLOCK;
             let count = (chunk.blocks.end * BLOCK).min(n) - first;
-            let (gx, gy) = self.grid(count as u64)?;
-            grids.push((gx as u32, gy as u32));
+            let (gx, gy) = self.ctx.grid(count as u64)?;
+            grids.push((gx, gy));
             let params = GpuParams {
                 n: count as u32,
                 first: first as u32,
                 propose: input.proposals.is_some() as u32,
                 max_degree,
-                groups_x: gx as u32,
+                groups_x: gx,
                 k_field: input.fp.k_field,
                 k_core: input.fp.k_core,
                 core_radius: input.fp.core_radius,
@@ -805,7 +744,7 @@ impl GpuForces {
                 .collect();
         }
         self.ctx.queue.submit([]);
-        self.wait()?;
+        self.ctx.wait(&self.errors)?;
         Ok(grids)
     }
 
@@ -830,7 +769,7 @@ impl GpuForces {
             }
         }
         ctx.queue.submit([enc.finish()]);
-        self.wait()
+        self.ctx.wait(&self.errors)
     }
 
     /// Reads back forces, proposals and pair counts, and densities into
@@ -863,7 +802,7 @@ impl GpuForces {
                     }
                 });
         }
-        self.wait()?;
+        self.ctx.wait(&self.errors)?;
         match mapped.lock().ok().and_then(|mut m| m.take()) {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(GpuError::Failed(format!("mapping the results: {e}"))),

@@ -64,6 +64,51 @@ pub enum GpuError {
     Failed(String),
 }
 
+/// Errors a device reports outside a call (validation, out of memory, its
+/// loss), kept for the next [`GpuContext::wait`].
+#[derive(Clone, Default)]
+pub(crate) struct DeviceErrors(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl DeviceErrors {
+    /// Collects `ctx`'s uncaptured errors and its loss.
+    pub(crate) fn watch(ctx: &GpuContext) -> Self {
+        let out = Self::default();
+        let errors = out.0.clone();
+        ctx.device
+            .on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
+                tracing::error!(target: "neurograph::gpu", "GPU error: {e}");
+                if let Ok(mut v) = errors.lock() {
+                    v.push(e.to_string());
+                }
+            }));
+        let errors = out.0.clone();
+        ctx.device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut v) = errors.lock() {
+                v.push(format!("device lost ({reason:?}): {message}"));
+            }
+        });
+        out
+    }
+
+    /// The errors collected since the last check, as one.
+    pub(crate) fn check(&self) -> Result<(), GpuError> {
+        let mut v = self
+            .0
+            .lock()
+            .map_err(|_| GpuError::Failed("error log poisoned".into()))?;
+        if v.is_empty() {
+            Ok(())
+        } else {
+            let msg = v.join("; ");
+            v.clear();
+            Err(GpuError::Failed(msg))
+        }
+    }
+}
+
+/// How long a wait for the device may last before the work counts as failed.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// What kind of adapter a backend choice accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdapterPolicy {
@@ -165,6 +210,34 @@ impl GpuContext {
             limits,
             features,
         })
+    }
+
+    /// Waits for the device to finish what was submitted (at most 120 s), then
+    /// reports any error `errors` collected.
+    pub(crate) fn wait(&self, errors: &DeviceErrors) -> Result<(), GpuError> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(WAIT),
+            })
+            .map_err(|e| GpuError::Failed(format!("waiting for the device: {e}")))?;
+        errors.check()
+    }
+
+    /// Workgroups of [`WORKGROUP_SIZE`] for `count` invocations, 2-D past the
+    /// per-dimension limit.
+    pub(crate) fn grid(&self, count: u64) -> Result<(u32, u32), GpuError> {
+        let max_dim = (self.limits.max_compute_workgroups_per_dimension as u64).max(1);
+        let groups = count.div_ceil(WORKGROUP_SIZE as u64).max(1);
+        let x = groups.min(max_dim);
+        let y = groups.div_ceil(x);
+        if y > max_dim {
+            return Err(GpuError::TooManyTokens {
+                tokens: count,
+                limit: max_dim * max_dim * WORKGROUP_SIZE as u64,
+            });
+        }
+        Ok((x as u32, y as u32))
     }
 
     /// "name (type, driver)".

@@ -53,13 +53,13 @@
 //! the physics of a world whose links and parameters are fixed between
 //! [`load`](GpuResident::load)s (see `docs/gpu.md`).
 
-use super::forces::{GpuParams, WORKGROUP_SIZE};
-use super::{FORCES_WGSL, GpuContext, GpuError};
+use super::forces::GpuParams;
+use super::{DeviceErrors, FORCES_WGSL, GpuContext, GpuError};
 use crate::geometry::spatial::KdTree;
 use crate::model::math::Vec8;
 use crate::physics::{ForceParams, LinkTable, TokenParams};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The WGSL of the resident tick, as embedded.
 pub const RESIDENT_WGSL: &str = include_str!("../../../shaders/resident.wgsl");
@@ -117,8 +117,6 @@ pub const ENTRY_BINDINGS: [&[u32]; 12] = [
     &[0, 1, 2, 3, 4, 5, 6, 7, 8],
     &[0, 1, 2, 3, 8, 9, 10],
 ];
-
-const WAIT: Duration = Duration::from_secs(120);
 
 /// Indices of the counters in the flags buffer (the shader's constants).
 mod flag {
@@ -425,7 +423,7 @@ pub struct GpuResident {
     block_grid: (u32, u32),
     stats: ResidentStats,
     transfers: Transfers,
-    errors: Arc<Mutex<Vec<String>>>,
+    errors: DeviceErrors,
 }
 
 impl std::fmt::Debug for GpuResident {
@@ -462,17 +460,7 @@ impl GpuResident {
                 ),
             });
         }
-        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
-        {
-            let errors = errors.clone();
-            ctx.device
-                .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-                    tracing::error!(target: "neurograph::gpu", "GPU error: {e}");
-                    if let Ok(mut v) = errors.lock() {
-                        v.push(e.to_string());
-                    }
-                }));
-        }
+        let errors = DeviceErrors::watch(&ctx);
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = |label: &str, src: &'static str| {
             ctx.device
@@ -578,46 +566,6 @@ impl GpuResident {
         self.bufs.as_ref().map_or(0, Buffers::bytes)
     }
 
-    fn check_errors(&self) -> Result<(), GpuError> {
-        let mut v = self
-            .errors
-            .lock()
-            .map_err(|_| GpuError::Failed("error log poisoned".into()))?;
-        if v.is_empty() {
-            Ok(())
-        } else {
-            let msg = v.join("; ");
-            v.clear();
-            Err(GpuError::Failed(msg))
-        }
-    }
-
-    fn wait(&self) -> Result<(), GpuError> {
-        self.ctx
-            .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: Some(WAIT),
-            })
-            .map_err(|e| GpuError::Failed(format!("waiting for the device: {e}")))?;
-        self.check_errors()
-    }
-
-    /// Workgroups for `count` invocations, 2-D past the per-dimension limit.
-    fn grid(&self, count: u64) -> Result<(u32, u32), GpuError> {
-        let max_dim = (self.ctx.limits.max_compute_workgroups_per_dimension as u64).max(1);
-        let groups = count.div_ceil(WORKGROUP_SIZE as u64).max(1);
-        let x = groups.min(max_dim);
-        let y = groups.div_ceil(x);
-        if y > max_dim {
-            return Err(GpuError::TooManyTokens {
-                tokens: count,
-                limit: max_dim * max_dim * WORKGROUP_SIZE as u64,
-            });
-        }
-        Ok((x as u32, y as u32))
-    }
-
     /// A storage buffer of `bytes`, checked against the device's limits.
     fn storage(&self, what: &'static str, bytes: u64) -> Result<wgpu::Buffer, GpuError> {
         let limit = self.ctx.max_binding();
@@ -686,9 +634,9 @@ impl GpuResident {
         self.since_reorder = 0;
         self.cap = self.first_cap;
         self.n = n as u32;
-        self.grid = self.grid(n as u64)?;
+        self.grid = self.ctx.grid(n as u64)?;
         let blocks = (n as u64).div_ceil(BLOCK as u64);
-        self.block_grid = self.grid(blocks)?;
+        self.block_grid = self.ctx.grid(blocks)?;
         let supers = blocks.div_ceil(FAN as u64);
         let nn = n as u64;
         let ends = state.links.ends();
@@ -858,7 +806,7 @@ impl GpuResident {
     /// Submits what was queued and waits for it.
     fn flush(&self) -> Result<(), GpuError> {
         self.ctx.queue.submit([]);
-        self.wait()
+        self.ctx.wait(&self.errors)
     }
 
     /// Encodes dispatch `k` of a tick.
@@ -1076,7 +1024,7 @@ impl GpuResident {
                 }
             });
         }
-        if let Err(e) = self.wait() {
+        if let Err(e) = self.ctx.wait(&self.errors) {
             self.drop_world();
             return Err(e);
         }
@@ -1249,7 +1197,7 @@ impl GpuResident {
             }
             self.dispatch_timed(&mut enc, k, None);
             self.ctx.queue.submit([enc.finish()]);
-            self.wait()?;
+            self.ctx.wait(&self.errors)?;
             out.kernels.push((name, start.elapsed().as_secs_f64()));
         }
         Ok(out)
