@@ -28,11 +28,11 @@ fn records(c: &mut Criterion) {
     let mut g = c.benchmark_group("wal_records");
     g.throughput(Throughput::Elements(1));
     g.bench_function("encode_tick_record", |b| {
-        b.iter(|| wal::encode_tick(1234, Vec::new(), StateDigest(42), false).unwrap())
+        b.iter(|| wal::encode_tick(1234, Vec::new(), StateDigest(42), false, false).unwrap())
     });
     let mut seg = format::encode_segment_header(1).to_vec();
     for t in 1..=10_000u64 {
-        seg.extend(wal::encode_tick(t, Vec::new(), StateDigest(t), false).unwrap());
+        seg.extend(wal::encode_tick(t, Vec::new(), StateDigest(t), false, false).unwrap());
     }
     g.throughput(Throughput::Elements(10_000));
     g.bench_function("scan_and_decode_10k_records", |b| {

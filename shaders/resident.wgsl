@@ -111,6 +111,8 @@ struct Params {
     lo1: vec4<f32>,
     hi0: vec4<f32>,
     hi1: vec4<f32>,
+    // 1 / ρ₀, for the group pull's fade.
+    inv_target_density: f32,
 }
 
 // An axis-aligned box in 8D and the largest field radius of its tokens (x).
@@ -148,6 +150,11 @@ struct Box {
 // The indirect dispatch arguments (x, y, z) of `build` and `insert` (a buffer
 // of its own: one that a dispatch reads its arguments from cannot be bound).
 @group(0) @binding(13) var<storage, read_write> dispatch: array<u32, 4>;
+// The densities of this tick (written by forces.wgsl's `density`).
+@group(0) @binding(14) var<storage, read> rho: array<f32>;
+// Per token, three vec4: its group's centre (axes 0..4, 4..8), then
+// (group_pull · m, 0, 0, 0); zero when it is in no group.
+@group(0) @binding(15) var<storage, read> pull: array<vec4<f32>>;
 
 fn finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
@@ -447,9 +454,20 @@ fn integrate(
     if i >= p.n {
         return;
     }
+    var f0 = force[2u * i];
+    var f1 = force[2u * i + 1u];
+    // The group pull (`systems::organize::group_pull`), after the pair and
+    // link forces: F += k·m·(1 − ρ/ρ₀)₊ · (c − x), with k·m in `pull[3i+2].x`
+    // (0: not grouped) and the group's centre c in `pull[3i]`, `pull[3i+1]`.
+    let coef = pull[3u * i + 2u].x;
+    if coef != 0.0 {
+        let s = coef * max(1.0 - rho[i] * p.inv_target_density, 0.0);
+        f0 += (pull[3u * i] - pos[2u * i]) * s;
+        f1 += (pull[3u * i + 1u] - pos[2u * i + 1u]) * s;
+    }
     let a = p.dt / tok[i].y;
-    var v0 = (vel[2u * i] + force[2u * i] * p.scale0 * a) * p.keep;
-    var v1 = (vel[2u * i + 1u] + force[2u * i + 1u] * p.scale1 * a) * p.keep;
+    var v0 = (vel[2u * i] + f0 * p.scale0 * a) * p.keep;
+    var v1 = (vel[2u * i + 1u] + f1 * p.scale1 * a) * p.keep;
     let speed2 = dot(v0, v0) + dot(v1, v1);
     if speed2 > p.max_speed * p.max_speed {
         let k = p.max_speed / sqrt(speed2);

@@ -95,7 +95,7 @@ pub mod prelude {
         CommandError, CommandOutcome, CommandQueue, SetValue, SimCommand,
     };
     pub use crate::model::components::*;
-    pub use crate::model::config::{Backend, QuotaError, Quotas, SimConfig};
+    pub use crate::model::config::{Backend, GpuTick, QuotaError, Quotas, SimConfig};
     pub use crate::model::math::{Axis, Vec8};
     pub use crate::plugin::{NeuroGraphPlugin, NeuroGraphPlugins};
     pub use crate::schedule::{SimSystems, SimTick, TickDriver, run_tick};

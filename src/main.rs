@@ -540,6 +540,14 @@ struct RunArgs {
     /// else with the one it was started with; each tick replays on its own.
     #[arg(long, value_name = "BACKEND")]
     backend: Option<neurograph::model::config::Backend>,
+    /// What a GPU backend runs each tick: resident (default: forces,
+    /// integration and the token constraints stay on the device; the CPU reads
+    /// back positions, velocities, densities and link proposals) or assisted
+    /// (the CPU keeps the neighbour lists and integrates; the GPU computes the
+    /// forces). A world whose rows do not fit the device runs assisted, with a
+    /// warning.
+    #[arg(long, value_name = "TICK")]
+    gpu_tick: Option<neurograph::model::config::GpuTick>,
     /// CDNA file (TOML).
     #[arg(long, conflicts_with = "profile")]
     cdna: Option<PathBuf>,
@@ -838,6 +846,9 @@ fn apply_run_flags(args: &RunArgs, config: &mut RunConfig) {
     }
     if let Some(b) = args.backend {
         config.sim.backend = b;
+    }
+    if let Some(t) = args.gpu_tick {
+        config.sim.gpu_tick = t;
     }
     if let Some(s) = args.snapshot_every {
         config.wal.snapshot_every = s;
@@ -1275,13 +1286,18 @@ fn inspect(args: InspectArgs) -> Result<(), String> {
         let ticks = s
             .ticks
             .map_or("-".to_string(), |(a, b)| format!("{a}..={b}"));
+        // Which backend computed the ticks: CPU, GPU forces only (assisted),
+        // the whole tick on the GPU (resident).
+        let cpu = s.records.saturating_sub(s.gpu_ticks);
+        let assisted = s.gpu_ticks.saturating_sub(s.resident_ticks);
         outln!(
-            "  {}  {:>12} B  ticks {:<16} {:>7} records {:>6} commands  {}",
+            "  {}  {:>12} B  ticks {:<16} {:>7} records {:>6} commands  (cpu {cpu}, gpu assisted {assisted}, gpu resident {})  {}",
             s.file,
             s.bytes,
             ticks,
             s.records,
             s.commands,
+            s.resident_ticks,
             s.status
         );
     }

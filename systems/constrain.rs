@@ -6,6 +6,7 @@ use crate::model::components::*;
 use crate::model::math::Vec8;
 use crate::model::registry::{LinkGraph, SpatialDirty};
 use crate::schedule::{SimSystems, SimTick};
+use crate::systems::ForceBuffers;
 use bevy_app::{App, Plugin};
 use bevy_ecs::prelude::*;
 
@@ -46,6 +47,7 @@ pub fn constrain_tokens(
     mut violations: ResMut<CdnaViolations>,
     mut dirty: ResMut<SpatialDirty>,
     cdna: Res<Cdna>,
+    buf: Option<Res<ForceBuffers>>,
 ) {
     crate::profile_system!("constrain_tokens");
     violations.last_tick = Default::default();
@@ -53,6 +55,13 @@ pub fn constrain_tokens(
     let vmax = cdna.physics.max_speed;
     let f = &cdna.field;
     let mut counts = [0u64; ViolationKind::ALL.len()];
+    // A resident GPU tick applied the position and velocity rules on the
+    // device (below they then find nothing to correct): count its corrections.
+    if let Some(out) = buf.as_ref().and_then(|b| b.resident.as_ref()) {
+        counts[ViolationKind::NonFinite as usize] += out.non_finite;
+        counts[ViolationKind::PositionBounds as usize] += out.bounds;
+        counts[ViolationKind::Speed as usize] += out.speed;
+    }
     let mut moved = false;
     for (mut x, mut v, mut q, mut m, mut field) in tokens.iter_mut() {
         if !x.0.is_finite() || !v.0.is_finite() {

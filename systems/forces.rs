@@ -33,12 +33,14 @@ impl Plugin for ForcesPlugin {
 
     fn finish(&self, app: &mut App) {
         if !app.world().contains_resource::<ForceBackend>() {
-            let asked = app
+            let (asked, tick) = app
                 .world()
                 .get_resource::<SimConfig>()
-                .map(|c| c.backend)
+                .map(|c| (c.backend, c.gpu_tick))
                 .unwrap_or_default();
-            app.insert_resource(ForceBackend::resolve(asked));
+            let mut backend = ForceBackend::resolve(asked);
+            backend.set_gpu_tick(tick);
+            app.insert_resource(backend);
         }
     }
 }
@@ -117,6 +119,33 @@ pub struct ForceBuffers {
     /// Whether the GPU computed this tick's forces (journaled with the tick,
     /// so that replay uses the same backend).
     pub gpu_pass: bool,
+    /// What the resident GPU tick left for `Integrate` and `Constrain` when it
+    /// ran this tick (then `Forces`, `Integrate` and the token rules of
+    /// `Constrain` ran on the device; journaled, so that replay does too).
+    pub resident: Option<ResidentOut>,
+}
+
+/// What a resident GPU tick leaves for the CPU stages, slot order (see
+/// [`ForceBuffers::resident`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResidentOut {
+    /// Positions after the tick: `Integrate` writes them to the tokens.
+    pub positions: Vec<Vec8>,
+    /// Velocities after the tick.
+    pub velocities: Vec<Vec8>,
+    /// Token-steps whose speed the integrator capped.
+    pub speed_limited: u64,
+    /// Largest distance a token moved.
+    pub max_step: f32,
+    /// `Constrain`'s corrections on the device: non-finite resets, position
+    /// bounds, speed.
+    pub non_finite: u64,
+    /// See `non_finite`.
+    pub bounds: u64,
+    /// See `non_finite`.
+    pub speed: u64,
+    /// Whether the whole state was uploaded before the tick.
+    pub uploaded: bool,
 }
 
 impl ForceBuffers {
@@ -532,6 +561,9 @@ fn params_of(q: &Charge, m: &Mass, field: &Field) -> TokenParams {
 #[allow(clippy::too_many_arguments)]
 pub fn forces(
     tokens: Query<(&TokenId, &Position, &Charge, &Mass, &Field)>,
+    moving: Query<(&TokenId, &Position, &Velocity, &Charge, &Mass, &Field)>,
+    grouped: Query<(&TokenId, &Mass, &ChildOf)>,
+    groups: Query<&Position, With<crate::geometry::hierarchy::GroupId>>,
     mut buf: ResMut<ForceBuffers>,
     mut dirty: ResMut<SpatialDirty>,
     cdna: Res<Cdna>,
@@ -550,6 +582,34 @@ pub fn forces(
         );
     }
     let buf = &mut *buf;
+    buf.resident = None;
+    #[cfg(feature = "gpu")]
+    if let Some(backend) = backend.as_deref_mut()
+        && !moving.is_empty()
+        && let Some(engine) = backend.resident_mut()
+    {
+        use crate::backend::gpu::GpuError;
+        match resident_pass(buf, &moving, (&grouped, &groups), engine, &cdna, &config, &graph) {
+            Ok(()) => {
+                dirty.0 = false;
+                return;
+            }
+            // The world does not fit the device's bindings: the assisted pass
+            // (which splits its rows) takes over for good.
+            Err(e @ (GpuError::TooLarge { .. } | GpuError::TooManyTokens { .. })) => {
+                backend.refuse_resident(e.to_string())
+            }
+            // A state the device refuses (a non-finite velocity a user system
+            // wrote): this tick runs assisted and `Constrain` repairs it.
+            Err(GpuError::BadInput(e)) => tracing::warn!(
+                target: "neurograph::gpu",
+                "the resident GPU tick refused the state ({e}); this tick computes forces only"
+            ),
+            Err(e) => backend.failed(e.to_string()),
+        }
+    }
+    #[cfg(not(feature = "gpu"))]
+    let _ = (&moving, &grouped, &groups);
     let n = tokens.iter().len();
     let order_changed = buf.gather(&tokens);
     buf.forces.resize(n, Vec8::ZERO);
@@ -627,6 +687,160 @@ pub fn forces(
             proposals,
         );
     });
+}
+
+/// The resident GPU tick of `Forces` (with `Integrate` and `Constrain`'s token
+/// rules, on the device): gathers the tokens in id order (the device's slot
+/// order), hands the state to the [`ResidentEngine`](crate::backend::gpu::ResidentEngine)
+/// (which uploads it only when it is not what the device left), and leaves
+/// the densities, proposals and the new positions and velocities in `buf`.
+#[cfg(feature = "gpu")]
+fn resident_pass(
+    buf: &mut ForceBuffers,
+    tokens: &Query<(&TokenId, &Position, &Velocity, &Charge, &Mass, &Field)>,
+    (grouped, groups): (
+        &Query<(&TokenId, &Mass, &ChildOf)>,
+        &Query<&Position, With<crate::geometry::hierarchy::GroupId>>,
+    ),
+    engine: &mut crate::backend::gpu::ResidentEngine,
+    cdna: &Cdna,
+    config: &SimConfig,
+    graph: &LinkGraph,
+) -> Result<(), crate::backend::gpu::GpuError> {
+    use crate::backend::gpu::resident::ResidentParams;
+    puffin::profile_scope!("gpu_resident");
+    let host = gather_by_id(tokens, engine.ids(), engine.slot_of());
+    if buf.ids != host.ids {
+        buf.ids.clone_from(&host.ids);
+        buf.slot_of = slot_table(&buf.ids);
+        buf.layout += 1;
+    }
+    let pull = group_pulls(grouped, groups, &buf.slot_of, cdna.hierarchy.group_pull);
+    // The CPU's lists are not kept: a later CPU or assisted tick lays the
+    // slots out and builds them again.
+    buf.slot.clear();
+    if buf.neighbors.len() > 0 {
+        buf.neighbors = NeighborList::default();
+        buf.tree = KdTree::default();
+    }
+    buf.travel.path.clear();
+    buf.positions.clone_from(&host.positions);
+    buf.params.clone_from(&host.params);
+    buf.keep_link_table(graph);
+    let g = &cdna.graph;
+    let propose = g.form_within > 0.0 && g.form_within <= buf.min_radius();
+    let max_degree = g.form_max_degree.min(g.max_degree);
+    let proposals = propose.then_some((g.form_within * g.form_within, max_degree));
+    let out = engine.tick(
+        host,
+        ResidentParams::new(cdna, config),
+        &buf.links,
+        proposals,
+        pull,
+    )?;
+    buf.density = out.read.density;
+    buf.forces.clear();
+    buf.nearest = if propose {
+        out.read.nearest
+    } else {
+        Vec::new()
+    };
+    buf.proposed = propose.then_some(g.form_within);
+    buf.stats.pairs = out.read.pairs;
+    buf.gpu_pass = true;
+    buf.resident = Some(ResidentOut {
+        positions: out.read.positions,
+        velocities: out.read.velocities,
+        speed_limited: out.speed_limited,
+        max_step: out.stats.max_step,
+        non_finite: out.non_finite,
+        bounds: out.bounds,
+        speed: out.speed,
+        uploaded: out.loaded,
+    });
+    Ok(())
+}
+
+/// The group pull of every grouped token (`group_pull`'s rule, for the device):
+/// (slot, centre and `k·m`), sorted by slot; empty when `k` is 0.
+#[cfg(feature = "gpu")]
+fn group_pulls(
+    grouped: &Query<(&TokenId, &Mass, &ChildOf)>,
+    groups: &Query<&Position, With<crate::geometry::hierarchy::GroupId>>,
+    slot_of: &[u32],
+    k: f32,
+) -> Vec<(u32, crate::backend::gpu::resident::GroupPull)> {
+    use crate::backend::gpu::resident::GroupPull;
+    if k == 0.0 || grouped.is_empty() {
+        return Vec::new();
+    }
+    puffin::profile_scope!("group_pulls");
+    let mut out: Vec<(u32, GroupPull)> = grouped
+        .iter()
+        .filter_map(|(id, m, parent)| {
+            let s = *slot_of.get(id.0 as usize)?;
+            let c = groups.get(parent.parent()).ok()?;
+            (s != u32::MAX).then_some((
+                s,
+                GroupPull {
+                    centre: c.0,
+                    coefficient: k * m.0,
+                    pad: [0.0; 3],
+                },
+            ))
+        })
+        .collect();
+    out.sort_unstable_by_key(|g| g.0);
+    out
+}
+
+/// The tokens in increasing id order: through `slot_of` when they are the
+/// tokens of `ids`, else sorted afresh.
+#[cfg(feature = "gpu")]
+fn gather_by_id(
+    tokens: &Query<(&TokenId, &Position, &Velocity, &Charge, &Mass, &Field)>,
+    ids: &[TokenId],
+    slot_of: &[u32],
+) -> crate::backend::gpu::HostState {
+    puffin::profile_scope!("gather_by_id");
+    let n = tokens.iter().len();
+    if ids.len() == n {
+        let mut positions = vec![Vec8::ZERO; n];
+        let mut velocities = vec![Vec8::ZERO; n];
+        let mut params = vec![TokenParams::default(); n];
+        // Ids are unique: n of them, each with a slot, fill every slot once.
+        let all = tokens.iter().all(|(id, x, v, q, m, f)| {
+            match slot_of.get(id.0 as usize) {
+                Some(&s) if s != u32::MAX => {
+                    let s = s as usize;
+                    positions[s] = x.0;
+                    velocities[s] = v.0;
+                    params[s] = params_of(q, m, f);
+                    true
+                }
+                _ => false,
+            }
+        });
+        if all {
+            return crate::backend::gpu::HostState {
+                ids: ids.to_vec(),
+                positions,
+                velocities,
+                params,
+            };
+        }
+    }
+    let mut all: Vec<_> = tokens
+        .iter()
+        .map(|(id, x, v, q, m, f)| (*id, x.0, v.0, params_of(q, m, f)))
+        .collect();
+    all.sort_unstable_by_key(|t| t.0);
+    crate::backend::gpu::HostState {
+        ids: all.iter().map(|t| t.0).collect(),
+        positions: all.iter().map(|t| t.1).collect(),
+        velocities: all.iter().map(|t| t.2).collect(),
+        params: all.iter().map(|t| t.3).collect(),
+    }
 }
 
 impl ForceBuffers {

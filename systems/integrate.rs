@@ -74,6 +74,19 @@ pub fn integrate(
         keep: 1.0 - cdna.physics.damping * dt,
         vmax: cdna.physics.max_speed,
     };
+    if let Some(out) = &buf.resident {
+        // The device integrated (and constrained) this tick: its positions
+        // and velocities become the tokens'.
+        for (id, mut x, mut v, _) in tokens.iter_mut() {
+            if let Some(slot) = buf.slot_by_id(*id) {
+                x.0 = out.positions[slot];
+                v.0 = out.velocities[slot];
+            }
+        }
+        stats.speed_limited += out.speed_limited;
+        stats.max_step = out.max_step;
+        return;
+    }
     let mut limited = 0u64;
     let mut max_step = 0.0f32;
     for (id, mut x, mut v, m) in tokens.iter_mut() {

@@ -163,7 +163,9 @@ impl Gathered {
         let mut pos = vec![Vec8::ZERO; n];
         let mut radius = vec![0.0f32; n];
         let mut ids: Vec<TokenId> = Vec::new();
-        let mut slotted = buf.ids.len() == n && buf.neighbors.len() == n;
+        // (The lists may be empty: a resident GPU tick keeps none on the CPU;
+        // `Search` then uses a k-d tree.)
+        let mut slotted = buf.ids.len() == n;
         if slotted {
             // By id: this query may visit the tables in another order than
             // the force stage's.

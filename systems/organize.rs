@@ -553,7 +553,8 @@ pub fn group_pull(
 ) {
     crate::profile_system!("group_pull");
     let k = cdna.hierarchy.group_pull;
-    if k == 0.0 || tokens.is_empty() {
+    // A resident GPU tick applied the pull on the device.
+    if k == 0.0 || tokens.is_empty() || buf.resident.is_some() {
         return;
     }
     let buf = &mut *buf;

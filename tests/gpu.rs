@@ -30,10 +30,14 @@ fn required() -> bool {
     std::env::var("NEUROGRAPH_REQUIRE_GPU").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// The GPU computes the forces only (`gpu_tick = assisted`): these tests
+/// check that pass against the CPU's on the CPU's own buffers.
+/// `gpu_resident.rs` tests the resident tick, `--backend gpu`'s default.
 fn settings(backend: Backend) -> SimSettings {
     SimSettings {
         config: SimConfig {
             backend,
+            gpu_tick: GpuTick::Assisted,
             threads: 2,
             ..Default::default()
         },
@@ -613,7 +617,7 @@ fn run_backend_gpu_json_end_to_end() {
     let common = [
         "run", "--tokens", "1500", "--ticks", "40", "--json", "--quiet",
     ];
-    let gpu = neurograph(&[&common[..], &["--backend", "gpu"]].concat());
+    let gpu = neurograph(&[&common[..], &["--backend", "gpu", "--gpu-tick", "assisted"]].concat());
     assert!(
         gpu.status.success(),
         "{}",
@@ -626,6 +630,8 @@ fn run_backend_gpu_json_end_to_end() {
     assert_eq!(g["backend_requested"], "gpu");
     assert!(g["gpu_adapter"].as_str().is_some_and(|a| !a.is_empty()));
     assert_eq!(g["gpu"]["passes"], 40);
+    assert_eq!(g["gpu_tick"], "assisted");
+    assert!(g["gpu_resident"].is_null());
     // Forces (32 B), proposal and pair count (8 B), density (4 B) per token per tick.
     assert_eq!(g["gpu"]["readback_bytes"], 40 * 1500 * 44);
     assert_eq!(c["backend"], "cpu");

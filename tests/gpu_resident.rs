@@ -24,23 +24,50 @@ fn device() -> Option<GpuResident> {
     }
 }
 
-/// A CPU engine whose tick is only physics: no learning, no link formation,
-/// no hierarchy (the stages the resident tick leaves out).
-fn engine(name: &str, tokens: usize, seed: u64, links: usize) -> Simulation {
+/// A CDNA whose tick is only physics: no learning, no link formation, no
+/// hierarchy.
+fn physics_only() -> Cdna {
     let mut cdna = Cdna::default();
     cdna.graph.learning_rate = 0.0;
     cdna.graph.decay_rate = 0.0;
     cdna.graph.form_within = 0.0;
     cdna.hierarchy.organize_every = 0;
-    let mut sim = Simulation::new(SimSettings {
+    cdna
+}
+
+/// A CPU engine whose tick is only physics (the stages the resident tick
+/// runs on the device).
+fn engine(name: &str, tokens: usize, seed: u64, links: usize) -> Simulation {
+    engine_on(Backend::Cpu, physics_only(), name, tokens, seed, links).expect("valid settings")
+}
+
+/// `name`'s world with `links` links on `backend` under `cdna` (`None`: the
+/// GPU cannot be used here and it is not required).
+fn engine_on(
+    backend: Backend,
+    cdna: Cdna,
+    name: &str,
+    tokens: usize,
+    seed: u64,
+    links: usize,
+) -> Option<Simulation> {
+    let sim = Simulation::new(SimSettings {
         config: SimConfig {
             threads: 2,
+            backend,
             ..Default::default()
         },
         cdna,
         ..Default::default()
-    })
-    .expect("valid settings");
+    });
+    let mut sim = match sim {
+        Ok(sim) => sim,
+        Err(e) if !required() && backend == Backend::Gpu => {
+            eprintln!("SKIPPED: no usable GPU ({e}); set NEUROGRAPH_REQUIRE_GPU=1 to fail instead");
+            return None;
+        }
+        Err(e) => panic!("{e}"),
+    };
     sim.world_mut().insert_resource(SimRng::seeded(seed));
     scenario::find(name)
         .unwrap()
@@ -56,7 +83,7 @@ fn engine(name: &str, tokens: usize, seed: u64, links: usize) -> Simulation {
         })
         .expect("a valid link");
     }
-    sim
+    Some(sim)
 }
 
 /// The engine's state in id order (slot k = the k-th id).
@@ -367,4 +394,280 @@ fn bad_input_is_refused_and_too_large_worlds_are_named() {
         matches!(gpu.step(1), Err(GpuError::BadInput(_))),
         "no world after a refusal"
     );
+}
+
+// ---- The resident tick as the engine's tick (`--backend gpu`) --------------
+
+/// Positions in id order.
+fn positions(sim: &mut Simulation) -> Vec<Vec8> {
+    sim.resident_world().positions
+}
+
+/// Whether `sim`'s last tick ran on the device end to end.
+fn ran_resident(sim: &Simulation) -> bool {
+    sim.world()
+        .resource::<neurograph::systems::ForceBuffers>()
+        .resident
+        .is_some()
+}
+
+/// Steps a CPU and a GPU engine `ticks` times, comparing positions after every
+/// tick; returns the worst error.
+fn lockstep(label: &str, cpu: &mut Simulation, gpu: &mut Simulation, ticks: u32) -> f32 {
+    let mut worst = 0.0f32;
+    for t in 1..=ticks {
+        cpu.step();
+        gpu.step();
+        assert!(ran_resident(gpu), "{label}: tick {t} did not run resident");
+        // A link that forms (or learns past the pruning threshold) on a
+        // near-tie may do so a tick apart: at most one in a thousand.
+        let (a, b) = (cpu.link_count(), gpu.link_count());
+        if a != b {
+            eprintln!("{label}: tick {t}: {a} links on the CPU, {b} on the GPU");
+        }
+        assert!(
+            a.abs_diff(b) * 1000 <= a.max(1),
+            "{label}: tick {t}: {a} links on the CPU, {b} on the GPU"
+        );
+        let e = position_error(&positions(cpu), &positions(gpu));
+        assert!(
+            e <= POSITION_TOLERANCE,
+            "{label}: tick {t}: position error {e:e} > {POSITION_TOLERANCE:e}"
+        );
+        worst = worst.max(e);
+    }
+    worst
+}
+
+/// After every tick, positions are within this of the CPU's, relative to the
+/// world's extent.
+const POSITION_TOLERANCE: f32 = 1e-4;
+
+#[test]
+fn backend_gpu_runs_the_whole_tick_on_the_device_and_agrees_with_the_cpu() {
+    // Physics only, and the engine's default tick: learning (link weights
+    // and link proposals from the device), the hierarchy and its group pull.
+    let cases = [
+        ("clusters", physics_only(), 150, "physics"),
+        ("uniform", physics_only(), 150, "physics"),
+        ("clusters", Cdna::default(), 0, "default"),
+    ];
+    for (name, cdna, links, what) in cases {
+        let label = format!("{name} ({what})");
+        let n = 2000;
+        let mut cpu = engine_on(Backend::Cpu, cdna.clone(), name, n, 5, links).unwrap();
+        let Some(mut gpu) = engine_on(Backend::Gpu, cdna, name, n, 5, links) else {
+            return;
+        };
+        assert_eq!(gpu.backend().active_tick(), Some(GpuTick::Resident));
+        let worst = lockstep(&label, &mut cpu, &mut gpu, 100);
+        let r = gpu.backend().resident().expect("the resident tick ran");
+        let t = r.totals();
+        eprintln!(
+            "{label}: {n} tokens, 100 ticks: worst position error {worst:e}; {} links, {} groups; {} loads, {:.0} B/tick up, {:.0} B/tick back",
+            gpu.link_count(),
+            gpu.world().resource::<neurograph::systems::GroupEntities>().0.len(),
+            t.loads,
+            t.uploaded_bytes as f64 / t.ticks as f64,
+            t.readback_bytes as f64 / t.ticks as f64
+        );
+        assert_eq!(t.ticks, 100);
+        // Nothing but the device changed the tokens: one upload, at the start.
+        assert_eq!(t.loads, 1, "{label}");
+        // Per tick: positions, velocities, densities, proposals and pair
+        // counts (76 B a token) and the 64 B of counters (read once more
+        // for each batch recomputed with longer rows).
+        let regrows = r.gpu().stats().regrows;
+        assert_eq!(
+            t.readback_bytes,
+            100 * (76 * n as u64 + 64) + 64 * regrows,
+            "{label}"
+        );
+        assert_eq!(
+            cpu.world().resource::<neurograph::systems::GroupEntities>().0.len(),
+            gpu.world().resource::<neurograph::systems::GroupEntities>().0.len(),
+            "{label}: groups"
+        );
+    }
+}
+
+#[test]
+fn commands_between_ticks_reach_the_device() {
+    let (name, n) = ("clusters", 1500);
+    let mut cpu = engine(name, n, 9, 100);
+    let Some(mut gpu) = engine_on(Backend::Gpu, physics_only(), name, n, 9, 100) else {
+        return;
+    };
+    lockstep("before", &mut cpu, &mut gpu, 10);
+    let ids = cpu.ids();
+    let spec = TokenSpec::at(Vec8::from_array([0.5; 8]));
+    let edits = [
+        SimCommand::Impulse {
+            id: TokenId(ids[3]),
+            impulse: Vec8::from_array([0.3, -0.2, 0.0, 0.1, 0.0, 0.0, 0.2, 0.0]),
+        },
+        SimCommand::Set {
+            id: TokenId(ids[10]),
+            value: SetValue::Position(Vec8::from_array([1.0; 8])),
+        },
+        SimCommand::Set {
+            id: TokenId(ids[11]),
+            value: SetValue::Charge(-0.5),
+        },
+        SimCommand::Despawn(TokenId(ids[20])),
+        SimCommand::Spawn(spec),
+        SimCommand::Link {
+            a: TokenId(ids[32]),
+            b: TokenId(ids[35]),
+            spec: LinkSpec::new(0.9, 0.4),
+        },
+        SimCommand::Unlink {
+            a: TokenId(ids[0]),
+            b: TokenId(ids[1]),
+        },
+    ];
+    for (k, cmd) in edits.into_iter().enumerate() {
+        cpu.apply(cmd.clone()).expect("valid on the CPU");
+        gpu.apply(cmd).expect("valid on the GPU");
+        lockstep(&format!("after edit {k}"), &mut cpu, &mut gpu, 4);
+    }
+    let t = gpu.backend().resident().unwrap().totals();
+    // The link edits change only links (written without a reload); the
+    // token edits each make the next tick upload the state.
+    assert_eq!(t.loads, 1 + 5, "{t:?}");
+}
+
+#[test]
+fn a_wal_replays_resident_assisted_and_cpu_ticks_each_as_they_ran() {
+    use neurograph::wal;
+    let Some(mut sim) = engine_on(Backend::Gpu, Cdna::default(), "clusters", 800, 3, 0) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = wal::Manifest {
+        format_version: wal::FORMAT_VERSION,
+        sim: sim.world().resource::<SimConfig>().clone(),
+        quotas: Default::default(),
+        run: [("job".to_string(), "resident".to_string())].into(),
+    };
+    wal::create(dir.path(), &manifest, &mut sim, &wal::sync_options(100)).unwrap();
+    sim.run(12);
+    // A command between ticks: journaled, and replayed before the tick.
+    let id = TokenId(sim.ids()[5]);
+    sim.apply(SimCommand::Impulse {
+        id,
+        impulse: Vec8::from_array([0.2; 8]),
+    })
+    .unwrap();
+    sim.run(3);
+    sim.world_mut()
+        .resource_mut::<ForceBackend>()
+        .set_gpu_tick(GpuTick::Assisted);
+    sim.run(4);
+    sim.world_mut()
+        .resource_mut::<ForceBackend>()
+        .set_gpu_tick(GpuTick::Resident);
+    sim.run(4);
+    sim.world_mut()
+        .resource_mut::<ForceBackend>()
+        .failed("simulated device loss".into());
+    sim.run(2);
+    let digest = sim.digest();
+    wal::abandon(&mut sim).unwrap();
+    drop(sim);
+    let info = wal::inspect(dir.path()).unwrap();
+    let count = |f: fn(&wal::SegmentInfo) -> u64| info.segments.iter().map(f).sum::<u64>();
+    assert_eq!(count(|s| s.records), 25);
+    assert_eq!(count(|s| s.gpu_ticks), 23);
+    assert_eq!(count(|s| s.resident_ticks), 19);
+    // From the snapshot of tick 0, every tick replays on what computed it
+    // (the resident ones on a fresh device world) and its digest matches.
+    let rec = wal::recover::<Simulation>(
+        dir.path(),
+        &wal::RecoverOptions {
+            threads: 2,
+            exclusive: false,
+        },
+    )
+    .expect("each tick replays as it ran");
+    assert_eq!(rec.report.snapshot_tick, 0);
+    assert_eq!(rec.report.records_replayed, 25);
+    assert_eq!(rec.report.digest, digest.to_string());
+}
+
+#[test]
+fn a_world_whose_rows_outgrow_a_binding_runs_assisted_and_says_why() {
+    let cdna = physics_only();
+    let Some(mut gpu) = engine_on(Backend::Gpu, cdna.clone(), "clusters", 2000, 4, 0) else {
+        return;
+    };
+    let mut cpu = engine_on(Backend::Cpu, cdna, "clusters", 2000, 4, 0).unwrap();
+    // 128 KiB bindings: the resident rows (2,000 × 64 slots × 4 B) do not
+    // fit; the assisted pass splits its rows over bindings and does.
+    gpu.world_mut()
+        .resource_mut::<ForceBackend>()
+        .gpu_mut()
+        .expect("on the GPU")
+        .context_mut()
+        .limits
+        .max_storage_buffer_binding_size = 128 << 10;
+    for _ in 0..5 {
+        cpu.step();
+        gpu.step();
+    }
+    let b = gpu.backend();
+    assert_eq!(b.active(), Backend::Gpu);
+    assert_eq!(b.active_tick(), Some(GpuTick::Assisted));
+    let why = b.resident_refused().expect("a reason");
+    assert!(why.contains("512000 bytes") && why.contains("131072"), "{why}");
+    assert!(!ran_resident(&gpu));
+    let e = position_error(&positions(&mut cpu), &positions(&mut gpu));
+    assert!(e <= POSITION_TOLERANCE, "{e:e}");
+}
+
+#[cfg(feature = "cli")]
+fn neurograph(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_neurograph"))
+        .args(args)
+        .output()
+        .expect("the CLI runs")
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn run_backend_gpu_is_resident_and_reports_what_crosses_the_bus() {
+    let Some(_) = engine_on(Backend::Gpu, Cdna::default(), "clusters", 10, 1, 0) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let wal = wal.to_str().unwrap();
+    let out = neurograph(&[
+        "run", "--tokens", "1200", "--ticks", "30", "--json", "--quiet", "--backend", "gpu",
+        "--wal", wal, "--snapshot-every", "20",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(j["backend"], "gpu");
+    assert_eq!(j["gpu_tick"], "resident");
+    assert!(j["gpu_resident_refused"].is_null());
+    let r = &j["gpu_resident"];
+    assert_eq!(r["ticks"], 30);
+    let back = r["readback_bytes"].as_u64().unwrap();
+    assert!(back >= 30 * (76 * 1200 + 64), "{r}");
+    assert!(r["loads"].as_u64().unwrap() >= 1, "{r}");
+    // The assisted pass did not run.
+    assert_eq!(j["gpu"]["passes"], 0);
+    let digest = j["digest"].as_str().unwrap().to_string();
+    // The log tags every tick resident; recovery replays ticks 21..30 on the
+    // device from the snapshot of tick 20 and checks each digest.
+    let inspect = neurograph(&["inspect", "--wal", wal]);
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains("gpu resident 30"), "{text}");
+    std::fs::remove_file(dir.path().join("wal/snap-00000000000000000030.snap")).ok();
+    let rec = neurograph(&["recover", "--wal", wal]);
+    let text = String::from_utf8_lossy(&rec.stdout);
+    assert!(rec.status.success(), "{text}{}", String::from_utf8_lossy(&rec.stderr));
+    assert!(text.contains(&format!("recovered tick 30 (digest {digest})")), "{text}");
+    assert!(text.contains("10 records"), "{text}");
 }

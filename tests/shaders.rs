@@ -181,6 +181,10 @@ mod embedded {
             ("lo1", offset_of!(ResidentUniform, lo) + 16),
             ("hi0", offset_of!(ResidentUniform, hi)),
             ("hi1", offset_of!(ResidentUniform, hi) + 16),
+            (
+                "inv_target_density",
+                offset_of!(ResidentUniform, inv_target_density),
+            ),
         ];
         assert_eq!(members.len(), rust.len());
         for (name, offset) in rust {

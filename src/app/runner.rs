@@ -214,6 +214,22 @@ pub struct GpuRunStats {
     pub readback_bytes: u64,
 }
 
+/// What the resident GPU tick did over a run (`--backend gpu`, `gpu_tick`
+/// `resident`).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ResidentRunStats {
+    /// Ticks that ran on the device end to end.
+    pub ticks: u64,
+    /// Uploads of the whole state: the first, and one after each tick whose
+    /// commands (or other host changes) edited tokens.
+    pub loads: u64,
+    /// Bytes written to the device, in all (the loads, changed links).
+    pub uploaded_bytes: u64,
+    /// Bytes read back, in all (76 a token a tick: positions, velocities,
+    /// densities, link proposals; and the counters).
+    pub readback_bytes: u64,
+}
+
 /// The summary of a run; `--json` prints it as one object.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
@@ -296,6 +312,13 @@ pub struct RunSummary {
     pub backend_fallback: Option<String>,
     /// GPU phase totals over the run, when the GPU computed forces.
     pub gpu: Option<GpuRunStats>,
+    /// What the GPU ran in the last tick, when it computed: `resident` (the
+    /// whole physics tick) or `assisted` (forces only).
+    pub gpu_tick: Option<String>,
+    /// Why the resident tick gave way to the assisted one, if it did.
+    pub gpu_resident_refused: Option<String>,
+    /// The resident tick's totals, when it ran.
+    pub gpu_resident: Option<ResidentRunStats>,
     /// The WAL's durability policy, when journaling.
     pub wal_durability: Option<String>,
     /// Bytes written to the WAL (records, headers, snapshots).
@@ -555,7 +578,8 @@ fn continuing_backend(opts: &RunOptions, dir: &Path) -> Result<ForceBackend, Run
         Some(b) => b,
         None => Manifest::load(dir)?.sim.backend,
     };
-    let b = ForceBackend::resolve(asked);
+    let mut b = ForceBackend::resolve(asked);
+    b.set_gpu_tick(opts.config.sim.gpu_tick);
     match b.error() {
         Some(e) => Err(RunError::Sim(SimError::Gpu(format!(
             "{e} (resuming {} on the {} backend{})",
@@ -1210,6 +1234,9 @@ fn summarize(
                 uploaded_bytes: total.uploaded_bytes,
                 readback_bytes: total.readback_bytes,
             }),
+        gpu_tick: sim.backend().active_tick().map(|t| t.name().to_string()),
+        gpu_resident_refused: sim.backend().resident_refused().map(str::to_string),
+        gpu_resident: resident_stats(sim.backend()),
         wal_durability: durability.clone(),
         wal_bytes: wal_stats.bytes,
         wal_fsyncs: wal_stats.fsyncs,
@@ -1355,6 +1382,20 @@ impl RunSummary {
                 g.readback_seconds
             );
         }
+        if let Some(r) = &self.gpu_resident {
+            let per = |b: u64| b as f64 / r.ticks.max(1) as f64;
+            let _ = writeln!(
+                s,
+                "  GPU resident     {:>14}  {} state uploads; per tick {:.0} B up, {:.0} B back",
+                format!("{} ticks", r.ticks),
+                r.loads,
+                per(r.uploaded_bytes),
+                per(r.readback_bytes)
+            );
+        }
+        if let Some(why) = &self.gpu_resident_refused {
+            let _ = writeln!(s, "  GPU tick         {:>14}  ({why})", "assisted");
+        }
     }
 
     /// The world's lines: neighbours, CDNA, memory, links, groups, WAL, panics.
@@ -1443,4 +1484,20 @@ impl RunSummary {
             );
         }
     }
+}
+
+/// The resident tick's totals, when it ran.
+fn resident_stats(backend: &ForceBackend) -> Option<ResidentRunStats> {
+    #[cfg(feature = "gpu")]
+    if let Some(r) = backend.resident() {
+        let t = r.totals();
+        return (t.ticks > 0).then_some(ResidentRunStats {
+            ticks: t.ticks,
+            loads: t.loads,
+            uploaded_bytes: t.uploaded_bytes,
+            readback_bytes: t.readback_bytes,
+        });
+    }
+    let _ = backend;
+    None
 }

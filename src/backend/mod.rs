@@ -15,7 +15,7 @@
 #[cfg(feature = "gpu")]
 pub mod gpu;
 
-use crate::model::config::Backend;
+use crate::model::config::{Backend, GpuTick};
 use bevy_ecs::prelude::*;
 
 /// Wall time of the GPU phases of a pass (or summed over passes), and bytes moved.
@@ -57,6 +57,12 @@ pub struct ForceBackend {
     gpu: Option<Box<crate::backend::gpu::GpuForces>>,
     fallback: Option<String>,
     error: Option<String>,
+    tick: GpuTick,
+    /// The resident tick, opened on the force pass's device at its first use.
+    #[cfg(feature = "gpu")]
+    resident: Option<Box<crate::backend::gpu::ResidentEngine>>,
+    /// Why the resident tick gave way to the assisted one.
+    resident_refused: Option<String>,
 }
 
 impl Default for ForceBackend {
@@ -74,7 +80,83 @@ impl ForceBackend {
             gpu: None,
             fallback: None,
             error: None,
+            tick: GpuTick::Resident,
+            #[cfg(feature = "gpu")]
+            resident: None,
+            resident_refused: None,
         }
+    }
+
+    /// What the GPU runs each tick when it computes (`resident` unless set).
+    pub fn gpu_tick(&self) -> GpuTick {
+        self.tick
+    }
+
+    /// Chooses what the GPU runs each tick from the next one on; choosing
+    /// `resident` again clears an earlier [`resident_refused`](Self::resident_refused).
+    pub fn set_gpu_tick(&mut self, tick: GpuTick) {
+        if tick == GpuTick::Resident {
+            self.resident_refused = None;
+        }
+        self.tick = tick;
+    }
+
+    /// What the GPU runs now: `None` on the CPU; `assisted` after the resident
+    /// tick was refused.
+    pub fn active_tick(&self) -> Option<GpuTick> {
+        (self.active() == Backend::Gpu).then(|| {
+            if self.tick == GpuTick::Resident && self.resident_refused.is_none() {
+                GpuTick::Resident
+            } else {
+                GpuTick::Assisted
+            }
+        })
+    }
+
+    /// Why the resident tick gave way to the assisted one (a world whose rows
+    /// do not fit the device, a device without enough storage bindings).
+    pub fn resident_refused(&self) -> Option<&str> {
+        self.resident_refused.as_deref()
+    }
+
+    /// The resident tick, opened on the force pass's device at its first call
+    /// (`None` when [`active_tick`](Self::active_tick) is not `resident`, or when
+    /// it cannot open: then it is refused, with a warning).
+    #[cfg(feature = "gpu")]
+    pub fn resident_mut(&mut self) -> Option<&mut crate::backend::gpu::ResidentEngine> {
+        if self.active_tick() != Some(GpuTick::Resident) {
+            return None;
+        }
+        if self.resident.is_none() {
+            let ctx = self.gpu.as_ref()?.context().clone();
+            match crate::backend::gpu::ResidentEngine::new(ctx) {
+                Ok(r) => self.resident = Some(Box::new(r)),
+                Err(e) => {
+                    self.refuse_resident(e.to_string());
+                    return None;
+                }
+            }
+        }
+        self.resident.as_deref_mut()
+    }
+
+    /// The resident tick, if it was opened.
+    #[cfg(feature = "gpu")]
+    pub fn resident(&self) -> Option<&crate::backend::gpu::ResidentEngine> {
+        self.resident.as_deref()
+    }
+
+    /// Hands the GPU's ticks to the assisted force pass, saying why.
+    pub fn refuse_resident(&mut self, reason: String) {
+        tracing::warn!(
+            target: "neurograph::gpu",
+            "the resident GPU tick cannot run: {reason}; the GPU computes the forces only (gpu_tick assisted)"
+        );
+        #[cfg(feature = "gpu")]
+        {
+            self.resident = None;
+        }
+        self.resident_refused = Some(reason);
     }
 
     /// Opens what `requested` asks for. Never fails: a GPU that cannot be used
@@ -180,6 +262,7 @@ impl ForceBackend {
         #[cfg(feature = "gpu")]
         {
             self.gpu = None;
+            self.resident = None;
         }
         if self.requested == Backend::Auto {
             tracing::warn!(

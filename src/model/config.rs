@@ -17,6 +17,52 @@ pub struct SimConfig {
     pub threads: usize,
     /// Where `Forces` runs: `cpu` (default), `gpu` or `auto` (see [`Backend`]).
     pub backend: Backend,
+    /// What the GPU runs when it computes: the whole physics tick
+    /// (`resident`, the default) or only the force pass (`assisted`); see
+    /// [`GpuTick`].
+    pub gpu_tick: GpuTick,
+}
+
+/// What a GPU backend runs each tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuTick {
+    /// `Forces`, `Integrate` and the token rules of `Constrain` on the device,
+    /// with positions, velocities, parameters, links and neighbour rows kept
+    /// there across ticks (`backend::gpu::resident`); the CPU reads back what
+    /// its own stages need. A world whose rows do not fit the device falls back
+    /// to `assisted`, with a warning naming the numbers.
+    #[default]
+    Resident,
+    /// The CPU keeps the neighbour lists and integrates; the GPU computes the
+    /// forces of each tick from rows it is sent (`backend::gpu::GpuForces`).
+    Assisted,
+}
+
+impl GpuTick {
+    /// `resident` or `assisted`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuTick::Resident => "resident",
+            GpuTick::Assisted => "assisted",
+        }
+    }
+}
+
+impl std::str::FromStr for GpuTick {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        match s {
+            "resident" => Ok(GpuTick::Resident),
+            "assisted" => Ok(GpuTick::Assisted),
+            other => Err(UnknownName::new(
+                "gpu tick",
+                other,
+                &["resident", "assisted"],
+            )),
+        }
+    }
 }
 
 /// The force backend a run asks for.
@@ -117,6 +163,7 @@ impl Default for SimConfig {
             neighbor_skin: 0.15,
             threads: 0,
             backend: Backend::Cpu,
+            gpu_tick: GpuTick::Resident,
         }
     }
 }

@@ -142,6 +142,12 @@ pub struct TickRecord {
     /// and so `false`, in CPU ticks: their records are as before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gpu: bool,
+    /// The tick ran on the GPU end to end (the resident tick: forces,
+    /// integration and the token constraints on the device), not only its
+    /// forces; set only with `gpu`. Absent, and so `false`, in other ticks:
+    /// their records are as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resident: bool,
 }
 
 /// Encodes a segment header.

@@ -19,6 +19,11 @@ pub struct SegmentInfo {
     pub records: u64,
     /// Commands in them.
     pub commands: u64,
+    /// Records of ticks the GPU computed the forces of (resident ones included).
+    pub gpu_ticks: u64,
+    /// Of those, records of ticks that ran on the GPU end to end (the resident
+    /// tick).
+    pub resident_ticks: u64,
     /// `ok`, or what is wrong: damage, duplicates, records out of order.
     pub status: String,
 }
@@ -77,6 +82,8 @@ pub fn inspect(dir: &Path) -> Result<WalInfo, WalError> {
             ticks: None,
             records: 0,
             commands: 0,
+            gpu_ticks: 0,
+            resident_ticks: 0,
             status: "ok".into(),
         };
         match format::decode_segment_header(&bytes) {
@@ -87,12 +94,15 @@ pub fn inspect(dir: &Path) -> Result<WalInfo, WalError> {
                 if let (Some(a), Some(b)) = (scan.records.first(), scan.records.last()) {
                     seg.ticks = Some((a.tick, b.tick));
                 }
-                seg.commands = scan
+                for r in scan
                     .records
                     .iter()
                     .filter_map(|r| rmp_serde::from_slice::<TickRecord>(r.payload).ok())
-                    .map(|r| r.commands.len() as u64)
-                    .sum();
+                {
+                    seg.commands += r.commands.len() as u64;
+                    seg.gpu_ticks += r.gpu as u64;
+                    seg.resident_ticks += r.resident as u64;
+                }
                 let issues = format::order_issues(&scan.records);
                 if !issues.is_empty() {
                     let list: Vec<String> = issues.iter().map(ToString::to_string).collect();

@@ -62,10 +62,10 @@ impl Journal {
             .then(|| capture(world, Some(digest)));
         // Whether the GPU computed this tick's forces (a pass that failed was
         // redone on the CPU), so that replay uses the same backend.
-        let gpu = world
+        let (gpu, resident) = world
             .get_resource::<ForceBuffers>()
-            .is_some_and(|b| b.gpu_pass);
-        let result = encode_tick(tick, commands, digest, gpu);
+            .map_or((false, false), |b| (b.gpu_pass, b.resident.is_some()));
+        let result = encode_tick(tick, commands, digest, gpu, resident);
         let mut j = world.resource_mut::<Journal>();
         let result = result
             .and_then(|frame| j.writer.append(tick, frame))
@@ -145,11 +145,13 @@ pub fn encode_tick(
     commands: Vec<SimCommand>,
     digest: StateDigest,
     gpu: bool,
+    resident: bool,
 ) -> Result<Vec<u8>, WalError> {
     let record = TickRecord {
         commands,
         digest: digest.0,
         gpu,
+        resident: gpu && resident,
     };
     // The payload is encoded in place after its frame header: one buffer.
     let mut frame = Vec::with_capacity(64);

@@ -558,6 +558,21 @@ pub fn replay_tick<H: Host>(
         }
         world.insert_resource(next);
     }
+    // A GPU tick is replayed as it ran: the whole tick on the device, or its
+    // forces only.
+    if rec.gpu {
+        use crate::model::config::GpuTick;
+        let want = if rec.resident {
+            GpuTick::Resident
+        } else {
+            GpuTick::Assisted
+        };
+        if let Some(mut b) = world.get_resource_mut::<ForceBackend>()
+            && b.active_tick() != Some(want)
+        {
+            b.set_gpu_tick(want);
+        }
+    }
     // Without the `tick` span: a replayed tick is not traced again.
     world.run_schedule(crate::schedule::SimTick);
     if rec.gpu && !world.resource::<ForceBuffers>().gpu_pass {
@@ -568,6 +583,16 @@ pub fn replay_tick<H: Host>(
             .and_then(|b| b.error().or(b.fallback()).map(str::to_string))
             .unwrap_or_else(|| "the tick did not run on the GPU".into());
         return Err(WalError::Backend { tick, reason });
+    }
+    if rec.resident && world.resource::<ForceBuffers>().resident.is_none() {
+        let reason = world
+            .get_resource::<ForceBackend>()
+            .and_then(|b| b.resident_refused().map(str::to_string))
+            .unwrap_or_else(|| "the tick did not run on the GPU end to end".into());
+        return Err(WalError::Backend {
+            tick,
+            reason: format!("it ran on the GPU end to end (resident), replay cannot: {reason}"),
+        });
     }
     let replayed = state_digest(world);
     if replayed.0 != rec.digest || tick_of(world) != tick {

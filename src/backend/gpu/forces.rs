@@ -402,7 +402,7 @@ impl GpuForces {
     /// The device allows fewer storage buffers per stage than the pass binds
     /// ([`GpuError::Device`]), or the shader does not compile on it.
     pub fn new(ctx: GpuContext) -> Result<Self, GpuError> {
-        let errors = DeviceErrors::watch(&ctx);
+        let errors = ctx.errors.clone();
         let storage = BINDINGS.len() as u32 - 1;
         if ctx.limits.max_storage_buffers_per_shader_stage < storage {
             return Err(GpuError::Device {

@@ -3,8 +3,11 @@
 //! the hardware allows. [`GpuForces`] runs the force pass on it;
 //! [`resident::GpuResident`] runs the whole physics tick on it.
 
+mod engine;
 mod forces;
 pub mod resident;
+
+pub use engine::{HostState, ResidentEngine, ResidentTickOut, ResidentTotals};
 
 pub use forces::{
     BINDINGS, BindingAccess, ENTRY_POINTS, ForceInput, GpuForces, GpuParams, GpuTimings,
@@ -70,11 +73,11 @@ pub enum GpuError {
 pub(crate) struct DeviceErrors(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
 impl DeviceErrors {
-    /// Collects `ctx`'s uncaptured errors and its loss.
-    pub(crate) fn watch(ctx: &GpuContext) -> Self {
+    /// Collects `device`'s uncaptured errors and its loss.
+    fn watch(device: &wgpu::Device) -> Self {
         let out = Self::default();
         let errors = out.0.clone();
-        ctx.device
+        device
             .on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
                 tracing::error!(target: "neurograph::gpu", "GPU error: {e}");
                 if let Ok(mut v) = errors.lock() {
@@ -82,7 +85,7 @@ impl DeviceErrors {
                 }
             }));
         let errors = out.0.clone();
-        ctx.device.set_device_lost_callback(move |reason, message| {
+        device.set_device_lost_callback(move |reason, message| {
             if let Ok(mut v) = errors.lock() {
                 v.push(format!("device lost ({reason:?}): {message}"));
             }
@@ -118,7 +121,9 @@ pub enum AdapterPolicy {
     Hardware,
 }
 
-/// An open device.
+/// An open device. Clones share the device, its queue and its error log, so a
+/// force pass and a resident tick can run on one device.
+#[derive(Clone)]
 pub struct GpuContext {
     /// The device.
     pub device: wgpu::Device,
@@ -131,6 +136,9 @@ pub struct GpuContext {
     /// The optional features the device was opened with: timestamp queries
     /// when the adapter has them (for profiling), nothing else.
     pub features: wgpu::Features,
+    /// The device's uncaptured errors and its loss (one log per device: wgpu
+    /// keeps one handler).
+    pub(crate) errors: DeviceErrors,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -203,12 +211,14 @@ impl GpuContext {
             adapter: describe(&info),
             reason: e.to_string(),
         })?;
+        let errors = DeviceErrors::watch(&device);
         Ok(Self {
             device,
             queue,
             info,
             limits,
             features,
+            errors,
         })
     }
 

@@ -57,7 +57,7 @@ use super::forces::GpuParams;
 use super::{DeviceErrors, FORCES_WGSL, GpuContext, GpuError};
 use crate::geometry::spatial::KdTree;
 use crate::model::math::Vec8;
-use crate::physics::{ForceParams, LinkTable, TokenParams};
+use crate::physics::{ForceParams, LinkEnd, LinkTable, TokenParams};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -115,7 +115,7 @@ pub const ENTRY_BINDINGS: [&[u32]; 12] = [
     &[0, 4, 5, 9, 10, 11],
     &[0, 1, 2, 3, 4, 8],
     &[0, 1, 2, 3, 4, 5, 6, 7, 8],
-    &[0, 1, 2, 3, 8, 9, 10],
+    &[0, 1, 2, 3, 8, 9, 10, 14, 15],
 ];
 
 /// Indices of the counters in the flags buffer (the shader's constants).
@@ -173,6 +173,24 @@ pub struct ResidentUniform {
     pub lo: [[f32; 4]; 2],
     /// Upper bounds.
     pub hi: [[f32; 4]; 2],
+    /// `1 / ρ₀` (the group pull fades out at the target density).
+    pub inv_target_density: f32,
+    /// Padding to 16 bytes.
+    pub pad: [u32; 3],
+}
+
+/// One token's group pull, as [`GpuResident::set_group_pull`] takes it: the
+/// `Forces` stage's `group_pull` (`F += k·m·(1 − ρ/ρ₀)₊ · (c − x)`, after
+/// the pair and link forces), on the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct GroupPull {
+    /// The centre `c` of the token's level-1 group.
+    pub centre: Vec8,
+    /// `hierarchy.group_pull · m` (0: the token is in no group).
+    pub coefficient: f32,
+    /// Padding to 48 bytes.
+    pub pad: [f32; 3],
 }
 
 /// The constants of the resident tick.
@@ -334,6 +352,8 @@ struct Buffers {
     aux: wgpu::Buffer,
     rho: wgpu::Buffer,
     links: wgpu::Buffer,
+    /// Per token: its group's centre and `group_pull · m` (three vec4).
+    pull: wgpu::Buffer,
     travel: wgpu::Buffer,
     flags: wgpu::Buffer,
     extra: wgpu::Buffer,
@@ -374,7 +394,9 @@ impl Buffers {
             10 => &self.flags,
             11 => &self.extra,
             12 => &self.list,
-            _ => &self.args,
+            13 => &self.args,
+            14 => &self.rho,
+            _ => &self.pull,
         }
     }
 
@@ -398,12 +420,29 @@ impl Buffers {
             &self.extra,
             &self.list,
             &self.args,
+            &self.pull,
         ]
         .into_iter()
         .chain(&self.backup)
         .map(|b| b.size())
         .sum()
     }
+}
+
+/// What [`GpuResident::read_tick`] reads after a tick, slot order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TickReadback {
+    /// Positions after the tick.
+    pub positions: Vec<Vec8>,
+    /// Velocities after the tick.
+    pub velocities: Vec<Vec8>,
+    /// The tick's local densities `ρ` (at the positions before it).
+    pub density: Vec<f32>,
+    /// Each token's proposed link partner (slot; `u32::MAX` for none) when
+    /// [`set_proposals`](GpuResident::set_proposals) asked for them.
+    pub nearest: Vec<u32>,
+    /// Ordered pairs within their cutoff in the tick (each pair counts twice).
+    pub pairs: u64,
 }
 
 /// A world whose tick runs on the device (see the module docs).
@@ -424,6 +463,14 @@ pub struct GpuResident {
     stats: ResidentStats,
     transfers: Transfers,
     errors: DeviceErrors,
+    /// `Learn`'s proposals: squared formation distance and degree limit.
+    proposals: Option<(f32, u32)>,
+    /// The link ends and per-token link placements on the device, as last
+    /// written (for [`set_links`](Self::set_links) to write only what changed).
+    link_ends: Vec<LinkEnd>,
+    link_places: Vec<[u32; 4]>,
+    /// The group pull on the device, as last written.
+    pull: Vec<GroupPull>,
 }
 
 impl std::fmt::Debug for GpuResident {
@@ -460,7 +507,7 @@ impl GpuResident {
                 ),
             });
         }
-        let errors = DeviceErrors::watch(&ctx);
+        let errors = ctx.errors.clone();
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = |label: &str, src: &'static str| {
             ctx.device
@@ -513,6 +560,10 @@ impl GpuResident {
             stats: ResidentStats::default(),
             transfers: Transfers::default(),
             errors,
+            proposals: None,
+            link_ends: Vec::new(),
+            link_places: Vec::new(),
+            pull: Vec::new(),
         })
     }
 
@@ -664,6 +715,7 @@ impl GpuResident {
             aux: self.storage("pair counts", nn * 8)?,
             rho: self.storage("densities", nn * 4)?,
             links: self.storage("link ends", ends.len() as u64 * 12)?,
+            pull: self.storage("group pull", nn * 48)?,
             travel: self.storage("paths", nn * 4)?,
             flags: self.storage("counters", flag::LEN as u64 * 4)?,
             extra: self.storage("row additions", nn * 4)?,
@@ -695,14 +747,19 @@ impl GpuResident {
         write(&b.pos, bytemuck::cast_slice(state.positions));
         write(&b.vel, bytemuck::cast_slice(state.velocities));
         write(&b.tok, bytemuck::cast_slice(state.params));
+        let places = link_rows(state.links, n);
         write(&b.links, bytemuck::cast_slice(ends));
-        write(&b.rows, bytemuck::cast_slice(&link_rows(state.links, n)));
+        write(&b.rows, bytemuck::cast_slice(&places));
         write(&b.travel, bytemuck::cast_slice(&vec![0f32; n]));
+        write(&b.pull, bytemuck::cast_slice(&vec![GroupPull::default(); n]));
         write(&b.extra, bytemuck::cast_slice(&vec![0u32; n]));
         let mut flags = [0u32; flag::LEN];
         flags[flag::NEXT] = flag::REBUILD;
         write(&b.flags, bytemuck::cast_slice(&flags));
         self.transfers.uploaded += up;
+        self.link_ends = ends.to_vec();
+        self.link_places = places;
+        self.pull = vec![GroupPull::default(); n];
         self.write_uniforms()?;
         self.upload_order(state.positions);
         self.rebind();
@@ -750,18 +807,20 @@ impl GpuResident {
             scale: halves(p.scales),
             lo: halves(p.min_bounds),
             hi: halves(p.max_bounds),
+            inv_target_density: p.forces.inv_target_density,
+            pad: [0; 3],
         };
         let f = GpuParams {
             n: self.n,
             first: 0,
-            propose: 0,
-            max_degree: 0,
+            propose: self.proposals.is_some() as u32,
+            max_degree: self.proposals.map_or(0, |q| q.1),
             groups_x: self.grid.0,
             k_field: p.forces.k_field,
             k_core: p.forces.k_core,
             core_radius: p.forces.core_radius,
             k_link: p.forces.k_link,
-            within2: 0.0,
+            within2: self.proposals.map_or(0.0, |q| q.0),
             k_density: p.forces.k_density,
             inv_target_density: p.forces.inv_target_density,
         };
@@ -1054,6 +1113,153 @@ impl GpuResident {
             .ok_or(GpuError::BadInput("no world loaded".into()))
     }
 
+    /// Has the force pass propose links for `Learn`, as the CPU pass does
+    /// ([`compute_forces_proposing`](crate::systems::compute_forces_proposing)):
+    /// `Some((within², max_degree))`, or `None` for no proposals. Read them
+    /// with [`read_tick`](Self::read_tick).
+    ///
+    /// # Errors
+    /// [`GpuError::BadInput`] when `within²` is not finite and non-negative.
+    pub fn set_proposals(&mut self, proposals: Option<(f32, u32)>) -> Result<(), GpuError> {
+        if let Some((w2, _)) = proposals
+            && !(w2.is_finite() && w2 >= 0.0)
+        {
+            return Err(GpuError::BadInput(format!(
+                "the squared formation distance is {w2}: it must be finite and not negative"
+            )));
+        }
+        if self.proposals != proposals {
+            self.proposals = proposals;
+            if self.bufs.is_some() {
+                self.write_uniforms()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the links of the loaded tokens (`links` by slot, as for
+    /// [`load`](Self::load)). Writes only what changed: the link ends (12
+    /// bytes each) when weights or rest lengths changed, and also every
+    /// token's link placement (16 bytes a token) when links formed or went,
+    /// after which the next tick searches every row again (the placements
+    /// share the rows' buffer).
+    ///
+    /// # Errors
+    /// [`GpuError::BadInput`] when no world is loaded or a link is bad (as for
+    /// `load`); [`GpuError::TooLarge`] when the link ends outgrow a binding.
+    /// On an error the loaded world is unchanged.
+    pub fn set_links(&mut self, links: &LinkTable) -> Result<(), GpuError> {
+        let n = self.n as usize;
+        self.loaded()?;
+        validate_links(links, n)?;
+        let places = link_rows(links, n);
+        let ends = links.ends();
+        let same_ends = bytemuck::cast_slice::<LinkEnd, u8>(ends)
+            == bytemuck::cast_slice::<LinkEnd, u8>(&self.link_ends);
+        let same_places = places == self.link_places;
+        if same_ends && same_places {
+            return Ok(());
+        }
+        let bytes = ends.len() as u64 * 12;
+        let grown = if bytes > self.loaded()?.links.size() {
+            Some(self.storage("link ends", bytes)?)
+        } else {
+            None
+        };
+        let mut up = 0u64;
+        let grew = grown.is_some();
+        let b = self.bufs.as_mut().expect("loaded");
+        if let Some(buffer) = grown {
+            b.links = buffer;
+        }
+        let q = &self.ctx.queue;
+        if !same_ends && !ends.is_empty() {
+            q.write_buffer(&b.links, 0, bytemuck::cast_slice(ends));
+            up += bytes;
+        }
+        if !same_places {
+            q.write_buffer(&b.rows, 0, bytemuck::cast_slice(&places));
+            q.write_buffer(
+                &b.flags,
+                flag::NEXT as u64 * 4,
+                bytemuck::bytes_of(&flag::REBUILD),
+            );
+            up += places.len() as u64 * 16 + 4;
+        }
+        self.transfers.uploaded += up;
+        self.link_ends = ends.to_vec();
+        self.link_places = places;
+        if grew {
+            self.rebind();
+        }
+        Ok(())
+    }
+
+    /// Sets each token's group pull (slot order; all zero at a load). Writes
+    /// the 48 bytes a token only when something changed, so at the
+    /// hierarchy's cadence.
+    ///
+    /// # Errors
+    /// [`GpuError::BadInput`] when no world is loaded, the length is not the
+    /// token count, or a value is not finite.
+    pub fn set_group_pull(&mut self, pull: &[GroupPull]) -> Result<(), GpuError> {
+        let n = self.n as usize;
+        self.loaded()?;
+        if pull.len() != n {
+            return Err(GpuError::BadInput(format!(
+                "{} group pulls for {n} tokens",
+                pull.len()
+            )));
+        }
+        if let Some(i) = pull
+            .iter()
+            .position(|g| !(g.centre.is_finite() && g.coefficient.is_finite()))
+        {
+            return Err(GpuError::BadInput(format!(
+                "slot {i}: the group pull's centre and coefficient must be finite"
+            )));
+        }
+        if bytemuck::cast_slice::<GroupPull, u8>(pull)
+            == bytemuck::cast_slice::<GroupPull, u8>(&self.pull)
+        {
+            return Ok(());
+        }
+        let b = self.loaded()?;
+        if n > 0 {
+            self.ctx
+                .queue
+                .write_buffer(&b.pull, 0, bytemuck::cast_slice(pull));
+        }
+        self.transfers.uploaded += n as u64 * 48;
+        self.pull = pull.to_vec();
+        Ok(())
+    }
+
+    /// What one tick leaves that the CPU stages read (76 bytes a token):
+    /// positions and velocities after it, and its densities, proposals and
+    /// pair count (see [`TickReadback`]).
+    ///
+    /// # Errors
+    /// As [`read_state`](Self::read_state).
+    pub fn read_tick(&mut self) -> Result<TickReadback, GpuError> {
+        let b = self.loaded()?;
+        let (pos, vel, rho, aux) = (b.pos.clone(), b.vel.clone(), b.rho.clone(), b.aux.clone());
+        let n = self.n as u64;
+        let bytes = self.read(&[(&pos, n * 32), (&vel, n * 32), (&rho, n * 4), (&aux, n * 8)])?;
+        let n = n as usize;
+        let (x, rest) = bytes.split_at(n * 32);
+        let (v, rest) = rest.split_at(n * 32);
+        let (r, a) = rest.split_at(n * 4);
+        let aux: Vec<[u32; 2]> = bytemuck::pod_collect_to_vec(a);
+        Ok(TickReadback {
+            positions: bytemuck::pod_collect_to_vec(x),
+            velocities: bytemuck::pod_collect_to_vec(v),
+            density: bytemuck::pod_collect_to_vec(r),
+            nearest: aux.iter().map(|a| a[0]).collect(),
+            pairs: aux.iter().map(|a| a[1] as u64).sum(),
+        })
+    }
+
     /// Positions and velocities, slot order (64 bytes a token cross the bus).
     ///
     /// # Errors
@@ -1303,12 +1509,6 @@ fn validate(state: &ResidentState<'_>, p: &ResidentParams) -> Result<(), GpuErro
             state.params.len()
         ));
     }
-    if !state.links.is_empty() && state.links.rows() != n {
-        return bad(format!(
-            "the link table covers {} tokens, the positions {n}",
-            state.links.rows()
-        ));
-    }
     for (i, (x, v)) in state.positions.iter().zip(state.velocities).enumerate() {
         if !x.is_finite() || !v.is_finite() {
             return bad(format!("slot {i}: position or velocity is not finite"));
@@ -1329,7 +1529,19 @@ fn validate(state: &ResidentState<'_>, p: &ResidentParams) -> Result<(), GpuErro
             ));
         }
     }
-    for e in state.links.ends() {
+    validate_links(state.links, n)
+}
+
+/// Checks a link table against `n` tokens.
+fn validate_links(links: &LinkTable, n: usize) -> Result<(), GpuError> {
+    let bad = |s: String| Err(GpuError::BadInput(s));
+    if !links.is_empty() && links.rows() != n {
+        return bad(format!(
+            "the link table covers {} tokens, the positions {n}",
+            links.rows()
+        ));
+    }
+    for e in links.ends() {
         if e.other as usize >= n {
             return bad(format!(
                 "a link names slot {}, past the {n} tokens",
