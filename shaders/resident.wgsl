@@ -16,6 +16,8 @@
 //   density, main  (forces.wgsl)
 //   integrate      one per token: semi-implicit Euler, then the constraints
 //
+// and, between ticks when links formed or went, `place_links` (one per token).
+//
 // Neighbour search. The host orders the tokens along a k-d tree's leaves (a
 // space-filling order; `perm` holds the slots in that order) at each load and
 // reorder; the order only makes the pruning tight, never the result: each
@@ -155,6 +157,9 @@ struct Box {
 // Per token, three vec4: its group's centre (axes 0..4, 4..8), then
 // (group_pull · m, 0, 0, 0); zero when it is in no group.
 @group(0) @binding(15) var<storage, read> pull: array<vec4<f32>>;
+// Per token: its links' start and count in the link ends (`place_links`
+// copies them into `rows` when links formed or went).
+@group(0) @binding(16) var<storage, read> places: array<vec2<u32>>;
 
 fn finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
@@ -517,4 +522,19 @@ fn integrate(
     pos[2u * i + 1u] = x1;
     vel[2u * i] = v0;
     vel[2u * i + 1u] = v1;
+}
+
+// Between ticks, after the host wrote new link placements: each row's links
+// start and count, leaving its candidates as they are (no search needed).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn place_links(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = invocation(wg, local, p.groups_x);
+    if i >= p.n {
+        return;
+    }
+    let r = rows[i];
+    rows[i] = vec4<u32>(r.x, r.y, places[i].x, places[i].y);
 }

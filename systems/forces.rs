@@ -589,7 +589,15 @@ pub fn forces(
         && let Some(engine) = backend.resident_mut()
     {
         use crate::backend::gpu::GpuError;
-        match resident_pass(buf, &moving, (&grouped, &groups), engine, &cdna, &config, &graph) {
+        match resident_pass(
+            buf,
+            &moving,
+            (&grouped, &groups),
+            engine,
+            &cdna,
+            &config,
+            &graph,
+        ) {
             Ok(()) => {
                 dirty.0 = false;
                 return;
@@ -809,8 +817,9 @@ fn gather_by_id(
         let mut velocities = vec![Vec8::ZERO; n];
         let mut params = vec![TokenParams::default(); n];
         // Ids are unique: n of them, each with a slot, fill every slot once.
-        let all = tokens.iter().all(|(id, x, v, q, m, f)| {
-            match slot_of.get(id.0 as usize) {
+        let all = tokens
+            .iter()
+            .all(|(id, x, v, q, m, f)| match slot_of.get(id.0 as usize) {
                 Some(&s) if s != u32::MAX => {
                     let s = s as usize;
                     positions[s] = x.0;
@@ -819,8 +828,7 @@ fn gather_by_id(
                     true
                 }
                 _ => false,
-            }
-        });
+            });
         if all {
             return crate::backend::gpu::HostState {
                 ids: ids.to_vec(),

@@ -466,7 +466,10 @@ fn backend_gpu_runs_the_whole_tick_on_the_device_and_agrees_with_the_cpu() {
         eprintln!(
             "{label}: {n} tokens, 100 ticks: worst position error {worst:e}; {} links, {} groups; {} loads, {:.0} B/tick up, {:.0} B/tick back",
             gpu.link_count(),
-            gpu.world().resource::<neurograph::systems::GroupEntities>().0.len(),
+            gpu.world()
+                .resource::<neurograph::systems::GroupEntities>()
+                .0
+                .len(),
             t.loads,
             t.uploaded_bytes as f64 / t.ticks as f64,
             t.readback_bytes as f64 / t.ticks as f64
@@ -484,8 +487,14 @@ fn backend_gpu_runs_the_whole_tick_on_the_device_and_agrees_with_the_cpu() {
             "{label}"
         );
         assert_eq!(
-            cpu.world().resource::<neurograph::systems::GroupEntities>().0.len(),
-            gpu.world().resource::<neurograph::systems::GroupEntities>().0.len(),
+            cpu.world()
+                .resource::<neurograph::systems::GroupEntities>()
+                .0
+                .len(),
+            gpu.world()
+                .resource::<neurograph::systems::GroupEntities>()
+                .0
+                .len(),
             "{label}: groups"
         );
     }
@@ -619,7 +628,10 @@ fn a_world_whose_rows_outgrow_a_binding_runs_assisted_and_says_why() {
     assert_eq!(b.active(), Backend::Gpu);
     assert_eq!(b.active_tick(), Some(GpuTick::Assisted));
     let why = b.resident_refused().expect("a reason");
-    assert!(why.contains("512000 bytes") && why.contains("131072"), "{why}");
+    assert!(
+        why.contains("512000 bytes") && why.contains("131072"),
+        "{why}"
+    );
     assert!(!ran_resident(&gpu));
     let e = position_error(&positions(&mut cpu), &positions(&mut gpu));
     assert!(e <= POSITION_TOLERANCE, "{e:e}");
@@ -643,10 +655,25 @@ fn run_backend_gpu_is_resident_and_reports_what_crosses_the_bus() {
     let wal = dir.path().join("wal");
     let wal = wal.to_str().unwrap();
     let out = neurograph(&[
-        "run", "--tokens", "1200", "--ticks", "30", "--json", "--quiet", "--backend", "gpu",
-        "--wal", wal, "--snapshot-every", "20",
+        "run",
+        "--tokens",
+        "1200",
+        "--ticks",
+        "30",
+        "--json",
+        "--quiet",
+        "--backend",
+        "gpu",
+        "--wal",
+        wal,
+        "--snapshot-every",
+        "20",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(j["backend"], "gpu");
     assert_eq!(j["gpu_tick"], "resident");
@@ -667,7 +694,14 @@ fn run_backend_gpu_is_resident_and_reports_what_crosses_the_bus() {
     std::fs::remove_file(dir.path().join("wal/snap-00000000000000000030.snap")).ok();
     let rec = neurograph(&["recover", "--wal", wal]);
     let text = String::from_utf8_lossy(&rec.stdout);
-    assert!(rec.status.success(), "{text}{}", String::from_utf8_lossy(&rec.stderr));
-    assert!(text.contains(&format!("recovered tick 30 (digest {digest})")), "{text}");
+    assert!(
+        rec.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    assert!(
+        text.contains(&format!("recovered tick 30 (digest {digest})")),
+        "{text}"
+    );
     assert!(text.contains("10 records"), "{text}");
 }

@@ -24,7 +24,7 @@
 
 use crate::digest::state_digest;
 use crate::model::commands::CommandError;
-use crate::model::config::{Backend, Quotas, SimConfig, UnknownName};
+use crate::model::config::{Backend, GpuTick, Quotas, SimConfig, UnknownName};
 use crate::observe::puffin_stream::PuffinServerError;
 use crate::scenario::{self, ScenarioParams};
 use crate::sim::{SimError, SimSettings, Simulation};
@@ -1205,6 +1205,53 @@ pub struct GpuBenchSize {
     pub resident: Option<ResidentBench>,
     /// Why the GPU-resident tick did not run this size.
     pub resident_refused: Option<String>,
+    /// The engine's tick under `--backend gpu` (the resident tick, with the
+    /// readback and the stages left on the CPU), timed in turn with the CPU
+    /// and assisted GPU worlds (None: see `engine_refused`).
+    pub engine: Option<EngineBench>,
+    /// Why the engine's resident tick did not run this size.
+    pub engine_refused: Option<String>,
+}
+
+/// The engine's whole tick under `--backend gpu` (`gpu_tick = resident`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EngineBench {
+    /// Median whole tick, seconds.
+    pub tick: f64,
+    /// Median `Forces` stage: the device's tick, its uploads and the readback.
+    pub forces: f64,
+    /// `cpu_tick / tick`.
+    pub tick_speedup: f64,
+    /// Bytes written to the device per timed tick (changed link weights,
+    /// group pulls, state uploads after host edits).
+    pub uploaded_per_tick: f64,
+    /// Bytes read back per timed tick (76 a token, and the counters).
+    pub read_back_per_tick: f64,
+    /// Uploads of the whole state during the timed ticks.
+    pub loads: u64,
+}
+
+/// Whether `sim`'s last tick ran resident, else why not.
+fn engine_resident(sim: &Simulation) -> Result<(), String> {
+    if sim
+        .world()
+        .resource::<crate::systems::ForceBuffers>()
+        .resident
+        .is_some()
+    {
+        return Ok(());
+    }
+    let b = sim.backend();
+    Err(b
+        .resident_refused()
+        .or(b.error())
+        .unwrap_or("the tick did not run resident")
+        .to_string())
+}
+
+/// The resident tick's totals in `sim` (zero without one).
+fn engine_totals(sim: &Simulation) -> crate::backend::ResidentTotals {
+    sim.backend().resident_totals().unwrap_or_default()
 }
 
 /// The GPU-resident tick (`backend::gpu::resident`) at one size.
@@ -1294,11 +1341,11 @@ pub fn gpu_vs_cpu(o: &GpuBenchOptions) -> Result<GpuBenchReport, BenchError> {
     })
 }
 
-/// A world of `bench gpu`: `n` tokens on `backend`, from the warmed-up state
-/// `warm` or the scenario.
+/// A world of `bench gpu`: `n` tokens on `backend` (a GPU running `tick`),
+/// from the warmed-up state `warm` or the scenario.
 fn gpu_bench_world(
     o: &GpuBenchOptions,
-    backend: Backend,
+    (backend, tick): (Backend, GpuTick),
     n: usize,
     warm: Option<&wal::WorldSnapshot>,
 ) -> Result<Simulation, BenchError> {
@@ -1306,6 +1353,7 @@ fn gpu_bench_world(
         config: SimConfig {
             threads: o.threads,
             backend,
+            gpu_tick: tick,
             ..Default::default()
         },
         quotas: bench_quotas(),
@@ -1394,8 +1442,9 @@ fn gpu_bench_size(
     adapter: &mut String,
 ) -> Result<GpuBenchSize, BenchError> {
     let warm = warm_up(&o.scenario, n, 42, o.threads, o.warmup)?;
-    let mut cpu = gpu_bench_world(o, Backend::Cpu, n, warm.as_ref())?;
-    let mut gpu = match gpu_bench_world(o, Backend::Gpu, n, warm.as_ref()) {
+    let world = |backend, tick| gpu_bench_world(o, (backend, tick), n, warm.as_ref());
+    let mut cpu = world(Backend::Cpu, GpuTick::Resident)?;
+    let mut gpu = match world(Backend::Gpu, GpuTick::Assisted) {
         Ok(g) => {
             *adapter = g.backend().adapter().unwrap_or_else(|| "?".into());
             Some(g)
@@ -1409,6 +1458,26 @@ fn gpu_bench_size(
     let start = cpu.resident_world();
     let (first_error, mut refused) = gpu_first_tick(&mut cpu, &mut gpu, adapter.as_str());
     let avg_neighbors = cpu.last_pair_count() as f64 / n.max(1) as f64;
+    // The engine's `--backend gpu` tick (resident), from the same state, its
+    // first tick untimed too.
+    let mut engine_refused = None;
+    let mut eng = match (&gpu, world(Backend::Gpu, GpuTick::Resident)) {
+        (None, _) => None,
+        (Some(_), Ok(mut e)) => {
+            e.step();
+            match engine_resident(&e) {
+                Ok(()) => Some(e),
+                Err(why) => {
+                    engine_refused = Some(why);
+                    None
+                }
+            }
+        }
+        (Some(_), Err(e)) => {
+            engine_refused = Some(e.to_string());
+            None
+        }
+    };
     // Variant 0 is the CPU, 1 the GPU (when there is one): the CPU goes first on
     // even ticks. The first tick ran above, so every timed tick counts. A GPU
     // that fails stops there (its later turns time nothing) and the CPU steps
@@ -1416,12 +1485,25 @@ fn gpu_bench_size(
     let mut cpu_force_times = Vec::new();
     let mut cpu_physics_times = Vec::new();
     let mut samples = GpuSamples::default();
-    let variants = if gpu.is_some() { 2 } else { 1 };
+    let mut engine_forces = Vec::new();
+    let engine_before = eng.as_ref().map(engine_totals).unwrap_or_default();
+    let variants = if gpu.is_some() { 3 } else { 1 };
     let times = interleave(variants, o.ticks, |v, _, lap| {
         if v == 0 {
             lap.time(|| cpu.step());
             cpu_force_times.push(forces_stage(&cpu));
             cpu_physics_times.push(physics_stages(&cpu));
+            return Ok(());
+        }
+        if v == 2 {
+            if let Some(e) = eng.as_mut() {
+                lap.time(|| e.step());
+                engine_forces.push(forces_stage(e));
+                if let Err(why) = engine_resident(e) {
+                    engine_refused = Some(why);
+                    eng = None;
+                }
+            }
             return Ok(());
         }
         let failed = match gpu.as_mut() {
@@ -1440,6 +1522,21 @@ fn gpu_bench_size(
     let mut times = times.into_iter();
     let mut cpu_ticks = times.next().unwrap_or_default();
     let mut gpu_ticks = times.next().unwrap_or_default();
+    let mut engine_ticks = times.next().unwrap_or_default();
+    let engine = eng.as_ref().map(|e| {
+        let t = engine_totals(e);
+        let ticks = (t.ticks - engine_before.ticks).max(1) as f64;
+        let tick = median(&mut engine_ticks);
+        EngineBench {
+            tick,
+            forces: median(&mut engine_forces),
+            tick_speedup: median(&mut cpu_ticks.clone()) / tick,
+            uploaded_per_tick: (t.uploaded_bytes - engine_before.uploaded_bytes) as f64 / ticks,
+            read_back_per_tick: (t.readback_bytes - engine_before.readback_bytes) as f64 / ticks,
+            loads: t.loads - engine_before.loads,
+        }
+    });
+    drop(eng);
     let ran = gpu.is_some();
     let med = |v: &mut Vec<f64>| (ran && !v.is_empty()).then(|| median(v));
     let (cpu_tick, cpu_forces) = (median(&mut cpu_ticks), median(&mut cpu_force_times));
@@ -1459,6 +1556,8 @@ fn gpu_bench_size(
     Ok(GpuBenchSize {
         tokens: n,
         cpu_physics,
+        engine,
+        engine_refused,
         resident,
         resident_refused,
         avg_neighbors,
@@ -1630,6 +1729,46 @@ impl GpuBenchReport {
             );
             if let Some(r) = &z.gpu_refused {
                 let _ = writeln!(s, "{:>9}   GPU: {r}", "");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nThe engine under --backend gpu (the resident tick, with its readback and the stages left on the CPU)\n"
+        );
+        let _ = writeln!(
+            s,
+            "{:>9} | {:>10} | {:>10} {:>10} {:>8} {:>9} | {:>12} {:>12} {:>6}",
+            "tokens",
+            "CPU tick",
+            "GPU tick",
+            "Forces",
+            "tick x",
+            "ticks/s",
+            "up B/tick",
+            "back B/tick",
+            "loads"
+        );
+        for z in &self.sizes {
+            match &z.engine {
+                Some(e) => {
+                    let _ = writeln!(
+                        s,
+                        "{:>9} | {:>10} | {:>10} {:>10} {:>8.2} {:>9.1} | {:>12.0} {:>12.0} {:>6}",
+                        z.tokens,
+                        ms(Some(z.cpu_tick)),
+                        ms(Some(e.tick)),
+                        ms(Some(e.forces)),
+                        e.tick_speedup,
+                        1.0 / e.tick,
+                        e.uploaded_per_tick,
+                        e.read_back_per_tick,
+                        e.loads
+                    );
+                }
+                None => {
+                    let why = z.engine_refused.as_deref().unwrap_or("no GPU");
+                    let _ = writeln!(s, "{:>9} | refused: {why}", z.tokens);
+                }
             }
         }
         self.resident_text(&mut s);

@@ -214,22 +214,6 @@ pub struct GpuRunStats {
     pub readback_bytes: u64,
 }
 
-/// What the resident GPU tick did over a run (`--backend gpu`, `gpu_tick`
-/// `resident`).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct ResidentRunStats {
-    /// Ticks that ran on the device end to end.
-    pub ticks: u64,
-    /// Uploads of the whole state: the first, and one after each tick whose
-    /// commands (or other host changes) edited tokens.
-    pub loads: u64,
-    /// Bytes written to the device, in all (the loads, changed links).
-    pub uploaded_bytes: u64,
-    /// Bytes read back, in all (76 a token a tick: positions, velocities,
-    /// densities, link proposals; and the counters).
-    pub readback_bytes: u64,
-}
-
 /// The summary of a run; `--json` prints it as one object.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
@@ -317,8 +301,11 @@ pub struct RunSummary {
     pub gpu_tick: Option<String>,
     /// Why the resident tick gave way to the assisted one, if it did.
     pub gpu_resident_refused: Option<String>,
-    /// The resident tick's totals, when it ran.
-    pub gpu_resident: Option<ResidentRunStats>,
+    /// The resident tick's totals, when it ran: ticks, whole-state uploads
+    /// (the first, and one after each tick whose commands edited tokens),
+    /// bytes written and read back (76 a token a tick: positions,
+    /// velocities, densities, link proposals; and the counters).
+    pub gpu_resident: Option<crate::backend::ResidentTotals>,
     /// The WAL's durability policy, when journaling.
     pub wal_durability: Option<String>,
     /// Bytes written to the WAL (records, headers, snapshots).
@@ -1236,7 +1223,7 @@ fn summarize(
             }),
         gpu_tick: sim.backend().active_tick().map(|t| t.name().to_string()),
         gpu_resident_refused: sim.backend().resident_refused().map(str::to_string),
-        gpu_resident: resident_stats(sim.backend()),
+        gpu_resident: sim.backend().resident_totals().filter(|t| t.ticks > 0),
         wal_durability: durability.clone(),
         wal_bytes: wal_stats.bytes,
         wal_fsyncs: wal_stats.fsyncs,
@@ -1372,7 +1359,7 @@ impl RunSummary {
                 _ => String::new(),
             }
         );
-        if let Some(g) = &self.gpu {
+        if let Some(g) = self.gpu.as_ref().filter(|g| g.passes > 0) {
             let _ = writeln!(
                 s,
                 "  GPU phases       {:>14}  upload {:.3} s, dispatch {:.3} s, readback {:.3} s",
@@ -1484,20 +1471,4 @@ impl RunSummary {
             );
         }
     }
-}
-
-/// The resident tick's totals, when it ran.
-fn resident_stats(backend: &ForceBackend) -> Option<ResidentRunStats> {
-    #[cfg(feature = "gpu")]
-    if let Some(r) = backend.resident() {
-        let t = r.totals();
-        return (t.ticks > 0).then_some(ResidentRunStats {
-            ticks: t.ticks,
-            loads: t.loads,
-            uploaded_bytes: t.uploaded_bytes,
-            readback_bytes: t.readback_bytes,
-        });
-    }
-    let _ = backend;
-    None
 }

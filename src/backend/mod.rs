@@ -44,6 +44,20 @@ impl GpuTimings {
     }
 }
 
+/// What the resident GPU tick of a [`ForceBackend`] did since it opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ResidentTotals {
+    /// Ticks run on the device.
+    pub ticks: u64,
+    /// Uploads of the whole state (the first, and one after each change the
+    /// device did not make: a command, a user system, a new constant).
+    pub loads: u64,
+    /// Bytes written to the device, in all.
+    pub uploaded_bytes: u64,
+    /// Bytes read back, in all.
+    pub readback_bytes: u64,
+}
+
 /// A force backend set aside while another computes (WAL replay switches
 /// between the backends its records name without reopening a device).
 #[derive(Resource, Debug)]
@@ -138,6 +152,15 @@ impl ForceBackend {
             }
         }
         self.resident.as_deref_mut()
+    }
+
+    /// What the resident tick did since it opened (`None` if it never did).
+    pub fn resident_totals(&self) -> Option<ResidentTotals> {
+        #[cfg(feature = "gpu")]
+        if let Some(r) = &self.resident {
+            return Some(r.totals());
+        }
+        None
     }
 
     /// The resident tick, if it was opened.

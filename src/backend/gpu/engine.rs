@@ -7,6 +7,7 @@ use super::resident::{
     GpuResident, GroupPull, ResidentParams, ResidentState, ResidentStats, TickReadback,
 };
 use super::{GpuContext, GpuError};
+use crate::backend::ResidentTotals;
 use crate::model::components::TokenId;
 use crate::model::math::Vec8;
 use crate::physics::{LinkTable, TokenParams, slot_table};
@@ -61,20 +62,6 @@ pub struct ResidentEngine {
     /// The group pulls on the device (slot, pull), sorted by slot, when set
     /// since the last load.
     pull: Option<Vec<(u32, GroupPull)>>,
-}
-
-/// What a [`ResidentEngine`] did since it opened.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ResidentTotals {
-    /// Ticks run on the device.
-    pub ticks: u64,
-    /// Uploads of the whole state (the first, and one after each change the
-    /// device did not make: a command, a user system, a new constant).
-    pub loads: u64,
-    /// Bytes written to the device, in all.
-    pub uploaded_bytes: u64,
-    /// Bytes read back, in all.
-    pub readback_bytes: u64,
 }
 
 impl std::fmt::Debug for ResidentEngine {

@@ -7,7 +7,7 @@ mod engine;
 mod forces;
 pub mod resident;
 
-pub use engine::{HostState, ResidentEngine, ResidentTickOut, ResidentTotals};
+pub use engine::{HostState, ResidentEngine, ResidentTickOut};
 
 pub use forces::{
     BINDINGS, BindingAccess, ENTRY_POINTS, ForceInput, GpuForces, GpuParams, GpuTimings,
@@ -77,13 +77,12 @@ impl DeviceErrors {
     fn watch(device: &wgpu::Device) -> Self {
         let out = Self::default();
         let errors = out.0.clone();
-        device
-            .on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
-                tracing::error!(target: "neurograph::gpu", "GPU error: {e}");
-                if let Ok(mut v) = errors.lock() {
-                    v.push(e.to_string());
-                }
-            }));
+        device.on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
+            tracing::error!(target: "neurograph::gpu", "GPU error: {e}");
+            if let Ok(mut v) = errors.lock() {
+                v.push(e.to_string());
+            }
+        }));
         let errors = out.0.clone();
         device.set_device_lost_callback(move |reason, message| {
             if let Ok(mut v) = errors.lock() {

@@ -77,7 +77,9 @@ pub const DEFAULT_REORDER_EVERY: u64 = 1000;
 
 /// The resident tick's entry points, in dispatch order per tick (`density` and
 /// `main` are `forces.wgsl`'s, at [`FORCE_ENTRIES`]).
-pub const RESIDENT_ENTRY_POINTS: [&str; 12] = [
+/// The first [`TICK_ENTRIES`] are one tick's; the last, `place_links`, runs
+/// between ticks when links formed or went.
+pub const RESIDENT_ENTRY_POINTS: [&str; 13] = [
     "begin",
     "bounds_blocks",
     "bounds_super",
@@ -90,7 +92,14 @@ pub const RESIDENT_ENTRY_POINTS: [&str; 12] = [
     "density",
     "main",
     "integrate",
+    "place_links",
 ];
+
+/// Dispatches per tick: the first entries of [`RESIDENT_ENTRY_POINTS`].
+pub const TICK_ENTRIES: usize = 12;
+
+/// The index of `place_links` in [`RESIDENT_ENTRY_POINTS`].
+const PLACE_LINKS: usize = 12;
 
 /// The indices in [`RESIDENT_ENTRY_POINTS`] of `forces.wgsl`'s entry points.
 pub const FORCE_ENTRIES: [usize; 2] = [9, 10];
@@ -103,7 +112,7 @@ const INDIRECT_ENTRIES: [usize; 2] = [5, 7];
 /// The bindings each entry of [`RESIDENT_ENTRY_POINTS`] uses, in its own
 /// shader's numbering (its bind group holds these and only these; a test checks
 /// them against the WGSL).
-pub const ENTRY_BINDINGS: [&[u32]; 12] = [
+pub const ENTRY_BINDINGS: [&[u32]; 13] = [
     &[0, 10],
     &[0, 1, 3, 6, 7, 10],
     &[0, 7, 10],
@@ -116,6 +125,7 @@ pub const ENTRY_BINDINGS: [&[u32]; 12] = [
     &[0, 1, 2, 3, 4, 8],
     &[0, 1, 2, 3, 4, 5, 6, 7, 8],
     &[0, 1, 2, 3, 8, 9, 10, 14, 15],
+    &[0, 4, 16],
 ];
 
 /// Indices of the counters in the flags buffer (the shader's constants).
@@ -354,6 +364,8 @@ struct Buffers {
     links: wgpu::Buffer,
     /// Per token: its group's centre and `group_pull · m` (three vec4).
     pull: wgpu::Buffer,
+    /// Per token: its links' start and count (for `place_links`).
+    places: wgpu::Buffer,
     travel: wgpu::Buffer,
     flags: wgpu::Buffer,
     extra: wgpu::Buffer,
@@ -396,7 +408,8 @@ impl Buffers {
             12 => &self.list,
             13 => &self.args,
             14 => &self.rho,
-            _ => &self.pull,
+            15 => &self.pull,
+            _ => &self.places,
         }
     }
 
@@ -421,6 +434,7 @@ impl Buffers {
             &self.list,
             &self.args,
             &self.pull,
+            &self.places,
         ]
         .into_iter()
         .chain(&self.backup)
@@ -716,6 +730,7 @@ impl GpuResident {
             rho: self.storage("densities", nn * 4)?,
             links: self.storage("link ends", ends.len() as u64 * 12)?,
             pull: self.storage("group pull", nn * 48)?,
+            places: self.storage("link placements", nn * 8)?,
             travel: self.storage("paths", nn * 4)?,
             flags: self.storage("counters", flag::LEN as u64 * 4)?,
             extra: self.storage("row additions", nn * 4)?,
@@ -751,7 +766,10 @@ impl GpuResident {
         write(&b.links, bytemuck::cast_slice(ends));
         write(&b.rows, bytemuck::cast_slice(&places));
         write(&b.travel, bytemuck::cast_slice(&vec![0f32; n]));
-        write(&b.pull, bytemuck::cast_slice(&vec![GroupPull::default(); n]));
+        write(
+            &b.pull,
+            bytemuck::cast_slice(&vec![GroupPull::default(); n]),
+        );
         write(&b.extra, bytemuck::cast_slice(&vec![0u32; n]));
         let mut flags = [0u32; flag::LEN];
         flags[flag::NEXT] = flag::REBUILD;
@@ -967,7 +985,7 @@ impl GpuResident {
             self.save(&mut enc);
             clear_counters(&mut enc, &self.loaded()?.flags);
             for _ in 0..ticks {
-                for k in 0..RESIDENT_ENTRY_POINTS.len() {
+                for k in 0..TICK_ENTRIES {
                     self.dispatch(&mut enc, k);
                 }
             }
@@ -1140,9 +1158,9 @@ impl GpuResident {
     /// Replaces the links of the loaded tokens (`links` by slot, as for
     /// [`load`](Self::load)). Writes only what changed: the link ends (12
     /// bytes each) when weights or rest lengths changed, and also every
-    /// token's link placement (16 bytes a token) when links formed or went,
-    /// after which the next tick searches every row again (the placements
-    /// share the rows' buffer).
+    /// token's link placement (8 bytes a token) when links formed or went,
+    /// which `place_links` copies into the rows on the device (their
+    /// candidates stay: no search).
     ///
     /// # Errors
     /// [`GpuError::BadInput`] when no world is loaded or a link is bad (as for
@@ -1177,20 +1195,21 @@ impl GpuResident {
             q.write_buffer(&b.links, 0, bytemuck::cast_slice(ends));
             up += bytes;
         }
-        if !same_places {
-            q.write_buffer(&b.rows, 0, bytemuck::cast_slice(&places));
-            q.write_buffer(
-                &b.flags,
-                flag::NEXT as u64 * 4,
-                bytemuck::bytes_of(&flag::REBUILD),
-            );
-            up += places.len() as u64 * 16 + 4;
+        if !same_places && n > 0 {
+            let pairs: Vec<[u32; 2]> = places.iter().map(|r| [r[2], r[3]]).collect();
+            q.write_buffer(&b.places, 0, bytemuck::cast_slice(&pairs));
+            up += n as u64 * 8;
         }
         self.transfers.uploaded += up;
         self.link_ends = ends.to_vec();
         self.link_places = places;
         if grew {
             self.rebind();
+        }
+        if !same_places && n > 0 {
+            let mut enc = self.encoder();
+            self.dispatch(&mut enc, PLACE_LINKS);
+            self.ctx.queue.submit([enc.finish()]);
         }
         Ok(())
     }
@@ -1395,7 +1414,7 @@ impl GpuResident {
 
     fn timed_by_waits(&mut self) -> Result<KernelTimes, GpuError> {
         let mut out = KernelTimes::default();
-        for (k, name) in RESIDENT_ENTRY_POINTS.iter().enumerate() {
+        for (k, name) in RESIDENT_ENTRY_POINTS.iter().take(TICK_ENTRIES).enumerate() {
             let start = Instant::now();
             let mut enc = self.encoder();
             if k == 0 {
@@ -1410,7 +1429,7 @@ impl GpuResident {
     }
 
     fn timed_by_timestamps(&mut self) -> Result<KernelTimes, GpuError> {
-        let passes = RESIDENT_ENTRY_POINTS.len() as u32;
+        let passes = TICK_ENTRIES as u32;
         let queries = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("neurograph.resident.timestamps"),
             ty: wgpu::QueryType::Timestamp,
@@ -1425,7 +1444,7 @@ impl GpuResident {
         );
         let mut enc = self.encoder();
         clear_counters(&mut enc, &self.loaded()?.flags);
-        for k in 0..RESIDENT_ENTRY_POINTS.len() {
+        for k in 0..TICK_ENTRIES {
             self.dispatch_timed(&mut enc, k, Some((&queries, 2 * k as u32)));
         }
         enc.resolve_query_set(&queries, 0..2 * passes, &resolved, 0);
