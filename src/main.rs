@@ -387,6 +387,10 @@ struct WorldArgs {
     /// this is given).
     #[arg(long)]
     backend: Option<neurograph::model::config::Backend>,
+    /// What a GPU backend runs each tick: resident (default) or assisted
+    /// (see `run --help`).
+    #[arg(long, value_name = "TICK")]
+    gpu_tick: Option<neurograph::model::config::GpuTick>,
 }
 
 #[derive(Args)]
@@ -1404,6 +1408,9 @@ fn world_options(args: &WorldArgs) -> Result<RunOptions, String> {
     let mut config = world_config(args)?;
     if let Some(b) = args.backend {
         config.sim.backend = b;
+    }
+    if let Some(t) = args.gpu_tick {
+        config.sim.gpu_tick = t;
     }
     Ok(RunOptions {
         config,

@@ -554,6 +554,27 @@ fn params_of(q: &Charge, m: &Mass, field: &Field) -> TokenParams {
     }
 }
 
+/// The tokens with what the resident GPU tick reads of them.
+pub type MovingTokens<'w, 's> = Query<
+    'w,
+    's,
+    (
+        &'static TokenId,
+        &'static Position,
+        &'static Velocity,
+        &'static Charge,
+        &'static Mass,
+        &'static Field,
+    ),
+>;
+
+/// The tokens in a group (`group_pull`'s).
+pub type GroupedTokens<'w, 's> = Query<'w, 's, (&'static TokenId, &'static Mass, &'static ChildOf)>;
+
+/// The groups' centres.
+pub type GroupCentres<'w, 's> =
+    Query<'w, 's, &'static Position, With<crate::geometry::hierarchy::GroupId>>;
+
 /// The force system: gathers the tokens, keeps the neighbour lists and the link
 /// table current (on the CPU), then computes the forces on the backend of
 /// [`ForceBackend`] (the CPU without one); a GPU pass that fails is redone on
@@ -561,9 +582,9 @@ fn params_of(q: &Charge, m: &Mass, field: &Field) -> TokenParams {
 #[allow(clippy::too_many_arguments)]
 pub fn forces(
     tokens: Query<(&TokenId, &Position, &Charge, &Mass, &Field)>,
-    moving: Query<(&TokenId, &Position, &Velocity, &Charge, &Mass, &Field)>,
-    grouped: Query<(&TokenId, &Mass, &ChildOf)>,
-    groups: Query<&Position, With<crate::geometry::hierarchy::GroupId>>,
+    moving: MovingTokens,
+    grouped: GroupedTokens,
+    groups: GroupCentres,
     mut buf: ResMut<ForceBuffers>,
     mut dirty: ResMut<SpatialDirty>,
     cdna: Res<Cdna>,
@@ -585,36 +606,16 @@ pub fn forces(
     buf.resident = None;
     #[cfg(feature = "gpu")]
     if let Some(backend) = backend.as_deref_mut()
-        && !moving.is_empty()
-        && let Some(engine) = backend.resident_mut()
-    {
-        use crate::backend::gpu::GpuError;
-        match resident_pass(
+        && resident_tick(
             buf,
+            backend,
             &moving,
             (&grouped, &groups),
-            engine,
-            &cdna,
-            &config,
-            &graph,
-        ) {
-            Ok(()) => {
-                dirty.0 = false;
-                return;
-            }
-            // The world does not fit the device's bindings: the assisted pass
-            // (which splits its rows) takes over for good.
-            Err(e @ (GpuError::TooLarge { .. } | GpuError::TooManyTokens { .. })) => {
-                backend.refuse_resident(e.to_string())
-            }
-            // A state the device refuses (a non-finite velocity a user system
-            // wrote): this tick runs assisted and `Constrain` repairs it.
-            Err(GpuError::BadInput(e)) => tracing::warn!(
-                target: "neurograph::gpu",
-                "the resident GPU tick refused the state ({e}); this tick computes forces only"
-            ),
-            Err(e) => backend.failed(e.to_string()),
-        }
+            (&cdna, &config, &graph),
+        )
+    {
+        dirty.0 = false;
+        return;
     }
     #[cfg(not(feature = "gpu"))]
     let _ = (&moving, &grouped, &groups);
@@ -697,6 +698,43 @@ pub fn forces(
     });
 }
 
+/// Runs the tick on the device when `backend` runs resident ticks; returns
+/// whether it did. When the device refuses, says why and leaves the tick to
+/// the assisted pass (a world too large for its bindings: from now on; a
+/// state it refuses: this tick) or, when it failed, to the CPU.
+#[cfg(feature = "gpu")]
+fn resident_tick(
+    buf: &mut ForceBuffers,
+    backend: &mut ForceBackend,
+    moving: &MovingTokens,
+    grouped: (&GroupedTokens, &GroupCentres),
+    (cdna, config, graph): (&Cdna, &SimConfig, &LinkGraph),
+) -> bool {
+    use crate::backend::gpu::GpuError;
+    if moving.is_empty() {
+        return false;
+    }
+    let Some(engine) = backend.resident_mut() else {
+        return false;
+    };
+    match resident_pass(buf, moving, grouped, engine, cdna, config, graph) {
+        Ok(()) => return true,
+        // The world does not fit the device's bindings: the assisted pass
+        // (which splits its rows) takes over for good.
+        Err(e @ (GpuError::TooLarge { .. } | GpuError::TooManyTokens { .. })) => {
+            backend.refuse_resident(e.to_string())
+        }
+        // A state the device refuses (a non-finite velocity a user system
+        // wrote): this tick runs assisted and `Constrain` repairs it.
+        Err(GpuError::BadInput(e)) => tracing::warn!(
+            target: "neurograph::gpu",
+            "the resident GPU tick refused the state ({e}); this tick computes forces only"
+        ),
+        Err(e) => backend.failed(e.to_string()),
+    }
+    false
+}
+
 /// The resident GPU tick of `Forces` (with `Integrate` and `Constrain`'s token
 /// rules, on the device): gathers the tokens in id order (the device's slot
 /// order), hands the state to the [`ResidentEngine`](crate::backend::gpu::ResidentEngine)
@@ -705,11 +743,8 @@ pub fn forces(
 #[cfg(feature = "gpu")]
 fn resident_pass(
     buf: &mut ForceBuffers,
-    tokens: &Query<(&TokenId, &Position, &Velocity, &Charge, &Mass, &Field)>,
-    (grouped, groups): (
-        &Query<(&TokenId, &Mass, &ChildOf)>,
-        &Query<&Position, With<crate::geometry::hierarchy::GroupId>>,
-    ),
+    tokens: &MovingTokens,
+    (grouped, groups): (&GroupedTokens, &GroupCentres),
     engine: &mut crate::backend::gpu::ResidentEngine,
     cdna: &Cdna,
     config: &SimConfig,
@@ -727,7 +762,7 @@ fn resident_pass(
     // The CPU's lists are not kept: a later CPU or assisted tick lays the
     // slots out and builds them again.
     buf.slot.clear();
-    if buf.neighbors.len() > 0 {
+    if !buf.neighbors.is_empty() {
         buf.neighbors = NeighborList::default();
         buf.tree = KdTree::default();
     }
@@ -773,8 +808,8 @@ fn resident_pass(
 /// (slot, centre and `k·m`), sorted by slot; empty when `k` is 0.
 #[cfg(feature = "gpu")]
 fn group_pulls(
-    grouped: &Query<(&TokenId, &Mass, &ChildOf)>,
-    groups: &Query<&Position, With<crate::geometry::hierarchy::GroupId>>,
+    grouped: &GroupedTokens,
+    groups: &GroupCentres,
     slot_of: &[u32],
     k: f32,
 ) -> Vec<(u32, crate::backend::gpu::resident::GroupPull)> {
@@ -806,7 +841,7 @@ fn group_pulls(
 /// tokens of `ids`, else sorted afresh.
 #[cfg(feature = "gpu")]
 fn gather_by_id(
-    tokens: &Query<(&TokenId, &Position, &Velocity, &Charge, &Mass, &Field)>,
+    tokens: &MovingTokens,
     ids: &[TokenId],
     slot_of: &[u32],
 ) -> crate::backend::gpu::HostState {

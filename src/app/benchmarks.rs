@@ -1231,6 +1231,58 @@ pub struct EngineBench {
     pub loads: u64,
 }
 
+/// The bare resident tick's section of `bench gpu`, from `start`.
+#[cfg(feature = "gpu")]
+fn resident_section(
+    o: &GpuBenchOptions,
+    start: &crate::backend::gpu::resident::ResidentWorld,
+    cpu_physics: f64,
+) -> (Option<ResidentBench>, Option<String>) {
+    match o.resident_ticks {
+        0 => (None, Some("not asked for (--resident-ticks 0)".into())),
+        ticks => match resident_bench(start, ticks, cpu_physics) {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+    }
+}
+
+/// The engine world of `bench gpu` after its first (untimed) tick, or why it
+/// did not run resident.
+fn engine_world(world: Result<Simulation, BenchError>) -> (Option<Simulation>, Option<String>) {
+    match world {
+        Ok(mut e) => {
+            e.step();
+            match engine_resident(&e) {
+                Ok(()) => (Some(e), None),
+                Err(why) => (None, Some(why)),
+            }
+        }
+        Err(e) => (None, Some(e.to_string())),
+    }
+}
+
+/// The engine's figures over the timed ticks (`before`: its totals before them).
+fn engine_bench(
+    e: &Simulation,
+    before: crate::backend::ResidentTotals,
+    ticks: &mut [f64],
+    forces: &mut [f64],
+    cpu_ticks: &[f64],
+) -> EngineBench {
+    let t = engine_totals(e);
+    let n = (t.ticks - before.ticks).max(1) as f64;
+    let tick = median(ticks);
+    EngineBench {
+        tick,
+        forces: median(forces),
+        tick_speedup: median(&mut cpu_ticks.to_vec()) / tick,
+        uploaded_per_tick: (t.uploaded_bytes - before.uploaded_bytes) as f64 / n,
+        read_back_per_tick: (t.readback_bytes - before.readback_bytes) as f64 / n,
+        loads: t.loads - before.loads,
+    }
+}
+
 /// Whether `sim`'s last tick ran resident, else why not.
 fn engine_resident(sim: &Simulation) -> Result<(), String> {
     if sim
@@ -1458,30 +1510,15 @@ fn gpu_bench_size(
     let start = cpu.resident_world();
     let (first_error, mut refused) = gpu_first_tick(&mut cpu, &mut gpu, adapter.as_str());
     let avg_neighbors = cpu.last_pair_count() as f64 / n.max(1) as f64;
-    // The engine's `--backend gpu` tick (resident), from the same state, its
-    // first tick untimed too.
-    let mut engine_refused = None;
-    let mut eng = match (&gpu, world(Backend::Gpu, GpuTick::Resident)) {
-        (None, _) => None,
-        (Some(_), Ok(mut e)) => {
-            e.step();
-            match engine_resident(&e) {
-                Ok(()) => Some(e),
-                Err(why) => {
-                    engine_refused = Some(why);
-                    None
-                }
-            }
-        }
-        (Some(_), Err(e)) => {
-            engine_refused = Some(e.to_string());
-            None
-        }
+    // The engine's `--backend gpu` tick (resident), from the same state.
+    let (mut eng, mut engine_refused) = match &gpu {
+        Some(_) => engine_world(world(Backend::Gpu, GpuTick::Resident)),
+        None => (None, None),
     };
-    // Variant 0 is the CPU, 1 the GPU (when there is one): the CPU goes first on
-    // even ticks. The first tick ran above, so every timed tick counts. A GPU
-    // that fails stops there (its later turns time nothing) and the CPU steps
-    // on alone.
+    // Variant 0 is the CPU, 1 the assisted GPU and 2 the engine's resident
+    // tick (when there is a GPU), each first in turn. The first tick ran
+    // above, so every timed tick counts. A GPU world that fails stops there
+    // (its later turns time nothing) and the others step on.
     let mut cpu_force_times = Vec::new();
     let mut cpu_physics_times = Vec::new();
     let mut samples = GpuSamples::default();
@@ -1524,17 +1561,13 @@ fn gpu_bench_size(
     let mut gpu_ticks = times.next().unwrap_or_default();
     let mut engine_ticks = times.next().unwrap_or_default();
     let engine = eng.as_ref().map(|e| {
-        let t = engine_totals(e);
-        let ticks = (t.ticks - engine_before.ticks).max(1) as f64;
-        let tick = median(&mut engine_ticks);
-        EngineBench {
-            tick,
-            forces: median(&mut engine_forces),
-            tick_speedup: median(&mut cpu_ticks.clone()) / tick,
-            uploaded_per_tick: (t.uploaded_bytes - engine_before.uploaded_bytes) as f64 / ticks,
-            read_back_per_tick: (t.readback_bytes - engine_before.readback_bytes) as f64 / ticks,
-            loads: t.loads - engine_before.loads,
-        }
+        engine_bench(
+            e,
+            engine_before,
+            &mut engine_ticks,
+            &mut engine_forces,
+            &cpu_ticks,
+        )
     });
     drop(eng);
     let ran = gpu.is_some();
@@ -1544,13 +1577,7 @@ fn gpu_bench_size(
     drop(gpu);
     let cpu_physics = median(&mut cpu_physics_times);
     #[cfg(feature = "gpu")]
-    let (resident, resident_refused) = match o.resident_ticks {
-        0 => (None, Some("not asked for (--resident-ticks 0)".into())),
-        ticks => match resident_bench(&start, ticks, cpu_physics) {
-            Ok(r) => (Some(r), None),
-            Err(e) => (None, Some(e.to_string())),
-        },
-    };
+    let (resident, resident_refused) = resident_section(o, &start, cpu_physics);
     #[cfg(not(feature = "gpu"))]
     let (resident, resident_refused) = (None, Some("built without the `gpu` feature".into()));
     Ok(GpuBenchSize {

@@ -1210,17 +1210,7 @@ fn summarize(
         backend: sim.backend().active().name().to_string(),
         gpu_adapter: sim.backend().adapter(),
         backend_fallback: sim.backend().fallback().map(str::to_string),
-        gpu: sim
-            .backend()
-            .gpu_timings()
-            .map(|(_, total, passes)| GpuRunStats {
-                passes,
-                upload_seconds: total.upload,
-                dispatch_seconds: total.dispatch,
-                readback_seconds: total.readback,
-                uploaded_bytes: total.uploaded_bytes,
-                readback_bytes: total.readback_bytes,
-            }),
+        gpu: gpu_run_stats(sim.backend()),
         gpu_tick: sim.backend().active_tick().map(|t| t.name().to_string()),
         gpu_resident_refused: sim.backend().resident_refused().map(str::to_string),
         gpu_resident: sim.backend().resident_totals().filter(|t| t.ticks > 0),
@@ -1471,4 +1461,16 @@ impl RunSummary {
             );
         }
     }
+}
+
+/// The assisted GPU pass's totals over a run, when the GPU computed forces.
+fn gpu_run_stats(backend: &ForceBackend) -> Option<GpuRunStats> {
+    backend.gpu_timings().map(|(_, total, passes)| GpuRunStats {
+        passes,
+        upload_seconds: total.upload,
+        dispatch_seconds: total.dispatch,
+        readback_seconds: total.readback,
+        uploaded_bytes: total.uploaded_bytes,
+        readback_bytes: total.readback_bytes,
+    })
 }

@@ -193,6 +193,7 @@ struct Seen {
     gpu_problem: bool,
     /// GPU passes seen, so each pass's phases are recorded once.
     gpu_passes: u64,
+    resident: crate::backend::ResidentTotals,
     organized: Option<u64>,
     events: GroupEvents,
     levels: usize,
@@ -402,6 +403,14 @@ fn record_events(f: &Figures, news: &TickNews, seen: &mut Seen, bb: &mut BlackBo
                         format!("backend auto runs on the CPU: {fb}"),
                     )
                 })
+            })
+            .or_else(|| {
+                b.resident_refused().map(|why| {
+                    (
+                        EventKind::Note,
+                        format!("the GPU computes forces only (gpu_tick assisted): {why}"),
+                    )
+                })
             });
         if let Some((kind, text)) = problem
             && !seen.gpu_problem
@@ -523,6 +532,24 @@ fn emit_figures(
             .increment(last.uploaded_bytes);
         counter!(metrics::GPU_TRANSFER_BYTES_TOTAL, "direction" => "readback")
             .increment(last.readback_bytes);
+    }
+    if let Some(t) = f.backend.as_ref().and_then(|b| b.resident_totals()) {
+        let was = std::mem::replace(&mut seen.resident, t);
+        // A new resident engine (a backend swapped by replay) counts from 0.
+        let was = if t.ticks < was.ticks {
+            Default::default()
+        } else {
+            was
+        };
+        if t.ticks > was.ticks {
+            counter!(metrics::GPU_RESIDENT_TICKS_TOTAL).increment(t.ticks - was.ticks);
+            counter!(metrics::GPU_RESIDENT_LOADS_TOTAL)
+                .increment(t.loads.saturating_sub(was.loads));
+            counter!(metrics::GPU_TRANSFER_BYTES_TOTAL, "direction" => "upload")
+                .increment(t.uploaded_bytes.saturating_sub(was.uploaded_bytes));
+            counter!(metrics::GPU_TRANSFER_BYTES_TOTAL, "direction" => "readback")
+                .increment(t.readback_bytes.saturating_sub(was.readback_bytes));
+        }
     }
     counter!(metrics::TICKS_TOTAL).increment(1);
     gauge!(metrics::TICK).set(news.tick as f64);

@@ -109,6 +109,8 @@ catalogue! {
     INFO = "neurograph_info", Gauge, ["version"], "Always 1; the label names the version.", from "`install_prometheus`";
     GPU_PHASE_SECONDS = "neurograph_gpu_phase_seconds", Histogram, ["phase"], "Seconds of a GPU force pass phase (upload, dispatch, readback); only with the GPU backend.";
     GPU_TRANSFER_BYTES_TOTAL = "neurograph_gpu_transfer_bytes_total", Counter, ["direction"], "Bytes moved to and from the GPU (upload, readback); only with the GPU backend.";
+    GPU_RESIDENT_TICKS_TOTAL = "neurograph_gpu_resident_ticks_total", Counter, [], "Ticks that ran on the GPU end to end (the resident tick); only with the GPU backend.";
+    GPU_RESIDENT_LOADS_TOTAL = "neurograph_gpu_resident_loads_total", Counter, [], "Uploads of the whole state to the resident tick (the first, and after each host edit of tokens).";
 }
 
 /// The catalogue as the Markdown table of `docs/observability.md`.
