@@ -1132,7 +1132,7 @@ impl GpuResident {
     }
 
     /// Has the force pass propose links for `Learn`, as the CPU pass does
-    /// ([`compute_forces_proposing`](crate::systems::compute_forces_proposing)):
+    /// ([`compute_forces_proposing`](crate::systems::forces::compute_forces_proposing)):
     /// `Some((within², max_degree))`, or `None` for no proposals. Read them
     /// with [`read_tick`](Self::read_tick).
     ///
