@@ -104,6 +104,11 @@ pub fn measure(world: &World) -> MemoryReport {
     if let Some(g) = world.get_resource::<LinkGraph>() {
         structures.push((LINK_GRAPH, g.heap_bytes()));
     }
+    if let Some(b) = world.get_resource::<crate::backend::ForceBackend>()
+        && let Some(bytes) = b.resident_host_bytes()
+    {
+        structures.push(("GPU resident tick (host copies)", bytes));
+    }
     if let Some(h) = world.get_resource::<Hierarchy>() {
         structures.push(("hierarchy", h.heap_bytes()));
     }

@@ -1,15 +1,19 @@
-//! Which backend computes the `Forces` stage: the [`ForceBackend`] resource.
+//! Which backend computes the physics of a tick: the [`ForceBackend`] resource.
 //!
 //! The choice comes from [`SimConfig::backend`](crate::model::config::SimConfig) (CLI
-//! `--backend cpu|gpu|auto`); embedders may insert their own `ForceBackend`
-//! before adding the plugins. Either backend writes the same
-//! [`ForceBuffers`](crate::systems::ForceBuffers), so nothing downstream knows
-//! which one ran.
+//! `--backend cpu|gpu|auto`) and, on a GPU, [`SimConfig::gpu_tick`](crate::model::config::SimConfig)
+//! (`--gpu-tick resident|assisted`); embedders may insert their own `ForceBackend`
+//! before adding the plugins. On the CPU and the assisted GPU tick the `Forces`
+//! stage fills [`ForceBuffers`](crate::systems::ForceBuffers) and `Integrate`
+//! moves the tokens; on the resident GPU tick the device runs `Forces`,
+//! `Integrate` and `Constrain`'s token rules, and `Integrate` writes back its
+//! positions and velocities (`ForceBuffers::resident`). The later stages read
+//! the same components either way, so nothing downstream knows which ran.
 //!
 //! | asked | GPU usable | runs | on failure |
 //! |-------|-----------|------|------------|
 //! | `cpu` | —         | CPU  | — |
-//! | `gpu` | any adapter, software (lavapipe) included | GPU | setup: [`SimError::Gpu`](crate::sim::SimError); at run time: that tick and later ones on the CPU, [`error`](ForceBackend::error) set (the runner stops) |
+//! | `gpu` | any adapter, software (lavapipe) included | GPU: resident (default) or assisted | setup: [`SimError::Gpu`](crate::sim::SimError); at run time: that tick and later ones on the CPU, [`error`](ForceBackend::error) set (the runner stops); a world too large for the resident tick: assisted, [`resident_refused`](ForceBackend::resident_refused) set |
 //! | `auto`| hardware adapters only | GPU, else CPU with a warning | the CPU from then on, with a warning |
 
 #[cfg(feature = "gpu")]
@@ -159,6 +163,16 @@ impl ForceBackend {
         #[cfg(feature = "gpu")]
         if let Some(r) = &self.resident {
             return Some(r.totals());
+        }
+        None
+    }
+
+    /// Host bytes the resident tick keeps (its copies of what the device
+    /// holds), if it was opened.
+    pub fn resident_host_bytes(&self) -> Option<u64> {
+        #[cfg(feature = "gpu")]
+        if let Some(r) = &self.resident {
+            return Some(r.host_bytes());
         }
         None
     }

@@ -112,6 +112,21 @@ impl ResidentEngine {
         }
     }
 
+    /// Bytes on the host: the copies of the ids, positions, velocities,
+    /// parameters, links and group pulls on the device.
+    pub fn host_bytes(&self) -> u64 {
+        fn cap<T>(v: &Vec<T>) -> u64 {
+            (v.capacity() * size_of::<T>()) as u64
+        }
+        cap(&self.ids)
+            + cap(&self.slot_of)
+            + cap(&self.positions)
+            + cap(&self.velocities)
+            + cap(&self.params)
+            + self.pull.as_ref().map_or(0, cap)
+            + self.gpu.host_bytes()
+    }
+
     /// The ids on the device, increasing (empty before the first tick).
     pub fn ids(&self) -> &[TokenId] {
         &self.ids

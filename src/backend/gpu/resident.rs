@@ -581,6 +581,14 @@ impl GpuResident {
         })
     }
 
+    /// Bytes on the host: the copies of the link ends, link placements and
+    /// group pulls last written to the device.
+    pub fn host_bytes(&self) -> u64 {
+        (self.link_ends.capacity() * size_of::<LinkEnd>()
+            + self.link_places.capacity() * 16
+            + self.pull.capacity() * size_of::<GroupPull>()) as u64
+    }
+
     /// The device.
     pub fn context(&self) -> &GpuContext {
         &self.ctx
