@@ -851,11 +851,12 @@ fn gather_by_id(
         let mut positions = vec![Vec8::ZERO; n];
         let mut velocities = vec![Vec8::ZERO; n];
         let mut params = vec![TokenParams::default(); n];
-        // Ids are unique: n of them, each with a slot, fill every slot once.
+        // n tokens, each with a slot no other took, fill every slot once.
+        let mut taken = vec![false; n];
         let all = tokens
             .iter()
             .all(|(id, x, v, q, m, f)| match slot_of.get(id.0 as usize) {
-                Some(&s) if s != u32::MAX => {
+                Some(&s) if s != u32::MAX && !std::mem::replace(&mut taken[s as usize], true) => {
                     let s = s as usize;
                     positions[s] = x.0;
                     velocities[s] = v.0;

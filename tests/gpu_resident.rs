@@ -705,3 +705,47 @@ fn run_backend_gpu_is_resident_and_reports_what_crosses_the_bus() {
     );
     assert!(text.contains("10 records"), "{text}");
 }
+
+#[cfg(feature = "cli")]
+#[test]
+fn a_resumed_run_goes_on_with_the_gpu_tick_its_wal_started_with() {
+    let Some(_) = engine_on(Backend::Gpu, Cdna::default(), "clusters", 10, 1, 0) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let wal = wal.to_str().unwrap();
+    let run = |extra: &[&str], ticks: &str| {
+        let out = neurograph(
+            &[
+                &[
+                    "run", "--tokens", "600", "--ticks", ticks, "--json", "--quiet", "--wal", wal,
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+    };
+    let first = run(&["--backend", "gpu", "--gpu-tick", "assisted"], "5");
+    assert_eq!(first["gpu_tick"], "assisted");
+    let manifest = std::fs::read_to_string(dir.path().join("wal/manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"gpu_tick\": \"assisted\""),
+        "{manifest}"
+    );
+    // No flag: the manifest's backend and GPU tick.
+    let resumed = run(&[], "9");
+    assert_eq!(resumed["final_tick"], 9);
+    assert_eq!(resumed["backend"], "gpu");
+    assert_eq!(resumed["gpu_tick"], "assisted");
+    // A backend named on the command brings its own GPU tick (the default).
+    let again = run(&["--backend", "gpu"], "12");
+    assert_eq!(again["gpu_tick"], "resident");
+    assert_eq!(again["gpu_resident"]["ticks"], 3);
+}

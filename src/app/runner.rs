@@ -296,8 +296,9 @@ pub struct RunSummary {
     pub backend_fallback: Option<String>,
     /// GPU phase totals over the run, when the GPU computed forces.
     pub gpu: Option<GpuRunStats>,
-    /// What the GPU ran in the last tick, when it computed: `resident` (the
-    /// whole physics tick) or `assisted` (forces only).
+    /// What the GPU runs at the end of the run, when it computes: `resident`
+    /// (the whole physics tick) or `assisted` (forces only: asked for, or the
+    /// resident tick was refused).
     pub gpu_tick: Option<String>,
     /// Why the resident tick gave way to the assisted one, if it did.
     pub gpu_resident_refused: Option<String>,
@@ -561,12 +562,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
 /// command asks for, else the one the WAL started with. Opened before recovery,
 /// so that a GPU that cannot start stops the run before the WAL is touched.
 fn continuing_backend(opts: &RunOptions, dir: &Path) -> Result<ForceBackend, RunError> {
-    let asked = match opts.backend {
-        Some(b) => b,
-        None => Manifest::load(dir)?.sim.backend,
+    // Both from the command when it names a backend, else from the manifest.
+    let (asked, tick) = match opts.backend {
+        Some(b) => (b, opts.config.sim.gpu_tick),
+        None => {
+            let sim = Manifest::load(dir)?.sim;
+            (sim.backend, sim.gpu_tick)
+        }
     };
     let mut b = ForceBackend::resolve(asked);
-    b.set_gpu_tick(opts.config.sim.gpu_tick);
+    b.set_gpu_tick(tick);
     match b.error() {
         Some(e) => Err(RunError::Sim(SimError::Gpu(format!(
             "{e} (resuming {} on the {} backend{})",

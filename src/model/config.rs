@@ -19,7 +19,9 @@ pub struct SimConfig {
     pub backend: Backend,
     /// What the GPU runs when it computes: the whole physics tick
     /// (`resident`, the default) or only the force pass (`assisted`); see
-    /// [`GpuTick`].
+    /// [`GpuTick`]. Written to a WAL manifest only when not the default, so
+    /// that manifests of other runs read as before.
+    #[serde(skip_serializing_if = "GpuTick::is_resident")]
     pub gpu_tick: GpuTick,
 }
 
@@ -40,6 +42,11 @@ pub enum GpuTick {
 }
 
 impl GpuTick {
+    /// Whether this is the default, `resident`.
+    pub fn is_resident(&self) -> bool {
+        *self == GpuTick::Resident
+    }
+
     /// `resident` or `assisted`.
     pub fn name(self) -> &'static str {
         match self {

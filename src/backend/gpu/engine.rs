@@ -174,7 +174,7 @@ impl ResidentEngine {
         let in_sync = self.loaded
             && self.gpu.len() == host.ids.len()
             && self.ids == host.ids
-            && self.constants == Some(constants)
+            && self.constants.map(|c| c.bits()) == Some(constants.bits())
             && same_bits(&self.params, &host.params)
             && same_bits(&self.positions, &host.positions)
             && same_bits(&self.velocities, &host.velocities);
@@ -208,7 +208,13 @@ impl ResidentEngine {
             self.loads += 1;
             self.pull = None;
         }
-        if self.pull.as_ref() != Some(&pull) {
+        let same_pull = self.pull.as_ref().is_some_and(|old| {
+            old.len() == pull.len()
+                && old.iter().zip(&pull).all(|(a, b)| {
+                    a.0 == b.0 && bytemuck::bytes_of(&a.1) == bytemuck::bytes_of(&b.1)
+                })
+        });
+        if !same_pull {
             let mut dense = vec![GroupPull::default(); self.ids.len()];
             for &(s, g) in &pull {
                 dense[s as usize] = g;

@@ -225,6 +225,34 @@ pub struct ResidentParams {
 }
 
 impl ResidentParams {
+    /// Every constant's bits, so that two sets compare bit for bit (a `-0.0`
+    /// is not a `0.0` here).
+    pub fn bits(&self) -> [u32; 34] {
+        let f = &self.forces;
+        let mut out = [0u32; 34];
+        let scalars = [
+            f.k_field,
+            f.k_density,
+            f.inv_target_density,
+            f.k_core,
+            f.core_radius,
+            f.k_link,
+            self.dt,
+            self.damping,
+            self.max_speed,
+            self.skin,
+        ];
+        let vectors = [self.scales, self.min_bounds, self.max_bounds];
+        for (o, v) in out.iter_mut().zip(
+            scalars
+                .into_iter()
+                .chain(vectors.iter().flat_map(|v| v.to_array())),
+        ) {
+            *o = v.to_bits();
+        }
+        out
+    }
+
     /// The constants a [`Cdna`](crate::model::cdna::Cdna) and a
     /// [`SimConfig`](crate::model::config::SimConfig) give, as the CPU tick uses them.
     pub fn new(cdna: &crate::model::cdna::Cdna, config: &crate::model::config::SimConfig) -> Self {
