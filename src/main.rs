@@ -1282,6 +1282,13 @@ fn inspect(args: InspectArgs) -> Result<(), String> {
         dir.display(),
         info.manifest.format_version
     );
+    // What a resume without --backend goes on with.
+    outln!(
+        "  {:<18} {} (gpu tick {})",
+        "backend",
+        info.manifest.sim.backend.name(),
+        info.manifest.sim.gpu_tick.name()
+    );
     for (k, v) in &info.manifest.run {
         outln!("  {k:<18} {v}");
     }

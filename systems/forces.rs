@@ -7,7 +7,7 @@ use crate::backend::ForceBackend;
 use crate::geometry::spatial::{CHUNK, KdTree, NeighborList, SearchInput, Travel};
 use crate::model::cdna::Cdna;
 use crate::model::components::*;
-use crate::model::config::SimConfig;
+use crate::model::config::{GpuTick, SimConfig};
 use crate::model::math::Vec8;
 use crate::model::registry::{LinkGraph, SpatialDirty};
 use crate::physics::{
@@ -38,6 +38,11 @@ impl Plugin for ForcesPlugin {
                 .get_resource::<SimConfig>()
                 .map(|c| (c.backend, c.gpu_tick))
                 .unwrap_or_default();
+            if asked == crate::model::config::Backend::Cpu && tick == GpuTick::Assisted {
+                tracing::warn!(
+                    "gpu_tick = assisted has no effect on the cpu backend (it chooses what a GPU runs)"
+                );
+            }
             let mut backend = ForceBackend::resolve(asked);
             backend.set_gpu_tick(tick);
             app.insert_resource(backend);

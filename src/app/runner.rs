@@ -1368,7 +1368,7 @@ impl RunSummary {
             let per = |b: u64| b as f64 / r.ticks.max(1) as f64;
             let _ = writeln!(
                 s,
-                "  GPU resident     {:>14}  {} state uploads; per tick {:.0} B up, {:.0} B back",
+                "  GPU resident     {:>14}  state uploads {}; per tick {:.0} B up, {:.0} B back",
                 format!("{} ticks", r.ticks),
                 r.loads,
                 per(r.uploaded_bytes),
@@ -1384,7 +1384,16 @@ impl RunSummary {
     fn write_world(&self, s: &mut String) {
         use std::fmt::Write;
         let _ = writeln!(s, "  avg neighbours   {:>14.2}", self.avg_neighbors);
-        let _ = writeln!(s, "  list rebuilds    {:>14}", self.neighbor_rebuilds);
+        let _ = writeln!(
+            s,
+            "  list rebuilds    {:>14}{}",
+            self.neighbor_rebuilds,
+            if self.gpu_resident.is_some() {
+                "  (the CPU's lists; the resident tick keeps its rows on the device)"
+            } else {
+                ""
+            }
+        );
         let _ = writeln!(
             s,
             "  CDNA violations  {:>14}  ({} profile)",

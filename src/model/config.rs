@@ -26,7 +26,7 @@ pub struct SimConfig {
 }
 
 /// What a GPU backend runs each tick.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GpuTick {
     /// `Forces`, `Integrate` and the token rules of `Constrain` on the device,
@@ -53,6 +53,23 @@ impl GpuTick {
             GpuTick::Resident => "resident",
             GpuTick::Assisted => "assisted",
         }
+    }
+}
+
+/// A name, whatever the format; anything else is refused naming the names.
+impl<'de> Deserialize<'de> for GpuTick {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = GpuTick;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a GPU tick: \"resident\" or \"assisted\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<GpuTick, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Name)
     }
 }
 
@@ -537,6 +554,31 @@ mod tests {
         let q = Quotas::default();
         assert_eq!(q.memory_budget_bytes, 1 << 30);
         assert_eq!(q.max_tokens, 10_000_000);
+    }
+
+    #[test]
+    fn a_gpu_tick_is_a_name_and_a_bad_one_lists_the_names() {
+        let ok: SimConfig = toml::from_str("gpu_tick = \"assisted\"").unwrap();
+        assert_eq!(ok.gpu_tick, GpuTick::Assisted);
+        for bad in ["gpu_tick = 3", "gpu_tick = \"x\"", "gpu_tick = { a = 1 }"] {
+            let e = toml::from_str::<SimConfig>(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("resident") && e.contains("assisted"),
+                "{bad}: {e}"
+            );
+        }
+        // The default is not written (manifests of other runs read as before).
+        let text = toml::to_string(&SimConfig::default()).unwrap();
+        assert!(!text.contains("gpu_tick"), "{text}");
+        let assisted = SimConfig {
+            gpu_tick: GpuTick::Assisted,
+            ..Default::default()
+        };
+        assert!(
+            toml::to_string(&assisted)
+                .unwrap()
+                .contains("gpu_tick = \"assisted\"")
+        );
     }
 
     #[test]

@@ -415,6 +415,7 @@ async fn status(State(s): State<AppState>) -> ApiResult {
             "rate": rate,
             "ended": ended,
             "backend": sim.backend().active().name(),
+            "gpu_tick": sim.backend().active_tick().map(|t| t.name()),
             "cdna_version": sim.cdna().version,
             "commands": commands,
             "wal": wal,

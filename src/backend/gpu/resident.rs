@@ -18,8 +18,10 @@
 //!    refresh); a *rebuild* (after a load or a regrow) searches all.
 //! 2. **Forces**: `forces.wgsl`'s `density` then `main` (the same shader as the
 //!    CPU-assisted GPU backend, so the same law, the same summation order).
-//! 3. **Integration and constraints**: `Integrate`'s semi-implicit Euler and
-//!    `Constrain`'s token rules (non-finite values, position bounds, speed).
+//! 3. **Integration and constraints**: the group pull (set with
+//!    [`set_group_pull`](GpuResident::set_group_pull)), `Integrate`'s
+//!    semi-implicit Euler and `Constrain`'s token rules (non-finite values,
+//!    position bounds, speed).
 //!
 //! The space-filling order is the leaf order of the CPU's k-d tree
 //! ([`KdTree::order`]), taken at [`load`](GpuResident::load) and
@@ -50,8 +52,12 @@
 //! claimed slots): the same device and driver replay a run bit for bit.
 //!
 //! Learning, `Organize`, the digest and the WAL are not part of this tick: it is
-//! the physics of a world whose links and parameters are fixed between
-//! [`load`](GpuResident::load)s (see `docs/gpu.md`).
+//! the physics of a world whose parameters are fixed between
+//! [`load`](GpuResident::load)s; links change through
+//! [`set_links`](GpuResident::set_links) (only the bytes that changed are
+//! written). The engine runs it under `--backend gpu` through
+//! [`ResidentEngine`](super::ResidentEngine), which reads back what its CPU
+//! stages need every tick (see `docs/gpu.md`).
 
 use super::forces::GpuParams;
 use super::{DeviceErrors, FORCES_WGSL, GpuContext, GpuError};
