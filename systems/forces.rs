@@ -151,6 +151,11 @@ pub struct ResidentOut {
     pub speed: u64,
     /// Whether the whole state was uploaded before the tick.
     pub uploaded: bool,
+    /// Seconds of the device's tick, and of the readback after it (the rest
+    /// of the `Forces` stage is the host's work).
+    pub device_seconds: f64,
+    /// See `device_seconds`.
+    pub readback_seconds: f64,
 }
 
 impl ForceBuffers {
@@ -805,6 +810,8 @@ fn resident_pass(
         bounds: out.bounds,
         speed: out.speed,
         uploaded: out.loaded,
+        device_seconds: out.device_seconds,
+        readback_seconds: out.readback_seconds,
     });
     Ok(())
 }

@@ -1220,6 +1220,14 @@ pub struct EngineBench {
     pub tick: f64,
     /// Median `Forces` stage: the device's tick, its uploads and the readback.
     pub forces: f64,
+    /// Median seconds of the device's tick (dispatch and wait) in it.
+    pub device: f64,
+    /// Median seconds of the readback in it.
+    pub readback: f64,
+    /// Median seconds of the rest of the tick: the host's work (gathering and
+    /// comparing the tokens, the link table, writing the results back, the
+    /// stages left on the CPU).
+    pub host: f64,
     /// `cpu_tick / tick`.
     pub tick_speedup: f64,
     /// Bytes written to the device per timed tick (changed link weights,
@@ -1268,19 +1276,35 @@ fn engine_bench(
     before: crate::backend::ResidentTotals,
     ticks: &mut [f64],
     forces: &mut [f64],
+    parts: &mut [[f64; 3]],
     cpu_ticks: &[f64],
 ) -> EngineBench {
     let t = engine_totals(e);
     let n = (t.ticks - before.ticks).max(1) as f64;
     let tick = median(ticks);
+    let part = |k: usize| median(&mut parts.iter().map(|p| p[k]).collect::<Vec<_>>());
     EngineBench {
         tick,
         forces: median(forces),
+        device: part(0),
+        readback: part(1),
+        host: part(2),
         tick_speedup: median(&mut cpu_ticks.to_vec()) / tick,
         uploaded_per_tick: (t.uploaded_bytes - before.uploaded_bytes) as f64 / n,
         read_back_per_tick: (t.readback_bytes - before.readback_bytes) as f64 / n,
         loads: t.loads - before.loads,
     }
+}
+
+/// The device's, the readback's and the host's seconds of `sim`'s last
+/// tick, which took `tick` seconds in all.
+fn engine_parts_of(sim: &Simulation, tick: f64) -> [f64; 3] {
+    let buf = sim.world().resource::<crate::systems::ForceBuffers>();
+    let (d, r) = buf
+        .resident
+        .as_ref()
+        .map_or((0.0, 0.0), |o| (o.device_seconds, o.readback_seconds));
+    [d, r, (tick - d - r).max(0.0)]
 }
 
 /// Whether `sim`'s last tick ran resident, else why not.
@@ -1523,6 +1547,7 @@ fn gpu_bench_size(
     let mut cpu_physics_times = Vec::new();
     let mut samples = GpuSamples::default();
     let mut engine_forces = Vec::new();
+    let mut engine_parts = Vec::new();
     let engine_before = eng.as_ref().map(engine_totals).unwrap_or_default();
     let variants = if gpu.is_some() { 3 } else { 1 };
     let times = interleave(variants, o.ticks, |v, _, lap| {
@@ -1535,7 +1560,9 @@ fn gpu_bench_size(
         if v == 2 {
             if let Some(e) = eng.as_mut() {
                 lap.time(|| e.step());
+                let took = lap.0.unwrap_or(0.0);
                 engine_forces.push(forces_stage(e));
+                engine_parts.push(engine_parts_of(e, took));
                 if let Err(why) = engine_resident(e) {
                     engine_refused = Some(why);
                     eng = None;
@@ -1566,6 +1593,7 @@ fn gpu_bench_size(
             engine_before,
             &mut engine_ticks,
             &mut engine_forces,
+            &mut engine_parts,
             &cpu_ticks,
         )
     });
@@ -1764,11 +1792,14 @@ impl GpuBenchReport {
         );
         let _ = writeln!(
             s,
-            "{:>9} | {:>10} | {:>10} {:>10} {:>8} {:>9} | {:>12} {:>12} {:>6}",
+            "{:>9} | {:>10} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} | {:>12} {:>12} {:>6}",
             "tokens",
             "CPU tick",
             "GPU tick",
             "Forces",
+            "device",
+            "readback",
+            "host",
             "tick x",
             "ticks/s",
             "up B/tick",
@@ -1780,11 +1811,14 @@ impl GpuBenchReport {
                 Some(e) => {
                     let _ = writeln!(
                         s,
-                        "{:>9} | {:>10} | {:>10} {:>10} {:>8.2} {:>9.1} | {:>12.0} {:>12.0} {:>6}",
+                        "{:>9} | {:>10} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>8.2} {:>9.1} | {:>12.0} {:>12.0} {:>6}",
                         z.tokens,
                         ms(Some(z.cpu_tick)),
                         ms(Some(e.tick)),
                         ms(Some(e.forces)),
+                        ms(Some(e.device)),
+                        ms(Some(e.readback)),
+                        ms(Some(e.host)),
                         e.tick_speedup,
                         1.0 / e.tick,
                         e.uploaded_per_tick,
@@ -1798,6 +1832,10 @@ impl GpuBenchReport {
                 }
             }
         }
+        let _ = writeln!(
+            s,
+            "\nForces: the engine's Forces stage; device: the device's tick in it (dispatch and wait); readback:\nthe 76 bytes a token read back; host: the rest of the tick (gathering and comparing the tokens,\nthe link table, writing back, Learn, Organize and the other CPU stages)."
+        );
         self.resident_text(&mut s);
         let _ = writeln!(
             s,

@@ -44,6 +44,10 @@ pub struct ResidentTickOut {
     /// Whether the state was uploaded before the tick (the host's state was
     /// not the device's: a command, a user system, a new constant).
     pub loaded: bool,
+    /// Seconds of the device's tick (`step`: dispatch and the wait for it).
+    pub device_seconds: f64,
+    /// Seconds of the readback (copy, map, copy out).
+    pub readback_seconds: f64,
 }
 
 /// A device world kept in step with an engine's ECS state.
@@ -222,8 +226,12 @@ impl ResidentEngine {
             self.gpu.set_group_pull(&dense)?;
             self.pull = Some(pull);
         }
+        let started = std::time::Instant::now();
         let stats = self.gpu.step(1)?;
+        let stepped = std::time::Instant::now();
         let read = self.gpu.read_tick()?;
+        let device_seconds = (stepped - started).as_secs_f64();
+        let readback_seconds = stepped.elapsed().as_secs_f64();
         self.positions.clone_from(&read.positions);
         self.velocities.clone_from(&read.velocities);
         self.loaded = true;
@@ -240,6 +248,8 @@ impl ResidentEngine {
             bounds: stats.bounds - last.bounds,
             speed: stats.speed - last.speed,
             loaded: !in_sync,
+            device_seconds,
+            readback_seconds,
         })
     }
 }
