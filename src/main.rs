@@ -695,6 +695,9 @@ fn run(
     let asked_backend = args
         .backend
         .or(Some(config.sim.backend).filter(|&b| b != neurograph::model::config::Backend::Cpu));
+    let asked_tick = args
+        .gpu_tick
+        .or(Some(config.sim.gpu_tick).filter(|t| !t.is_resident()));
     let result = runner::run_keep(&RunOptions {
         config,
         progress: !args.quiet,
@@ -714,6 +717,7 @@ fn run(
                 .fault_gpu_loss_at
                 .map(neurograph::observe::FaultHook::gpu_loss_at)),
         backend: asked_backend,
+        gpu_tick: asked_tick,
         ..Default::default()
     });
     let (summary, sim) = match result {
@@ -1423,6 +1427,7 @@ fn world_options(args: &WorldArgs) -> Result<RunOptions, String> {
         config,
         wal_dir: args.wal.clone(),
         backend: args.backend,
+        gpu_tick: args.gpu_tick,
         ..Default::default()
     })
 }

@@ -744,8 +744,16 @@ fn a_resumed_run_goes_on_with_the_gpu_tick_its_wal_started_with() {
     assert_eq!(resumed["final_tick"], 9);
     assert_eq!(resumed["backend"], "gpu");
     assert_eq!(resumed["gpu_tick"], "assisted");
+    // A GPU tick named on the command wins over the manifest's.
+    let named = run(&["--gpu-tick", "resident"], "11");
+    assert_eq!(named["backend"], "gpu");
+    assert_eq!(named["gpu_tick"], "resident");
+    assert_eq!(named["gpu_resident"]["ticks"], 2);
     // A backend named on the command brings its own GPU tick (the default).
     let again = run(&["--backend", "gpu"], "12");
     assert_eq!(again["gpu_tick"], "resident");
-    assert_eq!(again["gpu_resident"]["ticks"], 3);
+    assert_eq!(again["gpu_resident"]["ticks"], 1);
+    // Resumed once more without a flag: the manifest's, still assisted.
+    let last = run(&[], "13");
+    assert_eq!(last["gpu_tick"], "assisted");
 }

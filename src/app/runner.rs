@@ -113,6 +113,11 @@ pub struct RunOptions {
     /// resumes a WAL goes on with it, or, when `None`, with the backend the WAL
     /// started with (its manifest). New runs use `config.sim.backend`.
     pub backend: Option<Backend>,
+    /// What a GPU backend runs, as asked for by the command (`--gpu-tick`). A
+    /// run that resumes a WAL goes on with it; when `None`, with
+    /// `config.sim.gpu_tick` if the command names a backend, else with the
+    /// manifest's. New runs use `config.sim.gpu_tick`.
+    pub gpu_tick: Option<crate::model::config::GpuTick>,
     /// Tokens to start from instead of the config's scenario or input.
     pub given: Option<GivenTokens>,
 }
@@ -137,6 +142,7 @@ impl Default for RunOptions {
             #[cfg(feature = "fault-injection")]
             fault: None,
             backend: None,
+            gpu_tick: None,
             given: None,
         }
     }
@@ -562,12 +568,13 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary, RunError> {
 /// command asks for, else the one the WAL started with. Opened before recovery,
 /// so that a GPU that cannot start stops the run before the WAL is touched.
 fn continuing_backend(opts: &RunOptions, dir: &Path) -> Result<ForceBackend, RunError> {
-    // Both from the command when it names a backend, else from the manifest.
+    // Each from the command when it names it (a named backend brings its
+    // config's GPU tick), else from the manifest.
     let (asked, tick) = match opts.backend {
-        Some(b) => (b, opts.config.sim.gpu_tick),
+        Some(b) => (b, opts.gpu_tick.unwrap_or(opts.config.sim.gpu_tick)),
         None => {
             let sim = Manifest::load(dir)?.sim;
-            (sim.backend, sim.gpu_tick)
+            (sim.backend, opts.gpu_tick.unwrap_or(sim.gpu_tick))
         }
     };
     let mut b = ForceBackend::resolve(asked);
