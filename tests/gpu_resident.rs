@@ -3,6 +3,8 @@
 //! makes a missing adapter a failure rather than a skip).
 #![cfg(feature = "gpu")]
 
+mod common;
+
 use neurograph::backend::gpu::resident::{GpuResident, ResidentParams, ResidentWorld};
 use neurograph::backend::gpu::{AdapterPolicy, GpuContext, GpuError};
 use neurograph::model::registry::SimRng;
@@ -639,10 +641,7 @@ fn a_world_whose_rows_outgrow_a_binding_runs_assisted_and_says_why() {
 
 #[cfg(feature = "cli")]
 fn neurograph(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_neurograph"))
-        .args(args)
-        .output()
-        .expect("the CLI runs")
+    common::bin().args(args).output().expect("the CLI runs")
 }
 
 #[cfg(feature = "cli")]
@@ -669,12 +668,7 @@ fn run_backend_gpu_is_resident_and_reports_what_crosses_the_bus() {
         "--snapshot-every",
         "20",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let j = common::json_of(&out);
     assert_eq!(j["backend"], "gpu");
     assert_eq!(j["gpu_tick"], "resident");
     assert!(j["gpu_resident_refused"].is_null());
@@ -691,7 +685,7 @@ fn run_backend_gpu_is_resident_and_reports_what_crosses_the_bus() {
     let inspect = neurograph(&["inspect", "--wal", wal]);
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(text.contains("gpu resident 30"), "{text}");
-    std::fs::remove_file(dir.path().join("wal/snap-00000000000000000030.snap")).ok();
+    std::fs::remove_file(dir.path().join("wal/snap-00000000000000000030.snap")).unwrap();
     let rec = neurograph(&["recover", "--wal", wal]);
     let text = String::from_utf8_lossy(&rec.stdout);
     assert!(
@@ -725,12 +719,7 @@ fn a_resumed_run_goes_on_with_the_gpu_tick_its_wal_started_with() {
             ]
             .concat(),
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+        common::json_of(&out)
     };
     let first = run(&["--backend", "gpu", "--gpu-tick", "assisted"], "5");
     assert_eq!(first["gpu_tick"], "assisted");
