@@ -685,19 +685,7 @@ fn run_backend_gpu_is_resident_and_reports_what_crosses_the_bus() {
     let inspect = neurograph(&["inspect", "--wal", wal]);
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(text.contains("gpu resident 30"), "{text}");
-    std::fs::remove_file(dir.path().join("wal/snap-00000000000000000030.snap")).unwrap();
-    let rec = neurograph(&["recover", "--wal", wal]);
-    let text = String::from_utf8_lossy(&rec.stdout);
-    assert!(
-        rec.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&rec.stderr)
-    );
-    assert!(
-        text.contains(&format!("recovered tick 30 (digest {digest})")),
-        "{text}"
-    );
-    assert!(text.contains("10 records"), "{text}");
+    common::recover_without_snapshot(wal, 30, &digest, 10);
 }
 
 #[cfg(feature = "cli")]

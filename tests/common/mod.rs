@@ -138,3 +138,27 @@ impl Drop for Running {
         let _ = self.0.wait();
     }
 }
+
+/// Removes the snapshot of tick `tick` from the WAL in `wal` and runs
+/// `neurograph recover` on it: it must succeed, replay `records` records from
+/// the snapshot before, and end at `tick` with `digest`.
+#[cfg(feature = "cli")]
+pub fn recover_without_snapshot(wal: &str, tick: u64, digest: &str, records: u64) {
+    let snap = std::path::Path::new(wal).join(format!("snap-{tick:020}.snap"));
+    std::fs::remove_file(&snap).unwrap_or_else(|e| panic!("{}: {e}", snap.display()));
+    let rec = bin()
+        .args(["recover", "--wal", wal])
+        .output()
+        .expect("the CLI runs");
+    let text = String::from_utf8_lossy(&rec.stdout);
+    assert!(
+        rec.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    assert!(
+        text.contains(&format!("recovered tick {tick} (digest {digest})")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{records} records")), "{text}");
+}
